@@ -1,0 +1,165 @@
+"""The contract every storage backend keeps.
+
+A backend stores, per stream id: the chunk log (sequence numbers 0, 1, 2, … with no holes),
+a metadata record (state, counts, times, error), and a producer lease. It also delivers live
+notifications to listeners. The engine (`unbroken.StreamEngine`) is the only caller; it
+decides *what* to write, the backend makes each write atomic and visible to every process
+that shares it.
+
+Every method that changes a stream is atomic with respect to every other method, across all
+processes sharing the backend. Once a stream is terminal its log never changes again.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+from unbroken._models import Chunk, StreamState, StreamStatus
+
+__all__ = ["Appended", "Backend", "Ended", "Lagged", "Listener", "Notification", "StreamTimes"]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamTimes:
+    """Time-to-live settings for one stream, in seconds.
+
+    ``lease``: how long the producer's lease lives without renewal.
+    ``active``: sliding TTL of all the stream's data while active (refreshed on every write),
+    so an abandoned stream does not live forever.
+    ``retention``: how long the stream is kept once it is terminal.
+    """
+
+    lease: float
+    active: float
+    retention: float
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """Live notification: these chunks (consecutive sequence numbers) were appended."""
+
+    chunks: tuple[Chunk, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """Live notification: the stream reached a terminal state; its log is final."""
+
+    state: StreamState
+
+
+@dataclass(frozen=True, slots=True)
+class Lagged:
+    """Live notification: this listener's buffer overflowed and notifications were dropped.
+
+    The listener reads what it missed from the log; nothing is lost, only delivered late.
+    """
+
+
+Notification = Appended | Ended | Lagged
+
+
+class Listener(ABC):
+    """Live notifications for one stream, for one reader. Bounded: overflow yields `Lagged`."""
+
+    @abstractmethod
+    async def receive(self) -> Notification:
+        """Wait for the next notification (at most one `Lagged` in a row)."""
+
+
+class Backend(ABC):
+    """Storage and live notification for streams. Use as ``async with backend:``."""
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Acquire resources (connections, background tasks). Idempotent."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources. Idempotent."""
+
+    @abstractmethod
+    async def claim(self, stream_id: str, *, token: str, times: StreamTimes, now: float) -> bool:
+        """Create the stream as ``active`` owned by ``token`` with a fresh lease.
+
+        Returns False, changing nothing, if the id exists in any state.
+        """
+
+    @abstractmethod
+    async def append(
+        self, stream_id: str, *, token: str, chunks: Sequence[Chunk], times: StreamTimes, now: float
+    ) -> StreamState | None:
+        """Append ``chunks`` (whose ``seq`` continue the log exactly) and notify listeners.
+
+        Appends only while the stream is ``active`` and owned by ``token`` and the first
+        ``seq`` equals the log length; refreshes the lease and the sliding TTL. Returns
+        ``ACTIVE`` on success, the terminal state if the stream ended (nothing appended), or
+        None if the stream does not exist (nothing appended).
+        Raises `CorruptStreamError` if ``seq`` does not continue the log.
+        """
+
+    @abstractmethod
+    async def renew_lease(
+        self, stream_id: str, *, token: str, times: StreamTimes, now: float
+    ) -> StreamState | None:
+        """Extend the producer's lease and the sliding TTL if ``token`` owns the active stream.
+
+        Returns the stream's state (``ACTIVE`` means renewed), or None if it does not exist.
+        """
+
+    @abstractmethod
+    async def finish(
+        self,
+        stream_id: str,
+        *,
+        state: StreamState,
+        error: str | None,
+        token: str | None,
+        times: StreamTimes,
+        now: float,
+        only_if_lease_expired: bool = False,
+    ) -> StreamState | None:
+        """Move an ``active`` stream to the terminal ``state`` and notify listeners.
+
+        ``token`` None finishes whoever owns it (stop from any process); otherwise only the
+        owner may finish. With ``only_if_lease_expired`` it happens only if the producer's
+        lease has lapsed (how a dead producer is detected). Keeps the data for
+        ``times.retention``. Returns the state the stream is in afterwards (the earlier
+        terminal state if it was already terminal: first terminal state wins), or None if the
+        stream does not exist.
+        """
+
+    @abstractmethod
+    async def status(self, stream_id: str) -> StreamStatus | None:
+        """The stream's metadata, or None if it does not exist."""
+
+    @abstractmethod
+    async def lease_alive(self, stream_id: str) -> bool:
+        """Whether a producer lease currently exists for the stream."""
+
+    @abstractmethod
+    async def read(self, stream_id: str, *, after: int, limit: int) -> list[Chunk]:
+        """Up to ``limit`` chunks with ``seq > after`` from the log, in order."""
+
+    @abstractmethod
+    def listen(self, stream_id: str) -> AbstractAsyncContextManager[Listener]:
+        """Subscribe to the stream's live notifications.
+
+        When the context is entered the subscription is in place: every change after that
+        moment is notified (or `Lagged` is signalled).
+        """
