@@ -4,6 +4,7 @@
 
     UnbrokenError
     ├── EngineClosedError          the engine is not open (use ``async with``)
+    ├── InvalidStreamIdError       an id that is empty, too long, or has braces/control chars
     ├── StreamNotFoundError        no such stream (never existed, or expired)
     ├── StreamExistsError          a second start of an id that is already taken
     ├── StreamSourceError          raise it from a source to end the stream with a public message
@@ -24,6 +25,7 @@ __all__ = [
     "BackendUnavailableError",
     "CorruptStreamError",
     "EngineClosedError",
+    "InvalidStreamIdError",
     "MissingDependencyError",
     "ProtocolError",
     "StreamExistsError",
@@ -39,6 +41,19 @@ class UnbrokenError(Exception):
 
 class EngineClosedError(UnbrokenError):
     """The engine (or backend) was used outside its ``async with`` block."""
+
+
+class InvalidStreamIdError(UnbrokenError, ValueError):
+    """A stream id must be 1-256 printable characters without ``{`` or ``}``.
+
+    Braces are refused because ids go inside Redis Cluster hash tags (``{prefix:id}``).
+    """
+
+    def __init__(self, stream_id: object) -> None:
+        super().__init__(
+            f"invalid stream id {stream_id!r}: use 1-256 printable characters without braces"
+        )
+        self.stream_id = stream_id
 
 
 class StreamNotFoundError(UnbrokenError):

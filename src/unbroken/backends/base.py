@@ -108,7 +108,8 @@ class Backend(ABC):
 
         Appends only while the stream is ``active`` and owned by ``token`` and the first
         ``seq`` equals the log length; refreshes the lease and the sliding TTL. Returns
-        ``ACTIVE`` on success, the terminal state if the stream ended (nothing appended), or
+        ``ACTIVE`` on success, the terminal state if the stream ended (nothing appended),
+        ``INTERRUPTED`` if another token owns the active stream (this producer lost it), or
         None if the stream does not exist (nothing appended).
         Raises `CorruptStreamError` if ``seq`` does not continue the log.
         """

@@ -1,0 +1,646 @@
+"""`StreamEngine`: producers that outlive requests, readers that resume without gaps.
+
+How the pieces fit (see docs/concepts.md for the sequence diagrams):
+
+- ``start()`` claims the id in the backend (exactly one producer, across processes) and runs
+  the producer in the engine's task group. The producer keeps the chunks of its own stream
+  in memory too (``_LocalStream``): readers in this process are served from there, so a
+  backend outage never stops the answer from reaching the client that asked for it.
+- A writer task coalesces chunks: whatever the source yields while a write is in flight goes
+  out together in the next write, so backend round trips per chunk fall well below one.
+- A lease, renewed by the producer, tells every other process the producer is alive.
+  Readers that sit idle check it; the first to see it lapsed records ``interrupted``.
+- Readers elsewhere subscribe to live notifications first, then catch up from the log, then
+  follow the notifications, using sequence numbers to drop duplicates and fill gaps.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+import anyio
+from anyio.abc import TaskGroup
+
+from unbroken._models import Chunk, StreamEnd, StreamState, StreamStatus
+from unbroken.backends.base import Appended, Backend, Ended, Lagged, StreamTimes
+from unbroken.exceptions import (
+    BackendUnavailableError,
+    CorruptStreamError,
+    EngineClosedError,
+    InvalidStreamIdError,
+    StreamExistsError,
+    StreamNotFoundError,
+    StreamSourceError,
+)
+
+__all__ = ["OnEnd", "StreamEngine"]
+
+logger = logging.getLogger("unbroken")
+
+OnEnd = Callable[[StreamEnd], Awaitable[None]]
+
+# Public, safe messages recorded for readers; the real cause goes to the log.
+SOURCE_FAILED = "the answer could not be completed because its source failed"
+PRODUCER_LOST = "the stream's producer stopped unexpectedly"
+SHUTDOWN = "the server shut down before the stream was complete"
+TOO_LARGE = "the stream exceeded its size limit"
+DATA_LOST = "the stream's data was lost by the storage backend"
+
+_READ_PAGE = 512  # chunks per log read while catching up
+_WRITE_BATCH = 512  # chunks per backend append at most
+_RETRY_MIN, _RETRY_MAX = 0.05, 1.0  # backoff bounds while the backend is unreachable
+
+
+def _validate_id(stream_id: str) -> str:
+    if (
+        not isinstance(stream_id, str)
+        or not 1 <= len(stream_id) <= 256
+        or "{" in stream_id
+        or "}" in stream_id
+        or not stream_id.isprintable()
+    ):
+        raise InvalidStreamIdError(stream_id)
+    return stream_id
+
+
+def _safe_message(exc: BaseException) -> str:
+    if isinstance(exc, StreamSourceError):
+        return str(exc) or SOURCE_FAILED
+    return SOURCE_FAILED
+
+
+@dataclass(eq=False)
+class _LocalStream:
+    """A stream produced in this process: its chunks, its state, and what wakes its readers."""
+
+    stream_id: str
+    token: str
+    times: StreamTimes
+    chunks: list[Chunk] = field(default_factory=list)
+    char_count: int = 0
+    # Chunks the backend has acknowledged. Local readers see only these (so what they see is
+    # what every other reader will see), except while the backend is unreachable: then they
+    # see everything ("fail open"), and the backend gets it all once it is back.
+    durable: int = 0
+    degraded: bool = False
+    lost: bool = False  # the backend forgot the stream; claim it again before writing
+    write_lock: anyio.Lock = field(default_factory=anyio.Lock)
+    state: StreamState = StreamState.ACTIVE
+    error: str | None = None
+    stop_state: StreamState | None = None
+    stop_error: str | None = None
+    source_scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    changed: anyio.Event = field(default_factory=anyio.Event)
+    pending: anyio.Event = field(default_factory=anyio.Event)
+    ended: anyio.Event = field(default_factory=anyio.Event)
+
+    @property
+    def visible(self) -> int:
+        return len(self.chunks) if self.degraded else self.durable
+
+    def wake_readers(self) -> None:
+        self.changed.set()
+        self.changed = anyio.Event()
+
+    def add(self, data: str) -> None:
+        self.chunks.append(Chunk(len(self.chunks), data, self.char_count))
+        self.char_count += len(data)
+        self.pending.set()
+        if self.degraded:
+            self.wake_readers()
+
+    def stop(self, state: StreamState, error: str | None = None) -> None:
+        """Stop the source; the first reason wins (cancel, shutdown, lost lease, ...)."""
+        if self.stop_state is None:
+            self.stop_state, self.stop_error = state, error
+        self.source_scope.cancel()
+
+    def end(self) -> StreamEnd:
+        return StreamEnd(self.state, self.error, self.visible, self._visible_chars())
+
+    def _visible_chars(self) -> int:
+        n = self.visible
+        return self.chunks[n - 1].end_offset if n else 0
+
+
+class StreamEngine:
+    """Runs stream producers and serves readers over a `Backend`. Use as ``async with``.
+
+    - ``lease_ttl``: a producer whose lease is not renewed for this long is declared dead;
+      readers then see ``interrupted`` (detected within about ``lease_ttl * 4/3``).
+    - ``active_ttl``: sliding time-to-live of an active stream's data in the backend.
+    - ``retention``: how long a finished stream stays readable (default 24 h).
+    - ``max_chunks`` / ``max_chars``: a stream that grows past these ends in ``error``.
+    - ``drain_timeout``: on exit, running producers get this long to finish; the rest are
+      recorded as ``interrupted``.
+    - ``backend_retry``: how long a producer keeps retrying an unreachable backend to record
+      its end before giving up (its own readers are served regardless).
+    """
+
+    def __init__(
+        self,
+        backend: Backend | None = None,
+        *,
+        lease_ttl: float = 3.0,
+        active_ttl: float = 3600.0,
+        retention: float = 86400.0,
+        max_chunks: int = 100_000,
+        max_chars: int = 20_000_000,
+        drain_timeout: float = 10.0,
+        backend_retry: float = 30.0,
+        owns_backend: bool = True,
+    ) -> None:
+        if backend is None:
+            from unbroken.backends.memory import MemoryBackend
+
+            backend = MemoryBackend()
+        if lease_ttl <= 0 or active_ttl <= 0 or retention <= 0:
+            raise ValueError("lease_ttl, active_ttl and retention must be positive")
+        self.backend = backend
+        self.lease_ttl = lease_ttl
+        self.active_ttl = active_ttl
+        self.retention = retention
+        self.max_chunks = max_chunks
+        self.max_chars = max_chars
+        self.drain_timeout = drain_timeout
+        self.backend_retry = backend_retry
+        self._owns_backend = owns_backend
+        self._local: dict[str, _LocalStream] = {}
+        self._task_group: TaskGroup | None = None
+        self._closing = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._task_group is not None:
+            raise RuntimeError("the engine is already open")
+        if self._owns_backend:
+            await self.backend.open()
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        self._closing = False
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        task_group = self._task_group
+        if task_group is None:
+            return
+        self._closing = True
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._drain()
+        finally:
+            try:
+                await task_group.__aexit__(exc_type, exc, tb)
+            finally:
+                self._task_group = None
+                if self._owns_backend:
+                    with anyio.CancelScope(shield=True):
+                        await self.backend.close()
+
+    async def _drain(self) -> None:
+        """Let producers finish up to the deadline, then interrupt and record the rest."""
+        with anyio.move_on_after(self.drain_timeout):
+            for local in list(self._local.values()):
+                await local.ended.wait()
+        for local in list(self._local.values()):
+            local.stop(StreamState.INTERRUPTED, SHUTDOWN)
+        # Each producer records its end within a bounded time (see _record_end).
+        for local in list(self._local.values()):
+            await local.ended.wait()
+
+    def _require_open(self) -> TaskGroup:
+        if self._task_group is None or self._closing:
+            raise EngineClosedError("the engine is closed; use it inside 'async with engine:'")
+        return self._task_group
+
+    def _times(self, retention: float | None = None) -> StreamTimes:
+        return StreamTimes(
+            lease=self.lease_ttl,
+            active=self.active_ttl,
+            retention=self.retention if retention is None else retention,
+        )
+
+    # -- producing ---------------------------------------------------------------------
+
+    async def start(
+        self,
+        stream_id: str,
+        source: AsyncIterable[str],
+        *,
+        retention: float | None = None,
+        on_end: OnEnd | None = None,
+    ) -> None:
+        """Claim ``stream_id`` and run ``source`` in the engine until it ends or is stopped.
+
+        Returns once the claim succeeded; the producer then runs on its own, whether or not
+        anyone reads. Raises `StreamExistsError` if the id was ever used (in any process
+        sharing the backend, within its retention). ``on_end`` runs once the stream is
+        terminal, in this process, shielded from cancellation.
+        """
+        task_group = self._require_open()
+        _validate_id(stream_id)
+        local = _LocalStream(stream_id, secrets.token_hex(16), self._times(retention))
+        if not await self.backend.claim(
+            stream_id, token=local.token, times=local.times, now=time.time()
+        ):
+            raise StreamExistsError(stream_id)
+        self._local[stream_id] = local
+        task_group.start_soon(self._produce, local, source, on_end, name=f"unbroken:{stream_id}")
+
+    async def _produce(
+        self, local: _LocalStream, source: AsyncIterable[str], on_end: OnEnd | None
+    ) -> None:
+        try:
+            async with anyio.create_task_group() as helpers:
+                helpers.start_soon(self._write_loop, local)
+                helpers.start_soon(self._keep_lease, local)
+                helpers.start_soon(self._watch_for_stop, local)
+                state, error = await self._pump(local, source)
+                helpers.cancel_scope.cancel()
+            with anyio.CancelScope(shield=True):
+                await self._record_end(local, state, error)
+            if on_end is not None:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await on_end(local.end())
+                    except Exception:
+                        logger.exception("on_end callback of stream %r failed", local.stream_id)
+        finally:
+            self._local.pop(local.stream_id, None)
+            local.ended.set()
+
+    async def _pump(
+        self, local: _LocalStream, source: AsyncIterable[str]
+    ) -> tuple[StreamState, str | None]:
+        """Copy the source into the stream; returns the terminal state it calls for."""
+        iterator = aiter(source)
+        state, error = StreamState.DONE, None
+        try:
+            with local.source_scope:
+                async for data in iterator:
+                    if not isinstance(data, str):
+                        raise TypeError(f"stream sources yield str, got {type(data).__name__}")
+                    if not data:
+                        continue
+                    if (
+                        len(local.chunks) >= self.max_chunks
+                        or local.char_count + len(data) > self.max_chars
+                    ):
+                        state, error = StreamState.ERROR, TOO_LARGE
+                        break
+                    local.add(data)
+        except Exception as exc:
+            logger.exception("source of stream %r failed", local.stream_id)
+            state, error = StreamState.ERROR, _safe_message(exc)
+        finally:
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                with anyio.move_on_after(5, shield=True):
+                    try:
+                        await aclose()
+                    except Exception:
+                        logger.exception("closing the source of %r failed", local.stream_id)
+        if local.stop_state is not None:
+            state, error = local.stop_state, local.stop_error
+        return state, error
+
+    async def _write_loop(self, local: _LocalStream) -> None:
+        while True:
+            await local.pending.wait()
+            local.pending = anyio.Event()
+            await self._flush(local)
+
+    async def _flush(self, local: _LocalStream) -> bool:
+        """Write every chunk not yet durable. Returns False if the producer lost the stream.
+
+        Retries (with backoff) while the backend is unreachable; meanwhile local readers are
+        served from memory. If the backend lost the stream (a restarted Redis without
+        persistence), re-claims it under the same token and writes it again from chunk 0.
+        """
+        async with local.write_lock:
+            return await self._flush_locked(local)
+
+    async def _flush_locked(self, local: _LocalStream) -> bool:
+        delay = _RETRY_MIN
+        while local.lost or local.durable < len(local.chunks):
+            if local.lost:
+                if not await self._reclaim(local):
+                    return False
+                continue
+            batch = local.chunks[local.durable : local.durable + _WRITE_BATCH]
+            try:
+                result = await self.backend.append(
+                    local.stream_id,
+                    token=local.token,
+                    chunks=batch,
+                    times=local.times,
+                    now=time.time(),
+                )
+            except CorruptStreamError:
+                # A write whose reply was lost (cancelled, timed out) may have landed:
+                # trust the log's length if it is one we could have written, else give up.
+                if not await self._resync(local):
+                    raise
+                continue
+            except BackendUnavailableError:
+                if not local.degraded:
+                    logger.warning(
+                        "backend unreachable; stream %r continues from memory", local.stream_id
+                    )
+                    local.degraded = True
+                    local.wake_readers()
+                await anyio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX)
+                continue
+            if result is StreamState.ACTIVE:
+                local.durable += len(batch)
+                if local.degraded and local.durable == len(local.chunks):
+                    local.degraded = False
+                local.wake_readers()
+                delay = _RETRY_MIN
+            elif result is None:
+                local.lost = True
+            else:
+                local.stop(result, PRODUCER_LOST if result is StreamState.INTERRUPTED else None)
+                return False
+        return True
+
+    async def _resync(self, local: _LocalStream) -> bool:
+        status = await self.backend.status(local.stream_id)
+        if status is None or not local.durable < status.chunk_count <= len(local.chunks):
+            return False
+        local.durable = status.chunk_count
+        local.wake_readers()
+        return True
+
+    async def _reclaim(self, local: _LocalStream) -> bool:
+        """The backend forgot the stream: claim it again and rewrite it from the start."""
+        claimed = await self.backend.claim(
+            local.stream_id, token=local.token, times=local.times, now=time.time()
+        )
+        if not claimed:
+            local.stop(StreamState.INTERRUPTED, DATA_LOST)
+            return False
+        logger.warning("stream %r was lost by the backend; writing it again", local.stream_id)
+        local.lost = False
+        local.durable = 0
+        return True
+
+    async def _keep_lease(self, local: _LocalStream) -> None:
+        interval = self.lease_ttl / 3
+        while True:
+            await anyio.sleep(interval)
+            try:
+                state = await self.backend.renew_lease(
+                    local.stream_id, token=local.token, times=local.times, now=time.time()
+                )
+            except BackendUnavailableError:
+                continue
+            if state is None:
+                local.lost = True
+                local.pending.set()
+            elif state.is_terminal:
+                local.stop(state, PRODUCER_LOST if state is StreamState.INTERRUPTED else None)
+
+    async def _watch_for_stop(self, local: _LocalStream) -> None:
+        """Stop the producer within milliseconds when another process ends the stream."""
+        delay = _RETRY_MIN
+        while True:
+            try:
+                async with self.backend.listen(local.stream_id) as listener:
+                    delay = _RETRY_MIN
+                    while True:
+                        note = await listener.receive()
+                        if isinstance(note, Ended):
+                            local.stop(note.state)
+                            return
+            except BackendUnavailableError:
+                await anyio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX)
+
+    async def _record_end(self, local: _LocalStream, state: StreamState, error: str | None) -> None:
+        """Flush what is left and record the terminal state (first terminal state wins)."""
+        recorded: StreamState | None = None
+        with anyio.move_on_after(self.backend_retry) as scope:
+            if state is StreamState.DONE or state is StreamState.ERROR:
+                await self._flush(local)
+            delay = _RETRY_MIN
+            while True:
+                try:
+                    recorded = await self.backend.finish(
+                        local.stream_id,
+                        state=state,
+                        error=error,
+                        token=local.token,
+                        times=local.times,
+                        now=time.time(),
+                    )
+                except BackendUnavailableError:
+                    await anyio.sleep(delay)
+                    delay = min(delay * 2, _RETRY_MAX)
+                    continue
+                if recorded is None:
+                    # Forgotten by the backend: write it all again, then record the end.
+                    local.lost = True
+                    if await self._flush(local):
+                        continue
+                break
+        if scope.cancelled_caught or recorded is None:
+            logger.error("could not record the end of stream %r in the backend", local.stream_id)
+            recorded = state
+        elif recorded is not state:
+            status = await self._status_quietly(local.stream_id)
+            error = status.error if status is not None else error
+        if recorded is StreamState.INTERRUPTED and error is None:
+            error = PRODUCER_LOST
+        local.state, local.error = recorded, error
+        # Once the end is known, what the backend holds is final: readers see exactly that,
+        # unless the backend never took it (then what this process has is all there is).
+        local.degraded = local.durable < len(local.chunks) and recorded is state
+        local.wake_readers()
+
+    async def _status_quietly(self, stream_id: str) -> StreamStatus | None:
+        try:
+            return await self.backend.status(stream_id)
+        except BackendUnavailableError:
+            return None
+
+    # -- stopping and inspecting -------------------------------------------------------
+
+    async def cancel(self, stream_id: str) -> StreamState | None:
+        """Stop the stream from any process: its producer is cancelled within milliseconds
+        and every reader ends with ``cancelled``. Idempotent: a finished stream keeps its
+        state. Returns the stream's state afterwards, or None if there is no such stream.
+        """
+        self._require_open()
+        _validate_id(stream_id)
+        local = self._local.get(stream_id)
+        state = await self.backend.finish(
+            stream_id,
+            state=StreamState.CANCELLED,
+            error=None,
+            token=None,
+            times=local.times if local else self._times(),
+            now=time.time(),
+        )
+        if local is not None and state is StreamState.CANCELLED:
+            local.stop(state)
+        return state
+
+    async def status(self, stream_id: str) -> StreamStatus | None:
+        """The stream's state, counts and times, or None if there is no such stream."""
+        self._require_open()
+        _validate_id(stream_id)
+        return await self.backend.status(stream_id)
+
+    async def wait(self, stream_id: str) -> StreamEnd:
+        """Wait until the stream is terminal and return how it ended."""
+        async for item in self.read(stream_id):
+            if isinstance(item, StreamEnd):
+                return item
+        raise AssertionError("unreachable: every read ends with a StreamEnd")
+
+    # -- reading -----------------------------------------------------------------------
+
+    async def read(
+        self, stream_id: str, *, after: int = -1, offset: int | None = None
+    ) -> AsyncIterator[Chunk | StreamEnd]:
+        """Yield the stream's chunks after sequence number ``after`` (or from character
+        ``offset``), live until it ends, then one `StreamEnd`.
+
+        No gap and no duplicate: chunks come in ``seq`` order exactly once, whatever
+        happens between the catch-up and the live part. Raises `StreamNotFoundError` if the
+        stream does not exist. With ``offset``, the first chunk is cut to start exactly at
+        that character.
+        """
+        self._require_open()
+        _validate_id(stream_id)
+        if offset is not None:
+            if offset < 0:
+                raise ValueError("offset must be >= 0")
+            async for item in self._read_from_offset(stream_id, offset):
+                yield item
+            return
+        local = self._local.get(stream_id)
+        items = self._read_local(local, after) if local else self._read_backend(stream_id, after)
+        async for item in items:
+            yield item
+
+    async def _read_from_offset(
+        self, stream_id: str, offset: int
+    ) -> AsyncIterator[Chunk | StreamEnd]:
+        async for item in self.read(stream_id, after=-1):
+            if isinstance(item, Chunk):
+                if item.end_offset <= offset:
+                    continue
+                if item.offset < offset:
+                    item = Chunk(item.seq, item.data[offset - item.offset :], offset)
+            yield item
+
+    async def _read_local(
+        self, local: _LocalStream, after: int
+    ) -> AsyncIterator[Chunk | StreamEnd]:
+        position = max(after + 1, 0)
+        while True:
+            changed = local.changed
+            while position < local.visible:
+                yield local.chunks[position]
+                position += 1
+            if local.state.is_terminal:
+                yield local.end()
+                return
+            await changed.wait()
+
+    async def _read_backend(self, stream_id: str, after: int) -> AsyncIterator[Chunk | StreamEnd]:
+        last = max(after, -1)
+        async with self.backend.listen(stream_id) as listener:
+            status = await self.backend.status(stream_id)
+            if status is None:
+                raise StreamNotFoundError(stream_id)
+            async for chunk in self._catch_up(stream_id, last):
+                last = chunk.seq
+                yield chunk
+            state: StreamState | None = status.state
+            idle = self.lease_ttl / 3
+            missing_since: float | None = None
+            while state is None or not state.is_terminal:
+                note = None
+                with anyio.move_on_after(idle):
+                    note = await listener.receive()
+                if isinstance(note, Appended):
+                    if note.chunks and note.chunks[0].seq > last + 1:
+                        note = Lagged()  # a gap: fetch the missing range from the log
+                    else:
+                        for chunk in note.chunks:
+                            if chunk.seq == last + 1:
+                                last = chunk.seq
+                                yield chunk
+                        continue
+                if isinstance(note, Lagged):
+                    async for chunk in self._catch_up(stream_id, last):
+                        last = chunk.seq
+                        yield chunk
+                    continue
+                if isinstance(note, Ended):
+                    state = note.state
+                    continue
+                state = await self._check_producer(stream_id)
+                if state is not None:
+                    missing_since = None
+                elif missing_since is None:
+                    missing_since = time.monotonic()
+                elif time.monotonic() - missing_since > 2 * self.lease_ttl:
+                    # Not written again by its producer within two lease periods: gone.
+                    yield StreamEnd(StreamState.INTERRUPTED, DATA_LOST, last + 1, 0)
+                    return
+            # The state is terminal, so the log is final: deliver whatever is still unseen.
+            async for chunk in self._catch_up(stream_id, last):
+                last = chunk.seq
+                yield chunk
+            final = await self.backend.status(stream_id)
+            if final is None:
+                yield StreamEnd(StreamState.INTERRUPTED, DATA_LOST, last + 1, 0)
+            else:
+                yield StreamEnd(final.state, final.error, final.chunk_count, final.char_count)
+
+    async def _catch_up(self, stream_id: str, after: int) -> AsyncIterator[Chunk]:
+        while True:
+            batch = await self.backend.read(stream_id, after=after, limit=_READ_PAGE)
+            for chunk in batch:
+                if chunk.seq == after + 1:
+                    after = chunk.seq
+                    yield chunk
+            if len(batch) < _READ_PAGE:
+                return
+
+    async def _check_producer(self, stream_id: str) -> StreamState | None:
+        """An idle reader's check: if the producer's lease lapsed, record ``interrupted``.
+
+        Returns the state, or None while the stream is missing (a backend that lost it, the
+        producer will write it again within a lease period; after that it is ``interrupted``).
+        """
+        try:
+            state = await self.backend.finish(
+                stream_id,
+                state=StreamState.INTERRUPTED,
+                error=PRODUCER_LOST,
+                token=None,
+                times=self._times(),
+                now=time.time(),
+                only_if_lease_expired=True,
+            )
+        except BackendUnavailableError:
+            return None
+        return state

@@ -1,0 +1,44 @@
+"""A bounded notification queue shared by the backends' listeners."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import anyio
+
+from unbroken.backends.base import Lagged, Listener, Notification
+
+
+class QueueListener(Listener):
+    """Holds at most ``capacity`` notifications; on overflow drops them all and says `Lagged`.
+
+    Dropping is safe because a lagging reader re-reads the log: the log, not this queue, is
+    the source of truth, so a slow reader costs bounded memory and loses nothing.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("listener capacity must be at least 1")
+        self._capacity = capacity
+        self._items: deque[Notification] = deque()
+        self._lagged = False
+        self._wakeup = anyio.Event()
+
+    def push(self, note: Notification) -> None:
+        """Queue a notification without blocking (called by the backend's dispatcher)."""
+        if isinstance(note, Lagged) or len(self._items) >= self._capacity:
+            self._items.clear()
+            self._lagged = True
+        else:
+            self._items.append(note)
+        self._wakeup.set()
+
+    async def receive(self) -> Notification:
+        while True:
+            if self._lagged:
+                self._lagged = False
+                return Lagged()
+            if self._items:
+                return self._items.popleft()
+            self._wakeup = anyio.Event()
+            await self._wakeup.wait()
