@@ -1,0 +1,331 @@
+"""The engine contract, run against every backend (ids ``memory`` and ``redis``).
+
+Reads go through a *second* engine over the same store wherever it matters, so they take the
+backend path (log + live notifications) and not only the producer's in-process shortcut.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+
+from tests.engine.conftest import EngineFactory
+from unbroken import (
+    Chunk,
+    StreamEnd,
+    StreamEngine,
+    StreamExistsError,
+    StreamNotFoundError,
+    StreamSourceError,
+    StreamState,
+)
+from unbroken.backends.base import StreamTimes
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
+
+UNICODE_PIECES = ["héllo ", "👩‍👩‍👧 ", "e\u0301", "🎉", " 中文", "\u0915\u094d\u0937", "!"]
+
+
+async def paced(
+    pieces: list[str], delay: float = 0.0, gate: anyio.Event | None = None
+) -> AsyncIterator[str]:
+    for i, piece in enumerate(pieces):
+        if gate is not None and i == len(pieces) // 2:
+            await gate.wait()
+        if delay:
+            await anyio.sleep(delay)
+        else:
+            await anyio.lowlevel.checkpoint()
+        yield piece
+
+
+async def collect(
+    engine: StreamEngine, stream_id: str, **kwargs: int
+) -> tuple[list[Chunk], StreamEnd]:
+    chunks: list[Chunk] = []
+    with anyio.fail_after(20):
+        async for item in engine.read(stream_id, **kwargs):
+            if isinstance(item, StreamEnd):
+                return chunks, item
+            chunks.append(item)
+    raise AssertionError("read ended without a StreamEnd")
+
+
+def assert_gapless(chunks: list[Chunk], first_seq: int) -> None:
+    assert [c.seq for c in chunks] == list(range(first_seq, first_seq + len(chunks)))
+
+
+async def test_read_whole_stream(make_engine: EngineFactory) -> None:
+    producer, reader = await make_engine(), await make_engine()
+    pieces = [f"piece {i} " for i in range(300)]
+    await producer.start("s1", paced(pieces))
+    for engine in (producer, reader):
+        chunks, end = await collect(engine, "s1")
+        assert "".join(c.data for c in chunks) == "".join(pieces)
+        assert_gapless(chunks, 0)
+        assert end.state is StreamState.DONE
+        assert end.chunk_count == 300
+        assert end.char_count == len("".join(pieces))
+    status = await reader.status("s1")
+    assert status is not None
+    assert status.state is StreamState.DONE
+    assert status.chunk_count == 300
+    assert status.finished_at is not None and status.finished_at >= status.created_at
+
+
+async def test_concurrent_readers_join_at_random_points(make_engine: EngineFactory) -> None:
+    producer, other = await make_engine(), await make_engine()
+    pieces = [f"<{i}>" for i in range(400)]
+    await producer.start("live", paced(pieces, delay=0.002))
+    rng = random.Random(7)
+    results: list[tuple[int, list[Chunk], StreamEnd]] = []
+
+    async def join_later(engine: StreamEngine, after: int) -> None:
+        await anyio.sleep(rng.uniform(0, 0.6))
+        chunks, end = await collect(engine, "live", after=after)
+        results.append((after, chunks, end))
+
+    async with anyio.create_task_group() as tg:
+        for i in range(24):
+            tg.start_soon(join_later, (producer, other)[i % 2], rng.randrange(-1, 399))
+    assert len(results) == 24
+    for after, chunks, end in results:
+        assert_gapless(chunks, after + 1)
+        assert "".join(c.data for c in chunks) == "".join(pieces[after + 1 :])
+        assert end.state is StreamState.DONE
+
+
+async def test_resume_from_every_offset(make_engine: EngineFactory) -> None:
+    producer, reader = await make_engine(), await make_engine()
+    pieces = ["a", "bc", "def", "", "ghij", "k"] * 5
+    text = "".join(pieces)
+    await producer.start("every", paced(pieces))
+    await reader.wait("every")
+    nonempty = [p for p in pieces if p]
+    for after in range(-1, len(nonempty)):
+        chunks, end = await collect(reader, "every", after=after)
+        assert [c.data for c in chunks] == nonempty[after + 1 :]
+        assert end.state is StreamState.DONE
+    for offset in range(len(text) + 2):
+        chunks, _ = await collect(reader, "every", offset=offset)
+        assert "".join(c.data for c in chunks) == text[offset:]
+        if chunks:
+            assert chunks[0].offset == offset
+
+
+async def test_unicode_character_offsets(make_engine: EngineFactory) -> None:
+    producer, reader = await make_engine(), await make_engine()
+    text = "".join(UNICODE_PIECES)
+    gate = anyio.Event()
+    await producer.start("uni", paced(UNICODE_PIECES, gate=gate))
+    # Offsets are code points; resuming mid-stream (live) and after the end both cut exactly.
+    live_reads = []
+    async with anyio.create_task_group() as tg:
+
+        async def read_live(offset: int) -> None:
+            chunks, _ = await collect(reader, "uni", offset=offset)
+            live_reads.append((offset, "".join(c.data for c in chunks)))
+
+        for offset in range(len(text) + 1):
+            tg.start_soon(read_live, offset)
+        await anyio.sleep(0.05)
+        gate.set()
+    assert sorted(live_reads) == [(o, text[o:]) for o in range(len(text) + 1)]
+    status = await reader.status("uni")
+    assert status is not None
+    assert status.char_count == len(text)
+    assert status.byte_count == len(text.encode())
+
+
+async def test_producer_error_is_recorded_safely(make_engine: EngineFactory) -> None:
+    producer, reader = await make_engine(), await make_engine()
+
+    async def failing() -> AsyncIterator[str]:
+        yield "partial "
+        raise RuntimeError("secret database password in here")
+
+    async def public_failure() -> AsyncIterator[str]:
+        yield "x"
+        raise StreamSourceError("the model is overloaded, try again")
+
+    await producer.start("healthy", paced(["ok "] * 50, delay=0.001))
+    await producer.start("broken", failing())
+    await producer.start("public", public_failure())
+    chunks, end = await collect(reader, "broken")
+    assert [c.data for c in chunks] == ["partial "]
+    assert end.state is StreamState.ERROR
+    assert end.error is not None and "secret" not in end.error
+    _, end = await collect(reader, "public")
+    assert end.error == "the model is overloaded, try again"
+    chunks, end = await collect(reader, "healthy")
+    assert end.state is StreamState.DONE and len(chunks) == 50
+
+
+async def test_cancel_from_another_engine(make_engine: EngineFactory) -> None:
+    producer, other = await make_engine(), await make_engine()
+    source_closed = anyio.Event()
+    produced = 0
+
+    async def endless() -> AsyncIterator[str]:
+        nonlocal produced
+        try:
+            while True:
+                produced += 1
+                yield f"{produced} "
+                await anyio.sleep(0.005)
+        finally:
+            source_closed.set()
+
+    await producer.start("stop-me", endless())
+    reader_end: list[StreamEnd] = []
+
+    async def follow() -> None:
+        reader_end.append((await collect(other, "stop-me"))[1])
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(follow)
+        await anyio.sleep(0.1)
+        started = time.monotonic()
+        assert await other.cancel("stop-me") is StreamState.CANCELLED
+        with anyio.fail_after(1):
+            await source_closed.wait()
+        elapsed = time.monotonic() - started
+    assert elapsed < 0.5, f"producer stopped {elapsed:.3f}s after cancel"
+    assert reader_end[0].state is StreamState.CANCELLED
+    assert (await producer.wait("stop-me")).state is StreamState.CANCELLED
+    # Idempotent, from either side, and the log stays as it was.
+    count = reader_end[0].chunk_count
+    assert await other.cancel("stop-me") is StreamState.CANCELLED
+    assert await producer.cancel("stop-me") is StreamState.CANCELLED
+    chunks, end = await collect(other, "stop-me")
+    assert len(chunks) == count == end.chunk_count
+    assert await other.cancel("never-existed") is None
+
+
+async def test_cancel_after_done_keeps_done(engine: StreamEngine) -> None:
+    await engine.start("fin", paced(["a", "b"]))
+    await engine.wait("fin")
+    assert await engine.cancel("fin") is StreamState.DONE
+
+
+async def test_dead_producer_lease_expiry_gives_interrupted(make_engine: EngineFactory) -> None:
+    """A producer that vanished without cleanup: only its lease tells. Simulated at the
+    backend level (a claim and two appends, then silence); see test_redis_processes.py for
+    a real SIGKILLed process."""
+    reader = await make_engine(lease_ttl=0.6)
+    backend = reader.backend
+    times = StreamTimes(lease=0.6, active=60, retention=60)
+    now = time.time()
+    assert await backend.claim("ghost", token="t", times=times, now=now)
+    chunks = [Chunk(0, "half an ", 0), Chunk(1, "answer", 8)]
+    assert await backend.append("ghost", token="t", chunks=chunks, times=times, now=now)
+    started = time.monotonic()
+    got, end = await collect(reader, "ghost")
+    waited = time.monotonic() - started
+    assert [c.data for c in got] == ["half an ", "answer"]
+    assert end.state is StreamState.INTERRUPTED
+    assert end.error
+    assert waited < 0.6 * 4 / 3 + 0.5
+    status = await reader.status("ghost")
+    assert status is not None and status.state is StreamState.INTERRUPTED
+
+
+async def test_second_start_is_refused_everywhere(make_engine: EngineFactory) -> None:
+    first, second = await make_engine(), await make_engine()
+    gate = anyio.Event()
+    await first.start("once", paced(["a", "b", "c", "d"], gate=gate))
+    with pytest.raises(StreamExistsError):
+        await second.start("once", paced(["x"]))
+    with pytest.raises(StreamExistsError):
+        await first.start("once", paced(["x"]))
+    gate.set()
+    await first.wait("once")
+    with pytest.raises(StreamExistsError):
+        await second.start("once", paced(["x"]))
+    chunks, _ = await collect(second, "once")
+    assert "".join(c.data for c in chunks) == "abcd"
+
+
+async def test_retention_ttl_expiry(make_engine: EngineFactory) -> None:
+    engine = await make_engine(retention=0.3)
+    await engine.start("short", paced(["a"]))
+    await engine.wait("short")
+    await engine.start("long", paced(["b"]), retention=30)
+    await engine.wait("long")
+    assert await engine.status("short") is not None
+    await anyio.sleep(0.5)
+    assert await engine.status("short") is None
+    with pytest.raises(StreamNotFoundError):
+        await collect(engine, "short")
+    assert await engine.status("long") is not None
+
+
+async def test_sliding_ttl_drops_abandoned_streams(make_engine: EngineFactory) -> None:
+    engine = await make_engine()
+    times = StreamTimes(lease=0.2, active=0.3, retention=60)
+    assert await engine.backend.claim("abandoned", token="t", times=times, now=time.time())
+    await anyio.sleep(0.5)
+    assert await engine.status("abandoned") is None
+
+
+async def test_slow_reader_gets_everything(make_engine: EngineFactory) -> None:
+    producer = await make_engine()
+    reader = await make_engine()
+    pieces = [f"{i}," for i in range(3000)]
+    await producer.start("flood", paced(pieces))
+    seen: list[Chunk] = []
+    with anyio.fail_after(30):
+        async for item in reader.read("flood"):
+            if isinstance(item, StreamEnd):
+                break
+            seen.append(item)
+            if item.seq % 200 == 0:
+                await anyio.sleep(0.02)  # far slower than the producer; buffers overflow
+    assert_gapless(seen, 0)
+    assert "".join(c.data for c in seen) == "".join(pieces)
+
+
+async def test_size_limit_ends_in_error(make_engine: EngineFactory) -> None:
+    engine = await make_engine(max_chunks=10)
+    await engine.start("big", paced(["x"] * 50))
+    chunks, end = await collect(engine, "big")
+    assert len(chunks) == 10
+    assert end.state is StreamState.ERROR
+    assert end.error == "the stream exceeded its size limit"
+
+
+async def test_shutdown_interrupts_after_drain_deadline(make_engine: EngineFactory) -> None:
+    observer = await make_engine()
+    producer = StreamEngine(observer.backend, drain_timeout=0.2, lease_ttl=0.6, owns_backend=False)
+    finished_in_time = anyio.Event()
+
+    async def quick() -> AsyncIterator[str]:
+        yield "fast"
+        finished_in_time.set()
+
+    async with producer:
+        await producer.start("slow", paced(["tick "] * 1000, delay=0.01))
+        await producer.start("quick", quick())
+        await anyio.sleep(0.05)
+    chunks, end = await collect(observer, "slow")
+    assert end.state is StreamState.INTERRUPTED
+    assert end.error and "shut down" in end.error
+    assert 0 < len(chunks) < 1000
+    _, end = await collect(observer, "quick")
+    assert end.state is StreamState.DONE
+
+
+async def test_engine_misuse_is_explained() -> None:
+    engine = StreamEngine()
+    with pytest.raises(Exception, match="engine is closed"):
+        await engine.start("x", paced(["a"]))
+    async with engine:
+        with pytest.raises(ValueError, match="invalid stream id"):
+            await engine.start("{bad}", paced(["a"]))
+        with pytest.raises(StreamNotFoundError):
+            await collect(engine, "missing")
+        assert await engine.status("missing") is None
