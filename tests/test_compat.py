@@ -1,0 +1,91 @@
+"""The npm-parity API: create-or-resume, DONE handling, UTF-16 skip counts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+
+from unbroken import StreamExistsError
+from unbroken.compat import create_resumable_stream_context, utf16_skip
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
+
+
+async def words(pieces: list[str], gate: anyio.Event | None = None) -> AsyncIterator[str]:
+    for i, piece in enumerate(pieces):
+        if gate is not None and i == 2:
+            await gate.wait()
+        yield piece
+
+
+async def drain(stream: AsyncIterator[str] | None) -> list[str]:
+    assert stream is not None
+    with anyio.fail_after(10):
+        return [text async for text in stream]
+
+
+def test_utf16_skip_counts_code_units() -> None:
+    assert utf16_skip("a😀b", 1) == ("😀b", 0)
+    assert utf16_skip("a😀b", 3) == ("b", 0)
+    assert utf16_skip("a😀b", 2) == ("b", 0)  # inside the pair: the whole emoji goes
+    assert utf16_skip("ab", 5) == ("", 3)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def context_kwargs(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, key_prefix: str
+) -> dict[str, str]:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.delenv("KV_URL", raising=False)
+    if request.param == "memory":
+        return {"key_prefix": key_prefix}
+    return {"key_prefix": key_prefix, "redis_url": request.getfixturevalue("redis_url")}
+
+
+async def test_create_or_resume(
+    context_kwargs: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = 0
+    gate = anyio.Event()
+
+    def make() -> AsyncIterator[str]:
+        nonlocal calls
+        calls += 1
+        return words(["Hel", "lo ", "wor", "ld 😀", "!"], gate)
+
+    async with create_resumable_stream_context(**context_kwargs) as ctx:
+        assert await ctx.has_existing_stream("chat-1") is None
+        assert await ctx.resume_existing_stream("chat-1") is None
+        first = await ctx.resumable_stream("chat-1", make)
+        with anyio.fail_after(5):  # let the producer reach the gate: two chunks written
+            while (status := await ctx.engine.status("chat-1")) is None or status.chunk_count < 2:
+                await anyio.sleep(0.01)
+        second = await ctx.resumable_stream("chat-1", make)
+        skipped = await ctx.resumable_stream("chat-1", make, skip_characters=4)
+        assert await ctx.has_existing_stream("chat-1") is True
+        results: list[list[str]] = []
+
+        async def read(stream: AsyncIterator[str] | None) -> None:
+            results.append(await drain(stream))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read, first)
+            await anyio.sleep(0.05)
+            gate.set()
+        assert results[0] == ["Hel", "lo ", "wor", "ld 😀", "!"]
+        assert calls == 1
+        # The resumers joined before the gate: one catch-up chunk, then live ones.
+        rest = await drain(second)
+        assert rest[0] == "Hello " and "".join(rest) == "Hello world 😀!"
+        assert "".join(await drain(skipped)) == "o world 😀!"
+        assert await ctx.has_existing_stream("chat-1") == "DONE"
+        assert await ctx.resumable_stream("chat-1", make) is None
+        assert calls == 1
+        with pytest.raises(StreamExistsError):
+            await ctx.create_new_resumable_stream("chat-1", make)
+        fresh = await ctx.create_new_resumable_stream("chat-2", make)
+        assert "".join(await drain(fresh)) == "Hello world 😀!"
+    if "redis_url" not in context_kwargs:
+        assert "REDIS_URL is not set" in caplog.text
