@@ -232,12 +232,40 @@ async def many_streams(
     }
 
 
+async def many_streams_baseline(streams: int, rate: float, seconds: float) -> dict[str, float]:
+    """The same sources read directly by their consumers: no engine, no resumability."""
+    per_stream = int(rate * seconds)
+    delays: list[float] = []
+    stamps: list[dict[int, float]] = [{} for _ in range(streams)]
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    async with anyio.create_task_group() as tg:
+
+        async def consume(k: int) -> None:
+            async for data in timed_source(per_stream, rate, stamps[k]):
+                delays.append(time.perf_counter() - stamps[k][int(data)])
+
+        for k in range(streams):
+            tg.start_soon(consume, k)
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    chunks = streams * per_stream
+    return {
+        "streams": streams,
+        "chunks": chunks,
+        "wall_s": wall,
+        "delay_p50_ms": percentile(delays, 0.5) * 1000,
+        "delay_p99_ms": percentile(delays, 0.99) * 1000,
+        "cpu_us_per_chunk": cpu / chunks * 1e6,
+    }
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     n = 2_000 if args.quick else 10_000
     results: dict[str, Any] = {"chunks": n, "chunk_bytes": len(CHUNK), "backends": {}}
     results["baseline_chunks_per_s"] = statistics.median(
         [await baseline_throughput(n) for _ in range(3)]
     )
+    many = (200, 2.0) if args.quick else (1000, 5.0)
+    results["many_streams_baseline"] = await many_streams_baseline(many[0], 30.0, many[1])
     kinds = ["memory"] + (["redis"] if args.redis_url else [])
     for kind in kinds:
         prefix = f"unbroken-bench-{uuid.uuid4().hex[:8]}"
@@ -258,9 +286,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         entry["heap_bytes_per_active_stream"] = await heap_per_stream(
             make, kind, 200 if args.quick else 1000
         )
-        entry["many_streams"] = await many_streams(
-            make, kind, 200 if args.quick else 1000, 30.0, 2.0 if args.quick else 5.0
-        )
+        entry["many_streams"] = await many_streams(make, kind, many[0], 30.0, many[1])
         if kind == "redis":
             entry["redis_per_chunk_no_reader"] = await commands_per_chunk(
                 args.redis_url, prefix, n, 0
@@ -308,6 +334,14 @@ def report(results: dict[str, Any]) -> str:
     row(
         "python heap per active stream (bytes)",
         lambda e: f"{e['heap_bytes_per_active_stream']:,.0f}",
+    )
+    b = results["many_streams_baseline"]
+    lines.append(
+        f"{'1,000 streams @30/s, baseline: p50/p99 ms':<44}"
+        f"{b['delay_p50_ms']:>8.2f}{b['delay_p99_ms']:>8.2f}"
+    )
+    lines.append(
+        f"{'1,000 streams @30/s, baseline: CPU/chunk us':<44}{b['cpu_us_per_chunk']:>16.1f}"
     )
     row("1,000 streams @30/s: delay p50 (ms)", lambda e: f"{e['many_streams']['delay_p50_ms']:.2f}")
     row("1,000 streams @30/s: delay p99 (ms)", lambda e: f"{e['many_streams']['delay_p99_ms']:.2f}")

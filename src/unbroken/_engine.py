@@ -28,7 +28,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from unbroken._models import Chunk, StreamEnd, StreamState, StreamStatus
-from unbroken.backends.base import Appended, Backend, Ended, Lagged, StreamTimes
+from unbroken.backends.base import Appended, Backend, Ended, Idle, Listener, StreamTimes
 from unbroken.exceptions import (
     BackendUnavailableError,
     CorruptStreamError,
@@ -90,7 +90,6 @@ class _LocalStream:
     durable: int = 0
     degraded: bool = False
     lost: bool = False  # the backend forgot the stream; claim it again before writing
-    write_lock: anyio.Lock = field(default_factory=anyio.Lock)
     state: StreamState = StreamState.ACTIVE
     error: str | None = None
     stop_state: StreamState | None = None
@@ -129,11 +128,20 @@ class _LocalStream:
         return self.chunks[n - 1].end_offset if n else 0
 
 
+@dataclass(eq=False)
+class _QuietReader:
+    """A reader waiting on live notifications; ``heard`` is reset by each tick."""
+
+    listener: Listener
+    heard: bool = True
+
+
 class StreamEngine:
     """Runs stream producers and serves readers over a `Backend`. Use as ``async with``.
 
     - ``lease_ttl``: a producer whose lease is not renewed for this long is declared dead;
-      readers then see ``interrupted`` (detected within about ``lease_ttl * 4/3``).
+      readers then see ``interrupted`` (at most ``lease_ttl * 5/3`` after it died: 4 s by
+      default).
     - ``active_ttl``: sliding time-to-live of an active stream's data in the backend.
     - ``retention``: how long a finished stream stays readable (default 24 h).
     - ``max_chunks`` / ``max_chars``: a stream that grows past these ends in ``error``.
@@ -147,7 +155,7 @@ class StreamEngine:
         self,
         backend: Backend | None = None,
         *,
-        lease_ttl: float = 3.0,
+        lease_ttl: float = 2.4,
         active_ttl: float = 3600.0,
         retention: float = 86400.0,
         max_chunks: int = 100_000,
@@ -172,6 +180,7 @@ class StreamEngine:
         self.backend_retry = backend_retry
         self._owns_backend = owns_backend
         self._local: dict[str, _LocalStream] = {}
+        self._readers: set[_QuietReader] = set()
         self._task_group: TaskGroup | None = None
         self._closing = False
 
@@ -184,6 +193,7 @@ class StreamEngine:
             await self.backend.open()
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
+        self._task_group.start_soon(self._poke_quiet_readers, name="unbroken:liveness")
         self._closing = False
         return self
 
@@ -201,6 +211,7 @@ class StreamEngine:
             with anyio.CancelScope(shield=True):
                 await self._drain()
         finally:
+            task_group.cancel_scope.cancel()  # producers are done; stop the liveness timer
             try:
                 await task_group.__aexit__(exc_type, exc, tb)
             finally:
@@ -219,6 +230,17 @@ class StreamEngine:
         # Each producer records its end within a bounded time (see _record_end).
         for local in list(self._local.values()):
             await local.ended.wait()
+
+    async def _poke_quiet_readers(self) -> None:
+        """Every lease_ttl/3, poke readers that heard nothing since the last tick, so they
+        check the producer's lease (a dead producer sends nothing, not even an end)."""
+        while True:
+            await anyio.sleep(self.lease_ttl / 3)
+            for reader in list(self._readers):
+                if reader.heard:
+                    reader.heard = False
+                else:
+                    reader.listener.poke()
 
     def _require_open(self) -> TaskGroup:
         if self._task_group is None or self._closing:
@@ -329,10 +351,7 @@ class StreamEngine:
         served from memory. If the backend lost the stream (a restarted Redis without
         persistence), re-claims it under the same token and writes it again from chunk 0.
         """
-        async with local.write_lock:
-            return await self._flush_locked(local)
-
-    async def _flush_locked(self, local: _LocalStream) -> bool:
+        # Never runs twice at once: the write loop is cancelled before _record_end flushes.
         delay = _RETRY_MIN
         while local.lost or local.durable < len(local.chunks):
             if local.lost:
@@ -419,7 +438,7 @@ class StreamEngine:
         delay = _RETRY_MIN
         while True:
             try:
-                async with self.backend.listen(local.stream_id) as listener:
+                async with self.backend.listen(local.stream_id, ends_only=True) as listener:
                     delay = _RETRY_MIN
                     while True:
                         note = await listener.receive()
@@ -573,38 +592,40 @@ class StreamEngine:
                 last = chunk.seq
                 yield chunk
             state: StreamState | None = status.state
-            idle = self.lease_ttl / 3
             missing_since: float | None = None
-            while state is None or not state.is_terminal:
-                note = None
-                with anyio.move_on_after(idle):
+            quiet = _QuietReader(listener)
+            self._readers.add(quiet)
+            try:
+                while state is None or not state.is_terminal:
                     note = await listener.receive()
-                if isinstance(note, Appended):
-                    if note.chunks and note.chunks[0].seq > last + 1:
-                        note = Lagged()  # a gap: fetch the missing range from the log
-                    else:
+                    if isinstance(note, Idle):
+                        state = await self._check_producer(stream_id)
+                        if state is not None:
+                            missing_since = None
+                        elif missing_since is None:
+                            missing_since = time.monotonic()
+                        elif time.monotonic() - missing_since > 2 * self.lease_ttl:
+                            # Not written again by its producer within two lease periods.
+                            yield StreamEnd(StreamState.INTERRUPTED, DATA_LOST, last + 1, 0)
+                            return
+                        continue
+                    quiet.heard = True
+                    if isinstance(note, Ended):
+                        state = note.state
+                    elif isinstance(note, Appended) and note.chunks[0].seq <= last + 1:
                         for chunk in note.chunks:
                             if chunk.seq == last + 1:
                                 last = chunk.seq
                                 yield chunk
-                        continue
-                if isinstance(note, Lagged):
-                    async for chunk in self._catch_up(stream_id, last):
-                        last = chunk.seq
-                        yield chunk
-                    continue
-                if isinstance(note, Ended):
-                    state = note.state
-                    continue
-                state = await self._check_producer(stream_id)
-                if state is not None:
-                    missing_since = None
-                elif missing_since is None:
-                    missing_since = time.monotonic()
-                elif time.monotonic() - missing_since > 2 * self.lease_ttl:
-                    # Not written again by its producer within two lease periods: gone.
-                    yield StreamEnd(StreamState.INTERRUPTED, DATA_LOST, last + 1, 0)
-                    return
+                    else:
+                        # Lagged, or a gap before this batch: the log has what was missed
+                        # (and, since notifications were dropped, maybe the end).
+                        async for chunk in self._catch_up(stream_id, last):
+                            last = chunk.seq
+                            yield chunk
+                        state = await self._check_producer(stream_id)
+            finally:
+                self._readers.discard(quiet)
             # The state is terminal, so the log is final: deliver whatever is still unseen.
             async for chunk in self._catch_up(stream_id, last):
                 last = chunk.seq

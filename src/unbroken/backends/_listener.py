@@ -6,7 +6,7 @@ from collections import deque
 
 import anyio
 
-from unbroken.backends.base import Lagged, Listener, Notification
+from unbroken.backends.base import Idle, Lagged, Listener, Notification
 
 
 class QueueListener(Listener):
@@ -32,6 +32,9 @@ class QueueListener(Listener):
         else:
             self._items.append(note)
         self._wakeup.set()
+
+    def poke(self) -> None:
+        self.push(Idle())
 
     async def receive(self) -> Notification:
         while True:

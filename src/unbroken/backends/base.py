@@ -21,7 +21,16 @@ from typing import Self
 
 from unbroken._models import Chunk, StreamState, StreamStatus
 
-__all__ = ["Appended", "Backend", "Ended", "Lagged", "Listener", "Notification", "StreamTimes"]
+__all__ = [
+    "Appended",
+    "Backend",
+    "Ended",
+    "Idle",
+    "Lagged",
+    "Listener",
+    "Notification",
+    "StreamTimes",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +70,13 @@ class Lagged:
     """
 
 
-Notification = Appended | Ended | Lagged
+@dataclass(frozen=True, slots=True)
+class Idle:
+    """Not from the backend: the engine's reminder that a reader has heard nothing for a
+    while (see `Listener.poke`), so it should check that the producer is still alive."""
+
+
+Notification = Appended | Ended | Lagged | Idle
 
 
 class Listener(ABC):
@@ -70,6 +85,14 @@ class Listener(ABC):
     @abstractmethod
     async def receive(self) -> Notification:
         """Wait for the next notification (at most one `Lagged` in a row)."""
+
+    @abstractmethod
+    def poke(self) -> None:
+        """Queue an `Idle` for the receiver, without blocking.
+
+        One engine-wide timer pokes quiet readers, instead of every reader arming a timeout
+        around every ``receive()`` (a cancel scope per chunk costs more than the chunk).
+        """
 
 
 class Backend(ABC):
@@ -158,9 +181,13 @@ class Backend(ABC):
         """Up to ``limit`` chunks with ``seq > after`` from the log, in order."""
 
     @abstractmethod
-    def listen(self, stream_id: str) -> AbstractAsyncContextManager[Listener]:
+    def listen(
+        self, stream_id: str, *, ends_only: bool = False
+    ) -> AbstractAsyncContextManager[Listener]:
         """Subscribe to the stream's live notifications.
 
         When the context is entered the subscription is in place: every change after that
-        moment is notified (or `Lagged` is signalled).
+        moment is notified (or `Lagged` is signalled). With ``ends_only`` only `Ended` is
+        delivered: what a producer needs to hear a stop from another process, without
+        receiving its own chunks back.
         """

@@ -50,6 +50,7 @@ class MemoryBackend(Backend):
     ) -> None:
         self._streams: dict[str, _Stream] = {}
         self._listeners: dict[str, set[QueueListener]] = {}
+        self._end_listeners: dict[str, set[QueueListener]] = {}
         self._reader_buffer = reader_buffer
         self._clock = clock
         self._next_sweep = 0.0
@@ -72,6 +73,9 @@ class MemoryBackend(Backend):
     def _notify(self, stream_id: str, note: Notification) -> None:
         for listener in self._listeners.get(stream_id, ()):
             listener.push(note)
+        if isinstance(note, Ended):
+            for listener in self._end_listeners.get(stream_id, ()):
+                listener.push(note)
 
     async def claim(self, stream_id: str, *, token: str, times: StreamTimes, now: float) -> bool:
         self._sweep()
@@ -177,18 +181,22 @@ class MemoryBackend(Backend):
         start = max(after + 1, 0)
         return stream.log[start : start + limit]
 
-    def listen(self, stream_id: str) -> AbstractAsyncContextManager[Listener]:
-        return self._listen(stream_id)
+    def listen(
+        self, stream_id: str, *, ends_only: bool = False
+    ) -> AbstractAsyncContextManager[Listener]:
+        return self._listen(stream_id, self._end_listeners if ends_only else self._listeners)
 
     @asynccontextmanager
-    async def _listen(self, stream_id: str) -> AsyncIterator[Listener]:
+    async def _listen(
+        self, stream_id: str, registry: dict[str, set[QueueListener]]
+    ) -> AsyncIterator[Listener]:
         listener = QueueListener(self._reader_buffer)
-        self._listeners.setdefault(stream_id, set()).add(listener)
+        registry.setdefault(stream_id, set()).add(listener)
         try:
             yield listener
         finally:
-            listeners = self._listeners.get(stream_id)
+            listeners = registry.get(stream_id)
             if listeners is not None:
                 listeners.discard(listener)
                 if not listeners:
-                    del self._listeners[stream_id]
+                    del registry[stream_id]
