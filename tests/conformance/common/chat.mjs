@@ -1,0 +1,95 @@
+// AI SDK 5/6/7: the headless `Chat` class from `@ai-sdk/react` (what `useChat` wraps).
+//
+// cut:  `sendMessage` (POST) is cut mid-stream (the fetch is aborted, or the connection is
+//       terminated), then `resumeStream()` (GET .../stream) must end with ONE complete
+//       assistant message, not a duplicate next to the partial one.
+// stop: `stop()` on the client mid-stream is only a disconnect: a reconnect right after it
+//       replays the whole answer, which the server kept generating, up to its `finish`.
+//
+// config: { clientsDir, api, chats: { cutAbort, cutNetwork, stop }, userText, timeoutMs? }
+
+import { cuttableFetch, main, plain, recorder, textOf, waitFor } from "./util.mjs";
+
+const hasText = (chat) => {
+  const last = chat.messages.at(-1);
+  return last?.role === "assistant" && textOf(last).length > 0;
+};
+
+async function cutThenResume({ ai, aiReact }, config, chatId, mode) {
+  const fetch = cuttableFetch({ mode });
+  const errors = [];
+  const statuses = [];
+  const chat = new aiReact.Chat({
+    id: chatId,
+    transport: new ai.DefaultChatTransport({ api: config.api, fetch }),
+    onError: (error) => errors.push(String(error)),
+  });
+  const sending = chat.sendMessage({ text: config.userText });
+  await waitFor(() => hasText(chat), { what: "the first text of the answer" });
+  const partial = plain(chat.messages.at(-1));
+  const cutCount = fetch.cutAll();
+  await sending;
+  statuses.push(chat.status);
+  const messagesAfterCut = plain(chat.messages);
+
+  await chat.resumeStream();
+  statuses.push(chat.status);
+  return {
+    cutCount,
+    partial,
+    messagesAfterCut,
+    statuses,
+    errors,
+    error: chat.error ? String(chat.error) : null,
+    messages: plain(chat.messages),
+    requests: fetch.requests,
+  };
+}
+
+async function stopThenReconnect({ ai, aiReact }, config, chatId) {
+  const finishes = [];
+  const fetch = cuttableFetch();
+  const chat = new aiReact.Chat({
+    id: chatId,
+    transport: new ai.DefaultChatTransport({ api: config.api, fetch }),
+    onFinish: (event) => finishes.push({ isAbort: event.isAbort ?? null, isError: event.isError ?? null }),
+  });
+  const sending = chat.sendMessage({ text: config.userText });
+  await waitFor(() => hasText(chat), { what: "the first text of the answer" });
+  await chat.stop();
+  await sending;
+  const statusAfterStop = chat.status;
+  const messagesAfterStop = plain(chat.messages);
+
+  // An independent reader (another tab, or this page after a reload) sees the generation go
+  // on to the end: a full replay from the first chunk that ends with `finish`. The stopped
+  // Chat itself resumes at the same time and must end with one complete message.
+  const transport = new ai.DefaultChatTransport({ api: config.api });
+  const chunks = [];
+  const readReplay = async () => {
+    const stream = await transport.reconnectToStream({ chatId });
+    if (stream == null) return null;
+    const reader = stream.pipeThrough(recorder(chunks)).getReader();
+    while (!(await reader.read()).done) {
+      // drain
+    }
+    return chunks.map((chunk) => chunk.type);
+  };
+  const [replayed] = await Promise.all([readReplay(), chat.resumeStream()]);
+  return {
+    statusAfterStop,
+    messagesAfterStop,
+    finishes,
+    replayedChunkTypes: replayed,
+    replayChunks: chunks,
+    status: chat.status,
+    error: chat.error ? String(chat.error) : null,
+    messages: plain(chat.messages),
+  };
+}
+
+main(async (config, clients) => ({
+  cutAbort: await cutThenResume(clients, config, config.chats.cutAbort, "abort"),
+  cutNetwork: await cutThenResume(clients, config, config.chats.cutNetwork, "network"),
+  stop: await stopThenReconnect(clients, config, config.chats.stop),
+}));

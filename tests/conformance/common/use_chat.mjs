@@ -1,0 +1,75 @@
+// AI SDK 5/6/7: the real `useChat({ id, resume: true })` hook, rendered headless with
+// react-test-renderer, picks up an answer in progress after a simulated page reload.
+//
+// Page 1 mounts `useChat`, sends a message, and is "reloaded" mid-answer: its connection is
+// cut (as the browser does) and the tree unmounted. Page 2 is a fresh tree that mounts
+// `useChat({ id, messages: stored, resume: true })`; on mount it calls GET .../stream and must
+// end with the stored messages plus ONE complete assistant message.
+//
+// Two kinds of stored messages:
+//   server: what the server had persisted at the reload: the user message only;
+//   client: what the page had locally: the user message and the partial assistant message
+//           (the replay carries the same message id, so the client replaces it).
+//
+// config: { clientsDir, api, chats: { server, client }, userText, timeoutMs? }
+
+import { cuttableFetch, main, plain, renderHook, settle, textOf, waitFor } from "./util.mjs";
+
+async function reloadMidAnswer(clients, config, chatId, stored) {
+  const { ai, aiReact } = clients;
+
+  // Page 1.
+  const fetch = cuttableFetch({ mode: "network" });
+  const transport1 = new ai.DefaultChatTransport({ api: config.api, fetch });
+  const page1 = renderHook(clients, () => aiReact.useChat({ id: chatId, transport: transport1 }));
+  await waitFor(() => page1.current(), { what: "page 1 to render" });
+  const sending = page1.current().sendMessage({ text: config.userText });
+  const page1Messages = await waitFor(
+    () => {
+      const { messages } = page1.current();
+      const last = messages.at(-1);
+      return last?.role === "assistant" && textOf(last).length > 0 ? plain(messages) : null;
+    },
+    { what: "page 1 to show the first text of the answer" },
+  );
+  // The reload: the browser drops the connection and throws the page away.
+  fetch.cutAll();
+  page1.unmount();
+  await sending.catch(() => {});
+
+  const storedMessages = stored === "server" ? page1Messages.slice(0, 1) : page1Messages;
+
+  // Page 2: a fresh tree, a fresh Chat, the stored messages, resume on mount.
+  const transport2 = new ai.DefaultChatTransport({ api: config.api });
+  const statuses = [];
+  const ended = [];
+  const page2 = renderHook(clients, () => {
+    const helpers = aiReact.useChat({
+      id: chatId,
+      messages: storedMessages,
+      transport: transport2,
+      resume: true,
+      onFinish: ({ isAbort, isError }) => ended.push({ isAbort: isAbort ?? null, isError: isError ?? null }),
+      onError: (error) => ended.push({ error: String(error) }),
+    });
+    if (statuses.at(-1) !== helpers.status) statuses.push(helpers.status);
+    return helpers;
+  });
+  await waitFor(() => ended.length > 0, { what: "page 2's resume request to end" });
+  await settle(() => ({ messages: page2.current().messages, status: page2.current().status }));
+  const helpers = page2.current();
+  const result = {
+    storedMessages,
+    statuses,
+    ended,
+    error: helpers.error ? String(helpers.error) : null,
+    messages: plain(helpers.messages),
+  };
+  page2.unmount();
+  return result;
+}
+
+main(async (config, clients) => ({
+  server: await reloadMidAnswer(clients, config, config.chats.server, "server"),
+  client: await reloadMidAnswer(clients, config, config.chats.client, "client"),
+}));
