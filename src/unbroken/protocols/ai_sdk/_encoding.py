@@ -1,0 +1,151 @@
+"""What both AI SDK encoders share: decoding stored events, merging replays, ending streams.
+
+An encoder is a pure transform from engine items (`Chunk` of one JSON event each, then one
+`StreamEnd`) to wire text. It is fed in batches; consecutive deltas of one part inside a
+batch may be merged into one frame, so a catch-up (which arrives as large batches) replays in
+few frames while live chunks (batches of one) go out as they come.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from typing import Any, Generic, TypeVar
+
+from unbroken._models import Chunk, StreamEnd, StreamState
+from unbroken.exceptions import ProtocolError
+from unbroken.protocols.ai_sdk._chunks import UIEvent, decode_event
+
+__all__ = ["ERROR_TEXT", "INTERRUPTED_TEXT", "TERMINAL_TYPES", "StreamEncoder"]
+
+logger = logging.getLogger("unbroken")
+
+#: Chunk types after which nothing needs to be synthesized for the stream's end.
+TERMINAL_TYPES = frozenset({"finish", "error", "abort"})
+ERROR_TEXT = "the answer could not be completed"
+INTERRUPTED_TEXT = "the answer was interrupted"
+
+Item = TypeVar("Item")
+
+
+class StreamEncoder(ABC, Generic[Item]):
+    """Turns engine items into protocol text. One encoder per response; not reusable."""
+
+    #: Response headers of this protocol.
+    headers: dict[str, str]
+
+    def __init__(self, *, merge: bool = True) -> None:
+        self.merge = merge
+        self.finished = False
+        self._last_type: str | None = None
+
+    # -- public ------------------------------------------------------------------------
+
+    def seen(self, chunk: Chunk) -> None:
+        """Tell the encoder about a chunk the client already has (the one at ``after``),
+        so it knows whether the stream's own terminal event was delivered."""
+        event = self._decode(chunk)
+        if event is not None:
+            self._observe(event)
+
+    def encode(self, items: Iterable[Chunk | StreamEnd]) -> str:
+        """Wire text for a batch of engine items (a `StreamEnd` must come last)."""
+        out: list[str] = []
+        pending: list[tuple[int, Item]] = []
+        for item in items:
+            if self.finished:
+                raise RuntimeError("this encoder already wrote the end of the stream")
+            if isinstance(item, StreamEnd):
+                out.extend(self._format(seq, wire) for seq, wire in self._merged(pending))
+                pending = []
+                out.append(self.end(item))
+                continue
+            event = self._decode(item)
+            if event is None:
+                continue
+            self._observe(event)
+            pending.extend((item.seq, wire) for wire in self._translate(event))
+        out.extend(self._format(seq, wire) for seq, wire in self._merged(pending))
+        return "".join(out)
+
+    def end(self, end: StreamEnd) -> str:
+        """The stream's end: a synthesized terminal event unless the stream sent its own,
+        then the protocol's end marker."""
+        if self.finished:
+            raise RuntimeError("this encoder already wrote the end of the stream")
+        self.finished = True
+        synthesized: list[Item] = []
+        if self._last_type not in TERMINAL_TYPES:
+            if end.state is StreamState.CANCELLED:
+                synthesized = self._translate({"type": "abort", "reason": "cancelled"})
+            elif end.state is StreamState.ERROR:
+                synthesized = self._translate(
+                    {"type": "error", "errorText": end.error or ERROR_TEXT}
+                )
+            elif end.state is StreamState.INTERRUPTED:
+                synthesized = self._translate(
+                    {"type": "error", "errorText": end.error or INTERRUPTED_TEXT}
+                )
+            else:
+                synthesized = self._translate({"type": "finish", "finishReason": "stop"})
+        return "".join(self._format(None, wire) for wire in synthesized) + self._close()
+
+    def fail(self, message: str) -> str:
+        """End the response in error when the stream itself cannot be read any more."""
+        self._last_type = None
+        return self.end(StreamEnd(StreamState.ERROR, message, 0, 0))
+
+    @abstractmethod
+    def keepalive(self) -> str:
+        """Text a client ignores, sent while the stream is idle."""
+
+    # -- per protocol ------------------------------------------------------------------
+
+    @abstractmethod
+    def _translate(self, event: UIEvent) -> list[Item]:
+        """The wire items for one event (none when the client must not get it)."""
+
+    @abstractmethod
+    def _format(self, seq: int | None, wire: Item) -> str:
+        """One wire item as text; ``seq`` is the last stored chunk it carries (None when it
+        was synthesized)."""
+
+    @abstractmethod
+    def _merge_key(self, wire: Item) -> Any:
+        """Items with equal, non-None keys that follow each other may be merged."""
+
+    @abstractmethod
+    def _merge_pair(self, first: Item, second: Item) -> Item:
+        """One item equivalent to ``first`` then ``second`` for the client."""
+
+    def _close(self) -> str:
+        return ""
+
+    def _observe(self, event: UIEvent) -> None:
+        self._last_type = event["type"]
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _decode(self, chunk: Chunk) -> UIEvent | None:
+        try:
+            return decode_event(chunk.data)
+        except ProtocolError:
+            # A stream holding something else must not break the client: skip and log.
+            logger.warning("skipping chunk %d: not a UI message chunk", chunk.seq)
+            return None
+
+    def _merged(self, pending: list[tuple[int, Item]]) -> list[tuple[int, Item]]:
+        if not self.merge:
+            return pending
+        out: list[tuple[int, Item]] = []
+        for seq, wire in pending:
+            if out:
+                key = self._merge_key(wire)
+                if key is not None and key == self._merge_key(out[-1][1]):
+                    # The merged frame carries the seq of its LAST chunk: Last-Event-ID stays
+                    # exact, a resume from it sends nothing twice.
+                    out[-1] = (seq, self._merge_pair(out[-1][1], wire))
+                    continue
+            out.append((seq, wire))
+        return out
