@@ -1,0 +1,101 @@
+"""Every Redis key, channel and field name the Redis backend uses, in one place.
+
+Per stream, with the hash tag ``{<prefix>:<stream id>}`` so Redis Cluster keeps all of
+them in one slot (one Lua script may touch them all, and sharded pub/sub lands on the
+node that owns the data)::
+
+    {<prefix>:<id>}:meta     hash    state, token, counts, times, error   (see META_*)
+    {<prefix>:<id>}:log      stream  entry id ``0-<seq + 1>``, fields data + offset
+    {<prefix>:<id>}:lease    string  the producer's token, with a PX expiry
+    {<prefix>:<id>}:events   channel compact JSON notifications (see NOTE_*): appends, end
+    {<prefix>:<id>}:ends     channel the end notification only (for ``listen(ends_only=True)``,
+                             so a producer does not receive its own chunks back)
+
+The suffixes are chosen so that no suffix ends another one: two different stream ids can
+therefore never produce the same key, even if an id contains ``}`` or ``:``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "LOG_DATA",
+    "LOG_OFFSET",
+    "META_BYTES",
+    "META_CHARS",
+    "META_CHUNKS",
+    "META_CREATED",
+    "META_ERROR",
+    "META_FINISHED",
+    "META_STATE",
+    "META_TOKEN",
+    "META_UPDATED",
+    "NOTE_APPENDED",
+    "NOTE_ENDED",
+    "StreamKeys",
+    "log_entry_id",
+    "log_entry_seq",
+    "stream_keys",
+]
+
+# Fields of the metadata hash (the Lua scripts use the same literal names).
+META_STATE = "state"
+META_TOKEN = "token"
+META_CHUNKS = "chunks"
+META_CHARS = "chars"
+META_BYTES = "bytes"
+META_CREATED = "created"
+META_UPDATED = "updated"
+META_FINISHED = "finished"
+META_ERROR = "error"
+
+# Fields of one log entry.
+LOG_DATA = "data"
+LOG_OFFSET = "offset"
+
+# Notification payloads: {"a": [[seq, offset, data], ...]} and {"e": "<terminal state>"}.
+NOTE_APPENDED = "a"
+NOTE_ENDED = "e"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamKeys:
+    """The keys and the notification channel of one stream."""
+
+    meta: str
+    log: str
+    lease: str
+    channel: str
+    ends_channel: str
+
+    @property
+    def script_keys(self) -> list[str]:
+        """The KEYS every Lua script receives, in this order: meta, log, lease."""
+        return [self.meta, self.log, self.lease]
+
+
+def stream_keys(prefix: str, stream_id: str) -> StreamKeys:
+    """The keys of ``stream_id`` under ``prefix``, all sharing one Cluster hash tag."""
+    tag = "{" + prefix + ":" + stream_id + "}"
+    return StreamKeys(
+        meta=f"{tag}:meta",
+        log=f"{tag}:log",
+        lease=f"{tag}:lease",
+        channel=f"{tag}:events",
+        ends_channel=f"{tag}:ends",
+    )
+
+
+def log_entry_id(seq: int) -> str:
+    """The Redis Stream entry id of chunk ``seq``: ``0-<seq + 1>`` (``0-0`` is not allowed)."""
+    return f"0-{seq + 1}"
+
+
+def log_entry_seq(entry_id: str) -> int:
+    """The chunk sequence number an entry id stands for; ValueError if it is not ours."""
+    millis, sep, counter = entry_id.partition("-")
+    digits = counter.isascii() and counter.isdigit()
+    if millis != "0" or not sep or not digits or counter.startswith("0"):
+        raise ValueError(f"not a chunk entry id: {entry_id!r}")
+    return int(counter) - 1

@@ -1,0 +1,55 @@
+-- Shared by every script: unbroken.backends.redis prepends it to each script's source.
+-- KEYS[1] = meta (hash), KEYS[2] = log (stream), KEYS[3] = lease (string); see _keys.py.
+--
+-- Anything in these keys that unbroken did not write is reported as an error reply starting
+-- with UNBROKEN_CORRUPT (Python raises CorruptStreamError for that stream only), and it is
+-- checked *before* the first write, because a script that fails halfway is not rolled back.
+
+local STATES = {active = true, done = true, error = true, cancelled = true, interrupted = true}
+
+local function corrupt(why)
+  return redis.error_reply('UNBROKEN_CORRUPT ' .. why)
+end
+
+local function key_type(key)
+  return redis.call('TYPE', key)['ok']
+end
+
+local function is_count(value)
+  return type(value) == 'string' and string.match(value, '^%d+$') ~= nil and #value < 16
+end
+
+-- Returns meta (a table), or nil when the stream does not exist; plus an error text when the
+-- stored data is not readable.
+local function read_meta()
+  local kind = key_type(KEYS[1])
+  if kind == 'none' then
+    return nil, nil
+  end
+  if kind ~= 'hash' then
+    return nil, 'meta key holds a ' .. kind
+  end
+  local v = redis.call('HMGET', KEYS[1], 'state', 'token', 'chunks', 'chars', 'bytes')
+  if not STATES[v[1]] then
+    return nil, 'meta has no valid state'
+  end
+  if type(v[2]) ~= 'string' then
+    return nil, 'meta has no token'
+  end
+  if not (is_count(v[3]) and is_count(v[4]) and is_count(v[5])) then
+    return nil, 'meta counts are not integers'
+  end
+  local log_kind = key_type(KEYS[2])
+  if log_kind ~= 'none' and log_kind ~= 'stream' then
+    return nil, 'log key holds a ' .. log_kind
+  end
+  return {state = v[1], token = v[2], chunks = tonumber(v[3])}, nil
+end
+
+local function notify(sharded, channel, payload)
+  if sharded == '1' then
+    redis.call('SPUBLISH', channel, payload)
+  else
+    redis.call('PUBLISH', channel, payload)
+  end
+end

@@ -1,0 +1,831 @@
+"""`RedisBackend`: durable streams shared by every process that talks to one Redis.
+
+Per stream (key formats in `unbroken.backends._keys`): a metadata hash, a chunk log (a Redis
+Stream whose entry ids are ``0-<seq + 1>``, so reading from any position is one XRANGE), a
+producer lease (a string with a PX expiry) and a notification channel. Every write is one
+atomic Lua script (``_lua/``) that checks ownership and the sequence, writes, refreshes the
+TTLs and publishes the notification, so a reader can never see a notification for data that
+is not in the log yet.
+
+Live notifications: all listeners of one backend share ONE pub/sub connection. A router task
+(in the backend's task group) reads it and hands each message to per-listener bounded queues.
+When that connection drops, the router reconnects with backoff, subscribes again, and tells
+every listener `Lagged` (re-read the log), so a Redis restart costs latency, never data.
+
+Works with Redis >= 6.2 and Valkey; with ``cluster=True`` it uses `RedisCluster` and sharded
+pub/sub (SSUBSCRIBE/SPUBLISH, Redis >= 7.0). All keys of a stream share the hash tag
+``{<prefix>:<id>}``, so they live in one slot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from importlib.resources import files
+from typing import Any, Literal, NoReturn
+
+import anyio
+from anyio.abc import TaskGroup
+
+from unbroken._models import Chunk, StreamState, StreamStatus
+from unbroken.backends import _keys
+from unbroken.backends._keys import StreamKeys, log_entry_id, log_entry_seq, stream_keys
+from unbroken.backends._listener import QueueListener
+from unbroken.backends.base import (
+    Appended,
+    Backend,
+    Ended,
+    Lagged,
+    Listener,
+    Notification,
+    StreamTimes,
+)
+from unbroken.exceptions import (
+    BackendError,
+    BackendUnavailableError,
+    CorruptStreamError,
+    EngineClosedError,
+    MissingDependencyError,
+    UnbrokenError,
+)
+
+try:
+    from redis import exceptions as redis_errors
+    from redis.asyncio import Redis
+    from redis.asyncio.client import PubSub
+    from redis.asyncio.cluster import ClusterPubSub, RedisCluster
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.commands.core import AsyncScript
+except ImportError as exc:  # pragma: no cover - exercised by a test that hides redis
+    raise MissingDependencyError("redis", "redis") from exc
+
+__all__ = ["RedisBackend"]
+
+logger = logging.getLogger("unbroken.redis")
+
+_SUBSCRIBE_TIMEOUT = 10.0  # how long listen() waits for Redis to confirm a subscription
+_RECONNECT_MIN, _RECONNECT_MAX = 0.05, 2.0  # backoff of the pub/sub connection, seconds
+_POLL = 1.0  # pub/sub read timeout: how often the router checks the connection's health
+_CLUSTER_POLL = 0.05  # per node: ClusterPubSub reads its node connections one after another
+_PING_AFTER = 10.0  # ping the pub/sub connection after this much silence ...
+_DEAD_AFTER = 30.0  # ... and give it up after this much (a half-open TCP connection)
+_MAX_TTL_MS = 10 * 365 * 24 * 3600 * 1000  # TTLs are capped (Redis rejects overflowing ones)
+_DEFAULT_URL = "redis://localhost:6379/0"
+_INT = re.compile(r"[0-9]{1,18}")
+
+# The pub/sub connection must not reconnect on its own: redis-py would resubscribe silently
+# and notifications published meanwhile would vanish without the `Lagged` that makes
+# listeners re-read the log. The router reconnects instead, and says so.
+_NO_RETRY = Retry(NoBackoff(), 0)
+
+_AnyRedis = Redis | RedisCluster
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+_UNAVAILABLE_REPLIES = ("LOADING", "BUSY", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
+
+
+def _translate(exc: BaseException, stream_id: str | None) -> UnbrokenError:
+    """The unbroken error for a driver error: the one place redis exceptions are mapped."""
+    about = f"stream {stream_id!r}: " if stream_id is not None else ""
+    if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError | OSError):
+        return BackendUnavailableError(f"redis is unavailable, retry later: {exc}")
+    if isinstance(exc, redis_errors.ClusterDownError | redis_errors.TryAgainError):
+        return BackendUnavailableError(f"redis cluster is unavailable, retry later: {exc}")
+    if isinstance(exc, UnicodeError):
+        return CorruptStreamError(f"{about}redis holds text that is not utf-8: {exc}")
+    if isinstance(exc, redis_errors.ResponseError):
+        message = str(exc)
+        if "UNBROKEN_SEQ" in message:
+            return CorruptStreamError(f"{about}{message.split('UNBROKEN_SEQ ', 1)[1]}")
+        if "UNBROKEN_CORRUPT" in message or "WRONGTYPE" in message:
+            return CorruptStreamError(f"{about}redis holds data unbroken did not write: {exc}")
+        if message.startswith(_UNAVAILABLE_REPLIES):
+            return BackendUnavailableError(f"redis is unavailable, retry later: {exc}")
+    return BackendError(f"{about}redis failed: {exc}")
+
+
+@contextmanager
+def _translated(stream_id: str | None = None) -> Iterator[None]:
+    try:
+        yield
+    except (redis_errors.RedisError, OSError, UnicodeError) as exc:
+        raise _translate(exc, stream_id) from exc
+
+
+def _corrupt(stream_id: str, why: str) -> NoReturn:
+    raise CorruptStreamError(f"stream {stream_id!r}: redis holds data unbroken cannot read: {why}")
+
+
+# -- encoding -------------------------------------------------------------------------------
+# Text goes to Redis as UTF-8 bytes encoded by us, with "surrogatepass": any Python str
+# round-trips exactly, and a caller-owned client's encoding settings cannot interfere.
+
+
+def _encode(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _text(value: object) -> str:
+    """A reply value as str, whether the client decodes responses or not."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogatepass")
+    if isinstance(value, str):
+        return value
+    raise ValueError(f"expected a string, got {type(value).__name__}")
+
+
+def _count(value: object) -> int:
+    text = _text(value)
+    if not _INT.fullmatch(text):
+        raise ValueError(f"not a non-negative integer: {text!r}")
+    return int(text)
+
+
+def _timestamp(value: object) -> float:
+    number = float(_text(value))
+    if not math.isfinite(number):
+        raise ValueError(f"not a finite time: {number!r}")
+    return number
+
+
+def _ms(seconds: float) -> int:
+    """A TTL in whole milliseconds, at least 1 (0 would delete the key at once)."""
+    if not math.isfinite(seconds) or seconds * 1000 >= _MAX_TTL_MS:
+        return _MAX_TTL_MS
+    return max(1, math.ceil(seconds * 1000))
+
+
+def _appended_payload(chunks: Sequence[Chunk]) -> bytes:
+    rows = [[chunk.seq, chunk.offset, chunk.data] for chunk in chunks]
+    note = {_keys.NOTE_APPENDED: rows}
+    return _encode(json.dumps(note, ensure_ascii=False, separators=(",", ":")))
+
+
+def _ended_payload(state: StreamState) -> bytes:
+    return _encode(json.dumps({_keys.NOTE_ENDED: state.value}, separators=(",", ":")))
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _parse_notification(raw: object) -> Notification:
+    """A notification payload as published by the scripts; ValueError if it is not one."""
+    note = json.loads(_text(raw))
+    if not isinstance(note, dict) or len(note) != 1:
+        raise ValueError("not a one-key object")
+    if _keys.NOTE_ENDED in note:
+        state = StreamState(note[_keys.NOTE_ENDED])
+        if not state.is_terminal:
+            raise ValueError("an end notification with a non-terminal state")
+        return Ended(state)
+    rows = note.get(_keys.NOTE_APPENDED)
+    if not isinstance(rows, list) or not rows:
+        raise ValueError("no chunks")
+    chunks: list[Chunk] = []
+    for row in rows:
+        if not (isinstance(row, list) and len(row) == 3):
+            raise ValueError("a chunk is not [seq, offset, data]")
+        seq, offset, data = row
+        if not (_is_int(seq) and _is_int(offset) and isinstance(data, str)):
+            raise ValueError("a chunk has bad types")
+        if chunks and seq != chunks[-1].seq + 1:
+            raise ValueError("chunk sequence numbers are not consecutive")
+        chunks.append(Chunk(seq=seq, data=data, offset=offset))
+    return Appended(tuple(chunks))
+
+
+def _parse_status(stream_id: str, raw: Mapping[Any, Any]) -> StreamStatus:
+    try:
+        fields = {_text(key): value for key, value in raw.items()}
+        finished = fields.get(_keys.META_FINISHED)
+        error = fields.get(_keys.META_ERROR)
+        return StreamStatus(
+            stream_id=stream_id,
+            state=StreamState(_text(fields[_keys.META_STATE])),
+            chunk_count=_count(fields[_keys.META_CHUNKS]),
+            char_count=_count(fields[_keys.META_CHARS]),
+            byte_count=_count(fields[_keys.META_BYTES]),
+            created_at=_timestamp(fields[_keys.META_CREATED]),
+            updated_at=_timestamp(fields[_keys.META_UPDATED]),
+            finished_at=None if finished is None else _timestamp(finished),
+            error=None if error is None else _text(error),
+        )
+    except (KeyError, ValueError) as exc:
+        _corrupt(stream_id, f"metadata: {exc!r}")
+
+
+def _parse_log(stream_id: str, entries: object, after: int) -> list[Chunk]:
+    """XRANGE entries as chunks; the log must hold exactly seq after+1, after+2, ..."""
+    if not isinstance(entries, list):
+        _corrupt(stream_id, "log reply is not a list")
+    chunks: list[Chunk] = []
+    for entry in entries:
+        try:
+            entry_id, fields = entry
+            seq = log_entry_seq(_text(entry_id))
+            values = {_text(key): value for key, value in fields.items()}
+            data = _text(values[_keys.LOG_DATA])
+            offset = _count(values[_keys.LOG_OFFSET])
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            _corrupt(stream_id, f"log entry: {exc!r}")
+        if seq != after + 1 + len(chunks):
+            _corrupt(stream_id, f"log has seq {seq} where {after + 1 + len(chunks)} belongs")
+        chunks.append(Chunk(seq=seq, data=data, offset=offset))
+    return chunks
+
+
+# -- Lua scripts ----------------------------------------------------------------------------
+
+
+def _script_source(name: str) -> str:
+    folder = files("unbroken.backends").joinpath("_lua")
+    prelude = folder.joinpath("_prelude.lua").read_text("utf-8")
+    return prelude + "\n" + folder.joinpath(f"{name}.lua").read_text("utf-8")
+
+
+_SCRIPT_NAMES = ("claim", "append", "renew", "finish")
+
+
+# -- live notifications ---------------------------------------------------------------------
+
+
+class _RedisListener(QueueListener):
+    """A `QueueListener` that fails with `EngineClosedError` once its backend is closed."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__(capacity)
+        self._closed = False
+
+    def close(self) -> None:
+        """Wake a waiting `receive` (with `Lagged`); later calls raise `EngineClosedError`."""
+        self._closed = True
+        self.push(Lagged())
+
+    async def receive(self) -> Notification:
+        if self._closed:
+            raise EngineClosedError("backend is closed")
+        return await super().receive()
+
+
+class _Channel:
+    """Listeners of one channel in this process, and where its subscription stands."""
+
+    __slots__ = ("lagged", "listeners", "live", "ready", "requested")
+
+    def __init__(self) -> None:
+        self.listeners: set[_RedisListener] = set()
+        # Redis confirmed the subscription on the current connection.
+        self.live = False
+        # It was live on a connection that was lost: listeners hear `Lagged` once it is back.
+        self.lagged = False
+        # The connection a SUBSCRIBE was sent on and is awaiting confirmation, if any.
+        self.requested: _Link | None = None
+        # Set when the subscription becomes live or the connection is lost.
+        self.ready = anyio.Event()
+
+
+_Op = Literal["subscribe", "unsubscribe", "ping"]
+
+
+class _Link:
+    """One pub/sub connection: commands go through `request` and are sent by one writer task.
+
+    Only the router's two tasks touch the redis-py pub/sub object; nothing else can make it
+    reconnect on its own behind the router's back.
+    """
+
+    def __init__(self, pubsub: PubSub, *, sharded: bool) -> None:
+        # redis-py's pub/sub API is untyped; it is confined to this class.
+        self.pubsub: Any = pubsub
+        self.sharded = sharded
+        self.last_seen = anyio.current_time()
+        self._ops: list[tuple[_Op, str]] = []
+        self._wakeup = anyio.Event()
+        self._original_retry: Any = None
+
+    @classmethod
+    async def open(cls, client: _AnyRedis, *, sharded: bool) -> _Link:
+        if isinstance(client, RedisCluster):
+            # ClusterPubSub picks node connections per channel lazily, on SSUBSCRIBE.
+            return cls(client.pubsub(), sharded=True)
+        link = cls(client.pubsub(), sharded=sharded)
+        try:
+            await link.pubsub.connect()
+        except BaseException:
+            await link.aclose()
+            raise
+        connection = link.pubsub.connection
+        link._original_retry = connection.retry
+        connection.retry = _NO_RETRY
+        return link
+
+    async def aclose(self) -> None:
+        connection = getattr(self.pubsub, "connection", None)
+        if connection is not None and self._original_retry is not None:
+            connection.retry = self._original_retry  # it goes back to the caller's pool
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            try:
+                await self.pubsub.aclose()
+            except Exception:  # a dead connection may fail to close; it is dropped anyway
+                logger.debug("closing the pub/sub connection failed", exc_info=True)
+
+    def request(self, op: _Op, channel: str = "") -> None:
+        self._ops.append((op, channel))
+        self._wakeup.set()
+
+    async def write_loop(self) -> None:
+        """Send requested commands in order (runs of one command go out as one)."""
+        while True:
+            with anyio.move_on_after(_PING_AFTER):
+                await self._wakeup.wait()
+            self._wakeup = anyio.Event()
+            ops, self._ops = self._ops, []
+            if not ops and anyio.current_time() - self.last_seen >= _PING_AFTER:
+                ops = [("ping", "")]
+            for op, channels in _runs(ops):
+                await self._send(op, channels)
+
+    async def _send(self, op: _Op, channels: list[str]) -> None:
+        pubsub = self.pubsub
+        if op == "ping":
+            if not self.sharded:  # ClusterPubSub has no single connection to ping
+                await pubsub.ping()
+        elif self.sharded:
+            # One channel per command: channels of different slots cannot share one.
+            for channel in channels:
+                if op == "subscribe":
+                    await pubsub.ssubscribe(channel)
+                else:
+                    await pubsub.sunsubscribe(channel)
+        elif op == "subscribe":
+            await pubsub.subscribe(*channels)
+        else:
+            await pubsub.unsubscribe(*channels)
+
+    async def get_message(self) -> dict[str, Any] | None:
+        """The next message, or None after a quiet poll interval."""
+        pubsub = self.pubsub
+        if isinstance(pubsub, ClusterPubSub):
+            if not pubsub.node_pubsub_mapping:
+                await anyio.sleep(_CLUSTER_POLL)
+                return None
+            message = await pubsub.get_sharded_message(timeout=_CLUSTER_POLL)
+        else:
+            message = await pubsub.get_message(timeout=_POLL)
+        if message is not None:
+            self.last_seen = anyio.current_time()
+        return message if isinstance(message, dict) else None
+
+
+def _runs(ops: list[tuple[_Op, str]]) -> Iterator[tuple[_Op, list[str]]]:
+    """Consecutive ops of one kind, merged, in order (order matters: unsubscribe, then
+    subscribe again, must reach Redis in that order)."""
+    run: list[str] = []
+    current: _Op | None = None
+    for op, channel in ops:
+        if op != current and current is not None:
+            yield current, run
+            run = []
+        current = op
+        run.append(channel)
+    if current is not None:
+        yield current, run
+
+
+class _Router:
+    """Routes one pub/sub connection's messages to this process's listeners.
+
+    Invariants: at most one SUBSCRIBE per channel is awaiting confirmation, and UNSUBSCRIBE is
+    only sent for a live subscription, so every confirmation can be attributed; a channel is
+    live only once Redis confirmed it on the current connection.
+    """
+
+    def __init__(self, client: _AnyRedis, *, sharded: bool) -> None:
+        self._client = client
+        self._sharded = sharded
+        self._channels: dict[str, _Channel] = {}
+        self._link: _Link | None = None
+        # True once a connection attempt failed or the connection was lost, until the next
+        # one is up: listen() then fails fast instead of waiting for a Redis that is down.
+        self._down = False
+        self._link_changed = anyio.Event()
+        self._stop = anyio.CancelScope()
+
+    # -- called by listen() --
+
+    async def subscribe(self, channel: str, listener: _RedisListener) -> None:
+        """Add ``listener``; returns once Redis confirmed the channel's subscription."""
+        entry = self._channels.get(channel)
+        if entry is None:
+            entry = self._channels[channel] = _Channel()
+        entry.listeners.add(listener)
+        try:
+            await self._wait_live(channel, entry)
+        except BaseException:
+            self.unsubscribe(channel, listener)
+            raise
+
+    async def _wait_live(self, channel: str, entry: _Channel) -> None:
+        with anyio.move_on_after(_SUBSCRIBE_TIMEOUT):
+            while not entry.live:
+                link = self._link
+                if link is None:
+                    if self._down:
+                        raise BackendUnavailableError(
+                            "redis is unavailable: cannot subscribe, retry later"
+                        )
+                    await self._link_changed.wait()  # the connection is being (re)established
+                    continue
+                if entry.requested is not link:
+                    entry.requested = link
+                    link.request("subscribe", channel)
+                await entry.ready.wait()
+                if not entry.live:
+                    raise BackendUnavailableError("redis connection lost while subscribing")
+            return
+        raise BackendUnavailableError("redis did not confirm a subscription in time, retry later")
+
+    def unsubscribe(self, channel: str, listener: _RedisListener) -> None:
+        """Remove ``listener``; the last one out unsubscribes the channel. Never blocks."""
+        entry = self._channels.get(channel)
+        if entry is None:
+            return
+        entry.listeners.discard(listener)
+        if entry.listeners:
+            return
+        if entry.live:
+            del self._channels[channel]
+            if self._link is not None:
+                self._link.request("unsubscribe", channel)
+        elif entry.requested is None:
+            del self._channels[channel]
+        # else: a SUBSCRIBE is in flight; its confirmation unsubscribes (see _confirmed).
+
+    def close(self) -> None:
+        """Stop the router task; wake every listener for good (their next `receive` raises
+        `EngineClosedError`)."""
+        self._stop.cancel()
+        for entry in self._channels.values():
+            for listener in entry.listeners:
+                listener.close()
+            entry.ready.set()
+        self._channels.clear()
+
+    # -- the router task --
+
+    async def run(self) -> None:
+        """Keep the pub/sub connection up until `close`; never raises."""
+        with self._stop:
+            await self._keep_connected()
+
+    async def _keep_connected(self) -> None:
+        delay = _RECONNECT_MIN
+        failures = 0
+        while True:
+            try:
+                link = await _Link.open(self._client, sharded=self._sharded)
+            except Exception as exc:
+                failures += 1
+                self._log_failure("could not connect pub/sub", exc, failures)
+                self._set_link(None)
+            else:
+                failures, delay = 0, _RECONNECT_MIN
+                try:
+                    await self._serve(link)
+                except Exception as exc:
+                    failures += 1
+                    self._log_failure("pub/sub connection lost", exc, failures)
+                finally:
+                    self._connection_lost()
+                    await link.aclose()
+            await anyio.sleep(delay)
+            delay = min(delay * 2, _RECONNECT_MAX)
+
+    @staticmethod
+    def _log_failure(what: str, exc: Exception, failures: int) -> None:
+        # Warn once per outage; repeats while Redis stays down would only flood the log.
+        level = logging.WARNING if failures == 1 else logging.DEBUG
+        logger.log(level, "%s (%s); live notifications resume after reconnecting", what, exc)
+
+    async def _serve(self, link: _Link) -> None:
+        async with anyio.create_task_group() as tasks:
+            self._set_link(link)
+            for channel, entry in list(self._channels.items()):
+                if entry.listeners:
+                    entry.requested = link
+                    link.request("subscribe", channel)
+                else:
+                    del self._channels[channel]
+            tasks.start_soon(link.write_loop)
+            while True:
+                message = await link.get_message()
+                if message is not None:
+                    self._route(message)
+                elif anyio.current_time() - link.last_seen > _DEAD_AFTER:
+                    raise redis_errors.ConnectionError("no reply from redis, reconnecting")
+
+    def _set_link(self, link: _Link | None) -> None:
+        self._link, self._down = link, link is None
+        changed, self._link_changed = self._link_changed, anyio.Event()
+        changed.set()
+
+    def _connection_lost(self) -> None:
+        self._set_link(None)
+        for channel, entry in list(self._channels.items()):
+            if not entry.listeners:
+                del self._channels[channel]
+                continue
+            entry.lagged = entry.lagged or entry.live
+            entry.live = False
+            entry.requested = None
+            # Listeners still waiting for a confirmation give up (they raise unavailable).
+            ready, entry.ready = entry.ready, anyio.Event()
+            ready.set()
+
+    def _route(self, message: dict[str, Any]) -> None:
+        try:
+            kind = _text(message.get("type"))
+            if kind in ("message", "smessage"):
+                self._deliver(_text(message.get("channel")), message.get("data"))
+            elif kind in ("subscribe", "ssubscribe"):
+                self._confirmed(_text(message.get("channel")))
+        except Exception:  # the router must outlive anything Redis can send
+            logger.warning("dropped an unreadable pub/sub message: %r", message, exc_info=True)
+
+    def _confirmed(self, channel: str) -> None:
+        entry = self._channels.get(channel)
+        link = self._link
+        if entry is None or not entry.listeners:
+            # Everyone left while the SUBSCRIBE was in flight (or redis-py resubscribed a
+            # channel on its own): undo it.
+            self._channels.pop(channel, None)
+            if link is not None:
+                link.request("unsubscribe", channel)
+            return
+        # Confirmed again while live means the connection was renewed without us: the
+        # listeners may have missed notifications in between, exactly like after a reconnect.
+        missed = entry.lagged or entry.live
+        entry.live, entry.lagged, entry.requested = True, False, None
+        entry.ready.set()
+        if missed:
+            for listener in entry.listeners:
+                listener.push(Lagged())
+
+    def _deliver(self, channel: str, data: object) -> None:
+        entry = self._channels.get(channel)
+        if entry is None or not entry.listeners:
+            return
+        try:
+            note = _parse_notification(data)
+        except (ValueError, TypeError) as exc:
+            # Not ours or not readable: the log is the truth, so have the listeners re-read.
+            logger.warning(
+                "malformed notification on %r (%s); listeners re-read the log", channel, exc
+            )
+            note = Lagged()
+        for listener in entry.listeners:
+            listener.push(note)
+
+
+# -- the backend ----------------------------------------------------------------------------
+
+
+class RedisBackend(Backend):
+    """Streams in Redis, shared by every process using the same Redis and ``key_prefix``.
+
+    Give either ``url`` (the backend creates, owns and closes the client) or ``client`` (yours;
+    it is never closed here). Neither means ``redis://localhost:6379/0``. ``cluster=True``
+    targets Redis Cluster (with ``url``: a `RedisCluster` is created) and uses sharded pub/sub.
+    ``reader_buffer`` bounds each listener's queue; overflow gives it one `Lagged`.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: Redis | RedisCluster | None = None,
+        key_prefix: str = "unbroken",
+        cluster: bool = False,
+        reader_buffer: int = 1024,
+    ) -> None:
+        if url is not None and client is not None:
+            raise ValueError("pass either url or client, not both")
+        if reader_buffer < 1:
+            raise ValueError("reader_buffer must be at least 1")
+        if not key_prefix or "{" in key_prefix or "}" in key_prefix:
+            raise ValueError("key_prefix must be non-empty and without braces")
+        self.key_prefix = key_prefix
+        self.cluster = cluster or isinstance(client, RedisCluster)
+        if url is None and client is None:
+            url = _DEFAULT_URL
+        self._url = url
+        self._given_client = client
+        self._reader_buffer = reader_buffer
+        self._client: _AnyRedis | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+        self._router: _Router | None = None
+        self._task_group: TaskGroup | None = None
+
+    # -- lifecycle --
+
+    async def open(self) -> None:
+        """Connect lazily and start the pub/sub router. Idempotent."""
+        if self._task_group is not None:
+            return
+        client = self._given_client or self._new_client()
+        router = _Router(client, sharded=self.cluster)
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        task_group.start_soon(router.run, name="unbroken-redis-router")
+        self._client, self._router, self._task_group = client, router, task_group
+        self._scripts = {
+            name: client.register_script(_script_source(name)) for name in _SCRIPT_NAMES
+        }
+
+    def _new_client(self) -> _AnyRedis:
+        assert self._url is not None
+        # One quick retry: a pooled connection may have died with a Redis restart, and the
+        # retry on a fresh connection then succeeds. A Redis that is down fails fast, and the
+        # engine decides about retrying with its own backoff.
+        options: dict[str, Any] = {"retry": Retry(NoBackoff(), 1), "socket_connect_timeout": 5}
+        if self.cluster:
+            return RedisCluster.from_url(self._url, **options)
+        return Redis.from_url(self._url, **options)
+
+    async def close(self) -> None:
+        """Stop the router, wake every listener (their next receive raises), close the
+        client if this backend created it. Idempotent."""
+        task_group, router, client = self._task_group, self._router, self._client
+        if task_group is None or router is None or client is None:
+            return
+        self._task_group = self._router = self._client = None
+        # Only the router's own scope is cancelled, never the task group's: that one also
+        # covers the caller's task, which must not be cancelled by closing a backend.
+        router.close()
+        try:
+            await task_group.__aexit__(None, None, None)
+        except RuntimeError as exc:
+            raise RuntimeError(
+                "RedisBackend.close() must run in the task and cancel-scope nesting that "
+                "open() ran in (not inside another CancelScope; it shields its own cleanup)"
+            ) from exc
+        finally:
+            if self._given_client is None:
+                with anyio.CancelScope(shield=True):
+                    await client.aclose()
+
+    def _require_client(self) -> _AnyRedis:
+        if self._client is None:
+            raise EngineClosedError("backend is closed")
+        return self._client
+
+    def _keys(self, stream_id: str) -> StreamKeys:
+        return stream_keys(self.key_prefix, stream_id)
+
+    async def _run_script(
+        self, name: str, stream_id: str, args: Sequence[str | bytes | int]
+    ) -> Any:
+        self._require_client()
+        with _translated(stream_id):
+            return await self._scripts[name](keys=self._keys(stream_id).script_keys, args=args)
+
+    def _state_reply(self, stream_id: str, reply: object) -> StreamState | None:
+        if reply is None:
+            return None
+        try:
+            return StreamState(_text(reply))
+        except ValueError:
+            _corrupt(stream_id, f"unexpected script reply {reply!r}")
+
+    # -- writes --
+
+    async def claim(self, stream_id: str, *, token: str, times: StreamTimes, now: float) -> bool:
+        args: list[str | bytes | int] = [
+            _encode(token),
+            repr(float(now)),
+            _ms(times.lease),
+            _ms(times.active),
+        ]
+        return bool(await self._run_script("claim", stream_id, args))
+
+    async def append(
+        self, stream_id: str, *, token: str, chunks: Sequence[Chunk], times: StreamTimes, now: float
+    ) -> StreamState | None:
+        first = chunks[0].seq if chunks else 0
+        for index, chunk in enumerate(chunks):
+            if chunk.seq != first + index:
+                raise CorruptStreamError(
+                    f"stream {stream_id!r}: chunks to append are not consecutive at seq {chunk.seq}"
+                )
+        args: list[str | bytes | int] = [
+            _encode(token),
+            repr(float(now)),
+            _ms(times.lease),
+            _ms(times.active),
+            first,
+            sum(len(chunk.data) for chunk in chunks),
+            "1" if self.cluster else "0",
+            self._keys(stream_id).channel,
+            _appended_payload(chunks) if chunks else b"",
+        ]
+        for chunk in chunks:
+            args += [log_entry_id(chunk.seq), _encode(chunk.data), chunk.offset]
+        return self._state_reply(stream_id, await self._run_script("append", stream_id, args))
+
+    async def renew_lease(
+        self, stream_id: str, *, token: str, times: StreamTimes, now: float
+    ) -> StreamState | None:
+        args: list[str | bytes | int] = [_encode(token), _ms(times.lease), _ms(times.active)]
+        return self._state_reply(stream_id, await self._run_script("renew", stream_id, args))
+
+    async def finish(
+        self,
+        stream_id: str,
+        *,
+        state: StreamState,
+        error: str | None,
+        token: str | None,
+        times: StreamTimes,
+        now: float,
+        only_if_lease_expired: bool = False,
+    ) -> StreamState | None:
+        if not state.is_terminal:
+            raise ValueError("finish needs a terminal state")
+        keys = self._keys(stream_id)
+        args: list[str | bytes | int] = [
+            state.value,
+            "0" if error is None else "1",
+            _encode(error or ""),
+            "0" if token is None else "1",
+            _encode(token or ""),
+            "1" if only_if_lease_expired else "0",
+            repr(float(now)),
+            _ms(times.retention),
+            "1" if self.cluster else "0",
+            keys.channel,
+            keys.ends_channel,
+            _ended_payload(state),
+        ]
+        return self._state_reply(stream_id, await self._run_script("finish", stream_id, args))
+
+    # -- reads --
+
+    async def status(self, stream_id: str) -> StreamStatus | None:
+        client = self._require_client()
+        with _translated(stream_id):
+            raw = await client.execute_command("HGETALL", self._keys(stream_id).meta)
+        if not raw:
+            return None
+        if not isinstance(raw, Mapping):
+            _corrupt(stream_id, "metadata is not a hash")
+        return _parse_status(stream_id, raw)
+
+    async def lease_alive(self, stream_id: str) -> bool:
+        client = self._require_client()
+        with _translated(stream_id):
+            return bool(await client.execute_command("EXISTS", self._keys(stream_id).lease))
+
+    async def read(self, stream_id: str, *, after: int, limit: int) -> list[Chunk]:
+        client = self._require_client()
+        after = max(after, -1)
+        if limit <= 0 or after >= 2**62:
+            return []
+        log = self._keys(stream_id).log
+        with _translated(stream_id):
+            entries = await client.execute_command(
+                "XRANGE", log, log_entry_id(after + 1), "+", "COUNT", limit
+            )
+        return _parse_log(stream_id, entries, after)
+
+    # -- live --
+
+    def listen(
+        self, stream_id: str, *, ends_only: bool = False
+    ) -> AbstractAsyncContextManager[Listener]:
+        """Subscribe to the stream's notifications through this backend's one pub/sub
+        connection. Entering returns once Redis confirmed the subscription; raises
+        `BackendUnavailableError` if it cannot (Redis down or not confirming in time).
+        ``ends_only`` listens on the stream's end channel, which carries no chunks."""
+        return self._listen(stream_id, ends_only)
+
+    @asynccontextmanager
+    async def _listen(self, stream_id: str, ends_only: bool) -> AsyncIterator[Listener]:
+        self._require_client()
+        router = self._router
+        assert router is not None
+        keys = self._keys(stream_id)
+        channel = keys.ends_channel if ends_only else keys.channel
+        listener = _RedisListener(self._reader_buffer)
+        await router.subscribe(channel, listener)
+        try:
+            yield listener
+        finally:
+            router.unsubscribe(channel, listener)
