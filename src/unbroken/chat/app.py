@@ -1,0 +1,114 @@
+"""`create_app`: the reference chat service as a FastAPI application.
+
+The lifespan owns everything long-lived, opened in this order and closed in reverse: the
+SQL store (migrated on start), the model client, then the stream engine. So on shutdown the
+engine drains running generations first, while the model and the store they need are still
+open, and every answer that ends during shutdown is still stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.staticfiles import StaticFiles
+
+import unbroken
+from unbroken import Backend, MemoryBackend, StreamEngine
+from unbroken.chat import _wire
+from unbroken.chat.auth import SessionCookieMiddleware, Sessions
+from unbroken.chat.deps import Services
+from unbroken.chat.errors import BodyLimitMiddleware, install_error_handlers
+from unbroken.chat.generation import Generator
+from unbroken.chat.metrics import ChatMetrics
+from unbroken.chat.models import make_model
+from unbroken.chat.routes import router
+from unbroken.chat.settings import Settings, mask_url
+from unbroken.chat.store import Store
+
+__all__ = ["app_from_env", "create_app", "describe_backend", "make_backend"]
+
+logger = logging.getLogger("unbroken.chat")
+
+MEMORY_NOTE = (
+    "REDIS_URL is not set: streams live in this process's memory; resumption works within "
+    "this one process (set REDIS_URL to share streams between workers and instances)"
+)
+
+
+def make_backend(settings: Settings) -> Backend:
+    """RedisBackend when ``REDIS_URL`` is set, else the in-process MemoryBackend."""
+    if settings.redis_url:
+        return _wire.redis_backend(settings.redis_url, key_prefix=settings.redis_key_prefix)
+    return MemoryBackend()
+
+
+def describe_backend(settings: Settings) -> str:
+    if settings.redis_url:
+        return f"redis {mask_url(settings.redis_url)} (prefix {settings.redis_key_prefix!r})"
+    return "memory (this process only)"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The chat service. ``settings`` default to `Settings.from_env`.
+
+    Each app has its own metrics registry, engine and store, so one process can run many
+    (tests do).
+    """
+    settings = settings if settings is not None else Settings.from_env()
+    settings.validate()
+    metrics = ChatMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            store = Store.from_url(settings.database_url)
+            stack.push_async_callback(store.close)
+            if settings.migrate_on_start and await store.upgrade():
+                logger.info("database migrated to the latest schema")
+            secret = settings.secret_key or await store.get_or_create_config(
+                "session_secret", secrets.token_urlsafe(32)
+            )
+            model = make_model(settings)
+            stack.push_async_callback(model.aclose)
+            if not settings.redis_url:
+                logger.info(MEMORY_NOTE)
+            engine = await stack.enter_async_context(
+                StreamEngine(
+                    make_backend(settings),
+                    lease_ttl=settings.lease_ttl,
+                    retention=settings.retention,
+                )
+            )
+            app.state.services = Services(
+                settings=settings,
+                store=store,
+                engine=engine,
+                model=model,
+                metrics=metrics,
+                sessions=Sessions(secret),
+                generator=Generator(store=store, engine=engine, model=model, metrics=metrics),
+            )
+            yield
+
+    app = FastAPI(
+        title="unbroken chat",
+        version=unbroken.__version__,
+        summary="The reference chat service of unbroken: resumable AI SDK chat streams.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
+    # The last one added runs first: the body limit applies before anything reads the body.
+    app.add_middleware(SessionCookieMiddleware)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory unbroken.chat.app:app_from_env`` (what the CLI runs)."""
+    return create_app(Settings.from_env())

@@ -1,0 +1,139 @@
+"""Who is calling: a signed guest-session cookie, or an API key.
+
+- Browsers: the first request without a valid session cookie creates a guest user and sets
+  ``unbroken_session`` (signed with itsdangerous, HttpOnly, SameSite=Lax, Secure over HTTPS).
+- Programs: ``Authorization: Bearer <key>`` (keys from ``unbroken users create-key``). A
+  malformed or unknown key is a 401, never a silent fallback to a guest.
+- Cookie-authenticated requests that change state (POST, PUT, PATCH, DELETE) must come from
+  the service's own origin: an ``Origin`` header that does not match ``Host`` is refused
+  (403). SameSite=Lax already blocks most cross-site posts; this closes the rest
+  (same-site subdomains, older browsers).
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import urlsplit
+
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from unbroken.chat.errors import ApiError
+from unbroken.chat.store import Store, User
+
+__all__ = ["COOKIE_NAME", "Identity", "SessionCookieMiddleware", "Sessions", "identify"]
+
+COOKIE_NAME = "unbroken_session"
+COOKIE_MAX_AGE = 400 * 24 * 3600  # the longest lifetime browsers honour
+_SET_COOKIE = "unbroken.set_cookie"
+_UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    user: User
+    via: Literal["cookie", "key"]
+
+
+class Sessions:
+    """Signs and verifies session cookie values (the user id, timestamped)."""
+
+    def __init__(self, secret_key: str) -> None:
+        self._serializer = URLSafeTimedSerializer(secret_key, salt="unbroken.chat.session")
+
+    def sign(self, user_id: str) -> str:
+        return self._serializer.dumps({"uid": user_id})
+
+    def verify(self, value: str) -> str | None:
+        """The user id in a valid, unexpired cookie value; None otherwise."""
+        try:
+            data = self._serializer.loads(value, max_age=COOKIE_MAX_AGE)
+        except BadSignature:
+            return None
+        uid = data.get("uid") if isinstance(data, dict) else None
+        return uid if isinstance(uid, str) else None
+
+
+def _same_origin(conn: HTTPConnection) -> bool:
+    origin = conn.headers.get("origin")
+    if origin is None:
+        return True  # not sent by browsers on same-origin GETs, nor by most non-browser clients
+    parts = urlsplit(origin)
+    host = conn.headers.get("host", "")
+    if origin == "null" or not parts.netloc:
+        return False
+    default_port = {"http": "80", "https": "443"}.get(parts.scheme, "")
+
+    def norm(netloc: str) -> str:
+        netloc = netloc.lower()
+        if default_port and netloc.endswith(f":{default_port}"):
+            netloc = netloc[: -len(default_port) - 1]
+        return netloc
+
+    return hmac.compare_digest(norm(parts.netloc), norm(host))
+
+
+async def identify(conn: HTTPConnection, store: Store, sessions: Sessions) -> Identity:
+    """The caller; creates a guest (and arranges its cookie) on a first cookie-less visit."""
+    authorization = conn.headers.get("authorization")
+    if authorization is not None:
+        scheme, _, key = authorization.partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key or len(key) > 200:
+            raise ApiError(
+                401,
+                "unauthorized",
+                "the Authorization header must be 'Bearer <api key>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        user = await store.user_for_api_key(key)
+        if user is None:
+            raise ApiError(
+                401, "unauthorized", "unknown API key", headers={"WWW-Authenticate": "Bearer"}
+            )
+        return Identity(user, "key")
+
+    if conn.scope.get("method") in _UNSAFE_METHODS and not _same_origin(conn):
+        raise ApiError(403, "forbidden", "cross-origin requests are not allowed")
+
+    cookie = conn.cookies.get(COOKIE_NAME)
+    if cookie:
+        user_id = cookie and sessions.verify(cookie)
+        if user_id:
+            user = await store.get_user(user_id)
+            if user is not None:
+                return Identity(user, "cookie")
+    user = await store.create_user(kind="guest")
+    conn.scope.setdefault("state", {})[_SET_COOKIE] = sessions.sign(user.id)
+    return Identity(user, "cookie")
+
+
+class SessionCookieMiddleware:
+    """Adds the session cookie chosen by `identify` to the response's headers."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        secure = scope.get("scheme") == "https"
+
+        async def send_with_cookie(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                value = scope.get("state", {}).get(_SET_COOKIE)
+                if value:
+                    cookie = (
+                        f"{COOKIE_NAME}={value}; Path=/; Max-Age={COOKIE_MAX_AGE}; "
+                        "HttpOnly; SameSite=Lax" + ("; Secure" if secure else "")
+                    )
+                    headers = list(message.get("headers", []))
+                    headers.append((b"set-cookie", cookie.encode("latin-1")))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_cookie)

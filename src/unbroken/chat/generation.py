@@ -1,0 +1,258 @@
+"""Generation: model events -> UI message chunks in the engine -> the stored answer.
+
+The producer runs in the engine (not in the request that asked for it), so an answer is
+finished and stored whether or not any client is still reading. How an answer ends:
+
+==============  ==================  ============================================
+stream state    message status      who stores it
+==============  ==================  ============================================
+done            done                the producing process (``on_end``)
+error           error               the producing process (``on_end``)
+cancelled       stopped             the stop route, and ``on_end``; first wins
+interrupted     interrupted         ``on_end`` (shutdown), or `Generator.repair`
+                                    for a producer that died without one
+==============  ==================  ============================================
+
+Whoever stores it reads the stream's own log, so the stored message is exactly what every
+reader saw, and all of them write the same thing; the store's compare-and-set keeps the first.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import anyio
+
+from unbroken import Chunk, StreamEnd, StreamEngine, StreamSourceError, StreamState
+from unbroken.chat._wire import UIMessageAssembler, decode_event, encode_event
+from unbroken.chat.metrics import ChatMetrics
+from unbroken.chat.models import (
+    ChatModel,
+    Finish,
+    ModelError,
+    ModelEvent,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+)
+from unbroken.chat.store import MessageStatus, Store, StreamRecord
+from unbroken.exceptions import StreamNotFoundError, UnbrokenError
+
+__all__ = ["MESSAGE_STATUS", "Generator", "ui_chunks"]
+
+logger = logging.getLogger("unbroken.chat")
+
+MESSAGE_STATUS: dict[StreamState, MessageStatus] = {
+    StreamState.DONE: "done",
+    StreamState.ERROR: "error",
+    StreamState.CANCELLED: "stopped",
+    StreamState.INTERRUPTED: "interrupted",
+}
+
+
+async def ui_chunks(
+    message_id: str, events: AsyncIterator[ModelEvent], *, metadata: dict[str, Any] | None = None
+) -> AsyncIterator[dict[str, Any]]:
+    """The AI SDK v5 UI message chunks for one answer made of ``events``.
+
+    ``start`` (with the server's ``messageId``, so every replay updates the same message),
+    ``start-step``, well-nested parts, ``finish-step``, ``finish``. A `ModelError` closes the
+    open part and is re-raised as `StreamSourceError` (the stream ends in ``error`` with its
+    message, which the wire encoders turn into an ``error`` chunk).
+    """
+    start: dict[str, Any] = {"type": "start", "messageId": message_id}
+    if metadata:
+        start["messageMetadata"] = metadata
+    yield start
+    yield {"type": "start-step"}
+    open_part: tuple[str, str] | None = None  # (kind, id) of the text/reasoning part open
+    counter = 0
+
+    def close() -> dict[str, Any] | None:
+        nonlocal open_part
+        if open_part is None:
+            return None
+        kind, part_id = open_part
+        open_part = None
+        return {"type": f"{kind}-end", "id": part_id}
+
+    try:
+        async for event in events:
+            if isinstance(event, TextDelta | ReasoningDelta):
+                if not event.text:
+                    continue
+                kind = "text" if isinstance(event, TextDelta) else "reasoning"
+                if open_part is None or open_part[0] != kind:
+                    if (end := close()) is not None:
+                        yield end
+                    counter += 1
+                    open_part = (kind, f"{kind}-{counter}")
+                    yield {"type": f"{kind}-start", "id": open_part[1]}
+                yield {"type": f"{kind}-delta", "id": open_part[1], "delta": event.text}
+            elif isinstance(event, ToolCallStart):
+                if (end := close()) is not None:
+                    yield end
+                yield {
+                    "type": "tool-input-start",
+                    "toolCallId": event.tool_call_id,
+                    "toolName": event.tool_name,
+                }
+            elif isinstance(event, ToolCallDelta):
+                yield {
+                    "type": "tool-input-delta",
+                    "toolCallId": event.tool_call_id,
+                    "inputTextDelta": event.args_delta,
+                }
+            elif isinstance(event, ToolCallEnd):
+                yield {
+                    "type": "tool-input-available",
+                    "toolCallId": event.tool_call_id,
+                    "toolName": event.tool_name,
+                    "input": event.input,
+                }
+            elif isinstance(event, Finish):
+                if (end := close()) is not None:
+                    yield end
+                yield {"type": "finish-step"}
+                yield {"type": "finish", "finishReason": event.reason}
+                return
+    except ModelError as exc:
+        if (end := close()) is not None:
+            yield end
+        raise StreamSourceError(str(exc)) from exc
+    # The model stopped without saying it finished: end the message cleanly anyway.
+    if (end := close()) is not None:
+        yield end
+    yield {"type": "finish-step"}
+    yield {"type": "finish", "finishReason": "stop"}
+
+
+def assemble(message_id: str, events: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The assistant ``UIMessage`` that ``events`` build (what ``useChat`` would show)."""
+    # Not strict: a stored answer is kept even if some event in it is malformed.
+    assembler = UIMessageAssembler(
+        {"id": message_id, "role": "assistant", "parts": []}, strict=False
+    )
+    message: dict[str, Any] = assembler.feed_all(events)
+    message["id"] = message_id
+    return message
+
+
+class Generator:
+    """Starts answers in the engine and stores them when they end."""
+
+    def __init__(
+        self, *, store: Store, engine: StreamEngine, model: ChatModel, metrics: ChatMetrics
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.model = model
+        self.metrics = metrics
+
+    async def start(self, record: StreamRecord, history: Sequence[dict[str, Any]]) -> None:
+        """Start generating the answer ``record`` stands for. Returns once the stream is
+        claimed (readers may attach); the generation then runs in the engine."""
+        started = time.monotonic()
+        produced: list[dict[str, Any]] = []
+
+        async def on_end(end: StreamEnd) -> None:
+            self.metrics.active_streams.dec()
+            self.metrics.stream_outcomes.labels(end.state.value).inc()
+            self.metrics.generation_seconds.labels(end.state.value).observe(
+                time.monotonic() - started
+            )
+            await self.finalize(record, end.state, end.error, produced=produced)
+
+        self.metrics.active_streams.inc()
+        try:
+            await self.engine.start(
+                record.id, self._source(record, history, produced), on_end=on_end
+            )
+        except BaseException:
+            self.metrics.active_streams.dec()
+            raise
+
+    async def _source(
+        self,
+        record: StreamRecord,
+        history: Sequence[dict[str, Any]],
+        produced: list[dict[str, Any]],
+    ) -> AsyncIterator[str]:
+        started = time.monotonic()
+        first = True
+        events = self.model.stream(list(history))
+        try:
+            async for chunk in ui_chunks(record.message_id, events):
+                if first and chunk["type"] not in ("start", "start-step"):
+                    first = False
+                    self.metrics.first_chunk_seconds.observe(time.monotonic() - started)
+                self.metrics.chunks.inc()
+                produced.append(chunk)
+                yield encode_event(chunk)
+        finally:
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                with anyio.CancelScope(shield=True):
+                    await aclose()
+
+    async def read_events(self, stream_id: str) -> tuple[list[dict[str, Any]], StreamEnd | None]:
+        """Every event in the stream's log and how it ended (waits for the end).
+
+        ([], None) if the stream no longer exists.
+        """
+        events: list[dict[str, Any]] = []
+        try:
+            async for item in self.engine.read(stream_id, after=-1):
+                if isinstance(item, Chunk):
+                    try:
+                        events.append(decode_event(item.data))
+                    except UnbrokenError:
+                        logger.warning("stream %r holds a chunk that is not an event", stream_id)
+                else:
+                    return events, item
+        except StreamNotFoundError:
+            return [], None
+        return events, None
+
+    async def finalize(
+        self,
+        record: StreamRecord,
+        state: StreamState | None,
+        error: str | None,
+        *,
+        produced: Sequence[dict[str, Any]] | None = None,
+    ) -> bool:
+        """Store the answer of a terminal stream and release the chat's active stream.
+
+        Idempotent and safe to race: only the first call for a stream changes anything.
+        ``state`` None means "read it from the stream" (interrupted if the stream is gone).
+        ``produced``: the events as the producer made them, used when the log cannot be
+        read (the engine is shutting down, or the backend is unreachable).
+        Returns whether this call stored the message.
+        """
+        try:
+            events, end = await self.read_events(record.id)
+        except UnbrokenError:
+            if produced is None:
+                raise
+            events, end = list(produced), None
+        if end is not None and state is None:
+            state, error = end.state, end.error
+        if state is None:
+            state, error = StreamState.INTERRUPTED, "the answer was lost"
+        message = assemble(record.message_id, events)
+        stored = await self.store.finalize_message(
+            record.chat_id,
+            record.message_id,
+            parts=message.get("parts", []),
+            status=MESSAGE_STATUS[state],
+            error=error,
+            metadata=message.get("metadata"),
+        )
+        await self.store.clear_active_stream(record.chat_id, record.id)
+        return stored

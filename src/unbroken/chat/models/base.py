@@ -1,0 +1,102 @@
+"""What a chat model produces, independent of any provider and of the wire protocols.
+
+A model turns the conversation (AI SDK ``UIMessage`` dicts, oldest first) into an async
+iterator of `ModelEvent`. `unbroken.chat.generation` turns those into UI message chunks.
+A model raises `ModelError` with a message safe to show users when the provider fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+__all__ = [
+    "ChatModel",
+    "Finish",
+    "ModelError",
+    "ModelEvent",
+    "ReasoningDelta",
+    "TextDelta",
+    "ToolCallDelta",
+    "ToolCallEnd",
+    "ToolCallStart",
+    "message_text",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallStart:
+    tool_call_id: str
+    tool_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    tool_call_id: str
+    args_delta: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallEnd:
+    """The tool call's arguments are complete; ``input`` is the parsed JSON (or the raw text)."""
+
+    tool_call_id: str
+    tool_name: str
+    input: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """The model finished normally. ``reason`` as in the AI SDK (stop, length, tool-calls…)."""
+
+    reason: str = "stop"
+
+
+ModelEvent = TextDelta | ReasoningDelta | ToolCallStart | ToolCallDelta | ToolCallEnd | Finish
+
+
+class ModelError(Exception):
+    """The provider failed; ``str(exc)`` is shown to the user, so keep secrets out of it."""
+
+
+class ChatModel(Protocol):
+    """A source of answers. ``name`` is shown at start and recorded in metrics."""
+
+    @property
+    def name(self) -> str: ...
+
+    def stream(self, messages: Sequence[dict[str, Any]]) -> AsyncIterator[ModelEvent]:
+        """The answer to the conversation ``messages`` (UIMessages, oldest first)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; called once when the app shuts down."""
+        ...
+
+
+def message_text(message: dict[str, Any]) -> str:
+    """The concatenated text parts of a UIMessage (v5 ``parts``, or v4 ``content``)."""
+    parts = message.get("parts")
+    if isinstance(parts, list):
+        texts = [
+            part["text"]
+            for part in parts
+            if isinstance(part, dict)
+            and part.get("type") == "text"
+            and isinstance(part.get("text"), str)
+        ]
+        if texts:
+            return "".join(texts)
+    content = message.get("content")
+    return content if isinstance(content, str) else ""

@@ -1,0 +1,339 @@
+"""The AI SDK chat routes: answer, resume (v4 and v5+), stop.
+
+Ownership is checked on every route; another user's chat answers exactly like a missing one
+(404). Generation runs in the engine, so none of these responses owns an answer: they only
+read it, and a client that goes away costs nothing but its connection.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Query, Request
+from starlette.responses import JSONResponse, Response
+
+from unbroken import StreamState, StreamStatus
+from unbroken.chat import _wire
+from unbroken.chat.deps import CurrentIdentity, CurrentServices, Services, check_chat_id
+from unbroken.chat.errors import ApiError, json_object, not_found
+from unbroken.chat.models import message_text
+from unbroken.chat.store import Chat, StreamRecord, utcnow
+
+__all__ = ["router", "stop_stream"]
+
+logger = logging.getLogger("unbroken.chat")
+router = APIRouter(tags=["chat"])
+
+_STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The answer: an AI SDK v5+ UI message stream (SSE) for a body with "
+        "`trigger`, else an AI SDK v4 data stream.",
+        "content": {"text/event-stream": {}, "text/plain": {}},
+    },
+}
+_CHAT_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["id"],
+                "properties": {
+                    "id": {"type": "string", "description": "The chat id (created on first use)."},
+                    "messages": {"type": "array", "items": {"type": "object"}},
+                    "message": {"type": "object", "description": "Only the new message."},
+                    "trigger": {"enum": ["submit-message", "regenerate-message"]},
+                    "messageId": {"type": "string"},
+                },
+            }
+        }
+    },
+}
+
+
+def _title(text: str) -> str:
+    words = " ".join(text.split())
+    return (words[:77] + "…" if len(words) > 80 else words) or "New chat"
+
+
+def _seconds_since(moment: dt.datetime | float | None) -> float:
+    if moment is None:
+        return float("inf")
+    if isinstance(moment, dt.datetime):
+        return (utcnow() - moment).total_seconds()
+    return utcnow().timestamp() - moment
+
+
+def _orphaned(services: Services, status: StreamStatus | None) -> bool:
+    """A stream the chat still calls active but whose end nobody stored: gone from the
+    backend, or terminal for longer than its producer's end callback could take (the
+    producing process died)."""
+    if status is None:
+        return True
+    grace = max(5.0, 2 * services.settings.lease_ttl)
+    return status.is_terminal and _seconds_since(status.finished_at) > grace
+
+
+async def repair(services: Services, chat: Chat) -> Chat:
+    """Store the answer of an orphaned active stream (see `_orphaned`) and release it."""
+    if chat.active_stream_id is None:
+        return chat
+    status = await services.engine.status(chat.active_stream_id)
+    if not _orphaned(services, status):
+        return chat
+    record = await services.store.get_stream(chat.active_stream_id)
+    if record is None:
+        await services.store.clear_active_stream(chat.id, chat.active_stream_id)
+    else:
+        logger.warning("storing orphaned stream %r of chat %r", record.id, chat.id)
+        await services.generator.finalize(record, None, None)
+    return await services.store.get_chat(chat.id, chat.user_id) or chat
+
+
+async def stop_stream(services: Services, record: StreamRecord) -> StreamState | None:
+    """Cancel the generation wherever it runs, then store its partial answer as stopped
+    and release the chat's active stream (both compare-and-set, so racing the producer's
+    own end callback is harmless). Returns the stream's final state."""
+    state = await services.engine.cancel(record.id)
+    with anyio.move_on_after(10):
+        await services.generator.finalize(record, state, None)
+    return state
+
+
+async def _begin(
+    services: Services, chat: Chat, user_message: dict[str, Any], *, trigger: str
+) -> tuple[StreamRecord, bool]:
+    """Start the answer to ``user_message``, or find the one already being generated.
+
+    Returns (stream, attached). A repeated submit of the message whose answer is running
+    attaches to it (a client retry must not pay for a second generation). Any other running
+    answer in the chat is stopped first, so its partial answer keeps its place before the new
+    message.
+    """
+    store = services.store
+    for _ in range(5):
+        if chat.active_stream_id is not None:
+            active = await store.get_stream(chat.active_stream_id)
+            if (
+                active is not None
+                and trigger == "submit-message"
+                and active.user_message_id == user_message["id"]
+                and await services.engine.status(active.id) is not None
+            ):
+                return active, True
+            if active is not None:
+                await stop_stream(services, active)
+            else:
+                await store.clear_active_stream(chat.id, chat.active_stream_id)
+        await store.add_user_message(
+            chat.id,
+            message_id=user_message["id"],
+            parts=user_message.get("parts", []),
+            metadata=user_message.get("metadata"),
+        )
+        record = await store.begin_generation(chat.id, user_message_id=user_message["id"])
+        if record is not None:
+            history = [m.to_ui_message() for m in await store.list_messages(chat.id)]
+            try:
+                await services.generator.start(record, history)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await store.abandon_generation(record)
+                raise
+            return record, False
+        # Another request made a stream active in between: look again.
+        refreshed = await store.get_chat(chat.id, chat.user_id)
+        if refreshed is None:
+            raise not_found()
+        chat = refreshed
+    raise ApiError(409, "conflict", "another answer is starting in this chat; try again")
+
+
+@router.post(
+    "/api/chat",
+    summary="Send a message and stream the answer",
+    responses=_STREAM_RESPONSES,
+    openapi_extra={"requestBody": _CHAT_BODY},
+)
+async def post_chat(
+    request: Request, services: CurrentServices, identity: CurrentIdentity
+) -> Response:
+    """Store the user's message, start the answer in the engine and stream it.
+
+    The chat is created on first use, owned by the caller. A v5+ body (with ``trigger``) is
+    answered with the UI message stream, a v4 body with the data stream.
+    """
+    chat_request = _wire.parse_chat_request(await request.body())
+    user_message = chat_request.last_user_message
+    if user_message is None:
+        raise ApiError(400, "invalid_request", "the request has no user message to answer")
+    chat = await services.store.get_or_create_chat(
+        chat_request.chat_id, identity.user.id, title=_title(message_text(user_message))
+    )
+    if chat is None:
+        raise not_found()
+    chat = await repair(services, chat)
+    record, attached = await _begin(services, chat, user_message, trigger=chat_request.trigger)
+    if attached:
+        services.metrics.attaches.inc()
+    else:
+        services.metrics.streams_started.labels(chat_request.protocol).inc()
+    if chat_request.protocol == "v4":
+        return _wire.data_stream_response(services.engine, record.id, after=-1)
+    return _wire.ui_message_stream_response(services.engine, record.id, after=-1)
+
+
+@router.get(
+    "/api/chat",
+    summary="Resume the answer of a chat (AI SDK v4)",
+    responses={
+        200: {
+            "description": "The running answer (full replay, then live); the stored answer as "
+            "an `append-message` data part if it finished within the resume window; or an "
+            "empty body (nothing to resume).",
+            "content": {"text/plain": {}},
+        },
+        404: {"description": "No such chat (or not yours), or the chat has no stream."},
+    },
+)
+async def resume_v4(
+    services: CurrentServices,
+    identity: CurrentIdentity,
+    chat_id: Annotated[str | None, Query(alias="chatId")] = None,
+) -> Response:
+    """The seed's resume semantics, for ``useChat().experimental_resume()`` (ai 4.x)."""
+    if not chat_id:
+        raise ApiError(400, "invalid_request", "the chatId query parameter is required")
+    check_chat_id(chat_id, field="chatId")
+    try:
+        streams = await services.store.get_streams_by_chat_id(chat_id, identity.user.id)
+    except LookupError:
+        raise not_found() from None
+    if not streams:
+        raise ApiError(404, "not_found", "this chat has no stream")
+    chat = await services.store.get_chat(chat_id, identity.user.id)
+    if chat is None:
+        raise not_found()
+    recent = streams[-1]
+    status = await services.engine.status(recent.id)
+    if status is not None and (
+        status.state is StreamState.ACTIVE
+        or (chat.active_stream_id == recent.id and not _orphaned(services, status))
+    ):
+        # Running, or just finished and not stored yet: the stream itself is the answer.
+        services.metrics.resumes.labels("v4", "live" if not status.is_terminal else "replay").inc()
+        return _wire.data_stream_response(services.engine, recent.id, after=-1)
+    chat = await repair(services, chat)
+    last = await services.store.last_message(chat.id)
+    if (
+        last is not None
+        and last.role == "assistant"
+        and _seconds_since(last.finished_at) <= services.settings.resume_window
+    ):
+        services.metrics.resumes.labels("v4", "append-message").inc()
+        created = last.created_at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        message = _wire.ui_message_to_v4(last.to_ui_message(), created_at=created)
+        return _wire.append_message_response(message)
+    return _wire.empty_data_stream_response()
+
+
+@router.get(
+    "/api/chat/{chat_id}/stream",
+    summary="Resume the answer of a chat (AI SDK v5+)",
+    responses={
+        200: {
+            "description": "The answer as a UI message stream: everything after `Last-Event-ID`"
+            " / `?after=` (default: a full replay), then live.",
+            "content": {"text/event-stream": {}},
+        },
+        204: {"description": "Nothing to resume."},
+        404: {"description": "No such chat (or not yours)."},
+    },
+)
+async def resume_v5(
+    chat_id: str,
+    request: Request,
+    services: CurrentServices,
+    identity: CurrentIdentity,
+    after: Annotated[str | None, Query(description="Resume after this event id.")] = None,
+) -> Response:
+    """For ``useChat({resume: true})`` / ``resumeStream()`` (ai 5, 6, 7)."""
+    check_chat_id(chat_id, status=404)
+    position = _wire.resume_position(after, request.headers.get("last-event-id"))
+    chat = await services.store.get_chat(chat_id, identity.user.id)
+    if chat is None:
+        raise not_found()
+    window = services.settings.resume_window
+    if chat.active_stream_id is not None:
+        status = await services.engine.status(chat.active_stream_id)
+        if status is not None and (
+            not status.is_terminal or _seconds_since(status.finished_at) <= window
+        ):
+            kind = "live" if not status.is_terminal else "replay"
+            services.metrics.resumes.labels("v5", kind).inc()
+            return _wire.ui_message_stream_response(
+                services.engine, chat.active_stream_id, after=position
+            )
+        chat = await repair(services, chat)
+    last = await services.store.last_message(chat.id)
+    if (
+        last is not None
+        and last.role == "assistant"
+        and last.stream_id is not None
+        and _seconds_since(last.finished_at) <= window
+        and await services.engine.status(last.stream_id) is not None
+    ):
+        services.metrics.resumes.labels("v5", "replay").inc()
+        return _wire.ui_message_stream_response(services.engine, last.stream_id, after=position)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/api/chat/{chat_id}/stop",
+    summary="Stop the answer being generated",
+    responses={404: {"description": "No such chat (or not yours)."}},
+)
+async def stop_chat(
+    chat_id: str, request: Request, services: CurrentServices, identity: CurrentIdentity
+) -> JSONResponse:
+    """Cancel the chat's running answer wherever it runs and store what was generated so far
+    (status ``stopped``). Idempotent: stopping a chat with nothing running changes nothing.
+
+    An optional JSON body ``{"streamId": …}`` or ``{"messageId": …}`` makes the stop apply
+    only to that answer, so a stale stop never cancels a newer one.
+    """
+    check_chat_id(chat_id, status=404)
+    body = await request.body()
+    wanted: dict[str, Any] = {}
+    if body.strip():
+        wanted = json_object(_wire.load_json(body))
+    chat = await services.store.get_chat(chat_id, identity.user.id)
+    if chat is None:
+        raise not_found()
+    result: dict[str, Any] = {"chatId": chat.id, "stopped": False, "streamId": None, "state": None}
+    if chat.active_stream_id is None:
+        services.metrics.stops.labels("nothing").inc()
+        return JSONResponse(result)
+    record = await services.store.get_stream(chat.active_stream_id)
+    if record is None:
+        await services.store.clear_active_stream(chat.id, chat.active_stream_id)
+        return JSONResponse(result)
+    if wanted.get("streamId") not in (None, record.id) or wanted.get("messageId") not in (
+        None,
+        record.message_id,
+    ):
+        services.metrics.stops.labels("stale").inc()
+        return JSONResponse(result)
+    state = await stop_stream(services, record)
+    stopped = state is StreamState.CANCELLED
+    services.metrics.stops.labels("stopped" if stopped else "finished").inc()
+    result.update(
+        stopped=stopped,
+        streamId=record.id,
+        messageId=record.message_id,
+        state=state.value if state is not None else None,
+    )
+    return JSONResponse(result)

@@ -1,0 +1,105 @@
+"""The caller's chats: list, read (messages and the running answer), delete."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.responses import JSONResponse, Response
+
+from unbroken.chat.deps import CurrentIdentity, CurrentServices, check_chat_id
+from unbroken.chat.errors import not_found
+from unbroken.chat.routes.chat import repair, stop_stream
+from unbroken.chat.store import Chat, Message
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["chats"])
+
+
+def _iso(moment: Any) -> str | None:
+    if moment is None:
+        return None
+    return str(moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+
+
+def chat_json(chat: Chat) -> dict[str, Any]:
+    return {
+        "id": chat.id,
+        "title": chat.title,
+        "visibility": chat.visibility,
+        "activeStreamId": chat.active_stream_id,
+        "createdAt": _iso(chat.created_at),
+        "updatedAt": _iso(chat.updated_at),
+    }
+
+
+def message_json(message: Message) -> dict[str, Any]:
+    """An AI SDK v5 ``UIMessage`` plus the service's bookkeeping fields."""
+    out = message.to_ui_message()
+    out.update(
+        status=message.status,
+        createdAt=_iso(message.created_at),
+        finishedAt=_iso(message.finished_at),
+    )
+    if message.error is not None:
+        out["error"] = message.error
+    return out
+
+
+@router.get("/api/chats", summary="List my chats")
+async def list_chats(services: CurrentServices, identity: CurrentIdentity) -> JSONResponse:
+    """The caller's chats, most recently updated first (at most 100)."""
+    chats = await services.store.list_chats(identity.user.id)
+    return JSONResponse({"chats": [chat_json(chat) for chat in chats]})
+
+
+@router.get("/api/chats/{chat_id}", summary="Read a chat", responses={404: {}})
+async def get_chat(
+    chat_id: str, services: CurrentServices, identity: CurrentIdentity
+) -> JSONResponse:
+    """The chat, its stored messages, and the answer being generated if there is one.
+
+    An answer still being generated is not among ``messages`` (resume the stream to get
+    it): ``activeStream`` names it, with the ``messageId`` it will have.
+    """
+    check_chat_id(chat_id, status=404)
+    chat = await services.store.get_chat(chat_id, identity.user.id)
+    if chat is None:
+        raise not_found()
+    chat = await repair(services, chat)
+    messages = await services.store.list_messages(chat.id)
+    active: dict[str, Any] | None = None
+    if chat.active_stream_id is not None:
+        record = await services.store.get_stream(chat.active_stream_id)
+        status = await services.engine.status(chat.active_stream_id)
+        if record is not None:
+            active = {
+                "id": record.id,
+                "messageId": record.message_id,
+                "state": status.state.value if status is not None else None,
+                "createdAt": _iso(record.created_at),
+            }
+    body = chat_json(chat)
+    body.update(messages=[message_json(m) for m in messages], activeStream=active)
+    return JSONResponse(body)
+
+
+@router.delete(
+    "/api/chats/{chat_id}", summary="Delete a chat", status_code=204, responses={404: {}}
+)
+async def delete_chat(
+    chat_id: str, services: CurrentServices, identity: CurrentIdentity
+) -> Response:
+    """Stop its running answer (if any), then delete the chat with its messages and streams."""
+    check_chat_id(chat_id, status=404)
+    chat = await services.store.get_chat(chat_id, identity.user.id)
+    if chat is None:
+        raise not_found()
+    if chat.active_stream_id is not None:
+        record = await services.store.get_stream(chat.active_stream_id)
+        if record is not None:
+            await stop_stream(services, record)
+    if not await services.store.delete_chat(chat_id, identity.user.id):
+        raise not_found()
+    return Response(status_code=204)

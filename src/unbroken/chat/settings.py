@@ -1,0 +1,154 @@
+"""Settings of the reference chat service, read once from the environment.
+
+Every setting has a default that runs offline: a SQLite file in the working directory, the
+in-process memory backend, and the ``demo`` model. `Settings.from_env` validates everything up
+front, so a bad value fails at start with a message that names the variable, never later.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Self
+from urllib.parse import urlsplit, urlunsplit
+
+__all__ = ["DEFAULT_DATABASE_URL", "Settings", "SettingsError", "mask_url"]
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./unbroken.sqlite3"
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+class SettingsError(ValueError):
+    """A setting has a value the service cannot use; the message names the variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything `create_app` needs. Build it with `from_env` or directly (tests do)."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str | None = None
+    redis_key_prefix: str = "unbroken"
+    secret_key: str | None = None
+    model: str = "demo"
+    openai_api_key: str | None = None
+    openai_base_url: str | None = None
+    demo_tokens_per_second: float = 20.0
+    #: How long a producer's lease lives without renewal (crash detection), seconds.
+    lease_ttl: float = 3.0
+    #: How long a finished stream stays readable in the stream backend, seconds.
+    retention: float = 86400.0
+    #: A finished answer is still replayed to a resuming client this long after it ended.
+    resume_window: float = 15.0
+    #: Largest accepted request body, bytes (413 above).
+    max_body_bytes: int = 1024 * 1024
+    #: Apply migrations in the application lifespan (the CLI applies them before forking).
+    migrate_on_start: bool = True
+    static_dir: Path = field(default=STATIC_DIR)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
+        """Read the ``DATABASE_URL``, ``REDIS_URL``, ``UNBROKEN_*`` and ``OPENAI_*`` variables."""
+        env = os.environ if environ is None else environ
+
+        def text(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        settings = cls(
+            database_url=normalize_database_url(text("DATABASE_URL") or DEFAULT_DATABASE_URL),
+            redis_url=text("REDIS_URL"),
+            redis_key_prefix=text("UNBROKEN_REDIS_PREFIX") or "unbroken",
+            secret_key=text("UNBROKEN_SECRET_KEY"),
+            model=text("UNBROKEN_MODEL") or "demo",
+            openai_api_key=text("OPENAI_API_KEY"),
+            openai_base_url=text("OPENAI_BASE_URL"),
+            demo_tokens_per_second=_number(env, "UNBROKEN_DEMO_TOKENS_PER_SECOND", 20.0),
+            lease_ttl=_number(env, "UNBROKEN_LEASE_TTL", 3.0),
+            retention=_number(env, "UNBROKEN_RETENTION", 86400.0),
+            max_body_bytes=int(_number(env, "UNBROKEN_MAX_BODY_BYTES", 1024 * 1024)),
+        )
+        settings.validate()
+        return settings
+
+    def replace(self, **changes: object) -> Settings:
+        """A copy with some fields changed (validated)."""
+        new = replace(self, **changes)  # type: ignore[arg-type]
+        new.validate()
+        return new
+
+    def validate(self) -> None:
+        """Raise `SettingsError` for a value the service cannot run with."""
+        normalize_database_url(self.database_url)
+        if self.redis_url is not None and urlsplit(self.redis_url).scheme not in {
+            "redis",
+            "rediss",
+            "unix",
+        }:
+            raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix://")
+        if self.model != "demo" and not self.openai_api_key and not self.openai_base_url:
+            raise SettingsError(
+                f"UNBROKEN_MODEL={self.model!r} needs OPENAI_API_KEY (or OPENAI_BASE_URL for a "
+                "local OpenAI-compatible server); use UNBROKEN_MODEL=demo to run offline"
+            )
+        if self.secret_key is not None and len(self.secret_key) < 16:
+            raise SettingsError("UNBROKEN_SECRET_KEY must be at least 16 characters long")
+        if self.demo_tokens_per_second <= 0:
+            raise SettingsError("UNBROKEN_DEMO_TOKENS_PER_SECOND must be positive")
+        if self.lease_ttl <= 0 or self.retention <= 0:
+            raise SettingsError("UNBROKEN_LEASE_TTL and UNBROKEN_RETENTION must be positive")
+        if self.max_body_bytes < 1024:
+            raise SettingsError("UNBROKEN_MAX_BODY_BYTES must be at least 1024")
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def normalize_database_url(url: str) -> str:
+    """The async driver form of a database URL: ``sqlite+aiosqlite`` or ``postgresql+asyncpg``.
+
+    Plain ``sqlite://``, ``postgres://`` and ``postgresql://`` are accepted and rewritten, so
+    a URL copied from a hosting dashboard works as is.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise SettingsError(
+            "DATABASE_URL must look like sqlite+aiosqlite:///./file.sqlite3 or "
+            "postgresql+asyncpg://user:password@host/db"
+        )
+    aliases = {
+        "sqlite": "sqlite+aiosqlite",
+        "sqlite+aiosqlite": "sqlite+aiosqlite",
+        "postgres": "postgresql+asyncpg",
+        "postgresql": "postgresql+asyncpg",
+        "postgresql+asyncpg": "postgresql+asyncpg",
+    }
+    if scheme not in aliases:
+        raise SettingsError(
+            f"DATABASE_URL scheme {scheme!r} is not supported; use sqlite+aiosqlite:// or "
+            "postgresql+asyncpg://"
+        )
+    return f"{aliases[scheme]}://{rest}"
+
+
+def _number(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, not {raw!r}") from None
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ``***`` (safe to print and log)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))

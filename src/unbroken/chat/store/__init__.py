@@ -1,0 +1,27 @@
+"""The chat service's SQL store: tables, Alembic migrations and the `Store` queries."""
+
+from unbroken.chat.store.queries import (
+    ApiKey,
+    Chat,
+    ChatNotFoundError,
+    Message,
+    MessageStatus,
+    Store,
+    StreamRecord,
+    User,
+    new_id,
+    utcnow,
+)
+
+__all__ = [
+    "ApiKey",
+    "Chat",
+    "ChatNotFoundError",
+    "Message",
+    "MessageStatus",
+    "Store",
+    "StreamRecord",
+    "User",
+    "new_id",
+    "utcnow",
+]

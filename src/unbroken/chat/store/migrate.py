@@ -1,0 +1,68 @@
+"""Apply the chat store's Alembic migrations programmatically.
+
+The migration scripts ship inside the package (``unbroken/chat/store/migrations``), so an
+installed wheel can upgrade its database with no ``alembic.ini`` and no source checkout.
+"""
+
+from __future__ import annotations
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+__all__ = ["current_revision", "head_revision", "upgrade"]
+
+SCRIPT_LOCATION = "unbroken.chat.store:migrations"
+# Any constant works; it only has to be the same in every process migrating one database.
+_PG_LOCK_KEY = 0x756E62726F6B656E  # "unbroken"
+
+
+def _config(connection: Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", SCRIPT_LOCATION)
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str | None:
+    """The newest revision the shipped scripts know."""
+    return ScriptDirectory.from_config(_config()).get_current_head()
+
+
+def _current(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    """The revision the database is at (None: never migrated)."""
+    async with engine.connect() as connection:
+        return await connection.run_sync(_current)
+
+
+async def upgrade(engine: AsyncEngine, revision: str = "head") -> bool:
+    """Bring the database to ``revision``; returns whether anything was applied.
+
+    Safe to call from several processes at once: on PostgreSQL the upgrade holds a
+    transaction-scoped advisory lock, and a database already at head is not written to at all
+    (so workers starting together on SQLite do not contend for its write lock).
+    """
+    if revision == "head" and await current_revision(engine) == head_revision():
+        return False
+    async with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            await connection.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY}
+            )
+        before = await connection.run_sync(_current)
+
+        def run(sync_connection: Connection) -> None:
+            command.upgrade(_config(sync_connection), revision)
+
+        await connection.run_sync(run)
+        after = await connection.run_sync(_current)
+    return before != after

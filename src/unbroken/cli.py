@@ -1,0 +1,224 @@
+"""The ``unbroken`` command.
+
+::
+
+    unbroken chat [--host 127.0.0.1] [--port 8000] [--workers N]   run the chat service
+    unbroken db upgrade                                           migrate the chat database
+    unbroken db current                                           print its schema revision
+    unbroken users create-key [--name NAME] [--user-id ID]        make an API key
+
+Configuration comes from the environment (see `unbroken.chat.settings`). The chat service
+needs the ``chat`` extra (``pip install 'unbroken[chat]'``); without it these commands say so
+instead of failing with an import error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NoReturn
+
+from unbroken import __version__
+from unbroken.exceptions import MissingDependencyError
+
+if TYPE_CHECKING:
+    from unbroken.chat.settings import Settings
+
+__all__ = ["main"]
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    print(f"unbroken: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _settings() -> Settings:
+    try:
+        from unbroken.chat.settings import Settings, SettingsError
+    except ImportError as exc:  # pragma: no cover - depends on the installed extras
+        _fail(str(MissingDependencyError(exc.name or "sqlalchemy", "chat")))
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        _fail(str(exc))
+
+
+def _require_chat_extra() -> None:
+    for module in ("fastapi", "uvicorn", "sqlalchemy", "alembic", "openai", "itsdangerous"):
+        try:
+            __import__(module)
+        except ImportError:
+            _fail(str(MissingDependencyError(module, "chat")))
+
+
+async def _prepare(settings: Settings) -> tuple[str | None, str | None]:
+    """Migrate the database once, before any worker starts; returns (before, after)."""
+    from unbroken.chat.store import Store
+    from unbroken.chat.store.migrate import current_revision
+
+    async with Store.from_url(settings.database_url) as store:
+        before = await current_revision(store.engine)
+        await store.upgrade()
+        after = await current_revision(store.engine)
+    return before, after
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    _require_chat_extra()
+    import uvicorn
+
+    from unbroken.chat.app import MEMORY_NOTE, describe_backend
+    from unbroken.chat.settings import mask_url
+
+    settings = _settings()
+    if args.workers < 1:
+        _fail("--workers must be at least 1")
+    if args.workers > 1 and not settings.redis_url:
+        _fail(
+            "--workers > 1 needs REDIS_URL: with the in-memory stream backend each worker "
+            "has its own streams, and a resume or a stop reaching another worker would fail"
+        )
+    try:
+        asyncio.run(_prepare(settings))
+    except Exception as exc:
+        _fail(f"cannot prepare the database {mask_url(settings.database_url)}: {exc}", 1)
+    model = settings.model
+    if model == "demo":
+        model = f"demo (offline, {settings.demo_tokens_per_second:g} tokens/s)"
+    elif settings.openai_base_url:
+        model = f"{model} at {settings.openai_base_url}"
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"unbroken chat {__version__} on http://{host}:{args.port}", flush=True)
+    print(f"  store:   {mask_url(settings.database_url)}", flush=True)
+    print(f"  streams: {describe_backend(settings)}", flush=True)
+    if not settings.redis_url:
+        print(f"           {MEMORY_NOTE}", flush=True)
+    print(f"  model:   {model}", flush=True)
+    print(f"  workers: {args.workers}", flush=True)
+    uvicorn.run(
+        "unbroken.chat.app:app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+        # Open answer streams must not hold a restart forever; generations themselves are
+        # drained (and stored) by the engine in the lifespan shutdown.
+        timeout_graceful_shutdown=5,
+        forwarded_allow_ips=args.forwarded_allow_ips,
+    )
+    return 0
+
+
+def _cmd_db(args: argparse.Namespace) -> int:
+    _require_chat_extra()
+    from unbroken.chat.settings import mask_url
+    from unbroken.chat.store import Store
+    from unbroken.chat.store.migrate import current_revision, head_revision
+
+    settings = _settings()
+
+    async def run() -> None:
+        async with Store.from_url(settings.database_url) as store:
+            if args.db_command == "upgrade":
+                before = await current_revision(store.engine)
+                await store.upgrade()
+                after = await current_revision(store.engine)
+                if before == after:
+                    print(f"{mask_url(settings.database_url)}: already at {after}")
+                else:
+                    print(f"{mask_url(settings.database_url)}: upgraded {before} -> {after}")
+            else:
+                current = await current_revision(store.engine)
+                head = head_revision()
+                note = "up to date" if current == head else f"latest is {head}"
+                print(f"{current or 'empty'} ({note})")
+
+    try:
+        asyncio.run(run())
+    except Exception as exc:
+        _fail(f"database {mask_url(settings.database_url)}: {exc}", 1)
+    return 0
+
+
+def _cmd_users(args: argparse.Namespace) -> int:
+    _require_chat_extra()
+    from unbroken.chat.store import Store
+
+    settings = _settings()
+
+    async def run() -> tuple[str, str]:
+        async with Store.from_url(settings.database_url) as store:
+            await store.upgrade()
+            if args.user_id:
+                user = await store.get_user(args.user_id)
+                if user is None:
+                    _fail(f"no user with id {args.user_id!r}")
+            else:
+                user = await store.create_user(kind="user", name=args.name)
+            key, _ = await store.create_api_key(user.id, name=args.name)
+            return user.id, key
+
+    user_id, key = asyncio.run(run())
+    print(f"user:    {user_id}", file=sys.stderr)
+    print("api key (shown once; send it as 'Authorization: Bearer <key>'):", file=sys.stderr)
+    print(key)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unbroken", description="Resumable LLM answer streams: the reference chat service."
+    )
+    parser.add_argument("--version", action="version", version=f"unbroken {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    chat = commands.add_parser("chat", help="run the reference chat service")
+    chat.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    chat.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
+    chat.add_argument("--workers", type=int, default=1, help="worker processes (needs REDIS_URL)")
+    chat.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug", "trace"],
+    )
+    chat.add_argument(
+        "--forwarded-allow-ips",
+        default=None,
+        help="proxies whose X-Forwarded-* headers are trusted (default: 127.0.0.1)",
+    )
+    chat.set_defaults(handler=_cmd_chat)
+
+    db = commands.add_parser("db", help="manage the chat database (DATABASE_URL)")
+    db_commands = db.add_subparsers(dest="db_command", metavar="ACTION")
+    db_commands.required = True
+    db_commands.add_parser("upgrade", help="apply all pending migrations")
+    db_commands.add_parser("current", help="print the schema revision")
+    db.set_defaults(handler=_cmd_db)
+
+    users = commands.add_parser("users", help="manage users and API keys")
+    user_commands = users.add_subparsers(dest="users_command", metavar="ACTION")
+    user_commands.required = True
+    create_key = user_commands.add_parser(
+        "create-key", help="create an API key (and a user, unless --user-id is given)"
+    )
+    create_key.add_argument("--name", default=None, help="a label for the user and the key")
+    create_key.add_argument("--user-id", default=None, help="add the key to this user")
+    users.set_defaults(handler=_cmd_users)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,193 @@
+"""Fixtures for the chat service: real uvicorn servers on real sockets, real SQLite and
+PostgreSQL databases, real Redis.
+
+- ``chat_config``: the backend/database combinations the end-to-end tests run on:
+  ``memory-sqlite`` (the embedded default) and ``redis-postgres`` (the scaled setup).
+- ``start_server(settings)``: runs `create_app(settings)` under uvicorn in a thread, on its
+  own port; returns its base URL. Several may run at once (two "workers").
+- ``postgres_url``: a database of its own for this test run (created, migrated by the
+  first app, dropped at the end); skips when PostgreSQL cannot be reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from tests._services import port_answers
+from unbroken.chat.app import create_app
+from unbroken.chat.settings import Settings
+
+DEFAULT_PG = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+FAST_TPS = 400.0  # demo tokens per second in tests: a ~430-token answer takes about 1 s
+
+
+def _pg_base_url() -> str:
+    url = os.environ.get("DATABASE_URL", "")
+    if url.startswith(("postgresql", "postgres")):
+        return url.replace("postgresql://", "postgresql+asyncpg://", 1).replace(
+            "postgres://", "postgresql+asyncpg://", 1
+        )
+    return DEFAULT_PG
+
+
+async def _admin(base_url: str, sql: str) -> None:
+    import asyncpg
+
+    dsn = base_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def delete_redis_keys(url: str, prefix: str) -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"*{prefix}*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+@contextmanager
+def temporary_postgres_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database; dropped afterwards. Skips if there is no server."""
+    base = _pg_base_url()
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(base)
+    if not port_answers(parsed.host or "127.0.0.1", parsed.port or 5432):
+        pytest.skip("PostgreSQL is not reachable (set DATABASE_URL)")
+    name = f"unbroken_chat_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(base, f'CREATE DATABASE "{name}"'))
+    try:
+        yield parsed.set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(_admin(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    with temporary_postgres_database() as url:
+        yield url
+
+
+@dataclass
+class Server:
+    url: str
+    settings: Settings
+    server: uvicorn.Server
+    thread: threading.Thread
+
+
+@contextmanager
+def serve(settings: Settings) -> Iterator[Server]:
+    """Run the chat app under uvicorn in a thread until the block ends."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(settings),
+        log_level="warning",
+        lifespan="on",
+        ws="none",
+        timeout_graceful_shutdown=1,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            sock.close()
+            raise RuntimeError("the chat server did not start (see the log above)")
+        time.sleep(0.01)
+    try:
+        yield Server(f"http://127.0.0.1:{port}", settings, server, thread)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+        sock.close()
+
+
+@pytest.fixture(params=["memory-sqlite", "redis-postgres"])
+def chat_config(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def make_settings(
+    request: pytest.FixtureRequest, chat_config: str, tmp_path: Path
+) -> Iterator[Callable[..., Settings]]:
+    """Settings for ``chat_config``; every call in one test shares its database and Redis
+    prefix (several apps = several workers of one deployment)."""
+    backend, database = chat_config.split("-")
+    if database == "postgres":
+        database_url = request.getfixturevalue("postgres_url")
+    else:
+        database_url = f"sqlite+aiosqlite:///{tmp_path / 'chat.sqlite3'}"
+    redis_url = request.getfixturevalue("redis_url") if backend == "redis" else None
+    prefix = request.getfixturevalue("key_prefix") if backend == "redis" else "unbroken"
+
+    def make(**changes: Any) -> Settings:
+        base = Settings(
+            database_url=database_url,
+            redis_url=redis_url,
+            redis_key_prefix=prefix,
+            demo_tokens_per_second=FAST_TPS,
+            lease_ttl=1.0,
+            retention=600.0,
+        )
+        return base.replace(**changes) if changes else base
+
+    yield make
+    if redis_url is not None:
+        asyncio.run(delete_redis_keys(redis_url, prefix))
+
+
+@pytest.fixture
+def start_server(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., Server]]:
+    """``start_server(**setting_changes)`` -> a running server (stopped after the test)."""
+    with _Servers() as servers:
+        yield lambda **changes: servers.start(make_settings(**changes))
+
+
+@pytest.fixture
+def server(start_server: Callable[..., Server]) -> Server:
+    return start_server()
+
+
+class _Servers:
+    def __init__(self) -> None:
+        self._stack: list[Any] = []
+
+    def __enter__(self) -> _Servers:
+        return self
+
+    def start(self, settings: Settings) -> Server:
+        context = serve(settings)
+        running = context.__enter__()
+        self._stack.append(context)
+        return running
+
+    def __exit__(self, *exc_info: object) -> None:
+        while self._stack:
+            self._stack.pop().__exit__(None, None, None)

@@ -1,0 +1,346 @@
+"""The seed's cases end to end, for v4 and v5+ clients, on the memory backend with SQLite
+and on Redis with PostgreSQL: refresh at random points, resume right after the end and much
+later, another user's chat, no stream, stop from a second connection, two workers."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from tests.chat._client import (
+    expected_answer,
+    new_client,
+    post_v4,
+    post_v5,
+    resume_v4,
+    resume_v5,
+    v4_body,
+    v5_body,
+)
+from tests.chat.conftest import Server
+
+pytestmark = pytest.mark.anyio
+
+
+def uid(prefix: str = "c") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:16]}"
+
+
+async def settled_chat(client: httpx.AsyncClient, chat_id: str) -> dict[str, Any]:
+    """The chat once no answer is being generated (its answer stored)."""
+    with anyio.fail_after(15):
+        while True:
+            response = await client.get(f"/api/chats/{chat_id}")
+            assert response.status_code == 200, response.text
+            body: dict[str, Any] = response.json()
+            if body["activeStream"] is None:
+                return body
+            await anyio.sleep(0.02)
+
+
+def stored_text(message: dict[str, Any], kind: str = "text") -> str:
+    return "".join(p["text"] for p in message["parts"] if p["type"] == kind)
+
+
+async def test_v5_refresh_at_random_points_gives_the_answer_exactly_once(server: Server) -> None:
+    rng = random.Random(20250101)
+    async with new_client(server.url) as client:
+        for round_ in range(3):
+            chat_id, prompt = uid(), f"round {round_}: what survives a refresh?"
+            reasoning, text = expected_answer(prompt)
+            first = await post_v5(
+                client, v5_body(chat_id, uid("m"), prompt), stop_after=rng.randint(1, 200)
+            )
+            assert first.status == 200 and first.message_id is not None
+            # What the page does after a refresh: load the chat, then resume (full replay).
+            page = (await client.get(f"/api/chats/{chat_id}")).json()
+            assert page["messages"][0]["role"] == "user"
+            partial = await resume_v5(client, chat_id, stop_after=rng.randint(1, 100))
+            assert partial.status == 200
+            assert partial.message_id == first.message_id
+            full = await resume_v5(client, chat_id)
+            assert full.status == 200 and full.done
+            assert full.message_id == first.message_id  # the client replaces, never appends
+            assert full.text() == text
+            assert full.text("reasoning") == reasoning
+            assert full.types()[0] == "start" and full.types()[-1] == "finish"
+            chat = await settled_chat(client, chat_id)
+            assert [m["role"] for m in chat["messages"]] == ["user", "assistant"]
+            answer = chat["messages"][1]
+            assert answer["id"] == first.message_id and answer["status"] == "done"
+            assert stored_text(answer) == text and stored_text(answer, "reasoning") == reasoning
+
+
+async def test_v5_resume_with_last_event_id_sends_only_what_was_missed(server: Server) -> None:
+    rng = random.Random(7)
+    async with new_client(server.url) as client:
+        for _ in range(3):
+            chat_id, prompt = uid(), f"tell me about offsets {rng.random()}"
+            _, text = expected_answer(prompt)
+            got = await post_v5(
+                client, v5_body(chat_id, uid("m"), prompt), stop_after=rng.randint(5, 150)
+            )
+            pieces, seen = [got], got
+            while not seen.done:
+                assert seen.last_id is not None
+                seen = await resume_v5(
+                    client, chat_id, last_event_id=seen.last_id, stop_after=rng.randint(1, 120)
+                )
+                assert seen.status == 200
+                pieces.append(seen)
+            assert "".join(p.text() for p in pieces) == text
+            ids = [i for p in pieces for i in p.ids if i is not None]
+            assert ids == sorted(set(ids))  # strictly increasing: nothing twice
+
+
+async def test_v4_refresh_gives_the_answer_exactly_once(server: Server) -> None:
+    rng = random.Random(4)
+    async with new_client(server.url) as client:
+        for _ in range(2):
+            chat_id, prompt = uid(), f"v4 question {rng.random()}"
+            reasoning, text = expected_answer(prompt)
+            first = await post_v4(
+                client, v4_body(chat_id, uid("m"), prompt), stop_after=rng.randint(1, 150)
+            )
+            assert first.status == 200
+            assert first.lines[0][0] == "f"
+            resumed = await resume_v4(client, chat_id)
+            assert resumed.status == 200
+            if resumed.codes() and resumed.codes()[0] == "2":
+                # Finished and stored in between: the seed's append-message fallback.
+                message = resumed.lines[0][1][0]
+                assert message["type"] == "append-message"
+            else:
+                assert resumed.text() == text and resumed.reasoning() == reasoning
+                assert resumed.codes()[-1] == "d"
+                assert resumed.lines[0] == first.lines[0]  # same messageId in f:
+
+
+async def test_resume_right_after_the_end(server: Server) -> None:
+    async with new_client(server.url) as client:
+        chat_id, prompt = uid(), "resume right after the end"
+        _, text = expected_answer(prompt)
+        first = await post_v5(client, v5_body(chat_id, uid("m"), prompt))
+        assert first.done and first.text() == text
+        again = await resume_v5(client, chat_id)
+        assert again.status == 200 and again.done
+        assert again.message_id == first.message_id and again.text() == text
+
+        v4_chat = uid()
+        v4_first = await post_v4(client, v4_body(v4_chat, uid("m"), prompt))
+        assert v4_first.text() == text
+        v4_again = await resume_v4(client, v4_chat)
+        assert v4_again.status == 200
+        if v4_again.codes()[0] == "2":
+            [item] = v4_again.lines[0][1]
+            assert item["type"] == "append-message"
+            import json
+
+            message = json.loads(item["message"])
+            assert message["role"] == "assistant" and message["content"] == text
+        else:
+            assert v4_again.text() == text
+        # Once stored, the v4 resume is the append-message fallback.
+        await settled_chat(client, v4_chat)
+        stored = await resume_v4(client, v4_chat)
+        assert stored.codes() == ["2"]
+
+
+async def test_resume_much_later(start_server: Callable[..., Server]) -> None:
+    server = start_server(resume_window=0.3)
+    async with new_client(server.url) as client:
+        v5_chat, v4_chat = uid(), uid()
+        await post_v5(client, v5_body(v5_chat, uid("m"), "later"))
+        await post_v4(client, v4_body(v4_chat, uid("m"), "later"))
+        await settled_chat(client, v5_chat)
+        await settled_chat(client, v4_chat)
+        await anyio.sleep(0.4)
+        response = await client.get(f"/api/chat/{v5_chat}/stream")
+        assert response.status_code == 204 and response.content == b""
+        response = await client.get("/api/chat", params={"chatId": v4_chat})
+        assert response.status_code == 200 and response.content == b""
+        assert response.headers["x-vercel-ai-data-stream"] == "v1"
+
+
+async def test_another_users_chat_is_answered_like_a_missing_one(server: Server) -> None:
+    async with new_client(server.url) as owner, new_client(server.url) as other:
+        chat_id = uid()
+        got = await post_v5(owner, v5_body(chat_id, uid("m"), "mine"), stop_after=3)
+        assert got.status == 200
+        missing = uid()
+        for method, path, params in [
+            ("GET", "/api/chats/{}", None),
+            ("DELETE", "/api/chats/{}", None),
+            ("GET", "/api/chat/{}/stream", None),
+            ("POST", "/api/chat/{}/stop", None),
+            ("GET", "/api/chat", "chatId"),
+        ]:
+            answers = []
+            for target in (chat_id, missing):
+                url = path.format(target)
+                query = {params: target} if params else None
+                response = await other.request(method, url, params=query)
+                answers.append((response.status_code, response.json()))
+            assert answers[0] == answers[1], (method, path)
+            assert answers[0][0] == 404
+        # Posting into someone else's chat id does not reach it either.
+        response = await other.post("/api/chat", json=v5_body(chat_id, uid("m"), "hijack"))
+        assert response.status_code == 404
+        assert (await other.get("/api/chats")).json() == {"chats": []}
+        # ... and the owner's answer is untouched.
+        chat = await settled_chat(owner, chat_id)
+        assert [m["role"] for m in chat["messages"]] == ["user", "assistant"]
+        assert chat["messages"][1]["status"] == "done"
+
+
+async def test_no_stream_is_404_for_v4_and_204_for_v5(server: Server) -> None:
+    from unbroken.chat.store import Store
+
+    async with Store.from_url(server.settings.database_url) as store:
+        user = await store.create_user(kind="user", name="tester")
+        key, _ = await store.create_api_key(user.id)
+        chat = await store.get_or_create_chat(uid(), user.id, title="empty")
+        assert chat is not None
+    headers = {"Authorization": f"Bearer {key}"}
+    async with new_client(server.url, headers=headers) as client:
+        response = await client.get("/api/chat", params={"chatId": chat.id})
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "not_found"
+        response = await client.get(f"/api/chat/{chat.id}/stream")
+        assert response.status_code == 204
+        response = await client.get("/api/chat", params={"chatId": uid()})
+        assert response.status_code == 404
+        response = await client.get("/api/chat")
+        assert response.status_code == 400
+
+
+async def test_stop_from_a_second_connection(server: Server) -> None:
+    async with new_client(server.url) as client, new_client(server.url) as second_tab:
+        chat_id, prompt = uid(), "stop me halfway"
+        _, text = expected_answer(prompt)
+        async with client.stream(
+            "POST", "/api/chat", json=v5_body(chat_id, uid("m"), prompt)
+        ) as response:
+            from tests.chat._client import read_v5
+
+            head = await read_v5(response, stop_after=80)
+            second_tab.cookies = client.cookies  # the same browser, another tab
+            # The first reader keeps reading while the second connection stops the answer.
+            stop = await second_tab.post(f"/api/chat/{chat_id}/stop")
+            assert stop.status_code == 200, stop.text
+            assert stop.json()["stopped"] is True and stop.json()["state"] == "cancelled"
+            rest = await read_v5(response)
+        assert rest.done and rest.types()[-1] == "abort"
+        seen = head.text() + rest.text()
+        assert seen and text.startswith(seen) and seen != text
+        chat = await settled_chat(client, chat_id)
+        answer = chat["messages"][-1]
+        assert answer["role"] == "assistant" and answer["status"] == "stopped"
+        assert stored_text(answer) == seen  # what was stored is exactly what was shown
+        assert chat["activeStreamId"] is None
+        # Idempotent: a second stop changes nothing.
+        again = await second_tab.post(f"/api/chat/{chat_id}/stop")
+        assert again.status_code == 200 and again.json()["stopped"] is False
+        # A resume now replays the stopped answer (it just ended) and ends with abort.
+        replay = await resume_v5(client, chat_id)
+        assert replay.text() == seen and replay.types()[-1] == "abort"
+
+
+async def test_stop_a_v4_answer(server: Server) -> None:
+    async with new_client(server.url) as client:
+        chat_id = uid()
+        async with client.stream(
+            "POST", "/api/chat", json=v4_body(chat_id, uid("m"), "x")
+        ) as response:
+            from tests.chat._client import read_v4
+
+            await read_v4(response, stop_after=30)
+            async with new_client(server.url, cookies=client.cookies) as other_tab:
+                stop = await other_tab.post(f"/api/chat/{chat_id}/stop")
+            assert stop.json()["stopped"] is True
+            rest = await read_v4(response)
+        assert rest.codes()[-1] == "d"  # v4 has no abort: the message just finishes
+        chat = await settled_chat(client, chat_id)
+        assert chat["messages"][-1]["status"] == "stopped"
+
+
+async def test_the_answer_is_stored_when_nobody_listens(server: Server) -> None:
+    async with new_client(server.url) as client:
+        chat_id, prompt = uid(), "nobody is listening"
+        reasoning, text = expected_answer(prompt)
+        await post_v5(client, v5_body(chat_id, uid("m"), prompt), stop_after=1)
+        chat = await settled_chat(client, chat_id)
+        answer = chat["messages"][-1]
+        assert answer["status"] == "done"
+        assert stored_text(answer) == text and stored_text(answer, "reasoning") == reasoning
+
+
+async def test_a_repeated_post_attaches_to_the_running_answer(server: Server) -> None:
+    async with new_client(server.url) as client:
+        chat_id, message_id, prompt = uid(), uid("m"), "ask twice"
+        _, text = expected_answer(prompt)
+        body = v5_body(chat_id, message_id, prompt)
+        first = await post_v5(client, body, stop_after=20)
+        second = await post_v5(client, body)
+        assert second.message_id == first.message_id
+        assert second.text() == text
+        chat = await settled_chat(client, chat_id)
+        assert [m["role"] for m in chat["messages"]] == ["user", "assistant"]
+        metrics = (await client.get("/metrics")).text
+        assert 'unbroken_chat_streams_started_total{protocol="v5"} 1.0' in metrics
+        assert "unbroken_chat_attaches_total 1.0" in metrics
+
+
+async def test_a_new_message_supersedes_the_running_answer(server: Server) -> None:
+    async with new_client(server.url) as client:
+        chat_id = uid()
+        await post_v5(client, v5_body(chat_id, "m1", "first question"), stop_after=10)
+        _, text = expected_answer("second question")
+        second = await post_v5(client, v5_body(chat_id, "m2", "second question"))
+        assert second.text() == text
+        chat = await settled_chat(client, chat_id)
+        roles = [(m["role"], m["status"]) for m in chat["messages"]]
+        assert roles == [
+            ("user", "done"),
+            ("assistant", "stopped"),
+            ("user", "done"),
+            ("assistant", "done"),
+        ]
+
+
+async def test_two_workers_share_streams(
+    chat_config: str, start_server: Callable[..., Server]
+) -> None:
+    if not chat_config.startswith("redis"):
+        pytest.skip("workers share streams through Redis")
+    one, two = start_server(), start_server()
+    async with new_client(one.url) as on_one, new_client(two.url) as on_two:
+        chat_id, prompt = uid(), "two workers"
+        _, text = expected_answer(prompt)
+        first = await post_v5(on_one, v5_body(chat_id, uid("m"), prompt), stop_after=30)
+        on_two.cookies = on_one.cookies  # the same browser, load-balanced to worker two
+        resumed = await resume_v5(on_two, chat_id)
+        assert resumed.done and resumed.message_id == first.message_id
+        assert resumed.text() == text
+        v4 = await resume_v4(on_two, chat_id)
+        assert v4.status == 200
+
+        # Stop on worker two an answer generated on worker one.
+        chat_id = uid()
+        async with on_one.stream("POST", "/api/chat", json=v5_body(chat_id, uid("m"), "stop")) as r:
+            from tests.chat._client import read_v5
+
+            head = await read_v5(r, stop_after=40)
+            stop = await on_two.post(f"/api/chat/{chat_id}/stop")
+            assert stop.json()["stopped"] is True
+            rest = await read_v5(r)
+        assert rest.types()[-1] == "abort"
+        chat = await settled_chat(on_two, chat_id)
+        assert chat["messages"][-1]["status"] == "stopped"
+        assert stored_text(chat["messages"][-1]) == head.text() + rest.text()
