@@ -7,24 +7,29 @@ Routes call these functions only, so a change of names in `unbroken.protocols.ai
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
-from starlette.responses import Response, StreamingResponse
+from starlette.requests import Request
+from starlette.responses import Response
 
-from unbroken import Backend, Chunk, StreamEngine
-from unbroken.chat.errors import ApiError
-from unbroken.protocols.ai_sdk._assembler import UIMessageAssembler
-from unbroken.protocols.ai_sdk._chunks import decode_event, encode_event
-from unbroken.protocols.ai_sdk._convert import ui_message_to_v4
-from unbroken.protocols.ai_sdk._data_stream import (
-    DATA_STREAM_HEADERS,
-    DataStreamEncoder,
-    append_message_line,
+from unbroken import Backend, StreamEngine
+from unbroken.asgi import (
+    DataStreamResponse,
+    UIMessageStreamResponse,
+    append_message_response,
+    resume_after,
 )
-from unbroken.protocols.ai_sdk._encoding import StreamEncoder
-from unbroken.protocols.ai_sdk._request import ChatRequest, is_valid_id, parse_chat_request
-from unbroken.protocols.ai_sdk._ui_stream import UIMessageStreamEncoder
+from unbroken.chat.errors import ApiError
+from unbroken.protocols.ai_sdk import (
+    DATA_STREAM_HEADERS,
+    ChatRequest,
+    UIMessageAssembler,
+    decode_event,
+    encode_event,
+    is_valid_id,
+    parse_chat_request,
+    ui_message_to_v4,
+)
 
 __all__ = [
     "ChatRequest",
@@ -57,47 +62,18 @@ def load_json(body: bytes) -> Any:
         raise ApiError(400, "invalid_request", "the request body is not valid JSON") from None
 
 
-def resume_position(after: str | None, last_event_id: str | None) -> int:
-    """Where a v5 resume starts: ``?after=`` wins over ``Last-Event-ID``; -1 = from the start."""
-    raw = after if after is not None else last_event_id
-    if raw is None or not raw.strip():
-        return -1
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise ApiError(400, "invalid_request", "after / Last-Event-ID must be an integer") from None
-    if value < -1:
-        raise ApiError(400, "invalid_request", "after / Last-Event-ID must be >= -1")
-    return value
-
-
-async def _encoded(
-    engine: StreamEngine, stream_id: str, after: int, encoder: StreamEncoder[Any]
-) -> AsyncIterator[str]:
-    async for item in engine.read(stream_id, after=after):
-        if isinstance(item, Chunk):
-            yield encoder.encode([item])
-        else:
-            yield encoder.encode([item])
-            return
+def resume_position(request: Request) -> int:
+    """Where a v5 resume starts (``Last-Event-ID``, else ``?after=``); -1 = from the start.
+    Anything but an integer >= -1 is a `ProtocolError` (400)."""
+    return resume_after(request)
 
 
 def ui_message_stream_response(engine: StreamEngine, stream_id: str, *, after: int) -> Response:
-    encoder = UIMessageStreamEncoder()
-    return StreamingResponse(
-        _encoded(engine, stream_id, after, encoder), headers=dict(encoder.headers)
-    )
+    return UIMessageStreamResponse(engine, stream_id, after=after)
 
 
 def data_stream_response(engine: StreamEngine, stream_id: str, *, after: int) -> Response:
-    encoder = DataStreamEncoder()
-    return StreamingResponse(
-        _encoded(engine, stream_id, after, encoder), headers=dict(encoder.headers)
-    )
-
-
-def append_message_response(message: dict[str, Any]) -> Response:
-    return Response(append_message_line(message), headers=dict(DATA_STREAM_HEADERS))
+    return DataStreamResponse(engine, stream_id, after=after)
 
 
 def empty_data_stream_response() -> Response:

@@ -258,11 +258,13 @@ async def resume_v5(
     request: Request,
     services: CurrentServices,
     identity: CurrentIdentity,
-    after: Annotated[str | None, Query(description="Resume after this event id.")] = None,
+    after: Annotated[
+        str | None, Query(description="Resume after this event id (or send Last-Event-ID).")
+    ] = None,
 ) -> Response:
     """For ``useChat({resume: true})`` / ``resumeStream()`` (ai 5, 6, 7)."""
     check_chat_id(chat_id, status=404)
-    position = _wire.resume_position(after, request.headers.get("last-event-id"))
+    position = _wire.resume_position(request)
     chat = await services.store.get_chat(chat_id, identity.user.id)
     if chat is None:
         raise not_found()
