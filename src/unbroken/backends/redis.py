@@ -88,26 +88,34 @@ _AnyRedis = Redis | RedisCluster
 
 # -- errors ---------------------------------------------------------------------------------
 
-_UNAVAILABLE_REPLIES = ("LOADING", "BUSY", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
+# Errors after which the same call may well succeed a little later: the server is down,
+# loading, failing over, resharding, read-only during a failover, or out of memory until
+# TTLs free some. The engine keeps streaming from memory and retries these.
+_TRANSIENT = (
+    redis_errors.ConnectionError,  # includes BusyLoadingError (LOADING), MaxConnectionsError
+    redis_errors.TimeoutError,
+    redis_errors.ClusterDownError,  # CLUSTERDOWN, MASTERDOWN
+    redis_errors.TryAgainError,
+    redis_errors.ReadOnlyError,
+    redis_errors.OutOfMemoryError,
+    redis_errors.SlotNotCoveredError,
+    OSError,
+)
+_DRIVER_ERRORS = (redis_errors.RedisError, redis_errors.RedisClusterException, OSError)
 
 
 def _translate(exc: BaseException, stream_id: str | None) -> UnbrokenError:
     """The unbroken error for a driver error: the one place redis exceptions are mapped."""
     about = f"stream {stream_id!r}: " if stream_id is not None else ""
-    if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError | OSError):
+    message = str(exc)
+    if isinstance(exc, _TRANSIENT) or message.startswith("BUSY "):
         return BackendUnavailableError(f"redis is unavailable, retry later: {exc}")
-    if isinstance(exc, redis_errors.ClusterDownError | redis_errors.TryAgainError):
-        return BackendUnavailableError(f"redis cluster is unavailable, retry later: {exc}")
     if isinstance(exc, UnicodeError):
         return CorruptStreamError(f"{about}redis holds text that is not utf-8: {exc}")
-    if isinstance(exc, redis_errors.ResponseError):
-        message = str(exc)
-        if "UNBROKEN_SEQ" in message:
-            return CorruptStreamError(f"{about}{message.split('UNBROKEN_SEQ ', 1)[1]}")
-        if "UNBROKEN_CORRUPT" in message or "WRONGTYPE" in message:
-            return CorruptStreamError(f"{about}redis holds data unbroken did not write: {exc}")
-        if message.startswith(_UNAVAILABLE_REPLIES):
-            return BackendUnavailableError(f"redis is unavailable, retry later: {exc}")
+    if "UNBROKEN_SEQ " in message:
+        return CorruptStreamError(about + message.split("UNBROKEN_SEQ ", 1)[1])
+    if "UNBROKEN_CORRUPT " in message or "WRONGTYPE" in message:
+        return CorruptStreamError(f"{about}redis holds data unbroken did not write: {exc}")
     return BackendError(f"{about}redis failed: {exc}")
 
 
@@ -115,7 +123,7 @@ def _translate(exc: BaseException, stream_id: str | None) -> UnbrokenError:
 def _translated(stream_id: str | None = None) -> Iterator[None]:
     try:
         yield
-    except (redis_errors.RedisError, OSError, UnicodeError) as exc:
+    except (*_DRIVER_ERRORS, UnicodeError) as exc:
         raise _translate(exc, stream_id) from exc
 
 
@@ -306,6 +314,9 @@ class _Link:
         # redis-py's pub/sub API is untyped; it is confined to this class.
         self.pubsub: Any = pubsub
         self.sharded = sharded
+        # Silence is only suspicious where pings are answered: ClusterPubSub has no single
+        # connection to ping, so there a dead node shows up as a read error instead.
+        self.pings = not isinstance(pubsub, ClusterPubSub)
         self.last_seen = anyio.current_time()
         self._ops: list[tuple[_Op, str]] = []
         self._wakeup = anyio.Event()
@@ -314,7 +325,9 @@ class _Link:
     @classmethod
     async def open(cls, client: _AnyRedis, *, sharded: bool) -> _Link:
         if isinstance(client, RedisCluster):
-            # ClusterPubSub picks node connections per channel lazily, on SSUBSCRIBE.
+            # ClusterPubSub picks node connections per channel lazily, on SSUBSCRIBE, from
+            # the slot map, which needs the client initialised (a no-op once it is).
+            await client.initialize()
             return cls(client.pubsub(), sharded=True)
         link = cls(client.pubsub(), sharded=sharded)
         try:
@@ -356,7 +369,7 @@ class _Link:
     async def _send(self, op: _Op, channels: list[str]) -> None:
         pubsub = self.pubsub
         if op == "ping":
-            if not self.sharded:  # ClusterPubSub has no single connection to ping
+            if self.pings:
                 await pubsub.ping()
         elif self.sharded:
             # One channel per command: channels of different slots cannot share one.
@@ -436,6 +449,8 @@ class _Router:
     async def _wait_live(self, channel: str, entry: _Channel) -> None:
         with anyio.move_on_after(_SUBSCRIBE_TIMEOUT):
             while not entry.live:
+                if self._stop.cancel_called:
+                    raise EngineClosedError("backend is closed")
                 link = self._link
                 if link is None:
                     if self._down:
@@ -448,7 +463,7 @@ class _Router:
                     entry.requested = link
                     link.request("subscribe", channel)
                 await entry.ready.wait()
-                if not entry.live:
+                if not entry.live and not self._stop.cancel_called:
                     raise BackendUnavailableError("redis connection lost while subscribing")
             return
         raise BackendUnavailableError("redis did not confirm a subscription in time, retry later")
@@ -473,6 +488,7 @@ class _Router:
         """Stop the router task; wake every listener for good (their next `receive` raises
         `EngineClosedError`)."""
         self._stop.cancel()
+        self._link_changed.set()
         for entry in self._channels.values():
             for listener in entry.listeners:
                 listener.close()
@@ -511,9 +527,14 @@ class _Router:
 
     @staticmethod
     def _log_failure(what: str, exc: Exception, failures: int) -> None:
-        # Warn once per outage; repeats while Redis stays down would only flood the log.
+        # Warn once per outage (repeats while Redis stays down would flood the log), naming
+        # the cause rather than the task group that carried it; the traceback is for debug.
+        while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+            exc = exc.exceptions[0]
         level = logging.WARNING if failures == 1 else logging.DEBUG
-        logger.log(level, "%s (%s); live notifications resume after reconnecting", what, exc)
+        cause = f"{type(exc).__name__}: {exc}"
+        logger.log(level, "%s (%s); live notifications resume after reconnecting", what, cause)
+        logger.debug("pub/sub failure details", exc_info=exc)
 
     async def _serve(self, link: _Link) -> None:
         async with anyio.create_task_group() as tasks:
@@ -529,7 +550,7 @@ class _Router:
                 message = await link.get_message()
                 if message is not None:
                     self._route(message)
-                elif anyio.current_time() - link.last_seen > _DEAD_AFTER:
+                elif link.pings and anyio.current_time() - link.last_seen > _DEAD_AFTER:
                     raise redis_errors.ConnectionError("no reply from redis, reconnecting")
 
     def _set_link(self, link: _Link | None) -> None:
@@ -652,13 +673,13 @@ class RedisBackend(Backend):
 
     def _new_client(self) -> _AnyRedis:
         assert self._url is not None
+        if self.cluster:
+            # redis-py's own cluster retries follow MOVED/ASK and failovers: keep them.
+            return RedisCluster.from_url(self._url, socket_connect_timeout=5)
         # One quick retry: a pooled connection may have died with a Redis restart, and the
         # retry on a fresh connection then succeeds. A Redis that is down fails fast, and the
-        # engine decides about retrying with its own backoff.
-        options: dict[str, Any] = {"retry": Retry(NoBackoff(), 1), "socket_connect_timeout": 5}
-        if self.cluster:
-            return RedisCluster.from_url(self._url, **options)
-        return Redis.from_url(self._url, **options)
+        # engine decides about retrying, with its own backoff.
+        return Redis.from_url(self._url, retry=Retry(NoBackoff(), 1), socket_connect_timeout=5)
 
     async def close(self) -> None:
         """Stop the router, wake every listener (their next receive raises), close the
