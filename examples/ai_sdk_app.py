@@ -18,8 +18,8 @@ Routes (stable; the npm conformance tests rely on them):
     follows ``Last-Event-ID`` / ``?after=<seq>``; 204 when the chat has no active stream.
 ``GET /api/chat?chatId={id}``
     v4 resume: 200 data stream of the active stream; 200 ``append-message`` when the last
-    answer finished less than 15 s ago; else 200 with an empty body (the v4 client has no
-    204 handling). Missing ``chatId`` -> 400; unknown chat -> 404.
+    answer finished less than 15 s ago; else (idle or unknown chat) 200 with an empty body:
+    the v4 client has no 204 handling. Missing or invalid ``chatId`` -> 400.
 ``POST /api/chat/{id}/stop``
     Cancel the chat's active stream -> 200 ``{"stopped": true|false}``; unknown chat -> 404.
 ``GET /api/chat/{id}/messages``
@@ -29,7 +29,8 @@ Routes (stable; the npm conformance tests rely on them):
 
 The fake model answers with reasoning, a ``getWeather`` tool call (streamed input, then
 output), a ``data-weather`` part, text and a source. Environment: ``EXAMPLE_DELAY_MS``
-(pause between events, default 40) and ``EXAMPLE_WORDS`` (answer length, default 24).
+(pause between events in ms, default 40; ``UNBROKEN_EXAMPLE_DELAY`` in seconds wins when
+set) and ``EXAMPLE_WORDS`` (answer length in words, default 24).
 
 Chats live in memory; the engine (with a `MemoryBackend`) lives in the app's lifespan. When
 a stream ends, in any state, the assembled assistant message is stored and the chat's active
@@ -126,11 +127,15 @@ def _question(request: ChatRequest) -> str:
     return "".join(p.get("text", "") for p in message["parts"] if p.get("type") == "text")
 
 
+def _delay_seconds() -> float:
+    if os.environ.get("UNBROKEN_EXAMPLE_DELAY"):
+        return float(os.environ["UNBROKEN_EXAMPLE_DELAY"])
+    return float(os.environ.get("EXAMPLE_DELAY_MS", "40")) / 1000
+
+
 def create_app(*, delay_ms: float | None = None, words: int | None = None) -> FastAPI:
     """The example app. ``delay_ms``/``words`` default to ``EXAMPLE_DELAY_MS``/``EXAMPLE_WORDS``."""
-    delay = (
-        delay_ms if delay_ms is not None else float(os.environ.get("EXAMPLE_DELAY_MS", 40))
-    ) / 1000
+    delay = _delay_seconds() if delay_ms is None else delay_ms / 1000
     answer_words = words if words is not None else int(os.environ.get("EXAMPLE_WORDS", 24))
     chats: dict[str, Chat] = {}
 
@@ -217,10 +222,13 @@ def create_app(*, delay_ms: float | None = None, words: int | None = None) -> Fa
             return error_response(
                 400, "missing_chat_id", "the 'chatId' query parameter is required"
             )
+        if not is_valid_id(chat_id):
+            return error_response(400, "invalid_chat_id", "'chatId' is not a valid chat id")
         after = resume_after(request)
-        chat = chats.get(chat_id) if is_valid_id(chat_id) else None
+        chat = chats.get(chat_id)
         if chat is None:
-            return error_response(404, "chat_not_found", "no such chat")
+            # A chat this server never saw has nothing to resume, like an idle one.
+            return Response(b"", status_code=200, headers=DATA_STREAM_HEADERS)
         if chat.active_stream_id is not None:
             return DataStreamResponse(engine_of(request), chat.active_stream_id, after=after)
         recent = chat.finished_at is not None and (

@@ -63,6 +63,17 @@ def test_ai_chatbot_body_with_one_message() -> None:
     assert request.extra == {"selectedChatModel": "chat-model", "selectedVisibilityType": "private"}
 
 
+def test_v4_messages_without_ids_get_generated_ones() -> None:
+    # v4 `useChat` sends only role/content/parts unless `sendExtraMessageFields` is set.
+    body = {"id": "chat-1", "messages": [{"role": "user", "content": "Hi", "parts": []}]}
+    (message,) = parse_chat_request(body).messages
+    assert is_valid_id(message["id"])
+    assert message["id"].startswith("msg-")
+    assert (message["role"], message["parts"]) == ("user", [{"type": "text", "text": "Hi"}])
+    with pytest.raises(ProtocolError, match="valid 'id'"):
+        parse_chat_request({"id": "c", "messages": [{"id": "a b", "role": "user", "content": "x"}]})
+
+
 def test_v4_body_is_normalized_to_ui_messages() -> None:
     body = {
         "id": "chat-1",

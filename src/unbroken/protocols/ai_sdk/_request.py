@@ -4,7 +4,8 @@
 - vercel/ai-chatbot (v5): ``{id, message, ...extra}`` (only the new message; no trigger)
 - v4 ``useChat``: ``{id, messages, ...extra}``: no ``trigger`` (that is how v4 is told apart)
 
-Messages are normalized to v5 UI messages ``{id, role, parts, metadata?}``.
+Messages are normalized to v5 UI messages ``{id, role, parts, metadata?}``. v4 messages come
+without ids unless the client sets ``sendExtraMessageFields``; they get generated ones.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from unbroken.exceptions import ProtocolError
+from unbroken.protocols.ai_sdk._builder import generate_id
 from unbroken.protocols.ai_sdk._convert import v4_message_to_ui
 
 __all__ = ["ChatRequest", "is_valid_id", "parse_chat_request"]
@@ -122,10 +124,10 @@ def _message_list(value: object) -> list[Any]:
     return value
 
 
-def _check_common(message: object, index: int) -> Mapping[str, Any]:
+def _check_common(message: object, index: int, *, id_required: bool = True) -> Mapping[str, Any]:
     if not isinstance(message, Mapping):
         raise ProtocolError(f"message {index} must be an object")
-    if not is_valid_id(message.get("id")):
+    if not is_valid_id(message.get("id")) and (id_required or message.get("id") is not None):
         raise ProtocolError(f"message {index} needs a valid 'id'")
     if message.get("role") not in _ROLES:
         raise ProtocolError(f"message {index} has an invalid 'role' (system, user or assistant)")
@@ -155,7 +157,10 @@ def _ui_message(message: object, index: int) -> dict[str, Any]:
 
 
 def _v4_message(message: object, index: int) -> dict[str, Any]:
-    checked = _check_common(message, index)
+    # v4 `useChat` leaves ids out unless `sendExtraMessageFields` is set: make one up.
+    checked = _check_common(message, index, id_required=False)
+    if checked.get("id") is None:
+        checked = {**checked, "id": generate_id("msg-")}
     content = checked.get("content")
     parts = checked.get("parts")
     if content is not None and not isinstance(content, str):
