@@ -421,6 +421,35 @@ async def test_many_listeners_share_one_pubsub_connection(private_redis: str) ->
         await raw.flushall()
 
 
+async def test_concurrent_streams_share_pipelines_over_few_connections(
+    private_redis: str,
+) -> None:
+    async with (
+        RedisBackend(private_redis, key_prefix="busy") as backend,
+        aioredis.from_url(private_redis) as raw,
+    ):
+        streams = [f"s{index}" for index in range(100)]
+
+        async def produce(stream_id: str) -> None:
+            await claim(backend, stream_id)
+            for seq in range(5):
+                await append(backend, stream_id, chunks("x", seq=seq, offset=seq))
+            await finish(backend, stream_id)
+
+        async with anyio.create_task_group() as tasks:
+            for stream_id in streams:
+                tasks.start_soon(produce, stream_id)
+        statuses = [await backend.status(stream_id) for stream_id in streams]
+        assert all(s is not None and s.chunk_count == 5 for s in statuses)
+        # 700 commands from 100 concurrent producers: at most 4 command connections, plus
+        # the pub/sub one, plus `raw`.
+        assert len(await raw.client_list()) <= 6
+        # Scripts are loaded again when the server forgets them.
+        await raw.script_flush()
+        await claim(backend, "after-flush")
+        await raw.flushall()
+
+
 async def test_listener_that_falls_behind_gets_lagged(backend: RedisBackend) -> None:
     # reader_buffer is 8. A second stream's notification, published after everything
     # else, marks the moment the router has handed all of the first stream's to the queue.

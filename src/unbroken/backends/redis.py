@@ -19,12 +19,14 @@ pub/sub (SSUBSCRIBE/SPUBLISH, Redis >= 7.0). All keys of a stream share the hash
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import re
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any, Literal, NoReturn
 
@@ -60,7 +62,6 @@ try:
     from redis.asyncio.cluster import ClusterPubSub, RedisCluster
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
-    from redis.commands.core import AsyncScript
 except ImportError as exc:  # pragma: no cover - exercised by a test that hides redis
     raise MissingDependencyError("redis", "redis") from exc
 
@@ -250,16 +251,130 @@ def _parse_log(stream_id: str, entries: object, after: int) -> list[Chunk]:
     return chunks
 
 
-# -- Lua scripts ----------------------------------------------------------------------------
+# -- commands -------------------------------------------------------------------------------
 
 
-def _script_source(name: str) -> str:
-    folder = files("unbroken.backends").joinpath("_lua")
-    prelude = folder.joinpath("_prelude.lua").read_text("utf-8")
-    return prelude + "\n" + folder.joinpath(f"{name}.lua").read_text("utf-8")
+@dataclass(frozen=True, slots=True)
+class _Script:
+    """A Lua script from ``_lua/`` (with the shared prelude), run by its SHA1."""
+
+    source: str
+    sha: str
+
+    @classmethod
+    def load(cls, name: str) -> _Script:
+        folder = files("unbroken.backends").joinpath("_lua")
+        prelude = folder.joinpath("_prelude.lua").read_text("utf-8")
+        source = prelude + "\n" + folder.joinpath(f"{name}.lua").read_text("utf-8")
+        return cls(source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest())
 
 
-_SCRIPT_NAMES = ("claim", "append", "renew", "finish")
+_SCRIPTS = {name: _Script.load(name) for name in ("claim", "append", "renew", "finish")}
+_PIPELINES_IN_FLIGHT = 4  # at most this many connections carry this backend's commands
+
+
+class _Call:
+    """One command waiting for its pipeline: the result, or the error, once ``done``."""
+
+    __slots__ = ("args", "done", "error", "result", "script")
+
+    def __init__(self, args: tuple[Any, ...], script: _Script | None) -> None:
+        self.args = args
+        self.script = script
+        self.done = anyio.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def settle(self, result: Any = None, error: BaseException | None = None) -> None:
+        if not self.done.is_set():
+            self.result, self.error = result, error
+            self.done.set()
+
+
+class _Pipeliner:
+    """Every command of the backend goes out in a pipeline shared by all concurrent callers.
+
+    Idle, a command is sent at once; while pipelines are in flight, new commands gather and
+    leave together in the next one. So many streams in one process share round trips, and
+    the backend never uses more than `_PIPELINES_IN_FLIGHT` connections however many
+    streams are written at once.
+    """
+
+    def __init__(self, client: _AnyRedis) -> None:
+        self._client = client
+        self._queue: list[_Call] = []
+        self._wakeup = anyio.Event()
+        self._slots = anyio.Semaphore(_PIPELINES_IN_FLIGHT)
+        self._stop = anyio.CancelScope()
+        self._closed = False
+
+    async def call(self, *args: Any, script: _Script | None = None) -> Any:
+        """Run one command (EVALSHA if ``script``); raises what Redis or the driver raised."""
+        if self._closed:
+            raise EngineClosedError("backend is closed")
+        if script is not None:
+            args = ("EVALSHA", script.sha, *args)
+        call = _Call(args, script)
+        self._queue.append(call)
+        self._wakeup.set()
+        # If the caller is cancelled the command may still run, exactly as if it had been
+        # sent directly and the reply were never read.
+        await call.done.wait()
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    def close(self) -> None:
+        self._closed = True
+        self._stop.cancel()
+        for call in self._queue:
+            call.settle(error=EngineClosedError("backend is closed"))
+        self._queue.clear()
+
+    async def run(self) -> None:
+        with self._stop:
+            async with anyio.create_task_group() as senders:
+                while True:
+                    await self._wakeup.wait()
+                    await self._slots.acquire()  # meanwhile, more commands gather
+                    self._wakeup = anyio.Event()
+                    batch, self._queue = self._queue, []
+                    senders.start_soon(self._send, batch)
+
+    async def _send(self, batch: list[_Call]) -> None:
+        try:
+            results = await self._execute(batch)
+            unknown = [
+                index
+                for index, (call, result) in enumerate(zip(batch, results, strict=True))
+                if isinstance(result, redis_errors.NoScriptError) and call.script is not None
+            ]
+            if unknown:  # a new or flushed server: load the scripts, then run those again
+                for script in {batch[index].script for index in unknown}:
+                    assert script is not None
+                    await self._client.script_load(script.source)
+                retried = await self._execute([batch[index] for index in unknown])
+                for index, result in zip(unknown, retried, strict=True):
+                    results[index] = result
+            for call, result in zip(batch, results, strict=True):
+                if isinstance(result, Exception):
+                    call.settle(error=result)
+                else:
+                    call.settle(result)
+        except Exception as exc:  # the connection failed: every command in it did
+            for call in batch:
+                call.settle(error=exc)
+        finally:
+            for call in batch:  # only when cancelled: the backend is closing
+                call.settle(error=EngineClosedError("backend is closed"))
+            self._slots.release()
+
+    async def _execute(self, batch: list[_Call]) -> list[Any]:
+        pipeline: Any = self._client.pipeline(transaction=False)
+        for call in batch:
+            pipeline.execute_command(*call.args)
+        results: list[Any] = await pipeline.execute(raise_on_error=False)
+        return results
 
 
 # -- live notifications ---------------------------------------------------------------------
@@ -651,25 +766,25 @@ class RedisBackend(Backend):
         self._given_client = client
         self._reader_buffer = reader_buffer
         self._client: _AnyRedis | None = None
-        self._scripts: dict[str, AsyncScript] = {}
+        self._pipeliner: _Pipeliner | None = None
         self._router: _Router | None = None
         self._task_group: TaskGroup | None = None
 
     # -- lifecycle --
 
     async def open(self) -> None:
-        """Connect lazily and start the pub/sub router. Idempotent."""
+        """Start the command pipeliner and the pub/sub router (connections are made as
+        needed, so this works while Redis is down). Idempotent."""
         if self._task_group is not None:
             return
         client = self._given_client or self._new_client()
-        router = _Router(client, sharded=self.cluster)
+        pipeliner, router = _Pipeliner(client), _Router(client, sharded=self.cluster)
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
+        task_group.start_soon(pipeliner.run, name="unbroken-redis-pipeliner")
         task_group.start_soon(router.run, name="unbroken-redis-router")
-        self._client, self._router, self._task_group = client, router, task_group
-        self._scripts = {
-            name: client.register_script(_script_source(name)) for name in _SCRIPT_NAMES
-        }
+        self._client, self._task_group = client, task_group
+        self._pipeliner, self._router = pipeliner, router
 
     def _new_client(self) -> _AnyRedis:
         assert self._url is not None
@@ -684,12 +799,14 @@ class RedisBackend(Backend):
     async def close(self) -> None:
         """Stop the router, wake every listener (their next receive raises), close the
         client if this backend created it. Idempotent."""
-        task_group, router, client = self._task_group, self._router, self._client
-        if task_group is None or router is None or client is None:
+        task_group, client = self._task_group, self._client
+        pipeliner, router = self._pipeliner, self._router
+        if task_group is None or client is None or pipeliner is None or router is None:
             return
-        self._task_group = self._router = self._client = None
-        # Only the router's own scope is cancelled, never the task group's: that one also
+        self._task_group = self._client = self._pipeliner = self._router = None
+        # Only the tasks' own scopes are cancelled, never the task group's: that one also
         # covers the caller's task, which must not be cancelled by closing a backend.
+        pipeliner.close()
         router.close()
         try:
             await task_group.__aexit__(None, None, None)
@@ -703,10 +820,12 @@ class RedisBackend(Backend):
                 with anyio.CancelScope(shield=True):
                     await client.aclose()
 
-    def _require_client(self) -> _AnyRedis:
-        if self._client is None:
+    async def _call(self, stream_id: str, *args: Any, script: _Script | None = None) -> Any:
+        """One command for ``stream_id``, with driver errors translated."""
+        if self._pipeliner is None:
             raise EngineClosedError("backend is closed")
-        return self._client
+        with _translated(stream_id):
+            return await self._pipeliner.call(*args, script=script)
 
     def _keys(self, stream_id: str) -> StreamKeys:
         return stream_keys(self.key_prefix, stream_id)
@@ -714,9 +833,8 @@ class RedisBackend(Backend):
     async def _run_script(
         self, name: str, stream_id: str, args: Sequence[str | bytes | int]
     ) -> Any:
-        self._require_client()
-        with _translated(stream_id):
-            return await self._scripts[name](keys=self._keys(stream_id).script_keys, args=args)
+        keys = self._keys(stream_id).script_keys
+        return await self._call(stream_id, len(keys), *keys, *args, script=_SCRIPTS[name])
 
     def _state_reply(self, stream_id: str, reply: object) -> StreamState | None:
         if reply is None:
@@ -800,9 +918,7 @@ class RedisBackend(Backend):
     # -- reads --
 
     async def status(self, stream_id: str) -> StreamStatus | None:
-        client = self._require_client()
-        with _translated(stream_id):
-            raw = await client.execute_command("HGETALL", self._keys(stream_id).meta)
+        raw = await self._call(stream_id, "HGETALL", self._keys(stream_id).meta)
         if not raw:
             return None
         if not isinstance(raw, Mapping):
@@ -810,20 +926,17 @@ class RedisBackend(Backend):
         return _parse_status(stream_id, raw)
 
     async def lease_alive(self, stream_id: str) -> bool:
-        client = self._require_client()
-        with _translated(stream_id):
-            return bool(await client.execute_command("EXISTS", self._keys(stream_id).lease))
+        return bool(await self._call(stream_id, "EXISTS", self._keys(stream_id).lease))
 
     async def read(self, stream_id: str, *, after: int, limit: int) -> list[Chunk]:
-        client = self._require_client()
+        if self._pipeliner is None:
+            raise EngineClosedError("backend is closed")
         after = max(after, -1)
         if limit <= 0 or after >= 2**62:
             return []
         log = self._keys(stream_id).log
-        with _translated(stream_id):
-            entries = await client.execute_command(
-                "XRANGE", log, log_entry_id(after + 1), "+", "COUNT", limit
-            )
+        start = log_entry_id(after + 1)
+        entries = await self._call(stream_id, "XRANGE", log, start, "+", "COUNT", limit)
         return _parse_log(stream_id, entries, after)
 
     # -- live --
@@ -839,9 +952,9 @@ class RedisBackend(Backend):
 
     @asynccontextmanager
     async def _listen(self, stream_id: str, ends_only: bool) -> AsyncIterator[Listener]:
-        self._require_client()
         router = self._router
-        assert router is not None
+        if router is None:
+            raise EngineClosedError("backend is closed")
         keys = self._keys(stream_id)
         channel = keys.ends_channel if ends_only else keys.channel
         listener = _RedisListener(self._reader_buffer)
