@@ -670,6 +670,25 @@ async def test_cluster_streams_on_every_node(cluster_ports: list[int]) -> None:
         assert status.state is StreamState.CANCELLED
 
 
+async def test_cluster_listeners_come_and_go(
+    cluster_ports: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Node connections whose last channel goes away are dropped while channels on other
+    # nodes stay subscribed: none of that may disturb the listeners that stay.
+    url = f"redis://127.0.0.1:{cluster_ports[0]}/0"
+    async with (
+        RedisBackend(url, key_prefix="churn", cluster=True) as backend,
+        backend.listen("steady") as steady,
+    ):
+        await claim(backend, "steady")
+        for seq in range(30):
+            async with backend.listen(f"brief{seq}"):
+                pass
+            await append(backend, "steady", chunks("x", seq=seq, offset=seq))
+            assert await receive(steady) == Appended(tuple(chunks("x", seq=seq, offset=seq)))
+    assert "pub/sub connection lost" not in caplog.text
+
+
 # -- lifecycle and clients ------------------------------------------------------------------
 
 

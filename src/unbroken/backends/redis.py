@@ -7,6 +7,10 @@ atomic Lua script (``_lua/``) that checks ownership and the sequence, writes, re
 TTLs and publishes the notification, so a reader can never see a notification for data that
 is not in the log yet.
 
+Commands: concurrent calls from all streams of one backend share pipelines (a pipeliner
+task sends what gathered while earlier pipelines were in flight), so round trips fall below
+one per call under load and the backend uses at most four command connections.
+
 Live notifications: all listeners of one backend share ONE pub/sub connection. A router task
 (in the backend's task group) reads it and hands each message to per-listener bounded queues.
 When that connection drops, the router reconnects with backoff, subscribes again, and tells
@@ -72,9 +76,9 @@ logger = logging.getLogger("unbroken.redis")
 _SUBSCRIBE_TIMEOUT = 10.0  # how long listen() waits for Redis to confirm a subscription
 _RECONNECT_MIN, _RECONNECT_MAX = 0.05, 2.0  # backoff of the pub/sub connection, seconds
 _POLL = 1.0  # pub/sub read timeout: how often the router checks the connection's health
-_CLUSTER_POLL = 0.05  # per node: ClusterPubSub reads its node connections one after another
 _PING_AFTER = 10.0  # ping the pub/sub connection after this much silence ...
 _DEAD_AFTER = 30.0  # ... and give it up after this much (a half-open TCP connection)
+_STABLE = 10.0  # a pub/sub connection that lived this long resets the reconnect backoff
 _MAX_TTL_MS = 10 * 365 * 24 * 3600 * 1000  # TTLs are capped (Redis rejects overflowing ones)
 _DEFAULT_URL = "redis://localhost:6379/0"
 _INT = re.compile(r"[0-9]{1,18}")
@@ -429,13 +433,19 @@ class _Link:
         # redis-py's pub/sub API is untyped; it is confined to this class.
         self.pubsub: Any = pubsub
         self.sharded = sharded
+        self.cluster = isinstance(pubsub, ClusterPubSub)
         # Silence is only suspicious where pings are answered: ClusterPubSub has no single
         # connection to ping, so there a dead node shows up as a read error instead.
-        self.pings = not isinstance(pubsub, ClusterPubSub)
+        self.pings = not self.cluster
         self.last_seen = anyio.current_time()
         self._ops: list[tuple[_Op, str]] = []
         self._wakeup = anyio.Event()
-        self._original_retry: Any = None
+        self._restore: dict[str, Any] = {}  # connection settings changed while it is ours
+        # Cluster: one reader task per node connection feeds this inbox, so a message on
+        # any node is routed at once (ClusterPubSub would poll the nodes one by one).
+        self._node_readers: set[str] = set()
+        self._inbox_in, self._inbox = anyio.create_memory_object_stream[dict[str, Any]](1024)
+        self._tasks: TaskGroup | None = None
 
     @classmethod
     async def open(cls, client: _AnyRedis, *, sharded: bool) -> _Link:
@@ -450,15 +460,24 @@ class _Link:
         except BaseException:
             await link.aclose()
             raise
+        # Neither silent reconnects (see _NO_RETRY) nor redis-py's health checks, which on
+        # an idle connection read a PONG inline, racing the router's reader: the router
+        # pings itself.
         connection = link.pubsub.connection
-        link._original_retry = connection.retry
-        connection.retry = _NO_RETRY
+        link._restore = {
+            "retry": connection.retry,
+            "health_check_interval": connection.health_check_interval,
+        }
+        connection.retry, connection.health_check_interval = _NO_RETRY, 0
         return link
 
     async def aclose(self) -> None:
+        self._inbox_in.close()
+        self._inbox.close()
         connection = getattr(self.pubsub, "connection", None)
-        if connection is not None and self._original_retry is not None:
-            connection.retry = self._original_retry  # it goes back to the caller's pool
+        if connection is not None:
+            for name, value in self._restore.items():  # it goes back to the caller's pool
+                setattr(connection, name, value)
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             try:
                 await self.pubsub.aclose()
@@ -469,7 +488,12 @@ class _Link:
         self._ops.append((op, channel))
         self._wakeup.set()
 
-    async def write_loop(self) -> None:
+    async def run(self, tasks: TaskGroup) -> None:
+        """Start the writer (and node readers) in ``tasks``, the connection's task group."""
+        self._tasks = tasks
+        tasks.start_soon(self._write_loop)
+
+    async def _write_loop(self) -> None:
         """Send requested commands in order (runs of one command go out as one)."""
         while True:
             with anyio.move_on_after(_PING_AFTER):
@@ -493,6 +517,8 @@ class _Link:
                     await pubsub.ssubscribe(channel)
                 else:
                     await pubsub.sunsubscribe(channel)
+            if self.cluster:
+                self._start_node_readers()
         elif op == "subscribe":
             await pubsub.subscribe(*channels)
         else:
@@ -500,17 +526,34 @@ class _Link:
 
     async def get_message(self) -> dict[str, Any] | None:
         """The next message, or None after a quiet poll interval."""
-        pubsub = self.pubsub
-        if isinstance(pubsub, ClusterPubSub):
-            if not pubsub.node_pubsub_mapping:
-                await anyio.sleep(_CLUSTER_POLL)
-                return None
-            message = await pubsub.get_sharded_message(timeout=_CLUSTER_POLL)
+        message: Any = None
+        if self.cluster:
+            with anyio.move_on_after(_POLL):
+                message = await self._inbox.receive()
         else:
-            message = await pubsub.get_message(timeout=_POLL)
+            message = await self.pubsub.get_message(timeout=_POLL)
         if message is not None:
             self.last_seen = anyio.current_time()
         return message if isinstance(message, dict) else None
+
+    def _start_node_readers(self) -> None:
+        assert self._tasks is not None
+        for name in self.pubsub.node_pubsub_mapping:
+            if name not in self._node_readers:
+                node = self.pubsub.cluster.get_node(node_name=name)
+                self._node_readers.add(name)
+                self._tasks.start_soon(self._read_node, name, node)
+
+    async def _read_node(self, name: str, node: Any) -> None:
+        """Forward one node's messages until ClusterPubSub drops that node's connection
+        (it does once its last channel there is unsubscribed)."""
+        try:
+            while name in self.pubsub.node_pubsub_mapping:
+                message = await self.pubsub.get_sharded_message(timeout=_POLL, target_node=node)
+                if message is not None:
+                    await self._inbox_in.send(message)
+        finally:
+            self._node_readers.discard(name)
 
 
 def _runs(ops: list[tuple[_Op, str]]) -> Iterator[tuple[_Op, list[str]]]:
@@ -619,8 +662,9 @@ class _Router:
 
     async def _keep_connected(self) -> None:
         delay = _RECONNECT_MIN
-        failures = 0
+        failures = 0  # in a row: a connection that lived `_STABLE` seconds ends the series
         while True:
+            started = anyio.current_time()
             try:
                 link = await _Link.open(self._client, sharded=self._sharded)
             except Exception as exc:
@@ -628,10 +672,11 @@ class _Router:
                 self._log_failure("could not connect pub/sub", exc, failures)
                 self._set_link(None)
             else:
-                failures, delay = 0, _RECONNECT_MIN
                 try:
                     await self._serve(link)
                 except Exception as exc:
+                    if anyio.current_time() - started >= _STABLE:
+                        failures, delay = 0, _RECONNECT_MIN
                     failures += 1
                     self._log_failure("pub/sub connection lost", exc, failures)
                 finally:
@@ -660,7 +705,7 @@ class _Router:
                     link.request("subscribe", channel)
                 else:
                     del self._channels[channel]
-            tasks.start_soon(link.write_loop)
+            await link.run(tasks)
             while True:
                 message = await link.get_message()
                 if message is not None:
