@@ -217,8 +217,9 @@ class StreamEngine:
             finally:
                 self._task_group = None
                 if self._owns_backend:
-                    with anyio.CancelScope(shield=True):
-                        await self.backend.close()
+                    # Not under a shield of ours: a backend's close() exits task groups its
+                    # open() entered, which must happen in the same cancel-scope nesting.
+                    await self.backend.close()
 
     async def _drain(self) -> None:
         """Let producers finish up to the deadline, then interrupt and record the rest."""
@@ -476,18 +477,26 @@ class StreamEngine:
                     if await self._flush(local):
                         continue
                 break
-        if scope.cancelled_caught or recorded is None:
+        in_backend = not scope.cancelled_caught and recorded is not None
+        if recorded is None or scope.cancelled_caught:
             logger.error("could not record the end of stream %r in the backend", local.stream_id)
             recorded = state
-        elif recorded is not state:
+        else:
+            # The final log may hold more than we know to be durable: a write cancelled on
+            # its way back (the stop cancelled the writer) may still have landed.
             status = await self._status_quietly(local.stream_id)
-            error = status.error if status is not None else error
+            if status is not None:
+                if local.durable < status.chunk_count <= len(local.chunks):
+                    local.durable = status.chunk_count
+                if recorded is not state:
+                    error = status.error
         if recorded is StreamState.INTERRUPTED and error is None:
             error = PRODUCER_LOST
         local.state, local.error = recorded, error
-        # Once the end is known, what the backend holds is final: readers see exactly that,
-        # unless the backend never took it (then what this process has is all there is).
-        local.degraded = local.durable < len(local.chunks) and recorded is state
+        # Once the end is recorded, what the backend holds is final and every reader sees
+        # exactly that (chunks it refused, e.g. after a stop, are dropped here too). If the
+        # backend never took the end, what this process has is all there is.
+        local.degraded = not in_backend
         local.wake_readers()
 
     async def _status_quietly(self, stream_id: str) -> StreamStatus | None:
