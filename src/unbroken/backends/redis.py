@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import re
+import warnings
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -830,6 +831,10 @@ class RedisBackend(Backend):
         task_group.start_soon(router.run, name="unbroken-redis-router")
         self._client, self._task_group = client, task_group
         self._pipeliner, self._router = pipeliner, router
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        if getattr(self, "_task_group", None) is not None:  # None too if __init__ raised
+            _warn(f"unclosed {self!r}: use 'async with backend:'", ResourceWarning, source=self)
 
     def _new_client(self) -> _AnyRedis:
         assert self._url is not None
