@@ -11,6 +11,7 @@ import dataclasses
 import importlib
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,7 @@ from redis.asyncio.cluster import RedisCluster
 from tests import _services
 from tests._services import free_port, port_answers, redis_server_process
 from unbroken._models import Chunk, StreamState
+from unbroken.backends import redis as redis_backend
 from unbroken.backends._keys import log_entry_id, log_entry_seq, stream_keys
 from unbroken.backends.base import Appended, Ended, Lagged, Listener, Notification, StreamTimes
 from unbroken.backends.redis import RedisBackend
@@ -615,6 +617,31 @@ async def test_redis_restart(caplog: pytest.LogCaptureFixture) -> None:
                         await finish(backend, "other")
                         assert await receive(late) == Ended(StreamState.DONE)
     assert "pub/sub connection lost" in caplog.text
+
+
+async def test_unresponsive_redis_is_detected(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A stopped server keeps its TCP connections open but answers nothing, like a
+    # half-open connection: only the router's pings can tell.
+    monkeypatch.setattr(redis_backend, "_POLL", 0.05)
+    monkeypatch.setattr(redis_backend, "_PING_AFTER", 0.1)
+    monkeypatch.setattr(redis_backend, "_DEAD_AFTER", 0.3)
+    with redis_server_process() as (url, server):
+        async with RedisBackend(url, key_prefix="hung") as backend:
+            await claim(backend, "s")
+            async with backend.listen("s") as listener:
+                server.send_signal(signal.SIGSTOP)
+                try:
+                    with anyio.fail_after(WATCHDOG):
+                        while "pub/sub connection lost" not in caplog.text:  # noqa: ASYNC110
+                            await anyio.sleep(0.05)
+                finally:
+                    server.send_signal(signal.SIGCONT)
+                assert await receive(listener) == Lagged()
+                await append(backend, "s", chunks("awake"))
+                assert await receive(listener) == Appended(tuple(chunks("awake")))
+    assert "no reply from redis" in caplog.text
 
 
 async def test_redis_down_from_the_start() -> None:

@@ -843,8 +843,11 @@ class RedisBackend(Backend):
             return RedisCluster.from_url(self._url, socket_connect_timeout=5)
         # One quick retry: a pooled connection may have died with a Redis restart, and the
         # retry on a fresh connection then succeeds. A Redis that is down fails fast, and the
-        # engine decides about retrying, with its own backoff.
-        return Redis.from_url(self._url, retry=Retry(NoBackoff(), 1), socket_connect_timeout=5)
+        # engine decides about retrying, with its own backoff. Every command here is short,
+        # so a reply that takes 10 s means a hung server or network, not a slow command.
+        return Redis.from_url(
+            self._url, retry=Retry(NoBackoff(), 1), socket_connect_timeout=5, socket_timeout=10
+        )
 
     async def close(self) -> None:
         """Stop the router, wake every listener (their next receive raises), close the
