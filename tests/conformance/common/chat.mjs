@@ -5,10 +5,13 @@
 //       assistant message, not a duplicate next to the partial one.
 // stop: `stop()` on the client mid-stream is only a disconnect: a reconnect right after it
 //       replays the whole answer, which the server kept generating, up to its `finish`.
+// serverStop: the real cancellation, `POST /api/chat/{id}/stop`, ends the live answer with
+//       `abort`: the client keeps the partial message, without an error; nothing to resume.
 //
-// config: { clientsDir, api, chats: { cutAbort, cutNetwork, stop }, userText, timeoutMs? }
+// config: { clientsDir, api, chats: { cutAbort, cutNetwork, stop, serverStop }, userText,
+//           timeoutMs? }
 
-import { cuttableFetch, main, plain, recorder, textOf, waitFor } from "./util.mjs";
+import { cuttableFetch, main, plain, recorder, storedChat, textOf, waitFor } from "./util.mjs";
 
 const hasText = (chat) => {
   const last = chat.messages.at(-1);
@@ -76,11 +79,14 @@ async function stopThenReconnect({ ai, aiReact }, config, chatId) {
     return chunks.map((chunk) => chunk.type);
   };
   const [replayed] = await Promise.all([readReplay(), chat.resumeStream()]);
+  // Later, the server has stored the complete answer.
+  const stored = await storedChat(config.api, chatId, { settled: true });
   return {
     statusAfterStop,
     messagesAfterStop,
     finishes,
     replayedChunkTypes: replayed,
+    storedMessages: stored.messages,
     replayChunks: chunks,
     status: chat.status,
     error: chat.error ? String(chat.error) : null,
@@ -88,8 +94,36 @@ async function stopThenReconnect({ ai, aiReact }, config, chatId) {
   };
 }
 
+async function serverStop({ ai, aiReact }, config, chatId) {
+  const errors = [];
+  const chunks = [];
+  const transport = new ai.DefaultChatTransport({ api: config.api });
+  // Record the chunks the Chat receives on its POST.
+  const sendMessages = transport.sendMessages.bind(transport);
+  transport.sendMessages = async (options) => (await sendMessages(options)).pipeThrough(recorder(chunks));
+  const chat = new aiReact.Chat({ id: chatId, transport, onError: (error) => errors.push(String(error)) });
+  const sending = chat.sendMessage({ text: config.userText });
+  await waitFor(() => hasText(chat), { what: "the first text of the answer" });
+  const stop = await fetch(`${config.api}/${encodeURIComponent(chatId)}/stop`, { method: "POST" });
+  await sending;
+  const afterStop = await new ai.DefaultChatTransport({ api: config.api }).reconnectToStream({ chatId });
+  const stored = await storedChat(config.api, chatId, { settled: true });
+  return {
+    stopStatus: stop.status,
+    stopBody: await stop.json(),
+    storedMessages: stored.messages,
+    status: chat.status,
+    error: chat.error ? String(chat.error) : null,
+    errors,
+    chunkTypes: chunks.map((chunk) => chunk.type),
+    messages: plain(chat.messages),
+    reconnectAfterStop: afterStop == null ? "null" : "stream",
+  };
+}
+
 main(async (config, clients) => ({
   cutAbort: await cutThenResume(clients, config, config.chats.cutAbort, "abort"),
   cutNetwork: await cutThenResume(clients, config, config.chats.cutNetwork, "network"),
   stop: await stopThenReconnect(clients, config, config.chats.stop),
+  serverStop: await serverStop(clients, config, config.chats.serverStop),
 }));

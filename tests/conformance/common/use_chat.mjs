@@ -7,13 +7,14 @@
 // end with the stored messages plus ONE complete assistant message.
 //
 // Two kinds of stored messages:
-//   server: what the server had persisted at the reload: the user message only;
+//   server: what the server had stored at the reload (GET {api}/{id}/messages): the user
+//           message only, as the answer was still being generated;
 //   client: what the page had locally: the user message and the partial assistant message
 //           (the replay carries the same message id, so the client replaces it).
 //
 // config: { clientsDir, api, chats: { server, client }, userText, timeoutMs? }
 
-import { cuttableFetch, main, plain, renderHook, settle, textOf, waitFor } from "./util.mjs";
+import { cuttableFetch, main, plain, renderHook, settle, storedChat, textOf, waitFor } from "./util.mjs";
 
 async function reloadMidAnswer(clients, config, chatId, stored) {
   const { ai, aiReact } = clients;
@@ -37,7 +38,10 @@ async function reloadMidAnswer(clients, config, chatId, stored) {
   page1.unmount();
   await sending.catch(() => {});
 
-  const storedMessages = stored === "server" ? page1Messages.slice(0, 1) : page1Messages;
+  // What a reloaded page would load: the server's stored messages (the answer is still being
+  // generated, so only the user message is stored), or the page's own copy.
+  const server = await storedChat(config.api, chatId);
+  const storedMessages = stored === "server" ? server.messages : page1Messages;
 
   // Page 2: a fresh tree, a fresh Chat, the stored messages, resume on mount.
   const transport2 = new ai.DefaultChatTransport({ api: config.api });
@@ -60,6 +64,7 @@ async function reloadMidAnswer(clients, config, chatId, stored) {
   const helpers = page2.current();
   const result = {
     storedMessages,
+    activeStreamIdAtReload: server.activeStreamId,
     statuses,
     ended,
     error: helpers.error ? String(helpers.error) : null,

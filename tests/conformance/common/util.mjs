@@ -221,3 +221,23 @@ export async function settle(read, { quietMs = 100, timeoutMs = 5_000 } = {}) {
   }
   return JSON.parse(last);
 }
+
+/**
+ * The chat as the example server stores it (`GET {api}/{id}/messages`):
+ * `{ messages, activeStreamId }`. With `settled`, wait until no stream is active.
+ */
+export async function storedChat(api, chatId, { settled = false } = {}) {
+  const read = async () => {
+    const response = await fetch(`${api}/${encodeURIComponent(chatId)}/messages`);
+    if (!response.ok) throw new Error(`GET messages: HTTP ${response.status}`);
+    return response.json();
+  };
+  if (!settled) return read();
+  return waitFor(
+    async () => {
+      const chat = await read();
+      return chat.activeStreamId == null ? chat : null;
+    },
+    { intervalMs: 20, what: "the server to store the answer" },
+  );
+}
