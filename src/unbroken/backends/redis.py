@@ -64,13 +64,17 @@ try:
     from redis import exceptions as redis_errors
     from redis.asyncio import Redis
     from redis.asyncio.client import PubSub
-    from redis.asyncio.cluster import ClusterPubSub, RedisCluster
+    from redis.asyncio.cluster import RedisCluster
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
 except ImportError as exc:  # pragma: no cover - exercised by a test that hides redis
     raise MissingDependencyError("redis", "redis") from exc
 
 __all__ = ["RedisBackend"]
+
+# Sharded pub/sub in redis.asyncio (and its ClusterPubSub) arrived in redis-py 8.0; the rest
+# of the backend works with redis-py >= 5.0.1.
+_HAS_SHARDED_PUBSUB = hasattr(PubSub, "ssubscribe")
 
 logger = logging.getLogger("unbroken.redis")
 
@@ -430,11 +434,11 @@ class _Link:
     reconnect on its own behind the router's back.
     """
 
-    def __init__(self, pubsub: PubSub, *, sharded: bool) -> None:
+    def __init__(self, pubsub: PubSub, *, sharded: bool, cluster: bool = False) -> None:
         # redis-py's pub/sub API is untyped; it is confined to this class.
         self.pubsub: Any = pubsub
         self.sharded = sharded
-        self.cluster = isinstance(pubsub, ClusterPubSub)
+        self.cluster = cluster  # a ClusterPubSub, with one connection per node
         # Silence is only suspicious where pings are answered: ClusterPubSub has no single
         # connection to ping, so there a dead node shows up as a read error instead.
         self.pings = not self.cluster
@@ -454,7 +458,7 @@ class _Link:
             # ClusterPubSub picks node connections per channel lazily, on SSUBSCRIBE, from
             # the slot map, which needs the client initialised (a no-op once it is).
             await client.initialize()
-            return cls(client.pubsub(), sharded=True)
+            return cls(client.pubsub(), sharded=True, cluster=True)
         link = cls(client.pubsub(), sharded=sharded)
         try:
             await link.pubsub.connect()
@@ -806,6 +810,8 @@ class RedisBackend(Backend):
             raise ValueError("key_prefix must be non-empty and without braces")
         self.key_prefix = key_prefix
         self.cluster = cluster or isinstance(client, RedisCluster)
+        if self.cluster and not _HAS_SHARDED_PUBSUB:
+            raise MissingDependencyError("redis>=8.0 (sharded pub/sub, for cluster=True)", "redis")
         if url is None and client is None:
             url = _DEFAULT_URL
         self._url = url
