@@ -826,7 +826,11 @@ class RedisBackend(Backend):
 
     async def open(self) -> None:
         """Start the command pipeliner and the pub/sub router (connections are made as
-        needed, so this works while Redis is down). Idempotent."""
+        needed, so this works while Redis is down). Idempotent.
+
+        The tasks live in a task group entered here and exited by `close`, so call `close`
+        from the same task at the same cancel-scope nesting (``async with backend:`` does).
+        """
         if self._task_group is not None:
             return
         client = self._given_client or self._new_client()
