@@ -110,6 +110,12 @@ class NodeToolchain:
         return result
 
 
+def client_version(folder: str) -> str:
+    """The exact ``ai`` version a client folder pins."""
+    package = json.loads((HERE / folder / "package.json").read_text())
+    return str(package["dependencies"]["ai"])
+
+
 def find_toolchain() -> NodeToolchain:
     """The machine's node and npm, or :class:`NodeUnavailable` saying what is missing."""
     node = shutil.which("node")

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.conformance._node import HERE, UI_MESSAGE_STREAM_CLIENTS, NodeToolchain
+from tests.conformance._node import UI_MESSAGE_STREAM_CLIENTS, NodeToolchain, client_version
 from unbroken import Chunk, StreamEnd, StreamState
 from unbroken.protocols.ai_sdk import (
     KNOWN_CHUNK_TYPES,
@@ -189,11 +189,6 @@ def sent_types(body: str) -> list[str]:
         if line.startswith("data: ") and line != "data: [DONE]":
             types.append(json.loads(line[len("data: ") :])["type"])
     return types
-
-
-def client_version(folder: str) -> str:
-    package = json.loads((HERE / folder / "package.json").read_text())
-    return str(package["dependencies"]["ai"])
 
 
 def stories() -> Iterator[tuple[str, list[dict[str, Any]], StreamState, list[str]]]:

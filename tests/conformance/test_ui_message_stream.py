@@ -25,6 +25,7 @@ from tests.conformance._node import (
     UI_MESSAGE_STREAM_CLIENTS,
     UI_MESSAGE_STREAM_REACT,
     NodeToolchain,
+    client_version,
 )
 
 pytestmark = pytest.mark.node
@@ -67,17 +68,30 @@ def assembled(chunks: list[dict[str, Any]], versions: Mapping[str, str]) -> Mess
 
 
 @pytest.mark.parametrize("folder", UI_MESSAGE_STREAM_CLIENTS)
+@pytest.mark.parametrize("target", ["default", "client"])
 def test_transport_send_reconnect_and_end(
-    folder: str, node_toolchain: NodeToolchain, npm_clients: dict[str, Path], server_url: str
+    folder: str,
+    target: str,
+    node_toolchain: NodeToolchain,
+    npm_clients: dict[str, Path],
+    server_url: str,
 ) -> None:
     """sendMessages + readUIMessageStream build the whole answer; a reconnect started
-    mid-stream builds the identical message; after the end a reconnect gets 204 (null)."""
+    mid-stream builds the identical message; after the end a reconnect gets 204 (null).
+
+    ``target``: the server's default stream (fitted to ai 5.0.0), or the stream fitted to the
+    client's own version (``?target=``), which unlocks e.g. ``finishReason`` on ``finish``."""
     chat_id = new_id("transport")
     user = {"id": new_id("user"), "role": "user", "parts": [{"type": "text", "text": QUESTION}]}
     result = node_toolchain.run(
         "transport.mjs",
         npm_clients[folder],
-        {"api": f"{server_url}/api/chat", "chatId": chat_id, "userMessage": user},
+        {
+            "api": f"{server_url}/api/chat",
+            "chatId": chat_id,
+            "userMessage": user,
+            "target": client_version(folder) if target == "client" else None,
+        },
     )
     post, resume = result["post"], result["resume"]
     assert post["errors"] == []
@@ -90,7 +104,11 @@ def test_transport_send_reconnect_and_end(
     expected = expected_answer(result["versions"], message_id)
     assert post["message"] == expected
     assert assembled(post["chunks"], result["versions"]) == expected
-    assert post["chunks"][-1]["type"] == "finish"
+    finish = post["chunks"][-1]
+    assert finish["type"] == "finish"
+    # finishReason exists from ai 5.0.92 on: sent only to clients that know it.
+    knows_finish_reason = target == "client" and folder != "ai5_0_0"
+    assert ("finishReason" in finish) is knows_finish_reason, finish
 
     # The reconnect began mid-answer and replayed it from the first chunk.
     assert resume["stream"] == "replayed"

@@ -5,12 +5,18 @@
 //    answer from the first chunk: the assembled message must be identical;
 // 3. after the end, `reconnectToStream` returns null (the server answers 204).
 //
-// config: { clientsDir, api, chatId, userMessage, timeoutMs? }
+// config: { clientsDir, api, chatId, userMessage, target?, timeoutMs? }
+//   target: ask the server to fit the stream to this `ai` version (`?target=`, added by the
+//   fetch so every client version builds its URLs as usual).
 
 import { assemble, main, plain, recorder, sleep } from "./util.mjs";
 
 main(async (config, { ai }) => {
-  const transport = new ai.DefaultChatTransport({ api: config.api });
+  const fetchWithTarget = async (url, init) => {
+    const target = config.target ? `${url.includes("?") ? "&" : "?"}target=${config.target}` : "";
+    return fetch(`${url}${target}`, init);
+  };
+  const transport = new ai.DefaultChatTransport({ api: config.api, fetch: fetchWithTarget });
   const postChunks = [];
   const resumeChunks = [];
 
