@@ -143,7 +143,8 @@ class Backend(ABC):
     ) -> StreamState | None:
         """Extend the producer's lease and the sliding TTL if ``token`` owns the active stream.
 
-        Returns the stream's state (``ACTIVE`` means renewed), or None if it does not exist.
+        Returns the stream's state (``ACTIVE`` means renewed), ``INTERRUPTED`` if another
+        token owns the active stream (nothing renewed), or None if it does not exist.
         """
 
     @abstractmethod

@@ -118,10 +118,13 @@ class MemoryBackend(Backend):
         stream = self._get(stream_id)
         if stream is None:
             return None
-        if stream.state is StreamState.ACTIVE and stream.token == token:
-            stream.lease_expires_at = now + times.lease
-            stream.expires_at = now + times.active
-        return stream.state
+        if stream.state is not StreamState.ACTIVE:
+            return stream.state
+        if stream.token != token:
+            return StreamState.INTERRUPTED  # another producer owns it: this one lost it
+        stream.lease_expires_at = now + times.lease
+        stream.expires_at = now + times.active
+        return StreamState.ACTIVE
 
     async def finish(
         self,
