@@ -59,8 +59,10 @@ async def test_create_or_resume(
         assert await ctx.has_existing_stream("chat-1") is None
         assert await ctx.resume_existing_stream("chat-1") is None
         first = await ctx.resumable_stream("chat-1", make)
-        with anyio.fail_after(5):  # let the producer reach the gate: two chunks written
-            while (status := await ctx.engine.status("chat-1")) is None or status.chunk_count < 2:
+        # Let the producer reach the gate with two chunks written: the backend's own view
+        # is what a resumer sees, and nothing else signals it, so poll it (bounded).
+        with anyio.fail_after(5):
+            while (status := await ctx.engine.status("chat-1")) is None or status.chunk_count < 2:  # noqa: ASYNC110
                 await anyio.sleep(0.01)
         second = await ctx.resumable_stream("chat-1", make)
         skipped = await ctx.resumable_stream("chat-1", make, skip_characters=4)
