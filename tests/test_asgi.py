@@ -4,7 +4,9 @@ example app."""
 
 from __future__ import annotations
 
+import importlib
 import json
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -25,6 +27,7 @@ from tests.protocols._streams import weather_answer
 from unbroken import (
     Chunk,
     MemoryBackend,
+    MissingDependencyError,
     ProtocolError,
     StreamEnd,
     StreamEngine,
@@ -551,3 +554,11 @@ def test_live_v4_resume_and_stop(server: str) -> None:
         invalid = client.post("/api/chat", json={"id": "x"})
         assert invalid.status_code == 400
         assert invalid.json()["error"]["code"] == "invalid_request"
+
+
+def test_missing_starlette_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(sys.modules, "unbroken.asgi")
+    for name in ("starlette", "starlette.requests", "starlette.responses", "starlette.types"):
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(MissingDependencyError, match=r"unbroken\[fastapi\]"):
+        importlib.import_module("unbroken.asgi")

@@ -200,6 +200,8 @@ class EngineStreamResponse(Response):
                     if aclose is not None:
                         with anyio.CancelScope(shield=True):
                             await aclose()
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                return  # the writer is gone (the client left); nothing to deliver
             except StreamNotFoundError:
                 await sender.send(_ReadFailed(NOT_FOUND_TEXT))
             except UnbrokenError:
