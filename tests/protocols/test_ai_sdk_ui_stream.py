@@ -415,3 +415,13 @@ def test_client_target_parse(text: str, version: tuple[int, int, int]) -> None:
 def test_client_target_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="AI SDK"):
         ClientTarget.parse(text)
+
+
+def test_sse_framing() -> None:
+    from unbroken._sse import sse_comment, sse_event
+
+    assert sse_event('{"a":1}', id="7") == 'id: 7\ndata: {"a":1}\n\n'
+    assert sse_event("two\nlines", event="x") == "event: x\ndata: two\ndata: lines\n\n"
+    assert sse_comment("keep-alive") == ": keep-alive\n\n"
+    with pytest.raises(ValueError, match="newlines"):
+        sse_event("x", id="1\n2")
