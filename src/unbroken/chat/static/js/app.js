@@ -1,0 +1,736 @@
+// The unbroken chat page: chat list, streaming answers that survive refreshes, lost
+// connections and second tabs, and a stop button that stops the answer everywhere.
+//
+// How it stays unbroken:
+// - An answer is read with fetch + an SSE parser (answer.js); the last `id:` seen is the
+//   offset a reconnect resumes from (`?after=`), so nothing is shown twice or lost.
+// - On load (or refresh) the page reads `GET /api/chats/{id}`: the stored messages, and the
+//   answer being generated if there is one, which it then follows from its stream. While
+//   an answer streams, the page keeps a snapshot of it (with its offset) in sessionStorage,
+//   so after a refresh the text is back at once and only the rest is fetched.
+// - Tabs tell each other about new answers, stops and deletions over a BroadcastChannel,
+//   and every tab also polls the open chat, so answers started elsewhere are picked up too.
+//
+// Everything the page shows is built with DOM nodes and textContent (markdown.js); no
+// string from the server or the user is ever parsed as HTML.
+
+import * as api from "./api.js";
+import { AnswerFollower, AssistantMessage } from "./answer.js";
+import { renderMarkdown, renderPlain } from "./markdown.js";
+
+const POLL_MS = 2000;
+const LIST_POLL_MS = 15000;
+const SNAPSHOT_EVERY_MS = 400;
+const SNAPSHOT_PREFIX = "unbroken.answer.";
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  app: $("app"),
+  sidebar: $("sidebar"),
+  scrim: $("scrim"),
+  menu: $("menu"),
+  newChat: $("new-chat"),
+  chatList: $("chat-list"),
+  chatsEmpty: $("chats-empty"),
+  title: $("chat-title"),
+  connection: $("connection"),
+  conversation: $("conversation"),
+  empty: $("empty-state"),
+  emptyTitle: $("empty-title"),
+  notFound: $("not-found"),
+  messages: $("messages"),
+  status: $("status"),
+  composer: $("composer"),
+  input: $("input"),
+  send: $("send"),
+  stop: $("stop"),
+  hint: $("composer-hint"),
+};
+
+const state = {
+  chats: null, // the list, once loaded
+  chatId: null, // the chat on screen (null: a new chat not sent yet)
+  detail: null, // its last `GET /api/chats/{id}`
+  messages: [], // stored messages on screen
+  pendingUser: null, // the user message just sent, until the store has it
+  follower: null, // the AnswerFollower of the answer on screen, while it runs
+  live: null, // the AssistantMessage it builds (kept until the store has the answer)
+  ended: new Set(), // answers this tab saw end: never re-attach to them
+  missing: false, // the chat on screen does not exist (or is not ours)
+  loadSeq: 0, // guards against out-of-order loads when navigating quickly
+  statusTimer: null,
+  recheckTimer: null,
+  stopping: false,
+};
+
+const channel = "BroadcastChannel" in window ? new BroadcastChannel("unbroken-chat") : null;
+
+// -- ids and routes ---------------------------------------------------------------------------
+
+/** A random URL-safe id (crypto.getRandomValues works outside secure contexts too). */
+function newId(prefix = "") {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  let s = "";
+  for (const b of bytes) s += String.fromCharCode(b);
+  return prefix + btoa(s).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
+function routeChatId(path = location.pathname) {
+  const m = /^\/chat\/([A-Za-z0-9_-]{1,128})\/?$/.exec(path);
+  return m ? m[1] : null;
+}
+
+function navigate(path, { replace = false } = {}) {
+  if (path !== location.pathname) history[replace ? "replaceState" : "pushState"](null, "", path);
+  closeSidebar();
+  route();
+}
+
+// -- snapshots (refresh without a flash) ------------------------------------------------------
+
+let lastSnapshotAt = 0;
+
+function saveSnapshot(force = false) {
+  const f = state.follower;
+  if (!f || !f.message.id || f.lastSeq === null || !state.chatId) return;
+  const now = Date.now();
+  if (!force && now - lastSnapshotAt < SNAPSHOT_EVERY_MS) return;
+  lastSnapshotAt = now;
+  try {
+    sessionStorage.setItem(
+      SNAPSHOT_PREFIX + state.chatId,
+      JSON.stringify({ message: f.message.save(), lastSeq: f.lastSeq, savedAt: now }),
+    );
+  } catch {
+    // storage full or disabled: a refresh then replays the answer instead
+  }
+}
+
+function loadSnapshot(chatId, messageId) {
+  try {
+    const saved = JSON.parse(sessionStorage.getItem(SNAPSHOT_PREFIX + chatId) || "null");
+    if (saved && saved.message?.id === messageId && Number.isInteger(saved.lastSeq)) return saved;
+  } catch {
+    // unreadable: ignore
+  }
+  return null;
+}
+
+function dropSnapshot(chatId) {
+  try {
+    sessionStorage.removeItem(SNAPSHOT_PREFIX + chatId);
+  } catch {
+    // ignore
+  }
+}
+
+// -- status line ------------------------------------------------------------------------------
+
+const STATUS_TEXT = {
+  idle: "",
+  loading: "Loading…",
+  sending: "Sending…",
+  streaming: "Answering…",
+  reconnecting: "Connection lost. Reconnecting…",
+  live: "Reconnected: live again.",
+  stopping: "Stopping…",
+  stopped: "Stopped.",
+  interrupted: "Interrupted: the server lost this answer. The part it produced is kept.",
+  error: "Error",
+  offline: "You are offline. The page reconnects when the network is back.",
+};
+
+function setStatus(kind, detail) {
+  clearTimeout(state.statusTimer);
+  let text = STATUS_TEXT[kind] ?? "";
+  if (kind === "error") text = `Error: ${detail || "something went wrong"}`;
+  ui.status.dataset.state = kind;
+  ui.status.textContent = text;
+  const running = ["sending", "streaming", "reconnecting", "live", "stopping"].includes(kind);
+  ui.app.dataset.answer = running ? "running" : "idle";
+  ui.stop.hidden = !running;
+  ui.send.hidden = running;
+  if (kind === "live") {
+    // "Live again" is news for a moment, then the answer simply streams.
+    state.statusTimer = setTimeout(() => {
+      if (ui.status.dataset.state === "live") setStatus("streaming");
+    }, 2500);
+  }
+}
+
+// -- rendering ----------------------------------------------------------------------------------
+
+const rendered = new WeakMap(); // li -> signature of what it shows
+
+function messageText(message) {
+  return (message.parts || []).filter((p) => p.type === "text").map((p) => p.text || "").join("");
+}
+
+function signature(message, streaming) {
+  const parts = (message.parts || []).map((p) => `${p.type}:${p.state || ""}:${p.text ?? JSON.stringify(p.input ?? p.output ?? "")}`);
+  return `${message.role}|${message.status}|${message.error || ""}|${streaming}|${parts.join("\u0001")}`;
+}
+
+const NOTES = {
+  stopped: "Stopped",
+  interrupted: "Interrupted: the server lost this answer",
+  error: "Error",
+};
+
+function fillMessage(li, message, streaming) {
+  const sig = signature(message, streaming);
+  if (rendered.get(li) === sig) return;
+  rendered.set(li, sig);
+  li.className = `message ${message.role}`;
+  li.dataset.role = message.role;
+  li.dataset.id = message.id || "";
+  li.dataset.status = streaming ? "streaming" : message.status || "done";
+  li.setAttribute("aria-busy", streaming ? "true" : "false");
+  li.replaceChildren();
+
+  const who = document.createElement("span");
+  who.className = "who";
+  who.textContent = message.role === "user" ? "You" : "Assistant";
+  li.append(who);
+
+  const reasoning = (message.parts || []).filter((p) => p.type === "reasoning" && p.text);
+  if (reasoning.length) {
+    const details = document.createElement("details");
+    details.className = "reasoning";
+    const summary = document.createElement("summary");
+    const thinking = streaming && !messageText(message);
+    summary.textContent = thinking ? "Thinking…" : "Reasoning";
+    const body = document.createElement("div");
+    body.className = "reasoning-text";
+    body.append(renderPlain(reasoning.map((p) => p.text).join("\n\n")));
+    details.append(summary, body);
+    li.append(details);
+  }
+
+  const body = document.createElement("div");
+  body.className = "body";
+  const text = messageText(message);
+  if (message.role === "user") body.append(renderPlain(text));
+  else if (text) body.append(renderMarkdown(text));
+  for (const tool of (message.parts || []).filter((p) => p.type === "dynamic-tool" || p.type?.startsWith("tool-"))) {
+    const box = document.createElement("div");
+    box.className = "tool";
+    box.textContent = `Tool ${tool.toolName || tool.type.slice(5)}: ${tool.state || ""}`;
+    body.append(box);
+  }
+  if (streaming && !text && !reasoning.length) {
+    const dots = document.createElement("span");
+    dots.className = "typing";
+    dots.setAttribute("aria-label", "The answer is on its way");
+    body.append(dots);
+  }
+  li.append(body);
+
+  const status = streaming ? null : message.status;
+  if (status && NOTES[status]) {
+    const note = document.createElement("p");
+    note.className = `note ${status}`;
+    note.textContent = status === "error" && message.error ? `Error: ${message.error}` : NOTES[status];
+    li.append(note);
+  }
+}
+
+let renderQueued = false;
+
+function scheduleRender() {
+  if (renderQueued) return;
+  renderQueued = true;
+  const run = () => {
+    if (!renderQueued) return;
+    renderQueued = false;
+    renderMessages();
+  };
+  // requestAnimationFrame does not run in background tabs; the timer covers them.
+  requestAnimationFrame(run);
+  setTimeout(run, 120);
+}
+
+function renderMessages() {
+  const items = state.messages.map((m) => ({ key: m.id, message: m, streaming: false }));
+  const ids = new Set(state.messages.map((m) => m.id));
+  if (state.pendingUser && !ids.has(state.pendingUser.id)) {
+    items.push({ key: state.pendingUser.id, message: state.pendingUser, streaming: false });
+  }
+  if (state.live && !ids.has(state.live.id)) {
+    const running = Boolean(state.follower) && state.live.status === "streaming";
+    items.push({ key: "live", message: state.live, streaming: running });
+  }
+
+  const list = ui.messages;
+  const nearBottom = ui.conversation.scrollHeight - ui.conversation.scrollTop - ui.conversation.clientHeight < 120;
+  const existing = new Map([...list.children].map((li) => [li.dataset.key, li]));
+  items.forEach((item, index) => {
+    let li = existing.get(item.key);
+    if (li) existing.delete(item.key);
+    else {
+      li = document.createElement("li");
+      li.dataset.key = item.key;
+    }
+    fillMessage(li, item.message, item.streaming);
+    if (list.children[index] !== li) list.insertBefore(li, list.children[index] ?? null);
+  });
+  for (const li of existing.values()) li.remove();
+
+  const hasMessages = items.length > 0;
+  ui.empty.hidden = hasMessages || state.missing;
+  ui.notFound.hidden = !state.missing;
+  ui.messages.hidden = state.missing;
+  ui.composer.hidden = state.missing;
+  ui.hint.hidden = state.missing;
+  if (!hasMessages && !state.missing) {
+    const newUser = state.chats !== null && state.chats.length === 0;
+    ui.emptyTitle.textContent = newUser ? "Welcome! Ask anything" : "Ask anything";
+  }
+  if (nearBottom) ui.conversation.scrollTop = ui.conversation.scrollHeight;
+}
+
+function renderChatList() {
+  const chats = state.chats ?? [];
+  ui.chatsEmpty.hidden = state.chats === null || chats.length > 0;
+  const existing = new Map([...ui.chatList.children].map((li) => [li.dataset.id, li]));
+  chats.forEach((chat, index) => {
+    let li = existing.get(chat.id);
+    if (li) existing.delete(chat.id);
+    else li = createChatItem(chat);
+    const link = li.querySelector("a");
+    link.textContent = chat.title;
+    link.title = chat.title;
+    if (chat.id === state.chatId) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+    li.dataset.active = chat.active ? "true" : "false";
+    li.querySelector(".delete").setAttribute("aria-label", `Delete chat: ${chat.title}`);
+    if (ui.chatList.children[index] !== li) ui.chatList.insertBefore(li, ui.chatList.children[index] ?? null);
+  });
+  for (const li of existing.values()) li.remove();
+}
+
+function createChatItem(chat) {
+  const li = document.createElement("li");
+  li.dataset.id = chat.id;
+  const link = document.createElement("a");
+  link.href = `/chat/${encodeURIComponent(chat.id)}`;
+  link.dataset.nav = "";
+  const del = document.createElement("button");
+  del.type = "button";
+  del.className = "delete";
+  del.textContent = "✕";
+  del.addEventListener("click", () => confirmDelete(chat.id, del));
+  li.append(link, del);
+  return li;
+}
+
+function setTitle(title) {
+  ui.title.textContent = title || "New chat";
+  document.title = title ? `${title} · unbroken` : "unbroken chat";
+}
+
+// -- chats list -------------------------------------------------------------------------------
+
+async function refreshChats() {
+  try {
+    state.chats = await api.listChats();
+  } catch (err) {
+    if (!(err instanceof TypeError)) console.warn("could not list chats", err);
+    return;
+  }
+  if (state.chatId && !state.chats.some((c) => c.id === state.chatId) && (state.pendingUser || state.follower)) {
+    // A chat being created right now: show it before the server lists it.
+    state.chats.unshift({ id: state.chatId, title: ui.title.textContent, active: true });
+  }
+  renderChatList();
+  renderMessages();
+}
+
+async function confirmDelete(chatId, button) {
+  if (button.dataset.confirm !== "true") {
+    button.dataset.confirm = "true";
+    button.textContent = "Delete?";
+    const chat = state.chats?.find((c) => c.id === chatId);
+    button.setAttribute("aria-label", `Confirm: delete chat ${chat?.title ?? ""}`.trim());
+    setTimeout(() => {
+      button.dataset.confirm = "false";
+      button.textContent = "✕";
+    }, 4000);
+    return;
+  }
+  button.disabled = true;
+  try {
+    await api.deleteChat(chatId);
+  } catch (err) {
+    if (!(err instanceof api.ApiError && err.status === 404)) {
+      button.disabled = false;
+      setStatus("error", `could not delete the chat: ${err.message}`);
+      return;
+    }
+  }
+  dropSnapshot(chatId);
+  state.chats = (state.chats ?? []).filter((c) => c.id !== chatId);
+  renderChatList();
+  broadcast({ type: "chat-deleted", chatId });
+  if (state.chatId === chatId) navigate("/");
+}
+
+// -- one chat ---------------------------------------------------------------------------------
+
+function detach() {
+  if (state.follower) state.follower.detach();
+  state.follower = null;
+  state.live = null;
+  state.pendingUser = null;
+  state.stopping = false;
+}
+
+async function route() {
+  const chatId = routeChatId();
+  if (chatId === state.chatId && chatId !== null && !state.missing) return;
+  detach();
+  state.chatId = chatId;
+  state.detail = null;
+  state.messages = [];
+  state.missing = false;
+  renderChatList();
+  if (chatId === null) {
+    setTitle(null);
+    setStatus("idle");
+    renderMessages();
+    ui.input.focus();
+    return;
+  }
+  const chat = state.chats?.find((c) => c.id === chatId);
+  setTitle(chat?.title ?? "");
+  setStatus("loading");
+  renderMessages();
+  await loadChat({ first: true });
+}
+
+/**
+ * Read the chat from the server and show it: stored messages, and the running answer if
+ * there is one (followed from its stream). Also the reconciliation after an answer ends
+ * and the poll that picks up answers started in other tabs.
+ */
+async function loadChat({ first = false } = {}) {
+  const chatId = state.chatId;
+  if (chatId === null) return;
+  const seq = ++state.loadSeq;
+  let detail;
+  try {
+    detail = await api.getChat(chatId);
+  } catch (err) {
+    if (seq !== state.loadSeq || chatId !== state.chatId) return;
+    if (err instanceof api.ApiError && err.status === 404) {
+      if (state.pendingUser && !state.detail) return; // a new chat not stored yet
+      detach();
+      state.missing = true;
+      state.messages = [];
+      setTitle("Chat not found");
+      setStatus("idle");
+      renderMessages();
+      return;
+    }
+    if (first) setStatus(navigator.onLine ? "error" : "offline", err instanceof TypeError ? "cannot reach the server" : err.message);
+    return;
+  }
+  if (seq !== state.loadSeq || chatId !== state.chatId) return; // navigated away meanwhile
+  state.detail = detail;
+  state.missing = false;
+  state.messages = detail.messages;
+  setTitle(detail.chat.title);
+  if (state.pendingUser && detail.messages.some((m) => m.id === state.pendingUser.id)) state.pendingUser = null;
+  let settled = false;
+  if (state.live && !state.follower && detail.messages.some((m) => m.id === state.live.id)) {
+    state.live = null; // the store has the answer now: show the stored one
+    settled = true;
+  }
+  const active = detail.active;
+  if (active && !state.ended.has(active.messageId) && !(state.follower && state.follower.messageId === active.messageId)) {
+    if (!state.follower || state.follower.messageId) attach(active);
+  }
+  // The stored status is the truth about how an answer ended (the stream cannot tell an
+  // interrupted answer from a failed one).
+  if ((first || settled) && !state.follower) showLastOutcome();
+  renderMessages();
+  clearTimeout(state.recheckTimer);
+  if (state.live && !state.follower && !detail.messages.some((m) => m.id === state.live.id)) {
+    // The answer ended but is not stored yet (the server stores it right after): look again.
+    state.recheckTimer = setTimeout(() => chatId === state.chatId && loadChat(), 400);
+  }
+}
+
+/** After loading a chat with nothing running: say how its last answer ended, if badly. */
+function showLastOutcome() {
+  const last = state.messages[state.messages.length - 1];
+  if (last?.role === "assistant" && ["stopped", "interrupted", "error"].includes(last.status)) {
+    setStatus(last.status, last.status === "error" ? last.error : undefined);
+  } else {
+    setStatus("idle");
+  }
+}
+
+/** Follow the chat's running answer, from a snapshot's offset when this tab has one. */
+function attach(active) {
+  if (state.follower) state.follower.detach();
+  const snapshot = loadSnapshot(state.chatId, active.messageId);
+  const message = snapshot ? AssistantMessage.restore(snapshot.message) : new AssistantMessage(active.messageId);
+  state.live = message;
+  state.stopping = false;
+  const follower = makeFollower(message, snapshot ? snapshot.lastSeq : null);
+  setStatus(snapshot ? "streaming" : "loading");
+  renderMessages();
+  follower.resume();
+}
+
+function makeFollower(message, lastSeq) {
+  const chatId = state.chatId;
+  const follower = new AnswerFollower({
+    chatId,
+    message,
+    lastSeq,
+    onChange: (m) => {
+      if (state.follower !== follower) return;
+      state.live = m;
+      saveSnapshot();
+      scheduleRender();
+    },
+    onState: (kind, info) => {
+      if (state.follower !== follower) return;
+      if (kind === "ended") return;
+      if (kind === "streaming" && state.stopping) return;
+      if (kind === "streaming" && follower.announced !== true && follower.posted) {
+        follower.announced = true;
+        broadcast({ type: "answer-started", chatId });
+        refreshChats();
+      }
+      setStatus(kind, info?.reason);
+    },
+    onEnded: (m, reason, err) => {
+      if (state.follower !== follower) return;
+      answerEnded(follower, m, reason, err);
+    },
+  });
+  state.follower = follower;
+  return follower;
+}
+
+function answerEnded(follower, message, reason, err) {
+  const chatId = follower.chatId;
+  state.follower = null;
+  state.stopping = false;
+  if (message.id) state.ended.add(message.id);
+  dropSnapshot(chatId);
+  if (reason === "failed") {
+    // The request itself was refused (bad input, the chat is not ours, too large…).
+    const notStored = state.pendingUser && !state.messages.some((m) => m.id === state.pendingUser.id);
+    if (notStored) {
+      if (!ui.input.value) ui.input.value = messageText(state.pendingUser);
+      state.pendingUser = null;
+    }
+    state.live = null;
+    if (state.detail === null && chatId === state.chatId) {
+      // A new chat whose first message was refused does not exist: stay a new chat.
+      state.chatId = null;
+      history.replaceState(null, "", "/");
+      state.chats = (state.chats ?? []).filter((c) => c.id !== chatId);
+      setTitle(null);
+      renderChatList();
+    } else {
+      loadChat();
+    }
+    setStatus("error", err?.message);
+    renderMessages();
+    return;
+  }
+  if (reason === "gone") {
+    // Nothing left to resume: the answer ended while we were away. The store has it.
+    if (!message.id || message.parts.length === 0) state.live = null;
+    setStatus("idle");
+  } else {
+    setStatus(message.status === "done" ? "idle" : message.status, message.error || undefined);
+  }
+  renderMessages();
+  broadcast({ type: "answer-ended", chatId });
+  loadChat().then(() => {
+    if (reason === "gone" && chatId === state.chatId) showLastOutcome();
+  });
+  refreshChats();
+}
+
+// -- sending and stopping -------------------------------------------------------------------
+
+function cleanMessage(m) {
+  const out = { id: m.id, role: m.role, parts: (m.parts || []).map(({ state: _s, ...p }) => p) };
+  if (m.metadata) out.metadata = m.metadata;
+  return out;
+}
+
+function submit() {
+  const text = ui.input.value.replace(/\s+$/, "");
+  if (!text.trim()) return;
+  if (state.follower) {
+    setStatus(ui.status.dataset.state, undefined);
+    return; // one answer at a time: stop it first
+  }
+  if (state.missing) return;
+  let chatId = state.chatId;
+  if (chatId === null) {
+    chatId = newId();
+    state.chatId = chatId;
+    state.detail = null;
+    state.messages = [];
+    history.pushState(null, "", `/chat/${chatId}`);
+    const title = text.split(/\s+/).join(" ").slice(0, 80);
+    setTitle(title);
+    state.chats = [{ id: chatId, title, active: true }, ...(state.chats ?? [])];
+    renderChatList();
+  }
+  const user = { id: newId("m_"), role: "user", parts: [{ type: "text", text }], status: "done" };
+  state.pendingUser = user;
+  state.live = new AssistantMessage(null);
+  ui.input.value = "";
+  autoSize();
+  const history_ = [...state.messages.map(cleanMessage), cleanMessage(user)];
+  const follower = makeFollower(state.live, null);
+  follower.posted = true;
+  renderMessages();
+  ui.conversation.scrollTop = ui.conversation.scrollHeight;
+  follower.send(history_);
+}
+
+async function stop() {
+  const follower = state.follower;
+  if (!follower || state.stopping) return;
+  state.stopping = true;
+  setStatus("stopping");
+  try {
+    await api.stopChat(follower.chatId, follower.messageId);
+    broadcast({ type: "answer-stopped", chatId: follower.chatId });
+  } catch (err) {
+    state.stopping = false;
+    if (state.follower === follower) {
+      setStatus("error", `could not stop the answer: ${err instanceof TypeError ? "cannot reach the server" : err.message}`);
+    }
+  }
+  // The stream itself now ends with `abort`, which ends the follower ("Stopped").
+}
+
+// -- tabs -------------------------------------------------------------------------------------
+
+function broadcast(message) {
+  try {
+    channel?.postMessage(message);
+  } catch {
+    // closed channel: ignore
+  }
+}
+
+channel?.addEventListener("message", (event) => {
+  const msg = event.data || {};
+  if (msg.type === "chat-deleted") {
+    state.chats = (state.chats ?? []).filter((c) => c.id !== msg.chatId);
+    renderChatList();
+    if (msg.chatId === state.chatId) {
+      detach();
+      state.missing = true;
+      setTitle("Chat not found");
+      setStatus("idle");
+      renderMessages();
+    }
+    return;
+  }
+  refreshChats();
+  if (msg.chatId && msg.chatId === state.chatId && !state.follower) loadChat();
+});
+
+// -- the page ---------------------------------------------------------------------------------
+
+function autoSize() {
+  ui.input.style.height = "auto";
+  ui.input.style.height = `${Math.min(ui.input.scrollHeight, 200)}px`;
+}
+
+function openSidebar() {
+  ui.app.dataset.sidebar = "open";
+  ui.scrim.hidden = false;
+  ui.menu.setAttribute("aria-expanded", "true");
+  ui.menu.setAttribute("aria-label", "Hide chats");
+}
+
+function closeSidebar() {
+  if (ui.app.dataset.sidebar !== "open") return;
+  ui.app.dataset.sidebar = "closed";
+  ui.scrim.hidden = true;
+  ui.menu.setAttribute("aria-expanded", "false");
+  ui.menu.setAttribute("aria-label", "Show chats");
+}
+
+function updateConnection() {
+  ui.connection.dataset.online = navigator.onLine ? "true" : "false";
+  ui.connection.textContent = navigator.onLine ? "" : "Offline";
+}
+
+function init() {
+  ui.composer.addEventListener("submit", (event) => {
+    event.preventDefault();
+    submit();
+  });
+  ui.input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing && event.keyCode !== 229) {
+      event.preventDefault();
+      submit();
+    }
+  });
+  ui.input.addEventListener("input", autoSize);
+  ui.stop.addEventListener("click", stop);
+  ui.newChat.addEventListener("click", () => {
+    navigate("/");
+    ui.input.focus();
+  });
+  ui.menu.addEventListener("click", () => (ui.app.dataset.sidebar === "open" ? closeSidebar() : openSidebar()));
+  ui.scrim.addEventListener("click", closeSidebar);
+  document.addEventListener("keydown", (event) => {
+    if (event.key !== "Escape") return;
+    if (ui.app.dataset.sidebar === "open") {
+      closeSidebar();
+      ui.menu.focus();
+    } else if (state.follower) {
+      event.preventDefault();
+      stop();
+    }
+  });
+  document.addEventListener("click", (event) => {
+    const link = event.target.closest?.("a[data-nav]");
+    if (!link || event.defaultPrevented || event.button !== 0) return;
+    if (event.metaKey || event.ctrlKey || event.shiftKey || event.altKey) return;
+    event.preventDefault();
+    navigate(new URL(link.href).pathname);
+  });
+  window.addEventListener("popstate", () => route());
+  window.addEventListener("pagehide", () => saveSnapshot(true));
+  window.addEventListener("online", () => {
+    updateConnection();
+    if (!state.follower) loadChat();
+  });
+  window.addEventListener("offline", updateConnection);
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "visible" && !state.follower) {
+      loadChat();
+      refreshChats();
+    }
+  });
+  // Answers started in another browser or device: look at the open chat now and then.
+  setInterval(() => {
+    if (document.visibilityState === "visible" && state.chatId && !state.follower && !state.missing) loadChat();
+  }, POLL_MS);
+  setInterval(() => document.visibilityState === "visible" && refreshChats(), LIST_POLL_MS);
+
+  updateConnection();
+  setStatus("idle");
+  refreshChats();
+  route();
+}
+
+init();
