@@ -73,7 +73,7 @@ def _orphaned(services: Services, status: StreamStatus | None) -> bool:
     producing process died)."""
     if status is None:
         return True
-    grace = max(5.0, 2 * services.settings.lease_ttl)
+    grace = max(1.0, 2 * services.settings.lease_ttl)
     return status.is_terminal and _seconds_since(status.finished_at) > grace
 
 

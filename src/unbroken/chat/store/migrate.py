@@ -6,6 +6,9 @@ installed wheel can upgrade its database with no ``alembic.ini`` and no source c
 
 from __future__ import annotations
 
+import threading
+
+import anyio.to_thread
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -19,6 +22,9 @@ __all__ = ["current_revision", "head_revision", "upgrade"]
 SCRIPT_LOCATION = "unbroken.chat.store:migrations"
 # Any constant works; it only has to be the same in every process migrating one database.
 _PG_LOCK_KEY = 0x756E62726F6B656E  # "unbroken"
+# Alembic keeps its migration context in module globals: one upgrade at a time per process
+# (apps in several threads or tasks of one process would otherwise trample each other).
+_PROCESS_LOCK = threading.Lock()
 
 
 def _config(connection: Connection | None = None) -> Config:
@@ -47,12 +53,21 @@ async def current_revision(engine: AsyncEngine) -> str | None:
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> bool:
     """Bring the database to ``revision``; returns whether anything was applied.
 
-    Safe to call from several processes at once: on PostgreSQL the upgrade holds a
-    transaction-scoped advisory lock, and a database already at head is not written to at all
-    (so workers starting together on SQLite do not contend for its write lock).
+    Safe to call from several processes at once on PostgreSQL (the upgrade holds a
+    transaction-scoped advisory lock) and from several apps in one process. A database already
+    at head is not written to at all, so SQLite workers started after ``unbroken db upgrade``
+    (the CLI runs it before forking) never contend for its write lock.
     """
     if revision == "head" and await current_revision(engine) == head_revision():
         return False
+    await anyio.to_thread.run_sync(_PROCESS_LOCK.acquire)
+    try:
+        return await _upgrade(engine, revision)
+    finally:
+        _PROCESS_LOCK.release()
+
+
+async def _upgrade(engine: AsyncEngine, revision: str) -> bool:
     async with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             await connection.execute(

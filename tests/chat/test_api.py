@@ -1,0 +1,220 @@
+"""The HTTP surface: errors are JSON with the right status (never a 500 for bad input),
+identity and access, limits, health, metrics, the OpenAPI document, the page."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from tests.chat._client import new_client, post_v5, v5_body
+from tests.chat.conftest import Server
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def chat_config() -> str:
+    return "memory-sqlite"  # the HTTP surface does not depend on the backends
+
+
+@pytest.fixture
+async def client(server: Server) -> AsyncIterator[httpx.AsyncClient]:
+    async with new_client(server.url) as client:
+        yield client
+
+
+def assert_error(response: httpx.Response, status: int, code: str | None = None) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    if code is not None:
+        assert body["error"]["code"] == code
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (b"", 400),
+        (b"not json", 400),
+        (b"[]", 400),
+        (b'{"messages": []}', 400),  # no chat id
+        (b'{"id": "../etc", "messages": []}', 400),  # invalid id
+        (b'{"id": "c1", "messages": "x"}', 400),
+        (b'{"id": "c1", "trigger": "nope", "messages": []}', 400),
+        (b'{"id": "c1", "trigger": "submit-message", "messages": [{"id": "m", "role": "x"}]}', 400),
+        (b'{"id": "c1", "trigger": "submit-message", "messages": []}', 400),  # nothing to answer
+        (b'{"id": "c1", "messages": [{"id": "m1", "role": "assistant", "content": "hi"}]}', 400),
+        (b'{"id": "c1", "messages": [{"id": "m1", "role": "user", "content": 5}]}', 400),
+    ],
+)
+async def test_bad_chat_bodies_are_400(client: httpx.AsyncClient, body: bytes, status: int) -> None:
+    response = await client.post(
+        "/api/chat", content=body, headers={"content-type": "application/json"}
+    )
+    assert_error(response, status)
+
+
+async def test_unknown_routes_and_methods(client: httpx.AsyncClient) -> None:
+    assert_error(await client.get("/nope"), 404, "not_found")
+    assert_error(await client.get("/api/chats/x/y/z"), 404, "not_found")
+    assert_error(await client.put("/api/chat"), 405, "method_not_allowed")
+    assert_error(await client.get("/api/chat/c1/stop"), 405, "method_not_allowed")
+
+
+async def test_invalid_ids_and_parameters(client: httpx.AsyncClient) -> None:
+    assert_error(await client.get("/api/chats/" + "x" * 200), 404, "not_found")
+    assert_error(await client.get("/api/chat/a%20b/stream"), 404, "not_found")
+    assert_error(await client.get("/api/chat", params={"chatId": "a b"}), 400, "invalid_request")
+    assert_error(await client.get("/api/chat"), 400, "invalid_request")
+    # A malformed resume offset on an existing chat is the client's error, not ours.
+    chat_id = uuid.uuid4().hex
+    await post_v5(client, v5_body(chat_id, "m1", "hi"))
+    response = await client.get(f"/api/chat/{chat_id}/stream", params={"after": "abc"})
+    assert_error(response, 400)
+    response = await client.get(f"/api/chat/{chat_id}/stream", headers={"Last-Event-ID": "-7"})
+    assert_error(response, 400)
+    assert_error(await client.post(f"/api/chat/{chat_id}/stop", content=b"{"), 400)
+    assert_error(await client.post(f"/api/chat/{chat_id}/stop", content=b"[1]"), 400)
+
+
+async def test_request_bodies_are_limited(start_server: object) -> None:
+    server = start_server(max_body_bytes=4096)  # type: ignore[operator]
+    async with new_client(server.url) as client:
+        big = b'{"id": "c1", "messages": [], "pad": "' + b"x" * 5000 + b'"}'
+        assert_error(await client.post("/api/chat", content=big), 413, "payload_too_large")
+
+        async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: counted as it comes
+            for _ in range(10):
+                yield b"x" * 1000
+
+        assert_error(await client.post("/api/chat", content=chunked()), 413, "payload_too_large")
+        # A body under the limit still works.
+        got = await post_v5(client, v5_body(uuid.uuid4().hex, "m1", "small"), stop_after=2)
+        assert got.status == 200
+
+
+async def test_a_guest_session_is_issued_once(client: httpx.AsyncClient) -> None:
+    first = await client.get("/api/chats")
+    assert first.status_code == 200 and first.json() == {"chats": []}
+    cookie = first.headers["set-cookie"]
+    assert cookie.startswith("unbroken_session=")
+    for attribute in ("HttpOnly", "SameSite=Lax", "Path=/"):
+        assert attribute in cookie
+    assert "Secure" not in cookie  # plain http here; set over https
+    second = await client.get("/api/chats")
+    assert "set-cookie" not in second.headers  # the same guest
+    # A tampered cookie is ignored: a new guest, who sees none of the old one's chats.
+    chat_id = uuid.uuid4().hex
+    await post_v5(client, v5_body(chat_id, "m1", "hi"), stop_after=2)
+    value = client.cookies["unbroken_session"]
+    async with new_client(str(client.base_url)) as forger:
+        forger.cookies.set("unbroken_session", value[:-2] + ("AA" if value[-2:] != "AA" else "BB"))
+        response = await forger.get(f"/api/chats/{chat_id}")
+        assert_error(response, 404, "not_found")
+        assert "set-cookie" in response.headers
+
+
+async def test_cookie_posts_from_another_origin_are_refused(
+    client: httpx.AsyncClient, server: Server
+) -> None:
+    chat_id = uuid.uuid4().hex
+    await post_v5(client, v5_body(chat_id, "m1", "hi"), stop_after=2)
+    evil = {"Origin": "https://evil.example"}
+    assert_error(
+        await client.post("/api/chat", json=v5_body(chat_id, "m2", "x"), headers=evil), 403
+    )
+    assert_error(await client.post(f"/api/chat/{chat_id}/stop", headers=evil), 403)
+    assert_error(await client.delete(f"/api/chats/{chat_id}", headers={"Origin": "null"}), 403)
+    # The page's own origin is fine.
+    own = {"Origin": server.url}
+    response = await client.post(f"/api/chat/{chat_id}/stop", headers=own)
+    assert response.status_code == 200
+
+
+async def test_api_keys(client: httpx.AsyncClient, server: Server) -> None:
+    from unbroken.chat.store import Store
+
+    async with Store.from_url(server.settings.database_url) as store:
+        user = await store.create_user(kind="user", name="bot")
+        key, _ = await store.create_api_key(user.id)
+    headers = {"Authorization": f"Bearer {key}", "Origin": "https://anywhere.example"}
+    async with new_client(server.url, headers=headers) as bot:
+        chat_id = uuid.uuid4().hex
+        got = await post_v5(bot, v5_body(chat_id, "m1", "from a script"), stop_after=3)
+        assert got.status == 200  # no Origin check for key-authenticated calls
+        listed = (await bot.get("/api/chats")).json()["chats"]
+        assert [c["id"] for c in listed] == [chat_id]
+        assert "set-cookie" not in (await bot.get("/api/chats")).headers
+    # Not the browser guest's chat.
+    assert_error(await client.get(f"/api/chats/{chat_id}"), 404)
+    for value in ("Bearer nope", "Basic abc", "Bearer", "Bearer " + "x" * 300):
+        async with new_client(server.url, headers={"Authorization": value}) as bad:
+            response = await bad.get("/api/chats")
+            assert_error(response, 401, "unauthorized")
+            assert response.headers["www-authenticate"] == "Bearer"
+
+
+async def test_chats_list_read_and_delete(client: httpx.AsyncClient) -> None:
+    first, second = uuid.uuid4().hex, uuid.uuid4().hex
+    await post_v5(client, v5_body(first, "m1", "The first chat's title"))
+    await post_v5(client, v5_body(second, "m1", "Second"), stop_after=3)
+    listed = (await client.get("/api/chats")).json()["chats"]
+    assert [c["id"] for c in listed] == [second, first]  # most recently updated first
+    assert listed[1]["title"] == "The first chat's title"
+    detail = (await client.get(f"/api/chats/{second}")).json()
+    assert detail["activeStream"]["messageId"].startswith("msg_")
+    assert detail["activeStream"]["state"] == "active"
+    assert [m["role"] for m in detail["messages"]] == ["user"]
+    # Deleting a chat stops its answer and removes everything.
+    response = await client.delete(f"/api/chats/{second}")
+    assert response.status_code == 204
+    assert_error(await client.get(f"/api/chats/{second}"), 404)
+    assert_error(await client.delete(f"/api/chats/{second}"), 404)
+    assert [c["id"] for c in (await client.get("/api/chats")).json()["chats"]] == [first]
+
+
+async def test_health_metrics_openapi_and_page(client: httpx.AsyncClient) -> None:
+    health = await client.get("/healthz")
+    assert health.status_code == 200
+    assert health.json() == {"status": "ok", "database": "ok", "streams": "memory", "model": "demo"}
+
+    await post_v5(client, v5_body(uuid.uuid4().hex, "m1", "count me"))
+    await client.get(f"/api/chat/{uuid.uuid4().hex}/stream")
+    metrics = await client.get("/metrics")
+    assert metrics.status_code == 200
+    assert metrics.headers["content-type"].startswith("text/plain")
+    text = metrics.text
+    for name in (
+        "unbroken_chat_active_streams",
+        "unbroken_chat_streams_started_total",
+        "unbroken_chat_stream_outcomes_total",
+        "unbroken_chat_chunks_total",
+        "unbroken_chat_resumes_total",
+        "unbroken_chat_generation_seconds_bucket",
+        "unbroken_chat_first_chunk_seconds_bucket",
+    ):
+        assert name in text, name
+
+    document = (await client.get("/openapi.json")).json()
+    for path in (
+        "/api/chat",
+        "/api/chat/{chat_id}/stream",
+        "/api/chat/{chat_id}/stop",
+        "/api/chats",
+        "/api/chats/{chat_id}",
+        "/healthz",
+        "/metrics",
+    ):
+        assert path in document["paths"], path
+
+    async with new_client(str(client.base_url)) as browser:
+        page = await browser.get("/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert "set-cookie" in page.headers  # the page's API calls need the session
+    assert (await client.get("/chat/abc")).status_code == 200
+    assert_error(await client.get("/static/missing.js"), 404)

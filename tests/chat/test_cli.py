@@ -1,0 +1,174 @@
+"""The ``unbroken`` command: database and key management, and ``unbroken chat`` as real
+processes (one worker killed mid-answer; two workers sharing Redis)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from tests._services import free_port, port_answers
+from tests.chat._client import expected_answer, new_client, post_v5, resume_v5, v5_body
+from tests.chat.conftest import Server
+from tests.chat.test_resume import settled_chat, stored_text
+
+pytestmark = pytest.mark.anyio
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "unbroken.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@contextmanager
+def chat_process(env: dict[str, str], *args: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """``unbroken chat`` in a process of its own; yields (base url, process)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "unbroken.cli", "chat", "--port", str(port), *args],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"unbroken chat exited: {proc.stdout.read() if proc.stdout else ''}"
+                )
+            if (
+                port_answers("127.0.0.1", port)
+                and httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+            ):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("unbroken chat did not start")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}", proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+
+
+def test_db_upgrade_and_current(tmp_path: Path) -> None:
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'cli.sqlite3'}"}
+    first = run_cli("db", "upgrade", env=env)
+    assert first.returncode == 0, first.stderr
+    assert "upgraded None -> 0001" in first.stdout
+    again = run_cli("db", "upgrade", env=env)
+    assert "already at 0001" in again.stdout
+    current = run_cli("db", "current", env=env)
+    assert current.stdout.strip() == "0001 (up to date)"
+
+
+def test_bad_settings_fail_with_a_message(tmp_path: Path) -> None:
+    result = run_cli("db", "upgrade", env={"DATABASE_URL": "mysql://x/y"})
+    assert result.returncode == 2 and "DATABASE_URL scheme 'mysql'" in result.stderr
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'x.sqlite3'}", "REDIS_URL": ""}
+    result = run_cli("chat", "--workers", "2", env=env)
+    assert result.returncode == 2 and "--workers > 1 needs REDIS_URL" in result.stderr
+    assert run_cli("--version", env={}).stdout.startswith("unbroken ")
+
+
+@pytest.fixture
+def chat_config() -> str:
+    return "redis-postgres"
+
+
+async def test_create_key_then_use_it(start_server: Callable[..., Server]) -> None:
+    server = start_server()
+    env = {"DATABASE_URL": server.settings.database_url}
+    result = run_cli("users", "create-key", "--name", "script", env=env)
+    assert result.returncode == 0, result.stderr
+    key = result.stdout.strip()
+    assert key.startswith("ub_") and "api key" in result.stderr
+    async with new_client(server.url, headers={"Authorization": f"Bearer {key}"}) as client:
+        response = await client.get("/api/chats")
+        assert response.status_code == 200 and "set-cookie" not in response.headers
+
+
+async def test_a_killed_worker_leaves_an_interrupted_answer(
+    start_server: Callable[..., Server],
+) -> None:
+    survivor = start_server()
+    settings = survivor.settings
+    assert settings.redis_url is not None
+    env = {
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "UNBROKEN_REDIS_PREFIX": settings.redis_key_prefix,
+        "UNBROKEN_DEMO_TOKENS_PER_SECOND": "100",
+        "UNBROKEN_LEASE_TTL": "1",
+        "UNBROKEN_SECRET_KEY": "a-shared-secret-for-both-workers",
+    }
+    chat_id, prompt = uuid.uuid4().hex, "crash in the middle"
+    _, text = expected_answer(prompt)
+    with chat_process(env) as (url, proc):
+        async with new_client(url) as client:
+            head = await post_v5(client, v5_body(chat_id, "m1", prompt), stop_after=60)
+            cookies = client.cookies
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    # The browser comes back to the other worker (same secret: same session).
+    survivor_settings = settings.replace(secret_key=env["UNBROKEN_SECRET_KEY"])
+    other = start_server(**{"secret_key": survivor_settings.secret_key})
+    async with new_client(other.url, cookies=cookies) as client:
+        with anyio.fail_after(15):
+            resumed = await resume_v5(client, chat_id)
+        assert resumed.message_id == head.message_id
+        assert resumed.types()[-1] == "error"  # every stream ends, even a dead producer's
+        shown = resumed.text()
+        assert shown.startswith(head.text()) and text.startswith(shown) and shown != text
+        chat = await settled_chat(client, chat_id)  # stored by crash repair
+        answer = chat["messages"][-1]
+        assert answer["status"] == "interrupted" and stored_text(answer) == shown
+
+
+async def test_two_worker_processes_share_streams(start_server: Callable[..., Server]) -> None:
+    settings = start_server().settings
+    assert settings.redis_url is not None
+    env = {
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "UNBROKEN_REDIS_PREFIX": settings.redis_key_prefix,
+        "UNBROKEN_DEMO_TOKENS_PER_SECOND": "1000",
+    }
+    with chat_process(env, "--workers", "2") as (url, proc):
+        async with new_client(url) as client:
+            for round_ in range(3):
+                chat_id, prompt = uuid.uuid4().hex, f"worker round {round_}"
+                _, text = expected_answer(prompt)
+                # New connections each time: the kernel spreads them over both workers.
+                head = await post_v5(client, v5_body(chat_id, "m1", prompt), stop_after=20)
+                async with new_client(url, cookies=client.cookies) as tab:
+                    full = await resume_v5(tab, chat_id)
+                assert full.message_id == head.message_id and full.text() == text
+        os.killpg(proc.pid, signal.SIGTERM)
+        output, _ = proc.communicate(timeout=20)
+    assert "unbroken chat" in output and "workers: 2" in output
+    assert "streams: redis" in output and "model:   demo" in output

@@ -1,0 +1,167 @@
+"""The SQL store on SQLite and PostgreSQL: migrations, access rules, compare-and-set."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect
+
+from tests.chat.conftest import temporary_postgres_database
+from unbroken.chat.store import ChatNotFoundError, Store
+from unbroken.chat.store.migrate import current_revision, head_revision
+from unbroken.chat.store.tables import metadata
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def fresh_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database of each kind."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'store.sqlite3'}"
+    else:
+        with temporary_postgres_database() as url:
+            yield url
+
+
+@pytest.fixture
+async def store(fresh_database_url: str) -> AsyncIterator[Store]:
+    async with Store.from_url(fresh_database_url) as store:
+        await store.upgrade()
+        yield store
+
+
+def uid() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+async def test_migrations_create_exactly_the_declared_schema(fresh_database_url: str) -> None:
+    async with Store.from_url(fresh_database_url) as store:
+        assert await current_revision(store.engine) is None
+        assert await store.upgrade() is True
+        assert await current_revision(store.engine) == head_revision()
+        assert await store.upgrade() is False  # already at head: nothing written
+
+        def diff(connection: Any) -> list[Any]:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            return list(compare_metadata(context, metadata))
+
+        def tables(connection: Any) -> set[str]:
+            return set(inspect(connection).get_table_names())
+
+        async with store.engine.connect() as connection:
+            assert await connection.run_sync(diff) == []
+            assert {"users", "api_keys", "chats", "messages", "streams", "app_config"} <= (
+                await connection.run_sync(tables)
+            )
+
+
+async def test_concurrent_upgrades_apply_once(fresh_database_url: str) -> None:
+    stores = [Store.from_url(fresh_database_url) for _ in range(3)]
+    results: list[bool] = []
+    try:
+        async with anyio.create_task_group() as tg:
+            for store in stores:
+
+                async def run(store: Store = store) -> None:
+                    results.append(await store.upgrade())
+
+                tg.start_soon(run)
+    finally:
+        for store in stores:
+            await store.close()
+    assert sorted(results) == [False, False, True]
+
+
+async def test_streams_belong_to_chats_and_refuse_other_users(store: Store) -> None:
+    alice, bob = await store.create_user(), await store.create_user()
+    chat = await store.get_or_create_chat(uid(), alice.id, title="hello")
+    assert chat is not None
+    first = await store.create_stream(chat.id)
+    second = await store.create_stream(chat.id)
+    assert first != second and len(first) >= 32  # unguessable
+    streams = await store.get_streams_by_chat_id(chat.id, alice.id)
+    assert {s.id for s in streams} == {first, second}
+    assert all(s.chat_id == chat.id for s in streams)
+    with pytest.raises(ChatNotFoundError):
+        await store.get_streams_by_chat_id(chat.id, bob.id)
+    with pytest.raises(ChatNotFoundError):
+        await store.get_streams_by_chat_id(uid(), alice.id)
+    # Bob cannot take over the id either.
+    assert await store.get_or_create_chat(chat.id, bob.id, title="mine now") is None
+    assert await store.get_chat(chat.id, bob.id) is None
+
+
+async def test_generation_bookkeeping_is_compare_and_set(store: Store) -> None:
+    user = await store.create_user()
+    chat = await store.get_or_create_chat(uid(), user.id, title="t")
+    assert chat is not None
+    assert await store.add_user_message(
+        chat.id, message_id="m1", parts=[{"type": "text", "text": "hi"}]
+    )
+    assert not await store.add_user_message(chat.id, message_id="m1", parts=[])  # retried
+    record = await store.begin_generation(chat.id, user_message_id="m1")
+    assert record is not None
+    assert await store.begin_generation(chat.id, user_message_id="m1") is None  # one at a time
+    assert (await store.get_chat(chat.id, user.id)).active_stream_id == record.id  # type: ignore[union-attr]
+    # The answer in progress keeps its place but is not listed.
+    assert [m.id for m in await store.list_messages(chat.id)] == ["m1"]
+    listed = await store.list_messages(chat.id, include_streaming=True)
+    assert [(m.id, m.status) for m in listed] == [("m1", "done"), (record.message_id, "streaming")]
+
+    parts = [{"type": "text", "text": "hello"}]
+    assert await store.finalize_message(chat.id, record.message_id, parts=parts, status="stopped")
+    assert not await store.finalize_message(chat.id, record.message_id, parts=[], status="done")
+    answer = await store.get_message(chat.id, record.message_id)
+    assert answer is not None and answer.status == "stopped" and answer.parts == parts
+    assert answer.finished_at is not None
+
+    assert not await store.clear_active_stream(chat.id, "s_stale")  # a stale stop: no effect
+    assert await store.clear_active_stream(chat.id, record.id)
+    assert not await store.clear_active_stream(chat.id, record.id)
+    assert (await store.get_chat(chat.id, user.id)).active_stream_id is None  # type: ignore[union-attr]
+
+    # Asking again from m1 (a regenerate) drops what came after it.
+    assert not await store.add_user_message(chat.id, message_id="m1", parts=[])
+    assert [m.id for m in await store.list_messages(chat.id, include_streaming=True)] == ["m1"]
+
+
+async def test_api_keys_are_stored_hashed(store: Store) -> None:
+    user = await store.create_user(kind="user", name="cli")
+    key, record = await store.create_api_key(user.id, name="laptop")
+    assert key.startswith("ub_") and record.user_id == user.id
+    found = await store.user_for_api_key(key)
+    assert found is not None and found.id == user.id
+    assert await store.user_for_api_key(key + "x") is None
+    async with store.engine.connect() as connection:
+        from sqlalchemy import select
+
+        from unbroken.chat.store.tables import api_keys
+
+        stored = (await connection.execute(select(api_keys.c.key_hash))).scalars().all()
+    assert key not in stored and len(stored[0]) == 64
+
+
+async def test_config_values_are_created_once(store: Store) -> None:
+    first = await store.get_or_create_config("session_secret", "one")
+    assert await store.get_or_create_config("session_secret", "two") == first == "one"
+
+
+async def test_delete_chat_removes_everything(store: Store) -> None:
+    user, other = await store.create_user(), await store.create_user()
+    chat = await store.get_or_create_chat(uid(), user.id, title="t")
+    assert chat is not None
+    await store.add_user_message(chat.id, message_id="m1", parts=[])
+    assert await store.begin_generation(chat.id, user_message_id="m1") is not None
+    assert not await store.delete_chat(chat.id, other.id)
+    assert await store.delete_chat(chat.id, user.id)
+    assert await store.get_chat(chat.id, user.id) is None
+    assert await store.list_messages(chat.id, include_streaming=True) == []
+    assert await store.list_chats(user.id) == []
