@@ -198,6 +198,52 @@ def test_chat_cut_resume_and_stop(
     assert as_client_builds_it(stored[1], versions) == messages[1]
 
 
+CONTINUES_ITS_OWN_STATE = pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "ai 5.0.268-5.0.277 (and 6.0.29x-6.0.303): after a disconnect its Chat continues the "
+        "partial message and applies the server's full replay on top (duplicated parts); "
+        "ai >= 6.0.304 resets on the replay's first `start` (resumeStreamIsReplay)"
+    ),
+)
+
+
+@pytest.mark.parametrize(
+    "folder",
+    [pytest.param("ai5", marks=CONTINUES_ITS_OWN_STATE), "ai6", "ai7"],
+)
+def test_chat_resume_after_disconnect_has_no_duplicated_parts(
+    folder: str, node_toolchain: NodeToolchain, npm_clients: dict[str, Path], server_url: str
+) -> None:
+    """The two cuts after which the newest clients continue their own partial message
+    instead of starting over: a browser network error (`TypeError: network error`), and a
+    cut while a tool call's input streams. `resumeStream()` must still end with exactly the
+    answer, each part once."""
+    chats = {"cutBrowser": new_id("cut"), "cutInToolInput": new_id("cut")}
+    result = node_toolchain.run(
+        "chat.mjs",
+        npm_clients[folder],
+        {"api": f"{server_url}/api/chat", "chats": chats, "userText": QUESTION},
+    )
+    versions = result["versions"]
+    partial_states = {
+        scenario: [part.get("state") for part in result[scenario]["partial"]["parts"]]
+        for scenario in chats
+    }
+    # The cuts landed where intended.
+    assert "streaming" in partial_states["cutBrowser"], partial_states
+    assert "input-streaming" in partial_states["cutInToolInput"], partial_states
+    for scenario in chats:
+        run = result[scenario]
+        assert run["cutCount"] == 1, scenario
+        assert run["error"] is None, (scenario, run["error"])
+        messages = run["messages"]
+        assert [m["role"] for m in messages] == ["user", "assistant"], (scenario, messages)
+        assistant = messages[1]
+        assert part_types(assistant) == part_types(expected_answer(versions, "")), scenario
+        assert assistant == expected_answer(versions, run["partial"]["id"]), scenario
+
+
 @pytest.mark.parametrize("folder", UI_MESSAGE_STREAM_REACT)
 def test_use_chat_resumes_after_reload(
     folder: str, node_toolchain: NodeToolchain, npm_clients: dict[str, Path], server_url: str

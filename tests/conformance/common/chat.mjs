@@ -1,15 +1,18 @@
 // AI SDK 5/6/7: the headless `Chat` class from `@ai-sdk/react` (what `useChat` wraps).
 //
-// cut:  `sendMessage` (POST) is cut mid-stream (the fetch is aborted, or the connection is
-//       terminated), then `resumeStream()` (GET .../stream) must end with ONE complete
-//       assistant message, not a duplicate next to the partial one.
+// cut*: `sendMessage` (POST) is cut mid-stream, then `resumeStream()` (GET .../stream) must
+//       end with ONE complete assistant message, not a duplicate next to the partial one,
+//       nor duplicated parts inside it. cutAbort: the fetch is aborted; cutNetwork: the
+//       connection is terminated (Node's `TypeError: terminated`); cutBrowser: Chrome's
+//       `TypeError: network error`, which ai >= 5.0.268 treats as a resumable disconnect and
+//       continues its own state; cutInToolInput: aborted while a tool call's input streams
+//       (ai >= 5.0.270 then continues the partial message).
 // stop: `stop()` on the client mid-stream is only a disconnect: a reconnect right after it
 //       replays the whole answer, which the server kept generating, up to its `finish`.
 // serverStop: the real cancellation, `POST /api/chat/{id}/stop`, ends the live answer with
 //       `abort`: the client keeps the partial message, without an error; nothing to resume.
 //
-// config: { clientsDir, api, chats: { cutAbort, cutNetwork, stop, serverStop }, userText,
-//           timeoutMs? }
+// config: { clientsDir, api, chats: { <scenario>: <chat id>, ... }, userText, timeoutMs? }
 
 import { cuttableFetch, main, plain, recorder, storedChat, textOf, waitFor } from "./util.mjs";
 
@@ -18,7 +21,30 @@ const hasText = (chat) => {
   return last?.role === "assistant" && textOf(last).length > 0;
 };
 
-async function cutThenResume({ ai, aiReact }, config, chatId, mode) {
+const inToolInput = (chat) => {
+  const last = chat.messages.at(-1);
+  return (
+    last?.role === "assistant" &&
+    last.parts.some((part) => part.type.startsWith("tool-") && part.state === "input-streaming")
+  );
+};
+
+/** Resolve once `predicate(chat)` holds, checked on every message update (exact moment). */
+function whenMessages(chat, predicate, what) {
+  return new Promise((resolve, reject) => {
+    const check = () => {
+      if (predicate(chat)) {
+        unsubscribe();
+        resolve();
+      }
+    };
+    const unsubscribe = chat["~registerMessagesCallback"](check);
+    check();
+    waitFor(() => predicate(chat), { what }).catch(reject);
+  });
+}
+
+async function cutThenResume({ ai, aiReact }, config, chatId, { mode, when = hasText }) {
   const fetch = cuttableFetch({ mode });
   const errors = [];
   const statuses = [];
@@ -27,10 +53,15 @@ async function cutThenResume({ ai, aiReact }, config, chatId, mode) {
     transport: new ai.DefaultChatTransport({ api: config.api, fetch }),
     onError: (error) => errors.push(String(error)),
   });
+  let partial;
+  let cutCount = 0;
+  const cut = whenMessages(chat, when, "the moment to cut").then(() => {
+    // Cut synchronously on the update that made `when` true, before the next chunk lands.
+    partial = plain(chat.messages.at(-1));
+    cutCount = fetch.cutAll();
+  });
   const sending = chat.sendMessage({ text: config.userText });
-  await waitFor(() => hasText(chat), { what: "the first text of the answer" });
-  const partial = plain(chat.messages.at(-1));
-  const cutCount = fetch.cutAll();
+  await cut;
   await sending;
   statuses.push(chat.status);
   const messagesAfterCut = plain(chat.messages);
@@ -121,9 +152,20 @@ async function serverStop({ ai, aiReact }, config, chatId) {
   };
 }
 
-main(async (config, clients) => ({
-  cutAbort: await cutThenResume(clients, config, config.chats.cutAbort, "abort"),
-  cutNetwork: await cutThenResume(clients, config, config.chats.cutNetwork, "network"),
-  stop: await stopThenReconnect(clients, config, config.chats.stop),
-  serverStop: await serverStop(clients, config, config.chats.serverStop),
-}));
+const SCENARIOS = {
+  cutAbort: (clients, config, chatId) => cutThenResume(clients, config, chatId, { mode: "abort" }),
+  cutNetwork: (clients, config, chatId) => cutThenResume(clients, config, chatId, { mode: "network" }),
+  cutBrowser: (clients, config, chatId) => cutThenResume(clients, config, chatId, { mode: "browser" }),
+  cutInToolInput: (clients, config, chatId) =>
+    cutThenResume(clients, config, chatId, { mode: "abort", when: inToolInput }),
+  stop: stopThenReconnect,
+  serverStop,
+};
+
+main(async (config, clients) => {
+  const results = {};
+  for (const [scenario, chatId] of Object.entries(config.chats)) {
+    results[scenario] = await SCENARIOS[scenario](clients, config, chatId);
+  }
+  return results;
+});

@@ -69,9 +69,12 @@ export const plain = (value) => (value === undefined ? null : JSON.parse(JSON.st
  *
  * `mode: "abort"` aborts the underlying request (the client sees an AbortError);
  * `mode: "network"` errors the body with Node's own cut-connection error
- * (`TypeError: terminated`) after cancelling the real body, so the TCP connection is closed.
+ * (`TypeError: terminated`) after cancelling the real body, so the TCP connection is closed;
+ * `mode: "browser"` does the same with Chrome's error (`TypeError: network error`), which
+ * ai >= 5.0.2xx recognises as a resumable disconnect.
  */
 export function cuttableFetch({ mode = "abort" } = {}) {
+  const cutError = () => new TypeError(mode === "browser" ? "network error" : "terminated");
   const live = new Set();
   const requests = [];
   const cuttable = async (url, init = {}) => {
@@ -85,7 +88,7 @@ export function cuttableFetch({ mode = "abort" } = {}) {
     const response = await fetch(url, { ...init, signal: controller.signal });
     const record = { response, controller, cut: () => controller.abort() };
     requests.at(-1).status = response.status;
-    if (mode === "network" && response.body) {
+    if ((mode === "network" || mode === "browser") && response.body) {
       const reader = response.body.getReader();
       let cutController;
       const body = new ReadableStream({
@@ -108,7 +111,7 @@ export function cuttableFetch({ mode = "abort" } = {}) {
       record.cut = () => {
         reader.cancel().catch(() => {});
         try {
-          cutController.error(new TypeError("terminated"));
+          cutController.error(cutError());
         } catch {
           // already closed
         }
