@@ -12,7 +12,7 @@
 //   client: what the page had locally: the user message and the partial assistant message
 //           (the replay carries the same message id, so the client replaces it).
 //
-// config: { clientsDir, api, chats: { server, client }, userText, timeoutMs? }
+// config: { clientsDir, api, chats: { server?, client?, tabReturns? }, userText, timeoutMs? }
 
 import { cuttableFetch, main, plain, renderHook, settle, storedChat, textOf, waitFor } from "./util.mjs";
 
@@ -74,7 +74,74 @@ async function reloadMidAnswer(clients, config, chatId, stored) {
   return result;
 }
 
-main(async (config, clients) => ({
-  server: await reloadMidAnswer(clients, config, config.chats.server, "server"),
-  client: await reloadMidAnswer(clients, config, config.chats.client, "client"),
-}));
+// tabReturns: no reload. The page's connection drops with a browser network error
+// (`TypeError: network error`); when the tab becomes visible again, `useChat({resume: true})`
+// resumes by itself (its `visibilitychange` handler) and must end with ONE clean message.
+async function tabReturns(clients, config, chatId) {
+  const { ai, aiReact } = clients;
+  // Just enough of a browser `document` for useChat's visibility handling.
+  const document = new EventTarget();
+  document.visibilityState = "visible";
+  globalThis.document = document;
+  try {
+    const fetch = cuttableFetch({ mode: "browser" });
+    const transport = new ai.DefaultChatTransport({ api: config.api, fetch });
+    const statuses = [];
+    const page = renderHook(clients, () => {
+      const helpers = aiReact.useChat({ id: chatId, transport, resume: true });
+      if (statuses.at(-1) !== helpers.status) statuses.push(helpers.status);
+      return helpers;
+    });
+    // On mount it tried to resume: nothing yet (204).
+    await waitFor(() => fetch.requests.some((r) => r.method === "GET" && r.status === 204), {
+      what: "the mount-time resume",
+    });
+    await waitFor(() => page.current()?.status === "ready", { what: "the page to be ready" });
+    const sending = page.current().sendMessage({ text: config.userText });
+    const partial = await waitFor(
+      () => {
+        const last = page.current().messages.at(-1);
+        return last?.role === "assistant" && textOf(last).length > 0 ? plain(last) : null;
+      },
+      { what: "the first text of the answer" },
+    );
+    fetch.cutAll();
+    await sending.catch(() => {});
+    await waitFor(() => page.current().status === "error", { what: "the page to see the disconnect" });
+    const errorAfterCut = String(page.current().error);
+    const requestsBefore = fetch.requests.length;
+    const statusesBefore = statuses.length;
+    document.dispatchEvent(new Event("visibilitychange"));
+    await waitFor(() => fetch.requests.length > requestsBefore, { what: "the automatic resume request" });
+    await waitFor(
+      () => statuses.slice(statusesBefore).includes("streaming") && ["ready", "error"].includes(page.current().status),
+      { what: "the automatic resume to end" },
+    );
+    await settle(() => ({ messages: page.current().messages, status: page.current().status }));
+    const helpers = page.current();
+    const result = {
+      partial,
+      errorAfterCut,
+      statuses,
+      requests: fetch.requests,
+      status: helpers.status,
+      error: helpers.error ? String(helpers.error) : null,
+      messages: plain(helpers.messages),
+    };
+    page.unmount();
+    return result;
+  } finally {
+    delete globalThis.document;
+  }
+}
+
+main(async (config, clients) => {
+  const results = {};
+  for (const [scenario, chatId] of Object.entries(config.chats)) {
+    results[scenario] =
+      scenario === "tabReturns"
+        ? await tabReturns(clients, config, chatId)
+        : await reloadMidAnswer(clients, config, chatId, scenario);
+  }
+  return results;
+});
