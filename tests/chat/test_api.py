@@ -4,7 +4,7 @@ identity and access, limits, health, metrics, the OpenAPI document, the page."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
@@ -50,6 +50,12 @@ def assert_error(response: httpx.Response, status: int, code: str | None = None)
         (b'{"id": "c1", "trigger": "submit-message", "messages": []}', 400),  # nothing to answer
         (b'{"id": "c1", "messages": [{"id": "m1", "role": "assistant", "content": "hi"}]}', 400),
         (b'{"id": "c1", "messages": [{"id": "m1", "role": "user", "content": 5}]}', 400),
+        # Things a database could not store: NaN, NUL, lone surrogates, absurd nesting.
+        (b'{"id": "c1", "messages": [{"id": "m1", "role": "user", "content": NaN}]}', 400),
+        (b'{"id": "c1", "messages": [{"id": "m1", "role": "user", "content": "a\\u0000"}]}', 400),
+        (b'{"id": "c1", "messages": [{"id": "m1", "role": "user", "content": "\\ud800"}]}', 400),
+        (b'{"id": "c1", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400),
+        (b"\xff\xfe not utf-8", 400),
     ],
 )
 async def test_bad_chat_bodies_are_400(client: httpx.AsyncClient, body: bytes, status: int) -> None:
@@ -82,8 +88,8 @@ async def test_invalid_ids_and_parameters(client: httpx.AsyncClient) -> None:
     assert_error(await client.post(f"/api/chat/{chat_id}/stop", content=b"[1]"), 400)
 
 
-async def test_request_bodies_are_limited(start_server: object) -> None:
-    server = start_server(max_body_bytes=4096)  # type: ignore[operator]
+async def test_request_bodies_are_limited(start_server: Callable[..., Server]) -> None:
+    server = start_server(max_body_bytes=4096)
     async with new_client(server.url) as client:
         big = b'{"id": "c1", "messages": [], "pad": "' + b"x" * 5000 + b'"}'
         assert_error(await client.post("/api/chat", content=big), 413, "payload_too_large")
@@ -159,7 +165,13 @@ async def test_api_keys(client: httpx.AsyncClient, server: Server) -> None:
             assert response.headers["www-authenticate"] == "Bearer"
 
 
-async def test_chats_list_read_and_delete(client: httpx.AsyncClient) -> None:
+async def test_chats_list_read_and_delete(start_server: Callable[..., Server]) -> None:
+    server = start_server(demo_tokens_per_second=100)  # the second answer is still running
+    async with new_client(server.url) as client:
+        await _list_read_and_delete(client)
+
+
+async def _list_read_and_delete(client: httpx.AsyncClient) -> None:
     first, second = uuid.uuid4().hex, uuid.uuid4().hex
     await post_v5(client, v5_body(first, "m1", "The first chat's title"))
     await post_v5(client, v5_body(second, "m1", "Second"), stop_after=3)

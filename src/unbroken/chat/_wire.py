@@ -55,11 +55,49 @@ def redis_backend(url: str, *, key_prefix: str) -> Backend:
     return RedisBackend(url, key_prefix=key_prefix)
 
 
-def load_json(body: bytes) -> Any:
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _bad_string(value: str) -> bool:
+    # NUL cannot be stored by PostgreSQL; lone surrogates cannot be encoded as UTF-8 at all.
+    if "\x00" in value:
+        return True
+    if value.isascii():
+        return False
     try:
-        return json.loads(body)
-    except ValueError:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def load_json(body: bytes) -> Any:
+    """The JSON value of a request body; a 400 for anything the store could not keep as is:
+    invalid JSON or UTF-8, NaN/Infinity, nesting too deep to parse, NUL characters or lone
+    surrogates in strings."""
+    if not body.strip():
+        raise ApiError(400, "invalid_request", "the request body is empty; send a JSON object")
+    try:
+        value = json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
         raise ApiError(400, "invalid_request", "the request body is not valid JSON") from None
+    pending = [value]
+    while pending:  # iterative: a deep body must not exhaust the stack here either
+        item = pending.pop()
+        if isinstance(item, str):
+            if _bad_string(item):
+                raise ApiError(
+                    400,
+                    "invalid_request",
+                    "strings must not contain NUL characters or unpaired surrogates",
+                )
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return value
 
 
 def resume_position(request: Request) -> int:

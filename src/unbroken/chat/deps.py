@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
 from unbroken import StreamEngine
+from unbroken.chat._wire import is_valid_id
 from unbroken.chat.auth import Identity, Sessions, identify
 from unbroken.chat.errors import ApiError
 from unbroken.chat.metrics import ChatMetrics
@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from unbroken.chat.generation import Generator
 
 __all__ = [
-    "CHAT_ID_PATTERN",
     "CurrentIdentity",
     "CurrentServices",
     "Services",
@@ -29,22 +28,18 @@ __all__ = [
     "get_services",
 ]
 
-#: Chat and message ids: what AI SDK clients generate (nanoid-style, UUIDs) and no more.
-CHAT_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
-_ID = re.compile(CHAT_ID_PATTERN)
-
-
-def is_valid_id(value: object) -> bool:
-    return isinstance(value, str) and _ID.fullmatch(value) is not None
-
 
 def check_chat_id(value: str, *, status: int = 400, field: str = "chat id") -> str:
-    """``value`` if it is a well-formed id; else a 400 (body, query) or 404 (path)."""
+    """``value`` if it is a well-formed id (the same rule as for POST bodies, see
+    `unbroken.protocols.ai_sdk.is_valid_id`); else a 400 (query) or 404 (path: no chat can
+    have that id)."""
     if not is_valid_id(value):
         if status == 404:
             raise ApiError(404, "not_found", "chat not found")
         raise ApiError(
-            400, "invalid_request", f"invalid {field}: use 1-128 letters, digits, '_' or '-'"
+            400,
+            "invalid_request",
+            f"invalid {field}: 1-128 letters, digits or '._:~-', starting with a letter or digit",
         )
     return value
 

@@ -67,6 +67,21 @@ def _seconds_since(moment: dt.datetime | float | None) -> float:
     return utcnow().timestamp() - moment
 
 
+# A stream row is written just before the engine claims the stream: for this long a missing
+# stream may simply not be claimed yet (by this or another process).
+_CLAIM_GRACE = 5.0
+
+
+async def stream_status(services: Services, record: StreamRecord) -> StreamStatus | None:
+    """The engine's status of ``record``'s stream; for a stream begun moments ago that is
+    not claimed yet, waits for the claim (up to ``_CLAIM_GRACE`` after its creation)."""
+    status = await services.engine.status(record.id)
+    while status is None and _seconds_since(record.created_at) < _CLAIM_GRACE:
+        await anyio.sleep(0.02)
+        status = await services.engine.status(record.id)
+    return status
+
+
 def _orphaned(services: Services, status: StreamStatus | None) -> bool:
     """A stream the chat still calls active but whose end nobody stored: gone from the
     backend, or terminal for longer than its producer's end callback could take (the
@@ -81,15 +96,14 @@ async def repair(services: Services, chat: Chat) -> Chat:
     """Store the answer of an orphaned active stream (see `_orphaned`) and release it."""
     if chat.active_stream_id is None:
         return chat
-    status = await services.engine.status(chat.active_stream_id)
-    if not _orphaned(services, status):
-        return chat
     record = await services.store.get_stream(chat.active_stream_id)
     if record is None:
         await services.store.clear_active_stream(chat.id, chat.active_stream_id)
-    else:
+    elif _orphaned(services, await stream_status(services, record)):
         logger.warning("storing orphaned stream %r of chat %r", record.id, chat.id)
         await services.generator.finalize(record, None, None)
+    else:
+        return chat
     return await services.store.get_chat(chat.id, chat.user_id) or chat
 
 
@@ -121,7 +135,7 @@ async def _begin(
                 active is not None
                 and trigger == "submit-message"
                 and active.user_message_id == user_message["id"]
-                and await services.engine.status(active.id) is not None
+                and await stream_status(services, active) is not None
             ):
                 return active, True
             if active is not None:
@@ -166,7 +180,7 @@ async def post_chat(
     The chat is created on first use, owned by the caller. A v5+ body (with ``trigger``) is
     answered with the UI message stream, a v4 body with the data stream.
     """
-    chat_request = _wire.parse_chat_request(await request.body())
+    chat_request = _wire.parse_chat_request(_wire.load_json(await request.body()))
     user_message = chat_request.last_user_message
     if user_message is None:
         raise ApiError(400, "invalid_request", "the request has no user message to answer")
@@ -218,7 +232,7 @@ async def resume_v4(
     if chat is None:
         raise not_found()
     recent = streams[-1]
-    status = await services.engine.status(recent.id)
+    status = await stream_status(services, recent)
     if status is not None and (
         status.state is StreamState.ACTIVE
         or (chat.active_stream_id == recent.id and not _orphaned(services, status))
@@ -269,17 +283,18 @@ async def resume_v5(
     if chat is None:
         raise not_found()
     window = services.settings.resume_window
+    record = None
     if chat.active_stream_id is not None:
-        status = await services.engine.status(chat.active_stream_id)
+        record = await services.store.get_stream(chat.active_stream_id)
+    if record is not None:
+        status = await stream_status(services, record)
         if status is not None and (
             not status.is_terminal or _seconds_since(status.finished_at) <= window
         ):
             kind = "live" if not status.is_terminal else "replay"
             services.metrics.resumes.labels("v5", kind).inc()
-            return _wire.ui_message_stream_response(
-                services.engine, chat.active_stream_id, after=position
-            )
-        chat = await repair(services, chat)
+            return _wire.ui_message_stream_response(services.engine, record.id, after=position)
+    chat = await repair(services, chat)
     last = await services.store.last_message(chat.id)
     if (
         last is not None
@@ -329,6 +344,7 @@ async def stop_chat(
     ):
         services.metrics.stops.labels("stale").inc()
         return JSONResponse(result)
+    await stream_status(services, record)  # a stop right after the POST: let it claim
     state = await stop_stream(services, record)
     stopped = state is StreamState.CANCELLED
     services.metrics.stops.labels("stopped" if stopped else "finished").inc()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 
-import anyio.to_thread
+import anyio
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -60,7 +60,9 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> bool:
     """
     if revision == "head" and await current_revision(engine) == head_revision():
         return False
-    await anyio.to_thread.run_sync(_PROCESS_LOCK.acquire)
+    # Polled, not waited for in a thread: nothing can cancel us between acquire and try.
+    while not _PROCESS_LOCK.acquire(blocking=False):
+        await anyio.sleep(0.01)
     try:
         return await _upgrade(engine, revision)
     finally:
