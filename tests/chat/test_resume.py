@@ -24,6 +24,7 @@ from tests.chat._client import (
     v5_body,
 )
 from tests.chat.conftest import Server
+from unbroken.chat.settings import Settings
 
 pytestmark = pytest.mark.anyio
 
@@ -361,3 +362,30 @@ async def test_two_workers_share_streams(
         chat = await settled_chat(on_two, chat_id)
         assert chat["messages"][-1]["status"] == "stopped"
         assert stored_text(chat["messages"][-1]) == head.text() + rest.text()
+
+
+async def test_shutdown_stores_the_answers_it_interrupts(
+    make_settings: Callable[..., Settings],
+) -> None:
+    from sqlalchemy import select
+
+    from tests.chat.conftest import serve
+    from unbroken.chat.store import Store
+    from unbroken.chat.store.tables import chats
+
+    settings = make_settings(demo_tokens_per_second=SLOW_TPS, drain_timeout=0.2)
+    chat_id = uid()
+    with serve(settings) as server:
+        async with new_client(server.url) as client:
+            head = await post_v5(client, v5_body(chat_id, "m1", "shut down now"), stop_after=30)
+    # The server is gone: the answer it was generating was stored, as interrupted.
+    async with Store.from_url(settings.database_url) as store:
+        user, answer = await store.list_messages(chat_id)
+        async with store.engine.connect() as connection:
+            active = await connection.scalar(
+                select(chats.c.active_stream_id).where(chats.c.id == chat_id)
+            )
+    assert user.role == "user" and answer.role == "assistant"
+    assert answer.status == "interrupted" and answer.error
+    assert stored_text(answer.to_ui_message()).startswith(head.text())
+    assert active is None

@@ -81,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     make_backend(settings),
                     lease_ttl=settings.lease_ttl,
                     retention=settings.retention,
+                    drain_timeout=settings.drain_timeout,
                 )
             )
             app.state.services = Services(

@@ -237,9 +237,10 @@ class Generator:
         """
         try:
             events, end = await self.read_events(record.id)
-        except UnbrokenError:
+        except UnbrokenError as exc:
             if produced is None:
                 raise
+            logger.info("stream %r cannot be read (%s); storing it as produced", record.id, exc)
             events, end = list(produced), None
         if end is not None and state is None:
             state, error = end.state, end.error

@@ -40,6 +40,9 @@ class Settings:
     lease_ttl: float = 3.0
     #: How long a finished stream stays readable in the stream backend, seconds.
     retention: float = 86400.0
+    #: On shutdown, running generations get this long to finish; the rest are stored as
+    #: interrupted.
+    drain_timeout: float = 10.0
     #: A finished answer is still replayed to a resuming client this long after it ended.
     resume_window: float = 15.0
     #: Largest accepted request body, bytes (413 above).
@@ -68,6 +71,7 @@ class Settings:
             demo_tokens_per_second=_number(env, "UNBROKEN_DEMO_TOKENS_PER_SECOND", 20.0),
             lease_ttl=_number(env, "UNBROKEN_LEASE_TTL", 3.0),
             retention=_number(env, "UNBROKEN_RETENTION", 86400.0),
+            drain_timeout=_number(env, "UNBROKEN_DRAIN_TIMEOUT", 10.0),
             max_body_bytes=int(_number(env, "UNBROKEN_MAX_BODY_BYTES", 1024 * 1024)),
         )
         settings.validate()
@@ -99,6 +103,8 @@ class Settings:
             raise SettingsError("UNBROKEN_DEMO_TOKENS_PER_SECOND must be positive")
         if self.lease_ttl <= 0 or self.retention <= 0:
             raise SettingsError("UNBROKEN_LEASE_TTL and UNBROKEN_RETENTION must be positive")
+        if self.drain_timeout < 0:
+            raise SettingsError("UNBROKEN_DRAIN_TIMEOUT must not be negative")
         if self.max_body_bytes < 1024:
             raise SettingsError("UNBROKEN_MAX_BODY_BYTES must be at least 1024")
 

@@ -60,8 +60,9 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> bool:
     """
     if revision == "head" and await current_revision(engine) == head_revision():
         return False
-    # Polled, not waited for in a thread: nothing can cancel us between acquire and try.
-    while not _PROCESS_LOCK.acquire(blocking=False):
+    # Polled, not waited for in a thread: nothing can cancel us between acquire and try. (An
+    # anyio primitive would not do: the apps sharing this process may run in other loops.)
+    while not _PROCESS_LOCK.acquire(blocking=False):  # noqa: ASYNC110
         await anyio.sleep(0.01)
     try:
         return await _upgrade(engine, revision)
