@@ -1,0 +1,128 @@
+"""The two ASGI apps `system_bench.py` runs under uvicorn (benchmark-only; not the product).
+
+- ``product_app``: the reference chat service exactly as ``unbroken chat`` builds it
+  (`create_app(Settings.from_env())`), except that its demo model is `StampedDemoModel`.
+- ``plain_app``: the baseline, plain streaming with no engine: ``POST /api/chat`` runs the
+  same demo model through the same `ui_chunks` and the same v5 `UIMessageStreamEncoder`, and
+  writes each chunk straight to the response. No store, no engine, no resume; a client that
+  leaves stops the generation.
+
+`StampedDemoModel` is the demo model plus one line per answer appended to the file named by
+``UNBROKEN_BENCH_STAMPS``: ``<prompt>\\t<loop time when the model started>``. The demo model
+emits token ``k`` at ``started + k / tokens_per_second`` (a fixed schedule), and the loop
+clock is CLOCK_MONOTONIC in every process of this machine, so the load generator knows when
+each chunk it receives was produced and can measure the delay added on the way.
+
+Run by ``uvicorn --factory --app-dir benchmarks system_apps:product_app`` (or
+``:plain_app``) with the chat service's environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from unbroken import Chunk, StreamEnd, StreamState
+from unbroken.chat import app as chat_app
+from unbroken.chat.generation import ui_chunks
+from unbroken.chat.models import ChatModel, ModelEvent, message_text
+from unbroken.chat.models import make_model as product_make_model
+from unbroken.chat.models.demo import DemoModel
+from unbroken.chat.settings import Settings
+from unbroken.exceptions import ProtocolError
+from unbroken.protocols.ai_sdk import (
+    UIMessageStreamEncoder,
+    encode_event,
+    generate_id,
+    parse_chat_request,
+)
+
+__all__ = ["StampedDemoModel", "plain_app", "product_app"]
+
+STAMPS_ENV = "UNBROKEN_BENCH_STAMPS"
+
+
+class StampedDemoModel(DemoModel):
+    """The demo model, recording when each answer's token schedule starts."""
+
+    def __init__(self, *, tokens_per_second: float, stamps_path: str | None) -> None:
+        super().__init__(tokens_per_second=tokens_per_second)
+        # O_APPEND: each line is one write(2), so several workers can share the file.
+        self._fd = (
+            os.open(stamps_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            if stamps_path
+            else None
+        )
+
+    async def stream(self, messages: Sequence[dict[str, Any]]) -> AsyncIterator[ModelEvent]:
+        prompt = next((message_text(m) for m in reversed(messages) if m.get("role") == "user"), "")
+        inner = super().stream(messages)
+        try:
+            # The demo model reads the loop clock on its first step, which runs right after
+            # this line in the same step of the event loop: the same time to the microsecond
+            # (uvloop caches it per loop iteration).
+            started = anyio.current_time()
+            if self._fd is not None:
+                os.write(self._fd, f"{prompt}\t{started!r}\n".encode())
+            async for event in inner:
+                yield event
+        finally:
+            await inner.aclose()
+
+    async def aclose(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _model(settings: Settings) -> ChatModel:
+    if settings.model != "demo":
+        return product_make_model(settings)
+    return StampedDemoModel(
+        tokens_per_second=settings.demo_tokens_per_second,
+        stamps_path=os.environ.get(STAMPS_ENV),
+    )
+
+
+def product_app() -> FastAPI:
+    """The chat service as the CLI runs it, with the stamped demo model."""
+    chat_app.make_model = _model  # type: ignore[assignment]  # the one change, see above
+    return chat_app.create_app(Settings.from_env())
+
+
+def plain_app() -> FastAPI:
+    """Plain streaming of the same model through the same encoder: no engine."""
+    settings = Settings.from_env()
+    model = _model(settings)
+    app = FastAPI(title="plain streaming baseline")
+
+    @app.post("/api/chat")
+    async def post_chat(request: Request) -> Response:
+        try:
+            chat_request = parse_chat_request(await request.body())
+        except ProtocolError as exc:
+            return JSONResponse({"error": {"code": "invalid_request", "message": str(exc)}}, 400)
+        history = [dict(m) for m in chat_request.messages]
+        encoder = UIMessageStreamEncoder()
+
+        async def body() -> AsyncIterator[str]:
+            seq = offset = 0
+            async for event in ui_chunks(generate_id(), model.stream(history)):
+                data = encode_event(event)
+                yield encoder.encode([Chunk(seq, data, offset)])
+                seq += 1
+                offset += len(data)
+            yield encoder.encode([StreamEnd(StreamState.DONE, None, seq, offset)])
+
+        return StreamingResponse(body(), headers=encoder.headers)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

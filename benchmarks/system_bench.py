@@ -1,0 +1,657 @@
+"""System benchmarks: the chat service under uvicorn, driven by a load generator process.
+
+Run:  .venv/bin/python benchmarks/system_bench.py [--quick] [--redis-url URL] [--pg-url URL]
+
+Prints a table, writes benchmarks/results/system.json and system.png. Every server runs the
+demo model at 30 tokens/s (``UNBROKEN_DEMO_TOKENS_PER_SECOND=30``) under uvicorn (uvloop,
+httptools, no access log) in its own process; the load generator (`_loadgen.py`) runs in
+another and talks AI SDK v5 SSE over loopback with an API key. CPU is the server's (every
+uvicorn process, from /proc), never the load generator's. Measures, per configuration:
+
+1. capacity: concurrency steps (100, 250, 500, 1000, 1500, ...) of answers streaming back to
+   back; a step passes when the p99 delivery delay (client receive time - time the model
+   produced the chunk) is under 100 ms, at least 90 % of the chunks due arrived, and no
+   request failed. Stops at the first step that fails.
+   Configurations: ``plain`` (baseline in the same run: the same model, `ui_chunks` and v5
+   encoder written straight to the response, no engine, no store: `system_apps.plain_app`),
+   ``memory-sqlite`` (one worker, the embedded default), ``redis-postgres`` (one worker) and
+   ``redis-postgres x2`` (two workers sharing streams through Redis);
+2. server CPU per chunk delivered, and its ratio to plain streaming at the same load;
+3. resume latency under load: 10 probes/s GET ``/api/chat/{id}/stream`` with ``Last-Event-ID``
+   8 chunks back, timed to the response's first byte and to its first event;
+4. a reconnect storm: every second 20 % of the clients drop their connection and reconnect
+   with ``Last-Event-ID``, for 60 s (10 s with ``--quick``); every answer is checked (no gap,
+   no duplicate: its text is exactly the model's) and delays include the time away.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from array import array
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+PYTHON = sys.executable
+TOKENS_PER_SECOND = 30.0
+DELAY_TARGET_MS = 100.0
+RESUME_TARGET_MS = 10.0
+CPU_RATIO_TARGET = 1.3
+STREAMS_TARGET = 1000
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    app: str  # "plain" | "product"
+    workers: int = 1
+    redis: bool = False
+    postgres: bool = False
+
+    @property
+    def product(self) -> bool:
+        return self.app == "product"
+
+
+PLAIN = Config("plain", "plain")
+MEMORY = Config("memory-sqlite", "product")
+REDIS_1 = Config("redis-postgres", "product", redis=True, postgres=True)
+REDIS_2 = Config("redis-postgres x2", "product", workers=2, redis=True, postgres=True)
+
+
+def percentile(values: list[float] | array[float], q: float) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _pg_admin(url: str, sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def _delete_redis_keys(url: str, prefix: str) -> int:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"*{prefix}*", count=1000))
+        for i in range(0, len(keys), 1000):
+            client.delete(*keys[i : i + 1000])
+        return len(keys)
+    finally:
+        client.close()
+
+
+class Server:
+    """One deployment of ``config``: its database, Redis prefix and uvicorn process."""
+
+    def __init__(self, config: Config, args: argparse.Namespace, workdir: Path) -> None:
+        self.config = config
+        self.args = args
+        self.port = free_port()
+        self.stamps = workdir / f"stamps-{uuid.uuid4().hex[:8]}.tsv"
+        self.stamps.touch()
+        self.log = workdir / f"server-{config.name.replace(' ', '')}.log"
+        self.prefix = f"unbroken-sysbench-{uuid.uuid4().hex[:8]}"
+        self.pg_name: str | None = None
+        self.api_key: str | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("UNBROKEN_", "DATABASE_URL", "REDIS_URL"))
+        }
+        env.update(
+            UNBROKEN_MODEL="demo",
+            UNBROKEN_DEMO_TOKENS_PER_SECOND=str(TOKENS_PER_SECOND),
+            UNBROKEN_SECRET_KEY="benchmark-secret-" + uuid.uuid4().hex,
+            UNBROKEN_BENCH_STAMPS=str(self.stamps),
+            UNBROKEN_REDIS_PREFIX=self.prefix,
+        )
+        if config.postgres:
+            self.pg_name = f"unbroken_sysbench_{uuid.uuid4().hex[:10]}"
+            asyncio.run(_pg_admin(args.pg_url, f'CREATE DATABASE "{self.pg_name}"'))
+            base = args.pg_url.rsplit("/", 1)[0]
+            env["DATABASE_URL"] = f"{base}/{self.pg_name}".replace(
+                "postgresql://", "postgresql+asyncpg://", 1
+            )
+        else:
+            env["DATABASE_URL"] = f"sqlite+aiosqlite:///{workdir / f'{self.prefix}.sqlite3'}"
+        if config.redis:
+            env["REDIS_URL"] = args.redis_url
+        self.env = env
+
+    def start(self) -> None:
+        if self.config.product:
+            cli = [PYTHON, "-m", "unbroken.cli"]
+            # The CLI migrates before forking workers, as `unbroken chat` does.
+            subprocess.run([*cli, "db", "upgrade"], env=self.env, check=True, capture_output=True)
+            made = subprocess.run(
+                [*cli, "users", "create-key", "--name", "bench"],
+                env=self.env,
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            self.api_key = made.stdout.strip()
+        app = "system_apps:product_app" if self.config.product else "system_apps:plain_app"
+        command = [
+            PYTHON,
+            "-m",
+            "uvicorn",
+            "--factory",
+            app,
+            "--app-dir",
+            str(HERE),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            str(self.config.workers),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+            "--timeout-graceful-shutdown",
+            "5",
+            "--backlog",
+            "4096",
+        ]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(command, env=self.env, stdout=log, stderr=log)
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server {self.config.name} did not start: see {self.log}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.2)
+        time.sleep(1.0 * self.config.workers)  # every worker up, not only the first
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.config.redis:
+            _delete_redis_keys(self.args.redis_url, self.prefix)
+        if self.pg_name:
+            drop = f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)'
+            asyncio.run(_pg_admin(self.args.pg_url, drop))
+
+
+def run_step(
+    server: Server,
+    streams: int,
+    *,
+    ramp: float,
+    window: float,
+    probes_per_s: float = 0.0,
+    storm_fraction: float = 0.0,
+    client_procs: int = 1,
+    profile: str | None = None,
+    profile_out: Path | None = None,
+) -> dict[str, Any]:
+    """One load step against ``server``; returns the merged measurements."""
+    assert server.proc is not None
+    workdir = server.stamps.parent
+    tag = uuid.uuid4().hex[:8]
+    t0 = time.monotonic() + 3.0  # time for the load generators to start
+    procs = []
+    outs = []
+    per_proc = [streams // client_procs + (i < streams % client_procs) for i in range(client_procs)]
+    first = 0
+    for i, count in enumerate(per_proc):
+        out = workdir / f"load-{tag}-{i}.json"
+        config = {
+            "host": "127.0.0.1",
+            "port": server.port,
+            "api_key": server.api_key,
+            "tag": tag,
+            "t0": t0,
+            "ramp": ramp,
+            "window": window,
+            "first_slot": first,
+            "streams": count,
+            "total_streams": streams,
+            "tokens_per_second": TOKENS_PER_SECOND,
+            "stamps": str(server.stamps),
+            "out": str(out),
+            "probes_per_s": probes_per_s / client_procs,
+            "storm_fraction": storm_fraction,
+            "stop_unfinished": server.config.product,
+            "measure_cpu": i == 0,
+            "server_pid": server.proc.pid,
+            "redis": server.args.redis_url if server.config.redis and i == 0 else None,
+        }
+        first += count
+        path = workdir / f"load-{tag}-{i}.config.json"
+        path.write_text(json.dumps(config))
+        procs.append(subprocess.Popen([PYTHON, str(HERE / "_loadgen.py"), str(path)]))
+        outs.append(out)
+    spy = None
+    if profile is not None:
+        # Sample the server during the CPU part of the window (no probes then).
+        time.sleep(max(0.0, t0 + ramp - time.monotonic()))
+        seconds = window / 2 if probes_per_s else window
+        command = [profile, "record", "-p", str(server.proc.pid), "--subprocesses", "--gil"]
+        command += ["--nonblocking"]
+        command += ["-d", str(int(seconds)), "-r", "200", "-f", "raw", "-o", str(profile_out)]
+        spy = subprocess.Popen(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    for proc in procs:
+        proc.wait(timeout=ramp + window + 180)
+    if spy is not None and profile_out is not None:
+        spy.wait(timeout=60)
+        if profile_out.exists():
+            print(f"  py-spy: {profile_out}; most inclusive frames:")
+            for share, frame in top_frames(profile_out, 25):
+                print(f"    {share:6.1%}  {frame}")
+    parts = [json.loads(out.read_text()) for out in outs]
+    delays: array[float] = array("d")
+    for part in parts:
+        with open(part["delays_path"], "rb") as f:
+            delays.frombytes(f.read())
+    main = parts[0]
+
+    def merged(key: str) -> list[float]:
+        return [v for part in parts for v in part[key]]
+
+    def counts(key: str) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for part in parts:
+            for k, v in part[key].items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+    chunks = sum(p["chunks"] for p in parts)
+    wall = main["window_s"]
+    due = streams * TOKENS_PER_SECOND * wall
+    cpu_wall = main["cpu_window_s"]
+    cpu_chunks = sum(p["cpu_chunks"] for p in parts)
+    client_cpu = sum(p["client_cpu_s"] for p in parts)
+    probe_head, probe_first = merged("probe_head_ms"), merged("probe_first_ms")
+    rec_head, rec_first = merged("reconnect_head_ms"), merged("reconnect_first_ms")
+    result = {
+        "config": server.config.name,
+        "workers": server.config.workers,
+        "streams": streams,
+        "window_s": wall,
+        "chunks": chunks,
+        "chunks_per_s": chunks / wall,
+        "delivered_of_due": chunks / due,
+        "cpu_window_s": cpu_wall,
+        "cpu_chunks": cpu_chunks,
+        "server_cpu_s": main["server_cpu_s"],
+        "server_cores": main["server_cpu_s"] / cpu_wall,
+        "cpu_us_per_chunk": main["server_cpu_s"] / cpu_chunks * 1e6 if cpu_chunks else math.nan,
+        "client_cores": client_cpu / cpu_wall,
+        # Everything else the machine ran meanwhile: other users' test runs, and Redis and
+        # PostgreSQL for the configurations that use them.
+        "other_cores": (main["machine_busy_s"] - main["server_cpu_s"] - client_cpu) / cpu_wall,
+        "redis_cpu_s": main["redis_cpu_s"],
+        "delay_ms": {
+            "p50": percentile(delays, 0.5),
+            "p90": percentile(delays, 0.9),
+            "p99": percentile(delays, 0.99),
+            "max": max(delays) if delays else math.nan,
+        },
+        "answers": sum(p["answers"] for p in parts),
+        "answers_done": sum(p["answers_done"] for p in parts),
+        "errors": counts("errors"),
+        "problems": counts("problems"),
+        "missing_anchor": sum(p["missing_anchor"] for p in parts),
+        "resume": {
+            "count": len(probe_head),
+            "first_byte_p50_ms": percentile(probe_head, 0.5),
+            "first_byte_p99_ms": percentile(probe_head, 0.99),
+            "first_event_p50_ms": percentile(probe_first, 0.5),
+            "first_event_p99_ms": percentile(probe_first, 0.99),
+        },
+        "reconnects": sum(p["reconnects"] for p in parts),
+        "reconnect": {
+            "first_byte_p50_ms": percentile(rec_head, 0.5),
+            "first_byte_p99_ms": percentile(rec_head, 0.99),
+            "first_event_p50_ms": percentile(rec_first, 0.5),
+            "first_event_p99_ms": percentile(rec_first, 0.99),
+        },
+    }
+    result["ok"] = (
+        result["delay_ms"]["p99"] < DELAY_TARGET_MS
+        and result["delivered_of_due"] >= 0.9
+        and not result["errors"]
+        and not result["problems"]
+    )
+    for part in parts:
+        os.unlink(part["delays_path"])
+    return result
+
+
+def top_frames(path: Path, count: int) -> list[tuple[float, str]]:
+    """The frames of unbroken, anyio, json and uvicorn's send present in the most samples of
+    a py-spy raw profile (inclusive share of the samples holding the GIL)."""
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        total += int(n)
+        seen = set()
+        for frame in stack.split(";"):
+            name, _, where = frame.partition(" (")
+            where = where.split(":")[0].split("site-packages/")[-1].split("/src/")[-1]
+            key = f"{name} ({where})"
+            if key not in seen:
+                seen.add(key)
+                inclusive[key] = inclusive.get(key, 0) + int(n)
+    ranked = sorted(inclusive.items(), key=lambda kv: -kv[1])
+    wanted = ("unbroken/", "anyio/", "system_apps", "RequestResponseCycle.send", "json/")
+    return [(n / total, key) for key, n in ranked if any(w in key for w in wanted)][:count]
+
+
+def step_line(r: dict[str, Any]) -> str:
+    d, res = r["delay_ms"], r["resume"]
+    resume = (
+        f"{res['first_byte_p50_ms']:6.1f}/{res['first_byte_p99_ms']:6.1f}"
+        f"  {res['first_event_p99_ms']:6.1f}"
+        if res["count"]
+        else f"{'-':>13}  {'-':>6}"
+    )
+    trouble = {**r["errors"], **r["problems"]}
+    return (
+        f"{r['config']:<18}{r['streams']:>7}{r['chunks_per_s']:>9,.0f}{r['delivered_of_due']:>6.0%}"
+        f"{r['server_cores']:>6.2f}{r['client_cores']:>6.2f}{r['other_cores']:>6.2f}"
+        f"{r['cpu_us_per_chunk']:>8.1f}"
+        f"{d['p50']:>8.1f}{d['p99']:>8.1f}{d['max']:>8.0f}  {resume}"
+        f"  {'ok' if r['ok'] else 'FAIL'} {', '.join(f'{k}: {v}' for k, v in trouble.items())}"
+    )
+
+
+HEADER = (
+    f"{'config':<18}{'streams':>7}{'chunks/s':>9}{'deliv':>6}{'srv':>6}{'load':>6}{'other':>6}"
+    f"{'us/chk':>8}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}  {'resume p50/p99':>13}  {'ev p99':>6}"
+    "  target"
+)
+
+
+def capacity(
+    config: Config, args: argparse.Namespace, workdir: Path, levels: list[int]
+) -> list[dict[str, Any]]:
+    server = Server(config, args, workdir)
+    steps: list[dict[str, Any]] = []
+    try:
+        server.start()
+        for streams in levels:
+            profiled = args.profile is not None and streams == args.profile
+            slug = config.name.replace(" ", "")
+            for attempt in range(1 + args.retries):
+                result = run_step(
+                    server,
+                    streams,
+                    ramp=args.ramp,
+                    window=args.window,
+                    probes_per_s=10.0 if config.product else 0.0,
+                    client_procs=args.client_procs,
+                    profile=args.py_spy if profiled and attempt == 0 else None,
+                    profile_out=RESULTS / f"system-profile-{slug}-{streams}.txt",
+                )
+                result["attempt"] = attempt + 1
+                print(step_line(result), flush=True)
+                time.sleep(2)
+                # The machine may be shared: a step that failed on delay alone (no error,
+                # no wrong answer) is run once more, and the better run counts.
+                if result["ok"] or result["errors"] or result["problems"]:
+                    break
+            steps.append(result)
+            if not result["ok"]:
+                break
+    finally:
+        server.stop()
+    return steps
+
+
+def storm(config: Config, args: argparse.Namespace, workdir: Path, streams: int) -> dict[str, Any]:
+    server = Server(config, args, workdir)
+    try:
+        server.start()
+        result = run_step(
+            server,
+            streams,
+            ramp=args.ramp,
+            window=args.storm_seconds,
+            storm_fraction=0.2,
+            client_procs=args.client_procs,
+        )
+    finally:
+        server.stop()
+    return result
+
+
+def sustained(steps: list[dict[str, Any]]) -> int:
+    return max((s["streams"] for s in steps if s["ok"]), default=0)
+
+
+def summarize(results: dict[str, Any]) -> list[str]:
+    """The targets, each said plainly: met or missed."""
+    cap = results["capacity"]
+    lines = []
+    plain = {s["streams"]: s for s in cap.get("plain", [])}
+    mem = {s["streams"]: s for s in cap.get("memory-sqlite", [])}
+    both = [n for n in mem if n in plain and mem[n]["ok"] and plain[n]["ok"]]
+    if both:
+        n = max(both)
+        ratio = mem[n]["cpu_us_per_chunk"] / plain[n]["cpu_us_per_chunk"]
+        added = mem[n]["delay_ms"]["p99"] - plain[n]["delay_ms"]["p99"]
+        results["cpu_ratio"] = {"streams": n, "ratio": ratio, "p99_added_ms": added}
+        verdict = "met" if ratio <= CPU_RATIO_TARGET else "MISSED"
+        lines.append(
+            f"CPU per chunk, resumable (memory-sqlite) / plain at {n} streams: {ratio:.2f}x "
+            f"({mem[n]['cpu_us_per_chunk']:.1f} vs {plain[n]['cpu_us_per_chunk']:.1f} us); "
+            f"target <= {CPU_RATIO_TARGET}x: {verdict}"
+        )
+        lines.append(
+            f"p99 delivery delay added by resumability at {n} streams: {added:+.1f} ms "
+            f"({mem[n]['delay_ms']['p99']:.1f} vs {plain[n]['delay_ms']['p99']:.1f} ms)"
+        )
+    for name, steps in cap.items():
+        best = sustained(steps)
+        workers = steps[0]["workers"] if steps else 1
+        per_worker = best / workers
+        verdict = "met" if per_worker >= STREAMS_TARGET else "MISSED"
+        note = "" if name != "plain" else " (baseline, no target)"
+        lines.append(
+            f"most concurrent answers at 30 tokens/s with p99 < {DELAY_TARGET_MS:.0f} ms, "
+            f"{name}: {best} ({per_worker:.0f} per worker); target >= {STREAMS_TARGET} per "
+            f"worker: {verdict if name != 'plain' else '-'}{note}"
+        )
+        if steps:
+            at = ([s for s in steps if s["ok"]] or steps[:1])[-1]
+            us = at["cpu_us_per_chunk"]
+            lines.append(
+                f"  CPU bound for {name}: {at['cpu_us_per_chunk']:.0f} us of server CPU per "
+                f"chunk at {at['streams']} streams -> one fully available core could serve "
+                f"~{1e6 / (us * TOKENS_PER_SECOND):.0f} answers at 30 "
+                "tokens/s"
+            )
+        if name != "plain" and steps:
+            ok = [s for s in steps if s["ok"]] or steps[:1]
+            at = ok[-1]
+            p99 = at["resume"]["first_byte_p99_ms"]
+            verdict = "met" if p99 < RESUME_TARGET_MS else "MISSED"
+            lines.append(
+                f"resume -> first byte under load ({name}, {at['streams']} streams): p50 "
+                f"{at['resume']['first_byte_p50_ms']:.1f} ms, p99 {p99:.1f} ms; first event "
+                f"p99 {at['resume']['first_event_p99_ms']:.1f} ms; target p99 < "
+                f"{RESUME_TARGET_MS:.0f} ms: {verdict}"
+            )
+    for name, r in results["storm"].items():
+        broken = sum(r["problems"].values())
+        lines.append(
+            f"reconnect storm ({name}, {r['streams']} clients, 20 %/s for {r['window_s']:.0f} s): "
+            f"{r['reconnects']} reconnects, {r['answers']} answers, gaps/duplicates: {broken}, "
+            f"errors: {sum(r['errors'].values())}; delay p50/p99 {r['delay_ms']['p50']:.1f}/"
+            f"{r['delay_ms']['p99']:.1f} ms; reconnect -> first byte p50/p99 "
+            f"{r['reconnect']['first_byte_p50_ms']:.1f}/{r['reconnect']['first_byte_p99_ms']:.1f}"
+            f" ms, -> first event p99 {r['reconnect']['first_event_p99_ms']:.1f} ms"
+        )
+    return lines
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    for name, steps in results["capacity"].items():
+        if not steps:
+            continue
+        x = [s["streams"] for s in steps]
+        axes[0].plot(x, [s["delay_ms"]["p99"] for s in steps], "o-", label=name)
+        axes[1].plot(x, [s["cpu_us_per_chunk"] for s in steps], "o-", label=name)
+        if steps[0]["resume"]["count"]:
+            axes[2].plot(x, [s["resume"]["first_byte_p99_ms"] for s in steps], "o-", label=name)
+    axes[0].axhline(DELAY_TARGET_MS, color="red", linestyle="--", linewidth=1, label="target")
+    axes[0].set_yscale("log")
+    axes[0].set_title("p99 delivery delay (ms)")
+    axes[1].set_title("server CPU per chunk delivered (us)")
+    axes[1].set_ylim(bottom=0)
+    axes[2].axhline(RESUME_TARGET_MS, color="red", linestyle="--", linewidth=1, label="target")
+    axes[2].set_yscale("log")
+    axes[2].set_title("resume -> first byte p99 (ms)")
+    for ax in axes:
+        ax.set_xlabel("concurrent answers at 30 tokens/s")
+        ax.legend(fontsize=8)
+    fig.suptitle("unbroken chat service under load (demo model, uvicorn, loopback)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    )
+    parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter steps: a smoke run")
+    parser.add_argument("--levels", help="comma-separated concurrency steps")
+    parser.add_argument(
+        "--configs",
+        default="plain,memory-sqlite,redis-postgres,redis-postgres x2",
+        help="which configurations to run (comma-separated)",
+    )
+    parser.add_argument("--client-procs", type=int, default=1, help="load generator processes")
+    parser.add_argument("--storm-streams", type=int, help="clients in the reconnect storm")
+    parser.add_argument("--no-storm", action="store_true")
+    parser.add_argument(
+        "--retries", type=int, default=1, help="re-runs of a step that failed on delay alone"
+    )
+    parser.add_argument(
+        "--profile",
+        type=int,
+        metavar="STREAMS",
+        help="py-spy the server during the step at this concurrency (raw stacks to results/)",
+    )
+    args = parser.parse_args()
+    if args.quick:
+        args.ramp, args.window, args.storm_seconds = 4.0, 6.0, 10.0
+        levels = [50, 100, 250, 500]
+    else:
+        # Slots start evenly over one answer's length (~15 s), so answers start and end at a
+        # steady rate, as in a real service; then a 15 s window is measured.
+        args.ramp, args.window, args.storm_seconds = 15.0, 15.0, 60.0
+        levels = [50, 100, 150, 250, 500, 1000, 1500, 2000, 3000]
+    if args.levels:
+        levels = [int(v) for v in args.levels.split(",")]
+    args.py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(PYTHON).parent))
+    if args.profile is not None and not args.py_spy:
+        parser.error("--profile needs py-spy (pip install py-spy)")
+    wanted = [name.strip() for name in args.configs.split(",")]
+    configs = [c for c in (PLAIN, MEMORY, REDIS_1, REDIS_2) if c.name in wanted]
+    workdir = Path(tempfile.mkdtemp(prefix="unbroken-sysbench-"))
+    RESULTS.mkdir(exist_ok=True)
+    results: dict[str, Any] = {
+        "tokens_per_second": TOKENS_PER_SECOND,
+        "ramp_s": args.ramp,
+        "window_s": args.window,
+        "levels": levels,
+        "capacity": {},
+        "storm": {},
+    }
+    print(HEADER, flush=True)
+    try:
+        for config in configs:
+            results["capacity"][config.name] = capacity(config, args, workdir, levels)
+        if not args.no_storm:
+            storm_configs = [c for c in configs if c.product and (c is MEMORY or c is REDIS_2)]
+            if args.quick:
+                storm_configs = storm_configs[:1]
+            for config in storm_configs:
+                streams = args.storm_streams or min(
+                    1000, max(100, sustained(results["capacity"][config.name]))
+                )
+                r = storm(config, args, workdir, streams)
+                results["storm"][config.name] = r
+                print(step_line(r).replace("FAIL", "    ") + "  (reconnect storm)", flush=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print()
+    lines = summarize(results)
+    results["summary"] = lines
+    results["machine"] = {
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "load_average_at_end": os.getloadavg(),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "system.json").write_text(json.dumps(results, indent=2))
+    chart(results, RESULTS / "system.png")
+    print("\n".join(lines))
+    print(
+        "\ncolumns: deliv = chunks delivered / chunks due; srv, load = CPU cores used by the "
+        "server and by the load generator; us/chk = server CPU per chunk delivered; p50/p99/"
+        "max = delivery delay; resume = first byte p50/p99 ms, ev p99 = first event p99 ms"
+    )
+    print(f"\nwrote {RESULTS / 'system.json'} and {RESULTS / 'system.png'}")
+
+
+if __name__ == "__main__":
+    main()
