@@ -61,18 +61,28 @@ const state = {
   statusTimer: null,
   recheckTimer: null,
   stopping: false,
+  stopRequested: false, // stop pressed before the answer started
 };
 
 const channel = "BroadcastChannel" in window ? new BroadcastChannel("unbroken-chat") : null;
 
 // -- ids and routes ---------------------------------------------------------------------------
 
-/** A random URL-safe id (crypto.getRandomValues works outside secure contexts too). */
+const ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+
+/**
+ * A random id of letters and digits (~131 bits), what the service accepts for chat and
+ * message ids (they must start with a letter or digit). crypto.getRandomValues works
+ * outside secure contexts too (a plain-http LAN address), unlike crypto.randomUUID.
+ */
 function newId(prefix = "") {
-  const bytes = crypto.getRandomValues(new Uint8Array(16));
-  let s = "";
-  for (const b of bytes) s += String.fromCharCode(b);
-  return prefix + btoa(s).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  let id = "";
+  while (id.length < 22) {
+    for (const byte of crypto.getRandomValues(new Uint8Array(32))) {
+      if (byte < 248 && id.length < 22) id += ID_ALPHABET[byte % 62]; // 248 = 4 * 62: unbiased
+    }
+  }
+  return prefix + id;
 }
 
 function routeChatId(path = location.pathname) {
@@ -160,15 +170,10 @@ function setStatus(kind, detail) {
 
 // -- rendering ----------------------------------------------------------------------------------
 
-const rendered = new WeakMap(); // li -> signature of what it shows
+const rendered = new WeakMap(); // element -> the signature of what it shows
 
 function messageText(message) {
   return (message.parts || []).filter((p) => p.type === "text").map((p) => p.text || "").join("");
-}
-
-function signature(message, streaming) {
-  const parts = (message.parts || []).map((p) => `${p.type}:${p.state || ""}:${p.text ?? JSON.stringify(p.input ?? p.output ?? "")}`);
-  return `${message.role}|${message.status}|${message.error || ""}|${streaming}|${parts.join("\u0001")}`;
 }
 
 const NOTES = {
@@ -177,61 +182,91 @@ const NOTES = {
   error: "Error",
 };
 
+/** `el`, updated by `fill` only when `sig` differs from what it shows. */
+function update(el, sig, fill) {
+  if (rendered.get(el) === sig) return;
+  rendered.set(el, sig);
+  fill(el);
+}
+
+function child(li, selector, make, before = null) {
+  let el = li.querySelector(`:scope > ${selector}`);
+  if (!el) {
+    el = make();
+    li.insertBefore(el, before);
+  }
+  return el;
+}
+
+/**
+ * Show `message` in `li`. Each piece (reasoning, text, tools, note) is rebuilt only when it
+ * changed, so an open "Reasoning" stays open and a selection in earlier messages stays put
+ * while an answer streams.
+ */
 function fillMessage(li, message, streaming) {
-  const sig = signature(message, streaming);
-  if (rendered.get(li) === sig) return;
-  rendered.set(li, sig);
+  const status = streaming ? "streaming" : message.status || "done";
   li.className = `message ${message.role}`;
   li.dataset.role = message.role;
   li.dataset.id = message.id || "";
-  li.dataset.status = streaming ? "streaming" : message.status || "done";
+  li.dataset.status = status;
   li.setAttribute("aria-busy", streaming ? "true" : "false");
-  li.replaceChildren();
 
-  const who = document.createElement("span");
+  const who = child(li, ".who", () => document.createElement("span"));
   who.className = "who";
   who.textContent = message.role === "user" ? "You" : "Assistant";
-  li.append(who);
 
-  const reasoning = (message.parts || []).filter((p) => p.type === "reasoning" && p.text);
-  if (reasoning.length) {
-    const details = document.createElement("details");
-    details.className = "reasoning";
-    const summary = document.createElement("summary");
-    const thinking = streaming && !messageText(message);
-    summary.textContent = thinking ? "Thinking…" : "Reasoning";
-    const body = document.createElement("div");
-    body.className = "reasoning-text";
-    body.append(renderPlain(reasoning.map((p) => p.text).join("\n\n")));
-    details.append(summary, body);
-    li.append(details);
-  }
-
-  const body = document.createElement("div");
-  body.className = "body";
+  const parts = message.parts || [];
   const text = messageText(message);
-  if (message.role === "user") body.append(renderPlain(text));
-  else if (text) body.append(renderMarkdown(text));
-  for (const tool of (message.parts || []).filter((p) => p.type === "dynamic-tool" || p.type?.startsWith("tool-"))) {
-    const box = document.createElement("div");
-    box.className = "tool";
-    box.textContent = `Tool ${tool.toolName || tool.type.slice(5)}: ${tool.state || ""}`;
-    body.append(box);
+  const reasoning = parts.filter((p) => p.type === "reasoning" && p.text).map((p) => p.text).join("\n\n");
+  let details = li.querySelector(":scope > details.reasoning");
+  if (reasoning) {
+    details ??= child(li, "details.reasoning", () => {
+      const d = document.createElement("details");
+      d.className = "reasoning";
+      const summary = document.createElement("summary");
+      const body = document.createElement("div");
+      body.className = "reasoning-text";
+      d.append(summary, body);
+      return d;
+    }, who.nextSibling);
+    details.querySelector("summary").textContent = streaming && !text ? "Thinking…" : "Reasoning";
+    update(details.querySelector(".reasoning-text"), reasoning, (el) => el.replaceChildren(renderPlain(reasoning)));
+  } else if (details) {
+    details.remove();
   }
-  if (streaming && !text && !reasoning.length) {
-    const dots = document.createElement("span");
-    dots.className = "typing";
-    dots.setAttribute("aria-label", "The answer is on its way");
-    body.append(dots);
-  }
-  li.append(body);
 
-  const status = streaming ? null : message.status;
-  if (status && NOTES[status]) {
-    const note = document.createElement("p");
+  const body = child(li, ".body", () => {
+    const el = document.createElement("div");
+    el.className = "body";
+    return el;
+  });
+  const tools = parts.filter((p) => p.type === "dynamic-tool" || p.type?.startsWith("tool-"));
+  const toolSig = tools.map((t) => `${t.toolName}:${t.state}`).join(",");
+  const waiting = streaming && !text && !reasoning;
+  update(body, `${message.role}|${waiting}|${toolSig}|${text}`, (el) => {
+    el.replaceChildren(message.role === "user" ? renderPlain(text) : renderMarkdown(text));
+    for (const tool of tools) {
+      const box = document.createElement("div");
+      box.className = "tool";
+      box.textContent = `Tool ${tool.toolName || tool.type.slice(5)}: ${tool.state || ""}`;
+      el.append(box);
+    }
+    if (waiting) {
+      const dots = document.createElement("span");
+      dots.className = "typing";
+      dots.setAttribute("role", "img");
+      dots.setAttribute("aria-label", "The answer is on its way");
+      el.append(dots);
+    }
+  });
+
+  let note = li.querySelector(":scope > .note");
+  if (NOTES[status]) {
+    note ??= child(li, ".note", () => document.createElement("p"));
     note.className = `note ${status}`;
     note.textContent = status === "error" && message.error ? `Error: ${message.error}` : NOTES[status];
-    li.append(note);
+  } else if (note) {
+    note.remove();
   }
 }
 
@@ -378,11 +413,13 @@ async function confirmDelete(chatId, button) {
 // -- one chat ---------------------------------------------------------------------------------
 
 function detach() {
+  saveSnapshot(true); // coming back to this chat resumes from here
   if (state.follower) state.follower.detach();
   state.follower = null;
   state.live = null;
   state.pendingUser = null;
   state.stopping = false;
+  state.stopRequested = false;
 }
 
 async function route() {
@@ -493,13 +530,17 @@ function makeFollower(message, lastSeq) {
     onChange: (m) => {
       if (state.follower !== follower) return;
       state.live = m;
+      if (state.stopRequested && m.id) {
+        state.stopRequested = false;
+        stop();
+      }
       saveSnapshot();
       scheduleRender();
     },
     onState: (kind, info) => {
       if (state.follower !== follower) return;
       if (kind === "ended") return;
-      if (kind === "streaming" && state.stopping) return;
+      if (kind === "streaming" && (state.stopping || state.stopRequested)) return;
       if (kind === "streaming" && follower.announced !== true && follower.posted) {
         follower.announced = true;
         broadcast({ type: "answer-started", chatId });
@@ -520,28 +561,20 @@ function answerEnded(follower, message, reason, err) {
   const chatId = follower.chatId;
   state.follower = null;
   state.stopping = false;
+  state.stopRequested = false;
   if (message.id) state.ended.add(message.id);
   dropSnapshot(chatId);
+  if (chatId !== state.chatId) return;
+  // A send whose answer never started: the message may or may not have reached the server.
+  const unsure = follower.posted && !message.id;
   if (reason === "failed") {
-    // The request itself was refused (bad input, the chat is not ours, too large…).
-    const notStored = state.pendingUser && !state.messages.some((m) => m.id === state.pendingUser.id);
-    if (notStored) {
-      if (!ui.input.value) ui.input.value = messageText(state.pendingUser);
-      state.pendingUser = null;
-    }
     state.live = null;
-    if (state.detail === null && chatId === state.chatId) {
-      // A new chat whose first message was refused does not exist: stay a new chat.
-      state.chatId = null;
-      history.replaceState(null, "", "/");
-      state.chats = (state.chats ?? []).filter((c) => c.id !== chatId);
-      setTitle(null);
-      renderChatList();
-    } else {
-      loadChat();
+    if (unsure && err instanceof api.ApiError && err.status === 404 && state.detail === null) {
+      notSent(chatId, "your message was not sent: the connection was lost. Send it again.");
+      return;
     }
-    setStatus("error", err?.message);
-    renderMessages();
+    // The request itself was refused (bad input, too large, the chat is not ours…).
+    notSent(chatId, err?.message);
     return;
   }
   if (reason === "gone") {
@@ -554,9 +587,37 @@ function answerEnded(follower, message, reason, err) {
   renderMessages();
   broadcast({ type: "answer-ended", chatId });
   loadChat().then(() => {
-    if (reason === "gone" && chatId === state.chatId) showLastOutcome();
+    if (reason !== "gone" || chatId !== state.chatId) return;
+    const pending = state.pendingUser;
+    if (unsure && pending && !state.messages.some((m) => m.id === pending.id) && !state.follower) {
+      notSent(chatId, "your message was not sent: the connection was lost. Send it again.");
+    } else {
+      showLastOutcome();
+    }
   });
   refreshChats();
+}
+
+/** The user's message did not make it: give its text back, say why. */
+function notSent(chatId, reason) {
+  const pending = state.pendingUser;
+  if (pending && !state.messages.some((m) => m.id === pending.id)) {
+    if (!ui.input.value) ui.input.value = messageText(pending);
+    state.pendingUser = null;
+    autoSize();
+  }
+  if (state.detail === null && chatId === state.chatId) {
+    // A new chat whose first message never arrived does not exist: stay a new chat.
+    state.chatId = null;
+    history.replaceState(null, "", "/");
+    state.chats = (state.chats ?? []).filter((c) => c.id !== chatId);
+    setTitle(null);
+    renderChatList();
+  } else {
+    loadChat();
+  }
+  setStatus("error", reason);
+  renderMessages();
 }
 
 // -- sending and stopping -------------------------------------------------------------------
@@ -587,7 +648,7 @@ function submit() {
     state.chats = [{ id: chatId, title, active: true }, ...(state.chats ?? [])];
     renderChatList();
   }
-  const user = { id: newId("m_"), role: "user", parts: [{ type: "text", text }], status: "done" };
+  const user = { id: newId("m"), role: "user", parts: [{ type: "text", text }], status: "done" };
   state.pendingUser = user;
   state.live = new AssistantMessage(null);
   ui.input.value = "";
@@ -603,6 +664,12 @@ function submit() {
 async function stop() {
   const follower = state.follower;
   if (!follower || state.stopping) return;
+  if (!follower.messageId) {
+    // Not started yet: stop it the moment it does (a stop now would find nothing to stop).
+    state.stopRequested = true;
+    setStatus("stopping");
+    return;
+  }
   state.stopping = true;
   setStatus("stopping");
   try {
