@@ -1,6 +1,6 @@
 """Fixtures for the web page tests: a real `unbroken chat` process, a real headless Chromium.
 
-- ``chat_server``: one `unbroken chat` process for the module (SQLite in a temporary
+- ``chat_server``: one `unbroken chat` process for the session (SQLite in a temporary
   directory, memory stream backend, demo model paced at ``TOKENS_PER_SECOND`` so a test has
   time to refresh, go offline or press stop mid-answer).
 - ``browser``: Debian's Chromium driven by Playwright for Python (Playwright cannot download
@@ -150,7 +150,7 @@ def browser() -> Iterator[Browser]:
             browser.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def chat_server(browser: Browser, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatServer]:
     workdir = tmp_path_factory.mktemp("chat-server")
     server = ChatServer(workdir, server_env(workdir))

@@ -28,11 +28,7 @@ export async function* readEvents(body, signal) {
   try {
     for (;;) {
       const { value, done } = await reader.read();
-      if (done) {
-        buffer += decoder.decode();
-        return;
-      }
-      buffer += decoder.decode(value, { stream: true });
+      buffer += done ? decoder.decode() : decoder.decode(value, { stream: true });
       let start = 0;
       for (;;) {
         let end = -1;
@@ -45,7 +41,9 @@ export async function* readEvents(body, signal) {
             break;
           }
           if (c === 13) {
-            if (i + 1 >= buffer.length) break; // wait: an LF may follow in the next read
+            // A CR at the end of a read may be the first half of CRLF: wait for the next
+            // read, unless there is none.
+            if (i + 1 >= buffer.length && !done) break;
             end = i;
             next = buffer.charCodeAt(i + 1) === 10 ? i + 2 : i + 1;
             break;
@@ -78,6 +76,7 @@ export async function* readEvents(body, signal) {
         // "retry" and unknown fields are ignored: the page schedules its own reconnects.
       }
       buffer = buffer.slice(start);
+      if (done) return;
     }
   } finally {
     signal?.removeEventListener("abort", onAbort);
