@@ -50,6 +50,12 @@ def assert_error(response: httpx.Response, status: int, code: str | None = None)
         (b'{"id": "c1", "trigger": "submit-message", "messages": []}', 400),  # nothing to answer
         (b'{"id": "c1", "messages": [{"id": "m1", "role": "assistant", "content": "hi"}]}', 400),
         (b'{"id": "c1", "messages": [{"id": "m1", "role": "user", "content": 5}]}', 400),
+        (  # continuing an assistant message (client-side tool results) is not supported
+            b'{"id": "c1", "trigger": "submit-message", "messages": ['
+            b'{"id": "m1", "role": "user", "parts": [{"type": "text", "text": "hi"}]},'
+            b'{"id": "m2", "role": "assistant", "parts": [{"type": "text", "text": "yo"}]}]}',
+            400,
+        ),
         # Things a database could not store: NaN, NUL, lone surrogates, absurd nesting.
         (b'{"id": "c1", "messages": [{"id": "m1", "role": "user", "content": NaN}]}', 400),
         (b'{"id": "c1", "messages": [{"id": "m1", "role": "user", "content": "a\\u0000"}]}', 400),
@@ -142,6 +148,17 @@ async def test_cookie_posts_from_another_origin_are_refused(
     assert response.status_code == 200
 
 
+async def test_allowed_origins_behind_a_proxy(start_server: Callable[..., Server]) -> None:
+    server = start_server(allowed_origins=("https://chat.example",))
+    async with new_client(server.url) as client:
+        chat_id = uuid.uuid4().hex
+        await post_v5(client, v5_body(chat_id, "m1", "hi"), stop_after=2)
+        proxied = {"Origin": "https://chat.example"}
+        assert (await client.post(f"/api/chat/{chat_id}/stop", headers=proxied)).status_code == 200
+        other = {"Origin": "https://other.example"}
+        assert_error(await client.post(f"/api/chat/{chat_id}/stop", headers=other), 403)
+
+
 async def test_api_keys(client: httpx.AsyncClient, server: Server) -> None:
     from unbroken.chat.store import Store
 
@@ -173,7 +190,8 @@ async def test_chats_list_read_and_delete(start_server: Callable[..., Server]) -
 
 async def _list_read_and_delete(client: httpx.AsyncClient) -> None:
     first, second = uuid.uuid4().hex, uuid.uuid4().hex
-    await post_v5(client, v5_body(first, "m1", "The first chat's title"))
+    await post_v5(client, v5_body(first, "m1", "The first chat's title"), stop_after=3)
+    assert (await client.post(f"/api/chat/{first}/stop")).json()["stopped"] is True
     await post_v5(client, v5_body(second, "m1", "Second"), stop_after=3)
     listed = (await client.get("/api/chats")).json()["chats"]
     assert [c["id"] for c in listed] == [second, first]  # most recently updated first

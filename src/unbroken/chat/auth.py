@@ -57,10 +57,12 @@ class Sessions:
         return uid if isinstance(uid, str) else None
 
 
-def _same_origin(conn: HTTPConnection) -> bool:
+def _same_origin(conn: HTTPConnection, allowed: tuple[str, ...] = ()) -> bool:
     origin = conn.headers.get("origin")
     if origin is None:
         return True  # not sent by browsers on same-origin GETs, nor by most non-browser clients
+    if origin.rstrip("/").lower() in (item.lower() for item in allowed):
+        return True
     parts = urlsplit(origin)
     host = conn.headers.get("host", "")
     if origin == "null" or not parts.netloc:
@@ -76,8 +78,17 @@ def _same_origin(conn: HTTPConnection) -> bool:
     return hmac.compare_digest(norm(parts.netloc), norm(host))
 
 
-async def identify(conn: HTTPConnection, store: Store, sessions: Sessions) -> Identity:
-    """The caller; creates a guest (and arranges its cookie) on a first cookie-less visit."""
+async def identify(
+    conn: HTTPConnection,
+    store: Store,
+    sessions: Sessions,
+    *,
+    allowed_origins: tuple[str, ...] = (),
+) -> Identity:
+    """The caller; creates a guest (and arranges its cookie) on a first cookie-less visit.
+
+    ``allowed_origins``: origins accepted besides the one ``Host`` names.
+    """
     authorization = conn.headers.get("authorization")
     if authorization is not None:
         scheme, _, key = authorization.partition(" ")
@@ -96,7 +107,7 @@ async def identify(conn: HTTPConnection, store: Store, sessions: Sessions) -> Id
             )
         return Identity(user, "key")
 
-    if conn.scope.get("method") in _UNSAFE_METHODS and not _same_origin(conn):
+    if conn.scope.get("method") in _UNSAFE_METHODS and not _same_origin(conn, allowed_origins):
         raise ApiError(403, "forbidden", "cross-origin requests are not allowed")
 
     cookie = conn.cookies.get(COOKIE_NAME)

@@ -64,7 +64,12 @@ CurrentServices = Annotated[Services, Depends(get_services)]
 
 
 async def get_identity(request: Request, services: CurrentServices) -> Identity:
-    return await identify(request, services.store, services.sessions)
+    return await identify(
+        request,
+        services.store,
+        services.sessions,
+        allowed_origins=services.settings.allowed_origins,
+    )
 
 
 CurrentIdentity = Annotated[Identity, Depends(get_identity)]

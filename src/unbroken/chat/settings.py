@@ -47,6 +47,9 @@ class Settings:
     resume_window: float = 15.0
     #: Largest accepted request body, bytes (413 above).
     max_body_bytes: int = 1024 * 1024
+    #: Origins (``https://host[:port]``) besides the request's own ``Host`` whose
+    #: cookie-authenticated POSTs are accepted: set it behind a proxy that rewrites ``Host``.
+    allowed_origins: tuple[str, ...] = ()
     #: Apply migrations in the application lifespan (the CLI applies them before forking).
     migrate_on_start: bool = True
     static_dir: Path = field(default=STATIC_DIR)
@@ -73,6 +76,11 @@ class Settings:
             retention=_number(env, "UNBROKEN_RETENTION", 86400.0),
             drain_timeout=_number(env, "UNBROKEN_DRAIN_TIMEOUT", 10.0),
             max_body_bytes=int(_number(env, "UNBROKEN_MAX_BODY_BYTES", 1024 * 1024)),
+            allowed_origins=tuple(
+                origin.strip().rstrip("/")
+                for origin in env.get("UNBROKEN_ALLOWED_ORIGINS", "").split(",")
+                if origin.strip()
+            ),
         )
         settings.validate()
         return settings
@@ -105,6 +113,12 @@ class Settings:
             raise SettingsError("UNBROKEN_LEASE_TTL and UNBROKEN_RETENTION must be positive")
         if self.drain_timeout < 0:
             raise SettingsError("UNBROKEN_DRAIN_TIMEOUT must not be negative")
+        for origin in self.allowed_origins:
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
+                raise SettingsError(
+                    f"UNBROKEN_ALLOWED_ORIGINS: {origin!r} is not an origin like https://host"
+                )
         if self.max_body_bytes < 1024:
             raise SettingsError("UNBROKEN_MAX_BODY_BYTES must be at least 1024")
 

@@ -184,6 +184,15 @@ async def post_chat(
     user_message = chat_request.last_user_message
     if user_message is None:
         raise ApiError(400, "invalid_request", "the request has no user message to answer")
+    if chat_request.messages[-1] is not user_message:
+        # Continuing an assistant message (client-side tool results) would need tools run
+        # here; answering the earlier user message instead would drop the newer messages.
+        raise ApiError(
+            400,
+            "invalid_request",
+            "the last message must be the user's: continuing an assistant message is not "
+            "supported by this service",
+        )
     chat = await services.store.get_or_create_chat(
         chat_request.chat_id, identity.user.id, title=_title(message_text(user_message))
     )
