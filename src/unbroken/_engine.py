@@ -30,6 +30,7 @@ from anyio.abc import TaskGroup
 from unbroken._models import Chunk, StreamEnd, StreamState, StreamStatus
 from unbroken.backends.base import Appended, Backend, Ended, Idle, Listener, StreamTimes
 from unbroken.exceptions import (
+    BackendError,
     BackendUnavailableError,
     CorruptStreamError,
     EngineClosedError,
@@ -50,6 +51,7 @@ SOURCE_FAILED = "the answer could not be completed because its source failed"
 PRODUCER_LOST = "the stream's producer stopped unexpectedly"
 SHUTDOWN = "the server shut down before the stream was complete"
 TOO_LARGE = "the stream exceeded its size limit"
+CORRUPT = "the stream's data in the storage backend is unreadable"
 DATA_LOST = "the stream's data was lost by the storage backend"
 
 _READ_PAGE = 512  # chunks per log read while catching up
@@ -274,10 +276,19 @@ class StreamEngine:
         """
         task_group = self._require_open()
         _validate_id(stream_id)
+        if stream_id in self._local:
+            raise StreamExistsError(stream_id)
         local = _LocalStream(stream_id, secrets.token_hex(16), self._times(retention))
-        if not await self.backend.claim(
-            stream_id, token=local.token, times=local.times, now=time.time()
-        ):
+        try:
+            claimed = await self.backend.claim(
+                stream_id, token=local.token, times=local.times, now=time.time()
+            )
+        except BackendUnavailableError:
+            # Fail open: the caller's own readers are served from memory right away, and the
+            # claim is made once the backend is back (a loser of that claim then stops).
+            logger.warning("backend unreachable: stream %r starts from memory", stream_id)
+            claimed = local.lost = local.degraded = True
+        if not claimed:
             raise StreamExistsError(stream_id)
         self._local[stream_id] = local
         task_group.start_soon(self._produce, local, source, on_end, name=f"unbroken:{stream_id}")
@@ -294,6 +305,12 @@ class StreamEngine:
                 helpers.cancel_scope.cancel()
             with anyio.CancelScope(shield=True):
                 await self._record_end(local, state, error)
+        except Exception:
+            # A bug of ours must not take down the engine and every other stream with it.
+            logger.exception("producer of stream %r failed", local.stream_id)
+            local.state, local.error = StreamState.INTERRUPTED, PRODUCER_LOST
+            local.wake_readers()
+        try:
             if on_end is not None:
                 with anyio.CancelScope(shield=True):
                     try:
@@ -355,12 +372,12 @@ class StreamEngine:
         # Never runs twice at once: the write loop is cancelled before _record_end flushes.
         delay = _RETRY_MIN
         while local.lost or local.durable < len(local.chunks):
-            if local.lost:
-                if not await self._reclaim(local):
-                    return False
-                continue
             batch = local.chunks[local.durable : local.durable + _WRITE_BATCH]
             try:
+                if local.lost:
+                    if not await self._reclaim(local):
+                        return False
+                    continue
                 result = await self.backend.append(
                     local.stream_id,
                     token=local.token,
@@ -371,10 +388,16 @@ class StreamEngine:
             except CorruptStreamError:
                 # A write whose reply was lost (cancelled, timed out) may have landed:
                 # trust the log's length if it is one we could have written, else give up.
-                if not await self._resync(local):
-                    raise
+                synced = await self._resync(local)
+                if synced is None:
+                    await anyio.sleep(delay)
+                    delay = min(delay * 2, _RETRY_MAX)
+                elif not synced:
+                    logger.error("stream %r is corrupt in the backend", local.stream_id)
+                    local.stop(StreamState.ERROR, CORRUPT)
+                    return False
                 continue
-            except BackendUnavailableError:
+            except BackendError:
                 if not local.degraded:
                     logger.warning(
                         "backend unreachable; stream %r continues from memory", local.stream_id
@@ -397,8 +420,17 @@ class StreamEngine:
                 return False
         return True
 
-    async def _resync(self, local: _LocalStream) -> bool:
-        status = await self.backend.status(local.stream_id)
+    async def _resync(self, local: _LocalStream) -> bool | None:
+        """After a refused append, adopt the log's length if we could have written it.
+
+        None: the backend cannot tell right now (try again later).
+        """
+        try:
+            status = await self.backend.status(local.stream_id)
+        except BackendUnavailableError:
+            return None
+        except BackendError:
+            return False
         if status is None or not local.durable < status.chunk_count <= len(local.chunks):
             return False
         local.durable = status.chunk_count
@@ -426,7 +458,9 @@ class StreamEngine:
                 state = await self.backend.renew_lease(
                     local.stream_id, token=local.token, times=local.times, now=time.time()
                 )
-            except BackendUnavailableError:
+            except BackendError as exc:
+                # Unreachable: try again next time. Corrupt: the next write will say so.
+                logger.debug("lease renewal of %r failed: %s", local.stream_id, exc)
                 continue
             if state is None:
                 local.lost = True
@@ -446,7 +480,7 @@ class StreamEngine:
                         if isinstance(note, Ended):
                             local.stop(note.state)
                             return
-            except BackendUnavailableError:
+            except BackendError:
                 await anyio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX)
 
@@ -471,6 +505,9 @@ class StreamEngine:
                     await anyio.sleep(delay)
                     delay = min(delay * 2, _RETRY_MAX)
                     continue
+                except BackendError:
+                    logger.exception("recording the end of stream %r failed", local.stream_id)
+                    break
                 if recorded is None:
                     # Forgotten by the backend: write it all again, then record the end.
                     local.lost = True
@@ -500,10 +537,12 @@ class StreamEngine:
         local.wake_readers()
 
     async def _status_quietly(self, stream_id: str) -> StreamStatus | None:
-        try:
-            return await self.backend.status(stream_id)
-        except BackendUnavailableError:
-            return None
+        with anyio.move_on_after(5):
+            try:
+                return await self.backend.status(stream_id)
+            except BackendError:
+                pass
+        return None
 
     # -- stopping and inspecting -------------------------------------------------------
 

@@ -214,3 +214,40 @@ async def test_redis_restart_during_a_stream() -> None:
         assert ends[0].state is StreamState.DONE
         assert [c.seq for c in seen] == list(range(150))
         assert "".join(c.data for c in seen) == text
+
+
+async def test_stream_started_while_redis_is_down() -> None:
+    """Fail open: with Redis down, start() still works and its own readers get everything;
+    once Redis is up the stream is claimed and written, and other processes can read it."""
+    from unbroken.backends.redis import RedisBackend
+
+    port = free_port()
+    pieces = [f"<{i}>" for i in range(40)]
+    redis_up = anyio.Event()
+
+    async def source() -> AsyncIterator[str]:
+        for i, piece in enumerate(pieces):
+            if i == 20:
+                await redis_up.wait()
+            yield piece
+
+    url = f"redis://127.0.0.1:{port}/0"
+    producer = StreamEngine(RedisBackend(url, key_prefix="down"), lease_ttl=0.6)
+    async with producer:
+        await producer.start("early", source())
+        seen: list[Chunk] = []
+        with anyio.fail_after(20):
+            async for item in producer.read("early"):
+                assert isinstance(item, Chunk)
+                seen.append(item)
+                if len(seen) == 20:
+                    break
+        assert "".join(c.data for c in seen) == "".join(pieces[:20])
+        with redis_server_process(port):
+            redis_up.set()
+            end = await producer.wait("early")
+            assert end.state is StreamState.DONE
+            async with StreamEngine(RedisBackend(url, key_prefix="down"), lease_ttl=0.6) as other:
+                chunks, end = await collect(other, "early")
+        assert end.state is StreamState.DONE
+        assert "".join(c.data for c in chunks) == "".join(pieces)
