@@ -134,19 +134,20 @@ async def test_a_killed_worker_leaves_an_interrupted_answer(
             cookies = client.cookies
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    # The browser comes back to the other worker (same secret: same session).
-    survivor_settings = settings.replace(secret_key=env["UNBROKEN_SECRET_KEY"])
-    other = start_server(**{"secret_key": survivor_settings.secret_key})
+    # The browser comes back to the other worker (same secret: same session), and nobody
+    # was reading: opening the chat finds the dead producer and stores what it made.
+    other = start_server(secret_key=env["UNBROKEN_SECRET_KEY"])
     async with new_client(other.url, cookies=cookies) as client:
+        chat = await settled_chat(client, chat_id)
+        answer = chat["messages"][-1]
+        assert answer["id"] == head.message_id and answer["status"] == "interrupted"
+        stored = stored_text(answer)
+        assert stored.startswith(head.text()) and text.startswith(stored) and stored != text
+        # A resume now replays exactly that, and ends in error: every stream ends.
         with anyio.fail_after(15):
             resumed = await resume_v5(client, chat_id)
         assert resumed.message_id == head.message_id
-        assert resumed.types()[-1] == "error"  # every stream ends, even a dead producer's
-        shown = resumed.text()
-        assert shown.startswith(head.text()) and text.startswith(shown) and shown != text
-        chat = await settled_chat(client, chat_id)  # stored by crash repair
-        answer = chat["messages"][-1]
-        assert answer["status"] == "interrupted" and stored_text(answer) == shown
+        assert resumed.types()[-1] == "error" and resumed.text() == stored
 
 
 async def test_two_worker_processes_share_streams(start_server: Callable[..., Server]) -> None:

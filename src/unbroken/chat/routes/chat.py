@@ -82,26 +82,36 @@ async def stream_status(services: Services, record: StreamRecord) -> StreamStatu
     return status
 
 
-def _orphaned(services: Services, status: StreamStatus | None) -> bool:
-    """A stream the chat still calls active but whose end nobody stored: gone from the
-    backend, or terminal for longer than its producer's end callback could take (the
-    producing process died)."""
+async def _orphaned(services: Services, record: StreamRecord) -> bool:
+    """Whether the chat calls ``record`` active but nobody will ever store its end: the
+    stream is gone from the backend, or it is terminal for longer than its producer's end
+    callback could take, or it is active with its producer's lease lapsed (the producing
+    process died and no reader has noticed yet)."""
+    status = await stream_status(services, record)
     if status is None:
         return True
-    grace = max(1.0, 2 * services.settings.lease_ttl)
-    return status.is_terminal and _seconds_since(status.finished_at) > grace
+    if status.is_terminal:
+        grace = max(1.0, 2 * services.settings.lease_ttl)
+        return _seconds_since(status.finished_at) > grace
+    # The producer renews its lease every lease_ttl/3; a lapsed lease means it is gone.
+    return not await services.engine.backend.lease_alive(record.id)
 
 
 async def repair(services: Services, chat: Chat) -> Chat:
-    """Store the answer of an orphaned active stream (see `_orphaned`) and release it."""
+    """Store the answer of an orphaned active stream (see `_orphaned`) and release it.
+
+    For a dead producer this reads the stream, and the read records it ``interrupted``
+    (within a third of a lease period); the partial answer is stored as such.
+    """
     if chat.active_stream_id is None:
         return chat
     record = await services.store.get_stream(chat.active_stream_id)
     if record is None:
         await services.store.clear_active_stream(chat.id, chat.active_stream_id)
-    elif _orphaned(services, await stream_status(services, record)):
+    elif await _orphaned(services, record):
         logger.warning("storing orphaned stream %r of chat %r", record.id, chat.id)
-        await services.generator.finalize(record, None, None)
+        with anyio.move_on_after(max(5.0, 4 * services.settings.lease_ttl)):
+            await services.generator.finalize(record, None, None)
     else:
         return chat
     return await services.store.get_chat(chat.id, chat.user_id) or chat
@@ -244,7 +254,7 @@ async def resume_v4(
     status = await stream_status(services, recent)
     if status is not None and (
         status.state is StreamState.ACTIVE
-        or (chat.active_stream_id == recent.id and not _orphaned(services, status))
+        or (chat.active_stream_id == recent.id and not await _orphaned(services, recent))
     ):
         # Running, or just finished and not stored yet: the stream itself is the answer.
         services.metrics.resumes.labels("v4", "live" if not status.is_terminal else "replay").inc()
