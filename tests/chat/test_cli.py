@@ -21,6 +21,7 @@ from tests._services import free_port, port_answers
 from tests.chat._client import expected_answer, new_client, post_v5, resume_v5, v5_body
 from tests.chat.conftest import Server
 from tests.chat.test_resume import settled_chat, stored_text
+from unbroken.chat.store import Store
 
 pytestmark = pytest.mark.anyio
 
@@ -115,8 +116,7 @@ async def test_create_key_then_use_it(start_server: Callable[..., Server]) -> No
 async def test_a_killed_worker_leaves_an_interrupted_answer(
     start_server: Callable[..., Server],
 ) -> None:
-    survivor = start_server()
-    settings = survivor.settings
+    settings = start_server().settings
     assert settings.redis_url is not None
     env = {
         "DATABASE_URL": settings.database_url,
@@ -134,9 +134,16 @@ async def test_a_killed_worker_leaves_an_interrupted_answer(
             cookies = client.cookies
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    # The browser comes back to the other worker (same secret: same session), and nobody
-    # was reading: opening the chat finds the dead producer and stores what it made.
-    other = start_server(secret_key=env["UNBROKEN_SECRET_KEY"])
+    # Nobody reads, nobody opens the chat: the surviving worker's sweeper finds the dead
+    # producer and stores what it made.
+    other = start_server(secret_key=env["UNBROKEN_SECRET_KEY"], sweep_interval=0.3)
+    async with Store.from_url(settings.database_url) as store:
+        with anyio.fail_after(15):
+            while True:  # polling the database: there is nothing to wait on across processes
+                messages = await store.list_messages(chat_id, include_streaming=True)
+                if messages[-1].status != "streaming":
+                    break
+                await anyio.sleep(0.1)
     async with new_client(other.url, cookies=cookies) as client:
         chat = await settled_chat(client, chat_id)
         answer = chat["messages"][-1]

@@ -13,12 +13,14 @@ import secrets
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
+import anyio
 from fastapi import FastAPI
 from starlette.staticfiles import StaticFiles
 
 import unbroken
 from unbroken import Backend, MemoryBackend, StreamEngine
 from unbroken.chat import _wire
+from unbroken.chat.answers import sweep_forever
 from unbroken.chat.auth import SessionCookieMiddleware, Sessions
 from unbroken.chat.deps import Services
 from unbroken.chat.errors import BodyLimitMiddleware, install_error_handlers
@@ -84,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     drain_timeout=settings.drain_timeout,
                 )
             )
-            app.state.services = Services(
+            services = Services(
                 settings=settings,
                 store=store,
                 engine=engine,
@@ -93,7 +95,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 sessions=Sessions(secret),
                 generator=Generator(store=store, engine=engine, model=model, metrics=metrics),
             )
-            yield
+            app.state.services = services
+            async with anyio.create_task_group() as background:
+                if settings.sweep_interval > 0:
+                    background.start_soon(sweep_forever, services, settings.sweep_interval)
+                yield
+                background.cancel_scope.cancel()
 
     app = FastAPI(
         title="unbroken chat",

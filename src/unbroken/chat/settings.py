@@ -47,6 +47,9 @@ class Settings:
     resume_window: float = 15.0
     #: Largest accepted request body, bytes (413 above).
     max_body_bytes: int = 1024 * 1024
+    #: Every this many seconds each instance looks for answers whose producer died and stores
+    #: them as interrupted (0: only when someone opens the chat).
+    sweep_interval: float = 10.0
     #: Origins (``https://host[:port]``) besides the request's own ``Host`` whose
     #: cookie-authenticated POSTs are accepted: set it behind a proxy that rewrites ``Host``.
     allowed_origins: tuple[str, ...] = ()
@@ -75,6 +78,7 @@ class Settings:
             lease_ttl=_number(env, "UNBROKEN_LEASE_TTL", 3.0),
             retention=_number(env, "UNBROKEN_RETENTION", 86400.0),
             drain_timeout=_number(env, "UNBROKEN_DRAIN_TIMEOUT", 10.0),
+            sweep_interval=_number(env, "UNBROKEN_SWEEP_INTERVAL", 10.0),
             max_body_bytes=int(_number(env, "UNBROKEN_MAX_BODY_BYTES", 1024 * 1024)),
             allowed_origins=tuple(
                 origin.strip().rstrip("/")
@@ -111,8 +115,10 @@ class Settings:
             raise SettingsError("UNBROKEN_DEMO_TOKENS_PER_SECOND must be positive")
         if self.lease_ttl <= 0 or self.retention <= 0:
             raise SettingsError("UNBROKEN_LEASE_TTL and UNBROKEN_RETENTION must be positive")
-        if self.drain_timeout < 0:
-            raise SettingsError("UNBROKEN_DRAIN_TIMEOUT must not be negative")
+        if self.drain_timeout < 0 or self.sweep_interval < 0:
+            raise SettingsError(
+                "UNBROKEN_DRAIN_TIMEOUT and UNBROKEN_SWEEP_INTERVAL must not be negative"
+            )
         for origin in self.allowed_origins:
             parts = urlsplit(origin)
             if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:

@@ -7,7 +7,6 @@ read it, and a client that goes away costs nothing but its connection.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from typing import Annotated, Any
 
@@ -15,14 +14,15 @@ import anyio
 from fastapi import APIRouter, Query, Request
 from starlette.responses import JSONResponse, Response
 
-from unbroken import StreamState, StreamStatus
+from unbroken import StreamState
 from unbroken.chat import _wire
+from unbroken.chat.answers import orphaned, repair, seconds_since, stop_stream, stream_status
 from unbroken.chat.deps import CurrentIdentity, CurrentServices, Services, check_chat_id
 from unbroken.chat.errors import ApiError, json_object, not_found
 from unbroken.chat.models import message_text
-from unbroken.chat.store import Chat, StreamRecord, utcnow
+from unbroken.chat.store import Chat, StreamRecord
 
-__all__ = ["router", "stop_stream"]
+__all__ = ["router"]
 
 logger = logging.getLogger("unbroken.chat")
 router = APIRouter(tags=["chat"])
@@ -57,74 +57,6 @@ _CHAT_BODY = {
 def _title(text: str) -> str:
     words = " ".join(text.split())
     return (words[:77] + "…" if len(words) > 80 else words) or "New chat"
-
-
-def _seconds_since(moment: dt.datetime | float | None) -> float:
-    if moment is None:
-        return float("inf")
-    if isinstance(moment, dt.datetime):
-        return (utcnow() - moment).total_seconds()
-    return utcnow().timestamp() - moment
-
-
-# A stream row is written just before the engine claims the stream: for this long a missing
-# stream may simply not be claimed yet (by this or another process).
-_CLAIM_GRACE = 5.0
-
-
-async def stream_status(services: Services, record: StreamRecord) -> StreamStatus | None:
-    """The engine's status of ``record``'s stream; for a stream begun moments ago that is
-    not claimed yet, waits for the claim (up to ``_CLAIM_GRACE`` after its creation)."""
-    status = await services.engine.status(record.id)
-    while status is None and _seconds_since(record.created_at) < _CLAIM_GRACE:
-        await anyio.sleep(0.02)
-        status = await services.engine.status(record.id)
-    return status
-
-
-async def _orphaned(services: Services, record: StreamRecord) -> bool:
-    """Whether the chat calls ``record`` active but nobody will ever store its end: the
-    stream is gone from the backend, or it is terminal for longer than its producer's end
-    callback could take, or it is active with its producer's lease lapsed (the producing
-    process died and no reader has noticed yet)."""
-    status = await stream_status(services, record)
-    if status is None:
-        return True
-    if status.is_terminal:
-        grace = max(1.0, 2 * services.settings.lease_ttl)
-        return _seconds_since(status.finished_at) > grace
-    # The producer renews its lease every lease_ttl/3; a lapsed lease means it is gone.
-    return not await services.engine.backend.lease_alive(record.id)
-
-
-async def repair(services: Services, chat: Chat) -> Chat:
-    """Store the answer of an orphaned active stream (see `_orphaned`) and release it.
-
-    For a dead producer this reads the stream, and the read records it ``interrupted``
-    (within a third of a lease period); the partial answer is stored as such.
-    """
-    if chat.active_stream_id is None:
-        return chat
-    record = await services.store.get_stream(chat.active_stream_id)
-    if record is None:
-        await services.store.clear_active_stream(chat.id, chat.active_stream_id)
-    elif await _orphaned(services, record):
-        logger.warning("storing orphaned stream %r of chat %r", record.id, chat.id)
-        with anyio.move_on_after(max(5.0, 4 * services.settings.lease_ttl)):
-            await services.generator.finalize(record, None, None)
-    else:
-        return chat
-    return await services.store.get_chat(chat.id, chat.user_id) or chat
-
-
-async def stop_stream(services: Services, record: StreamRecord) -> StreamState | None:
-    """Cancel the generation wherever it runs, then store its partial answer as stopped
-    and release the chat's active stream (both compare-and-set, so racing the producer's
-    own end callback is harmless). Returns the stream's final state."""
-    state = await services.engine.cancel(record.id)
-    with anyio.move_on_after(10):
-        await services.generator.finalize(record, state, None)
-    return state
 
 
 async def _begin(
@@ -254,7 +186,7 @@ async def resume_v4(
     status = await stream_status(services, recent)
     if status is not None and (
         status.state is StreamState.ACTIVE
-        or (chat.active_stream_id == recent.id and not await _orphaned(services, recent))
+        or (chat.active_stream_id == recent.id and not await orphaned(services, recent))
     ):
         # Running, or just finished and not stored yet: the stream itself is the answer.
         services.metrics.resumes.labels("v4", "live" if not status.is_terminal else "replay").inc()
@@ -264,7 +196,7 @@ async def resume_v4(
     if (
         last is not None
         and last.role == "assistant"
-        and _seconds_since(last.finished_at) <= services.settings.resume_window
+        and seconds_since(last.finished_at) <= services.settings.resume_window
     ):
         services.metrics.resumes.labels("v4", "append-message").inc()
         created = last.created_at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -308,7 +240,7 @@ async def resume_v5(
     if record is not None:
         status = await stream_status(services, record)
         if status is not None and (
-            not status.is_terminal or _seconds_since(status.finished_at) <= window
+            not status.is_terminal or seconds_since(status.finished_at) <= window
         ):
             kind = "live" if not status.is_terminal else "replay"
             services.metrics.resumes.labels("v5", kind).inc()
@@ -319,7 +251,7 @@ async def resume_v5(
         last is not None
         and last.role == "assistant"
         and last.stream_id is not None
-        and _seconds_since(last.finished_at) <= window
+        and seconds_since(last.finished_at) <= window
         and await services.engine.status(last.stream_id) is not None
     ):
         services.metrics.resumes.labels("v5", "replay").inc()

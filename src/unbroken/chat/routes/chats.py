@@ -7,9 +7,9 @@ from typing import Any
 from fastapi import APIRouter
 from starlette.responses import JSONResponse, Response
 
+from unbroken.chat.answers import repair, stop_stream
 from unbroken.chat.deps import CurrentIdentity, CurrentServices, check_chat_id
 from unbroken.chat.errors import not_found
-from unbroken.chat.routes.chat import repair, stop_stream
 from unbroken.chat.store import Chat, Message
 
 __all__ = ["router"]

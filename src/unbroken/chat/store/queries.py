@@ -16,7 +16,7 @@ import hashlib
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Self
 
 from sqlalchemy import and_, delete, func, insert, select, update
@@ -347,6 +347,19 @@ class Store:
             await conn.execute(delete(streams).where(streams.c.chat_id == chat_id))
             await conn.execute(delete(chats).where(chats.c.id == chat_id))
         return True
+
+    async def chats_with_active_stream(self, *, older_than: float, limit: int) -> list[Chat]:
+        """Chats (of every user) whose active stream was set more than ``older_than``
+        seconds ago, oldest first: the candidates for orphan repair."""
+        cutoff = utcnow() - timedelta(seconds=older_than)
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(chats)
+                .where(and_(chats.c.active_stream_id.is_not(None), chats.c.updated_at < cutoff))
+                .order_by(chats.c.updated_at)
+                .limit(limit)
+            )
+            return [Chat.from_row(row) for row in rows]
 
     async def clear_active_stream(self, chat_id: str, stream_id: str) -> bool:
         """Compare-and-set: clear ``active_stream_id`` only while it is ``stream_id``."""
