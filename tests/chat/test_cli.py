@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -22,18 +23,35 @@ from tests.chat._client import expected_answer, new_client, post_v5, resume_v5, 
 from tests.chat.conftest import Server
 from tests.chat.test_resume import settled_chat, stored_text
 from unbroken.chat.store import Store
+from unbroken.cli import main
 
-pytestmark = pytest.mark.anyio
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
 
 
-def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "unbroken.cli", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+CLI = Callable[..., Result]
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> CLI:
+    """Run ``unbroken ARGS`` in this process (quick) with ``env`` set."""
+
+    def run(*args: str, env: dict[str, str]) -> Result:
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        try:
+            code: object = main(list(args))
+        except SystemExit as exc:
+            code = exc.code
+        captured = capsys.readouterr()
+        status = code if isinstance(code, int) else (0 if code is None else 1)
+        return Result(status, captured.out, captured.err)
+
+    return run
 
 
 @contextmanager
@@ -76,24 +94,24 @@ def chat_process(env: dict[str, str], *args: str) -> Iterator[tuple[str, subproc
             proc.stdout.close()
 
 
-def test_db_upgrade_and_current(tmp_path: Path) -> None:
+def test_db_upgrade_and_current(cli: CLI, tmp_path: Path) -> None:
     env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'cli.sqlite3'}"}
-    first = run_cli("db", "upgrade", env=env)
+    first = cli("db", "upgrade", env=env)
     assert first.returncode == 0, first.stderr
     assert "upgraded None -> 0001" in first.stdout
-    again = run_cli("db", "upgrade", env=env)
+    again = cli("db", "upgrade", env=env)
     assert "already at 0001" in again.stdout
-    current = run_cli("db", "current", env=env)
+    current = cli("db", "current", env=env)
     assert current.stdout.strip() == "0001 (up to date)"
 
 
-def test_bad_settings_fail_with_a_message(tmp_path: Path) -> None:
-    result = run_cli("db", "upgrade", env={"DATABASE_URL": "mysql://x/y"})
+def test_bad_settings_fail_with_a_message(cli: CLI, tmp_path: Path) -> None:
+    result = cli("db", "upgrade", env={"DATABASE_URL": "mysql://x/y"})
     assert result.returncode == 2 and "DATABASE_URL scheme 'mysql'" in result.stderr
     env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'x.sqlite3'}", "REDIS_URL": ""}
-    result = run_cli("chat", "--workers", "2", env=env)
+    result = cli("chat", "--workers", "2", env=env)
     assert result.returncode == 2 and "--workers > 1 needs REDIS_URL" in result.stderr
-    assert run_cli("--version", env={}).stdout.startswith("unbroken ")
+    assert cli("--version", env={}).stdout.startswith("unbroken ")
 
 
 @pytest.fixture
@@ -101,18 +119,18 @@ def chat_config() -> str:
     return "redis-postgres"
 
 
-async def test_create_key_then_use_it(start_server: Callable[..., Server]) -> None:
+def test_create_key_then_use_it(cli: CLI, start_server: Callable[..., Server]) -> None:
     server = start_server()
     env = {"DATABASE_URL": server.settings.database_url}
-    result = run_cli("users", "create-key", "--name", "script", env=env)
+    result = cli("users", "create-key", "--name", "script", env=env)
     assert result.returncode == 0, result.stderr
     key = result.stdout.strip()
     assert key.startswith("ub_") and "api key" in result.stderr
-    async with new_client(server.url, headers={"Authorization": f"Bearer {key}"}) as client:
-        response = await client.get("/api/chats")
-        assert response.status_code == 200 and "set-cookie" not in response.headers
+    response = httpx.get(f"{server.url}/api/chats", headers={"Authorization": f"Bearer {key}"})
+    assert response.status_code == 200 and "set-cookie" not in response.headers
 
 
+@pytest.mark.anyio
 async def test_a_killed_worker_leaves_an_interrupted_answer(
     start_server: Callable[..., Server],
 ) -> None:
@@ -157,6 +175,7 @@ async def test_a_killed_worker_leaves_an_interrupted_answer(
         assert resumed.types()[-1] == "error" and resumed.text() == stored
 
 
+@pytest.mark.anyio
 async def test_two_worker_processes_share_streams(start_server: Callable[..., Server]) -> None:
     settings = start_server().settings
     assert settings.redis_url is not None
