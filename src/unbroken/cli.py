@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
@@ -68,8 +69,9 @@ async def _prepare(settings: Settings) -> tuple[str | None, str | None]:
 def _cmd_chat(args: argparse.Namespace) -> int:
     _require_chat_extra()
     import uvicorn
+    import uvicorn.config
 
-    from unbroken.chat.app import MEMORY_NOTE, describe_backend
+    from unbroken.chat.app import describe_backend
     from unbroken.chat.settings import mask_url
 
     settings = _settings()
@@ -93,12 +95,18 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     print(f"unbroken chat {__version__} on http://{host}:{args.port}", flush=True)
     print(f"  store:   {mask_url(settings.database_url)}", flush=True)
     print(f"  streams: {describe_backend(settings)}", flush=True)
-    if not settings.redis_url:
-        print(f"           {MEMORY_NOTE}", flush=True)
     print(f"  model:   {model}", flush=True)
     print(f"  workers: {args.workers}", flush=True)
+    # uvicorn's own logging, plus unbroken's loggers through the same handler and format.
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    log_config["loggers"]["unbroken"] = {
+        "handlers": ["default"],
+        "level": "DEBUG" if args.log_level in ("debug", "trace") else "INFO",
+        "propagate": False,
+    }
     uvicorn.run(
         "unbroken.chat.app:app_from_env",
+        log_config=log_config,
         factory=True,
         host=args.host,
         port=args.port,

@@ -77,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             model = make_model(settings)
             stack.push_async_callback(model.aclose)
             if not settings.redis_url:
-                logger.info(MEMORY_NOTE)
+                logger.warning(MEMORY_NOTE)
             engine = await stack.enter_async_context(
                 StreamEngine(
                     make_backend(settings),
