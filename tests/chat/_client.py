@@ -161,10 +161,16 @@ async def resume_v5(
     chat_id: str,
     *,
     last_event_id: int | None = None,
+    after: int | None = None,
     stop_after: int | None = None,
 ) -> V5Read:
+    """GET the v5 resume route; ``last_event_id`` as the header (EventSource style),
+    ``after`` as the query parameter (what the web page sends)."""
     headers = {} if last_event_id is None else {"Last-Event-ID": str(last_event_id)}
-    async with client.stream("GET", f"/api/chat/{chat_id}/stream", headers=headers) as response:
+    params = {} if after is None else {"after": str(after)}
+    async with client.stream(
+        "GET", f"/api/chat/{chat_id}/stream", headers=headers, params=params
+    ) as response:
         return await read_v5(response, stop_after=stop_after)
 
 
