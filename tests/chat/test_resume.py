@@ -333,11 +333,8 @@ async def test_a_new_message_supersedes_the_running_answer(
         assert chat["messages"][3]["id"] == second.message_id
 
 
-async def test_two_workers_share_streams(
-    chat_config: str, start_server: Callable[..., Server]
-) -> None:
-    if not chat_config.startswith("redis"):
-        pytest.skip("workers share streams through Redis")
+@pytest.mark.parametrize("chat_config", ["redis-postgres"])  # workers share through Redis
+async def test_two_workers_share_streams(start_server: Callable[..., Server]) -> None:
     one = start_server(demo_tokens_per_second=250)  # ~1.8 s answers: stoppable, quick
     two = start_server(demo_tokens_per_second=250)
     async with new_client(one.url) as on_one, new_client(two.url) as on_two:
