@@ -309,11 +309,11 @@ class Answer:
         ).encode()
         await self._request(gen.post_head(len(body)) + body)
         while not self.done:
-            if self.status != 200:
-                gen.errors[f"http {self.status}"] += 1
-                return
             if not self.kicked:
-                gen.errors["connection closed before the end"] += 1
+                if self.status != 200:
+                    gen.errors[f"http {self.status}"] += 1
+                else:
+                    gen.errors["connection closed before the end"] += 1
                 return
             self.kicked = False
             self.resumes += 1
@@ -321,9 +321,14 @@ class Answer:
             self.status = None
             await self._request(gen.resume_head(self.chat_id, self.last))
 
+    @property
+    def streaming(self) -> bool:
+        """Reading a 200 response that has delivered at least one event."""
+        return self.http is not None and self.reading and self.status == 200 and self.last >= 0
+
     def kick(self) -> None:
         """Drop the connection now; `run` reconnects with Last-Event-ID."""
-        if self.http is not None and self.reading and self.last >= 0:
+        if self.streaming and self.http is not None:
             self.kicked = True
             self.http.close()
 
@@ -381,8 +386,10 @@ class LoadGen:
         self.host: str = config["host"]
         self.port: int = config["port"]
         self.tag: str = config["tag"]
-        key = config.get("api_key")
-        self.auth = f"Authorization: Bearer {key}\r\n" if key else ""
+        key, cookie = config.get("api_key"), config.get("cookie")
+        self.auth = (
+            f"Authorization: Bearer {key}\r\n" if key else f"Cookie: {cookie}\r\n" if cookie else ""
+        )
         self.answers: list[Answer] = []
         self.active: set[Answer] = set()
         self.errors: Counter[str] = Counter()
@@ -445,16 +452,17 @@ class LoadGen:
         probes: set[asyncio.Task[Any]] = set()
 
         def probe() -> None:
-            candidates = [a for a in self.active if a.reading and a.last >= 12]
+            candidates = [a for a in self.active if a.streaming and a.last >= 12]
             if candidates:
                 task = asyncio.ensure_future(Probe(self).run(random.choice(candidates)))
                 probes.add(task)
                 task.add_done_callback(probes.discard)
 
         def storm() -> None:
-            reading = [a for a in self.active if a.reading and a.last >= 0]
-            for answer in random.sample(reading, round(len(reading) * c["storm_fraction"])):
-                answer.kick()
+            # This second's share of the clients, each at a random moment within it.
+            streaming = [a for a in self.active if a.streaming]
+            for answer in random.sample(streaming, round(len(streaming) * c["storm_fraction"])):
+                self.loop.call_later(random.random(), answer.kick)
 
         # CPU is measured from w0 to wm: the whole window, or its first half when the second
         # half has resume probes (their requests are not chunks delivered).

@@ -123,6 +123,7 @@ class Server:
         self.prefix = f"unbroken-sysbench-{uuid.uuid4().hex[:8]}"
         self.pg_name: str | None = None
         self.api_key: str | None = None
+        self.cookie: str | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         env = {
             k: v
@@ -197,6 +198,11 @@ class Server:
             except OSError:
                 time.sleep(0.2)
         time.sleep(1.0 * self.config.workers)  # every worker up, not only the first
+        if self.config.product and self.args.auth == "cookie":
+            # One guest session for every client: what a browser gets on its first visit.
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/chats") as response:
+                self.cookie = response.headers["set-cookie"].split(";", 1)[0]
+            self.api_key = None
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -240,6 +246,7 @@ def run_step(
             "host": "127.0.0.1",
             "port": server.port,
             "api_key": server.api_key,
+            "cookie": server.cookie,
             "tag": tag,
             "t0": t0,
             "ramp": ramp,
@@ -419,6 +426,7 @@ def capacity(
         for streams in levels:
             profiled = args.profile is not None and streams == args.profile
             slug = config.name.replace(" ", "")
+            attempts: list[dict[str, Any]] = []
             for attempt in range(1 + args.retries):
                 result = run_step(
                     server,
@@ -430,13 +438,16 @@ def capacity(
                     profile=args.py_spy if profiled and attempt == 0 else None,
                     profile_out=RESULTS / f"system-profile-{slug}-{streams}.txt",
                 )
-                result["attempt"] = attempt + 1
+                attempts.append(result)
                 print(step_line(result), flush=True)
                 time.sleep(2)
                 # The machine may be shared: a step that failed on delay alone (no error,
-                # no wrong answer) is run once more, and the better run counts.
+                # no wrong answer) is run again; it passes if one of its runs passes.
                 if result["ok"] or result["errors"] or result["problems"]:
                     break
+            result = attempts[-1]
+            result["attempt"] = len(attempts)
+            result["earlier_attempts"] = attempts[:-1]
             steps.append(result)
             if not result["ok"]:
                 break
@@ -539,14 +550,16 @@ def chart(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    colors = {c.name: f"C{i}" for i, c in enumerate((PLAIN, MEMORY, REDIS_1, REDIS_2))}
     for name, steps in results["capacity"].items():
         if not steps:
             continue
         x = [s["streams"] for s in steps]
-        axes[0].plot(x, [s["delay_ms"]["p99"] for s in steps], "o-", label=name)
-        axes[1].plot(x, [s["cpu_us_per_chunk"] for s in steps], "o-", label=name)
+        style = {"color": colors.get(name), "label": name}
+        axes[0].plot(x, [s["delay_ms"]["p99"] for s in steps], "o-", **style)
+        axes[1].plot(x, [s["cpu_us_per_chunk"] for s in steps], "o-", **style)
         if steps[0]["resume"]["count"]:
-            axes[2].plot(x, [s["resume"]["first_byte_p99_ms"] for s in steps], "o-", label=name)
+            axes[2].plot(x, [s["resume"]["first_byte_p99_ms"] for s in steps], "o-", **style)
     axes[0].axhline(DELAY_TARGET_MS, color="red", linestyle="--", linewidth=1, label="target")
     axes[0].set_yscale("log")
     axes[0].set_title("p99 delivery delay (ms)")
@@ -556,6 +569,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
     axes[2].set_yscale("log")
     axes[2].set_title("resume -> first byte p99 (ms)")
     for ax in axes:
+        ax.set_xscale("log")
         ax.set_xlabel("concurrent answers at 30 tokens/s")
         ax.legend(fontsize=8)
     fig.suptitle("unbroken chat service under load (demo model, uvicorn, loopback)")
@@ -579,6 +593,12 @@ def main() -> None:
         help="which configurations to run (comma-separated)",
     )
     parser.add_argument("--client-procs", type=int, default=1, help="load generator processes")
+    parser.add_argument(
+        "--auth",
+        choices=["key", "cookie"],
+        default="key",
+        help="how the clients authenticate: an API key (default) or a guest session cookie",
+    )
     parser.add_argument("--storm-streams", type=int, help="clients in the reconnect storm")
     parser.add_argument("--no-storm", action="store_true")
     parser.add_argument(
@@ -593,12 +613,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.ramp, args.window, args.storm_seconds = 4.0, 6.0, 10.0
-        levels = [50, 100, 250, 500]
+        levels = [10, 50, 100, 250, 500]
     else:
         # Slots start evenly over one answer's length (~15 s), so answers start and end at a
         # steady rate, as in a real service; then a 15 s window is measured.
         args.ramp, args.window, args.storm_seconds = 15.0, 15.0, 60.0
-        levels = [50, 100, 150, 250, 500, 1000, 1500, 2000, 3000]
+        levels = [10, 50, 100, 150, 250, 500, 1000, 1500, 2000, 3000]
     if args.levels:
         levels = [int(v) for v in args.levels.split(",")]
     args.py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(PYTHON).parent))
