@@ -161,7 +161,22 @@ class RequestLog:
 # -- tests --------------------------------------------------------------------------------------
 
 
-def test_new_user_sends_reads_formatted_answer_and_deletes(page: Page, shot: Shot) -> None:
+def test_new_user_sends_reads_formatted_answer_and_deletes(
+    chat_server: ChatServer, context: BrowserContext, page: Page, shot: Shot
+) -> None:
+    log = RequestLog(context)
+    # Every state the status line goes through, in order.
+    context.add_init_script(
+        """
+        window.__states = [];
+        addEventListener('DOMContentLoaded', () => {
+          const el = document.getElementById('status');
+          new MutationObserver(() => {
+            if (window.__states.at(-1) !== el.dataset.state) window.__states.push(el.dataset.state);
+          }).observe(el, { attributes: true, attributeFilter: ['data-state'] });
+        });
+        """
+    )
     page.goto("/")
     page.wait_for_selector("#empty-state:not([hidden])")
     assert "Welcome" in page.inner_text("#empty-state")
@@ -203,6 +218,10 @@ def test_new_user_sends_reads_formatted_answer_and_deletes(page: Page, shot: Sho
     messages = stored_chat(page, cid)["messages"]
     assert [m["role"] for m in messages] == ["user", "assistant"]
     assert text_of(messages[1]) == expected and messages[1]["status"] == "done"
+    states = page.evaluate("window.__states")
+    assert states[-3:] == ["sending", "streaming", "idle"], states
+    # No third-party anything: every request went to the chat service itself.
+    assert all(url.startswith(chat_server.url + "/") for url in log.urls), log.urls
     shot(page, "03-answer-done", full_page=True)
 
     # Phone width: the chat list moves behind a menu button.
@@ -257,7 +276,8 @@ def test_refresh_mid_answer_continues_without_loss_or_duplicate(
 
     before = assistant_text(page)
     mark = log.mark()
-    page.reload()
+    with page.expect_request(re.compile(r"/api/chat/[^/]+/stream")):
+        page.reload()
     page.wait_for_selector("li.message.assistant")
     first = page.evaluate("window.__firstText")
     # No flash of lost text: the first thing shown already holds all that was seen before.
@@ -387,6 +407,30 @@ def test_stop_button_and_another_user_cannot_open_the_chat(
     assert assistant_text(page) == cut
     cid = chat_id(page)
 
+    # A second chat: the list shows the newest first; links and Back move between them.
+    page.click("#new-chat")
+    page.wait_for_url(re.compile(r"/$"))
+    send(page, "A second chat")
+    wait_assistant_chars(page, 20)
+    page.keyboard.press("Escape")
+    wait_answer(page, "stopped", count=1)
+    second = chat_id(page)
+    page.wait_for_function(
+        "ids => [...document.querySelectorAll('#chat-list li')].map(li => li.dataset.id)"
+        ".join() === ids.join()",
+        arg=[second, cid],
+    )
+    page.click(f'#chat-list li[data-id="{cid}"] a')
+    page.wait_for_url(f"**/chat/{cid}")
+    wait_answer(page, "stopped", count=1)
+    assert assistant_text(page) == cut
+    assert page.get_attribute(f'#chat-list li[data-id="{cid}"] a', "aria-current") == "page"
+    page.go_back()
+    page.wait_for_url(f"**/chat/{second}")
+    page.wait_for_function(
+        "() => document.querySelector('li.message.user')?.textContent.includes('A second chat')"
+    )
+
     intruder = new_context(chat_server.url).new_page()
     intruder.goto(f"/chat/{cid}")
     intruder.wait_for_selector("#not-found:not([hidden])")
@@ -455,7 +499,9 @@ def test_server_killed_mid_answer_shows_reconnecting_then_interrupted(
     extra = {
         "REDIS_URL": redis_server_url,
         "UNBROKEN_REDIS_PREFIX": f"ubtest-{tmp_path.name[-12:]}",
-        "UNBROKEN_LEASE_TTL": "1",
+        # Long enough for the restarted server to still call the answer active when the page
+        # comes back (so it resumes from its offset), short enough to end it soon after.
+        "UNBROKEN_LEASE_TTL": "5",
     }
     server = ChatServer(tmp_path, server_env(tmp_path, **extra))
     server.start()
@@ -481,7 +527,8 @@ def test_server_killed_mid_answer_shows_reconnecting_then_interrupted(
             state="attached",
         )
         resumes = log.resumes(mark)
-        assert resumes and all(a is not None and int(a) > 0 for a in resumes), resumes
+        assert resumes, log.urls[mark:]
+        assert all(a is not None and int(a) > 0 for a in resumes), resumes
         stored = stored_chat(page, chat_id(page))["messages"][-1]
         assert stored["status"] == "interrupted"
         partial = text_of(stored)

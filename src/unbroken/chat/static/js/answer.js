@@ -129,6 +129,10 @@ const sleep = (ms, signal) =>
     signal?.addEventListener("abort", done, { once: true });
   });
 
+/** Retry delay: 0.3 s doubling to 2.5 s, with jitter so a restarted server is not hit by
+ * every page at the same instant. */
+const backoff = (attempt) => Math.min(300 * 2 ** attempt, 2500) * (0.75 + Math.random() / 2);
+
 const isNetworkError = (err) => err instanceof TypeError || err?.name === "TypeError" || err?.name === "AbortError";
 
 //: No byte for this long (the service sends keep-alives while an answer is idle): the
@@ -214,7 +218,7 @@ export class AnswerFollower {
           // chat is doing now (a resume answers 204 when nothing runs).
           reconnecting = true;
           this._setState("reconnecting", { reason: err.message });
-          await sleep(Math.min(300 * 2 ** this.attempts++, 2500), this.controller.signal);
+          await sleep(backoff(this.attempts++), this.controller.signal);
           open = () => this._reopen();
           posting = false;
           continue;
@@ -285,7 +289,7 @@ export class AnswerFollower {
       this._setState("reconnecting", {});
       open = () => this._reopen();
       posting = false;
-      if (this.attempts > 0) await sleep(Math.min(300 * 2 ** (this.attempts - 1), 2500), this.controller.signal);
+      if (this.attempts > 0) await sleep(backoff(this.attempts - 1), this.controller.signal);
       this.attempts++;
     }
     this._setState("ended");

@@ -49,6 +49,7 @@ const ui = {
 
 const state = {
   chats: null, // the list, once loaded
+  chatsTried: false, // whether the list was asked for yet (the welcome waits for it)
   chatId: null, // the chat on screen (null: a new chat not sent yet)
   detail: null, // its last `GET /api/chats/{id}`
   messages: [], // stored messages on screen
@@ -60,6 +61,7 @@ const state = {
   loadSeq: 0, // guards against out-of-order loads when navigating quickly
   statusTimer: null,
   recheckTimer: null,
+  rechecks: 0, // how often the store was asked for an answer that ended but is not stored
   stopping: false,
   stopRequested: false, // stop pressed before the answer started
 };
@@ -116,10 +118,12 @@ function saveSnapshot(force = false) {
   }
 }
 
-function loadSnapshot(chatId, messageId) {
+/** This tab's snapshot of the chat's running answer (of `messageId`, if given). */
+function loadSnapshot(chatId, messageId = null) {
   try {
     const saved = JSON.parse(sessionStorage.getItem(SNAPSHOT_PREFIX + chatId) || "null");
-    if (saved && saved.message?.id === messageId && Number.isInteger(saved.lastSeq)) return saved;
+    if (!saved?.message?.id || !Number.isInteger(saved.lastSeq)) return null;
+    if (messageId === null || saved.message.id === messageId) return saved;
   } catch {
     // unreadable: ignore
   }
@@ -129,6 +133,38 @@ function loadSnapshot(chatId, messageId) {
 function dropSnapshot(chatId) {
   try {
     sessionStorage.removeItem(SNAPSHOT_PREFIX + chatId);
+  } catch {
+    // ignore
+  }
+}
+
+const VIEW_PREFIX = "unbroken.view.";
+const VIEW_MAX_CHARS = 400_000;
+
+/** Remember what a chat looked like, to paint it at once on the next load of this tab. */
+function saveView(chatId, detail) {
+  try {
+    const json = JSON.stringify({ title: detail.chat.title, messages: detail.messages });
+    if (json.length <= VIEW_MAX_CHARS) sessionStorage.setItem(VIEW_PREFIX + chatId, json);
+    else sessionStorage.removeItem(VIEW_PREFIX + chatId);
+  } catch {
+    // storage full or disabled: the page then paints after loading
+  }
+}
+
+function loadView(chatId) {
+  try {
+    const view = JSON.parse(sessionStorage.getItem(VIEW_PREFIX + chatId) || "null");
+    if (view && Array.isArray(view.messages)) return view;
+  } catch {
+    // unreadable: ignore
+  }
+  return null;
+}
+
+function dropView(chatId) {
+  try {
+    sessionStorage.removeItem(VIEW_PREFIX + chatId);
   } catch {
     // ignore
   }
@@ -312,7 +348,9 @@ function renderMessages() {
   for (const li of existing.values()) li.remove();
 
   const hasMessages = items.length > 0;
-  ui.empty.hidden = hasMessages || state.missing;
+  // Nothing to show yet: the chat is loading, or (for the welcome) the list is.
+  const loading = state.chatId !== null ? state.detail === null : !state.chatsTried;
+  ui.empty.hidden = hasMessages || state.missing || loading;
   ui.notFound.hidden = !state.missing;
   ui.messages.hidden = state.missing;
   ui.composer.hidden = state.missing;
@@ -371,8 +409,11 @@ async function refreshChats() {
     state.chats = await api.listChats();
   } catch (err) {
     if (!(err instanceof TypeError)) console.warn("could not list chats", err);
+    state.chatsTried = true;
+    renderMessages();
     return;
   }
+  state.chatsTried = true;
   if (state.chatId && !state.chats.some((c) => c.id === state.chatId) && (state.pendingUser || state.follower)) {
     // A chat being created right now: show it before the server lists it.
     state.chats.unshift({ id: state.chatId, title: ui.title.textContent, active: true });
@@ -404,6 +445,7 @@ async function confirmDelete(chatId, button) {
     }
   }
   dropSnapshot(chatId);
+  dropView(chatId);
   state.chats = (state.chats ?? []).filter((c) => c.id !== chatId);
   renderChatList();
   broadcast({ type: "chat-deleted", chatId });
@@ -438,8 +480,18 @@ async function route() {
     ui.input.focus();
     return;
   }
+  // Paint what this tab last showed of the chat (a refresh, or coming back to it) at once,
+  // running answer included: no flash of lost text. The server's answer then corrects it.
+  const view = loadView(chatId);
   const chat = state.chats?.find((c) => c.id === chatId);
-  setTitle(chat?.title ?? "");
+  setTitle(view?.title ?? chat?.title ?? "");
+  if (view) {
+    state.messages = view.messages;
+    const snapshot = loadSnapshot(chatId);
+    if (snapshot && !view.messages.some((m) => m.id === snapshot.message.id)) {
+      state.live = AssistantMessage.restore(snapshot.message);
+    }
+  }
   setStatus("loading");
   renderMessages();
   await loadChat({ first: true });
@@ -461,6 +513,8 @@ async function loadChat({ first = false } = {}) {
     if (seq !== state.loadSeq || chatId !== state.chatId) return;
     if (err instanceof api.ApiError && err.status === 404) {
       if (state.pendingUser && !state.detail) return; // a new chat not stored yet
+      dropView(chatId);
+      dropSnapshot(chatId);
       detach();
       state.missing = true;
       state.messages = [];
@@ -476,14 +530,19 @@ async function loadChat({ first = false } = {}) {
   state.detail = detail;
   state.missing = false;
   state.messages = detail.messages;
+  saveView(chatId, detail);
   setTitle(detail.chat.title);
   if (state.pendingUser && detail.messages.some((m) => m.id === state.pendingUser.id)) state.pendingUser = null;
-  let settled = false;
-  if (state.live && !state.follower && detail.messages.some((m) => m.id === state.live.id)) {
-    state.live = null; // the store has the answer now: show the stored one
-    settled = true;
-  }
   const active = detail.active;
+  let settled = false;
+  if (state.live && !state.follower && active?.messageId !== state.live.id) {
+    if (detail.messages.some((m) => m.id === state.live.id)) {
+      state.live = null; // the store has the answer now: show the stored one
+      settled = true;
+    } else if (!state.ended.has(state.live.id) || ++state.rechecks > 50) {
+      state.live = null; // a painted snapshot of an answer that is gone
+    }
+  }
   if (active && !state.ended.has(active.messageId) && !(state.follower && state.follower.messageId === active.messageId)) {
     if (!state.follower || state.follower.messageId) attach(active);
   }
@@ -492,7 +551,7 @@ async function loadChat({ first = false } = {}) {
   if ((first || settled) && !state.follower) showLastOutcome();
   renderMessages();
   clearTimeout(state.recheckTimer);
-  if (state.live && !state.follower && !detail.messages.some((m) => m.id === state.live.id)) {
+  if (state.live && !state.follower) {
     // The answer ended but is not stored yet (the server stores it right after): look again.
     state.recheckTimer = setTimeout(() => chatId === state.chatId && loadChat(), 400);
   }
@@ -516,7 +575,7 @@ function attach(active) {
   state.live = message;
   state.stopping = false;
   const follower = makeFollower(message, snapshot ? snapshot.lastSeq : null);
-  setStatus(snapshot ? "streaming" : "loading");
+  setStatus("loading"); // "streaming" once the stream answers
   renderMessages();
   follower.resume();
 }
@@ -563,6 +622,7 @@ function answerEnded(follower, message, reason, err) {
   state.stopping = false;
   state.stopRequested = false;
   if (message.id) state.ended.add(message.id);
+  state.rechecks = 0;
   dropSnapshot(chatId);
   if (chatId !== state.chatId) return;
   // A send whose answer never started: the message may or may not have reached the server.
@@ -697,6 +757,8 @@ function broadcast(message) {
 channel?.addEventListener("message", (event) => {
   const msg = event.data || {};
   if (msg.type === "chat-deleted") {
+    dropView(msg.chatId);
+    dropSnapshot(msg.chatId);
     state.chats = (state.chats ?? []).filter((c) => c.id !== msg.chatId);
     renderChatList();
     if (msg.chatId === state.chatId) {
