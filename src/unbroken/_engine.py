@@ -245,8 +245,13 @@ class StreamEngine:
                 else:
                     reader.listener.poke()
 
-    def _require_open(self) -> TaskGroup:
-        if self._task_group is None or self._closing:
+    def _require_open(self, *, for_reading: bool = False) -> TaskGroup:
+        """The engine's task group; raises `EngineClosedError` outside ``async with``.
+
+        While closing (draining producers) reads, status and cancel still work, so on_end
+        callbacks and readers can finish; only new streams are refused.
+        """
+        if self._task_group is None or (self._closing and not for_reading):
             raise EngineClosedError("the engine is closed; use it inside 'async with engine:'")
         return self._task_group
 
@@ -420,8 +425,10 @@ class StreamEngine:
                 return False
         return True
 
-    async def _resync(self, local: _LocalStream) -> bool | None:
-        """After a refused append, adopt the log's length if we could have written it.
+    async def _resync(self, local: _LocalStream, *, owned: bool = False) -> bool | None:
+        """After a refused append, adopt the log's length if we could have written it:
+        beyond what we know to be durable, or (``owned``: the stream is known to be ours
+        under our token) any length up to what we have.
 
         None: the backend cannot tell right now (try again later).
         """
@@ -431,23 +438,32 @@ class StreamEngine:
             return None
         except BackendError:
             return False
-        if status is None or not local.durable < status.chunk_count <= len(local.chunks):
+        if status is None or not status.chunk_count <= len(local.chunks):
+            return False
+        if not owned and status.chunk_count <= local.durable:
             return False
         local.durable = status.chunk_count
         local.wake_readers()
         return True
 
     async def _reclaim(self, local: _LocalStream) -> bool:
-        """The backend forgot the stream: claim it again and rewrite it from the start."""
+        """The backend forgot the stream: claim it again and rewrite it from the start.
+
+        A claim of ours may already have landed (its reply lost to a cancellation): then the
+        stream is ours, and writing continues from what the log holds.
+        """
         claimed = await self.backend.claim(
             local.stream_id, token=local.token, times=local.times, now=time.time()
         )
-        if not claimed:
+        if claimed:
+            logger.warning("stream %r was lost by the backend; writing it again", local.stream_id)
+            local.durable = 0
+        elif await self.backend.renew_lease(
+            local.stream_id, token=local.token, times=local.times, now=time.time()
+        ) is not StreamState.ACTIVE or not await self._resync(local, owned=True):
             local.stop(StreamState.INTERRUPTED, DATA_LOST)
             return False
-        logger.warning("stream %r was lost by the backend; writing it again", local.stream_id)
         local.lost = False
-        local.durable = 0
         return True
 
     async def _keep_lease(self, local: _LocalStream) -> None:
@@ -477,8 +493,13 @@ class StreamEngine:
                     delay = _RETRY_MIN
                     while True:
                         note = await listener.receive()
-                        if isinstance(note, Ended):
-                            local.stop(note.state)
+                        # Trust the backend, not the channel (a message can be forged).
+                        if (
+                            isinstance(note, Ended)
+                            and (status := await self._status_quietly(local.stream_id))
+                            and status.is_terminal
+                        ):
+                            local.stop(status.state)
                             return
             except BackendError:
                 await anyio.sleep(delay)
@@ -551,7 +572,7 @@ class StreamEngine:
         and every reader ends with ``cancelled``. Idempotent: a finished stream keeps its
         state. Returns the stream's state afterwards, or None if there is no such stream.
         """
-        self._require_open()
+        self._require_open(for_reading=True)
         _validate_id(stream_id)
         local = self._local.get(stream_id)
         state = await self.backend.finish(
@@ -568,7 +589,7 @@ class StreamEngine:
 
     async def status(self, stream_id: str) -> StreamStatus | None:
         """The stream's state, counts and times, or None if there is no such stream."""
-        self._require_open()
+        self._require_open(for_reading=True)
         _validate_id(stream_id)
         return await self.backend.status(stream_id)
 
@@ -592,7 +613,7 @@ class StreamEngine:
         stream does not exist. With ``offset``, the first chunk is cut to start exactly at
         that character.
         """
-        self._require_open()
+        self._require_open(for_reading=True)
         _validate_id(stream_id)
         if offset is not None:
             if offset < 0:
@@ -659,7 +680,9 @@ class StreamEngine:
                         continue
                     quiet.heard = True
                     if isinstance(note, Ended):
-                        state = note.state
+                        # Trust the backend, not the channel (a message can be forged).
+                        status = await self._status_quietly(stream_id)
+                        state = status.state if status is not None else None
                     elif isinstance(note, Appended) and note.chunks[0].seq <= last + 1:
                         for chunk in note.chunks:
                             if chunk.seq == last + 1:
@@ -694,22 +717,35 @@ class StreamEngine:
             if len(batch) < _READ_PAGE:
                 return
 
+    async def check_producer(self, stream_id: str) -> StreamState | None:
+        """If the stream is active but its producer's lease has lapsed (its process died),
+        record ``interrupted`` now. Returns the stream's state afterwards, or None if there
+        is no such stream. Readers do this by themselves when they hear nothing for a while;
+        call it to notice dead producers of streams nobody is reading.
+        """
+        self._require_open(for_reading=True)
+        _validate_id(stream_id)
+        return await self._interrupt_if_dead(stream_id)
+
+    async def _interrupt_if_dead(self, stream_id: str) -> StreamState | None:
+        return await self.backend.finish(
+            stream_id,
+            state=StreamState.INTERRUPTED,
+            error=PRODUCER_LOST,
+            token=None,
+            times=self._times(),
+            now=time.time(),
+            only_if_lease_expired=True,
+        )
+
     async def _check_producer(self, stream_id: str) -> StreamState | None:
         """An idle reader's check: if the producer's lease lapsed, record ``interrupted``.
 
         Returns the state, or None while the stream is missing (a backend that lost it, the
-        producer will write it again within a lease period; after that it is ``interrupted``).
+        producer will write it again within a lease period; after that it is ``interrupted``)
+        or unreachable.
         """
         try:
-            state = await self.backend.finish(
-                stream_id,
-                state=StreamState.INTERRUPTED,
-                error=PRODUCER_LOST,
-                token=None,
-                times=self._times(),
-                now=time.time(),
-                only_if_lease_expired=True,
-            )
+            return await self._interrupt_if_dead(stream_id)
         except BackendUnavailableError:
             return None
-        return state

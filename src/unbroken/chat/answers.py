@@ -63,8 +63,9 @@ async def orphaned(services: Services, record: StreamRecord) -> bool:
     if status.is_terminal:
         grace = max(1.0, 2 * services.settings.lease_ttl)
         return seconds_since(status.finished_at) > grace
-    # The producer renews its lease every lease_ttl/3; a lapsed lease means it is gone.
-    return not await services.engine.backend.lease_alive(record.id)
+    # The producer renews its lease every lease_ttl/3; a lapsed lease means it is gone
+    # (and the engine records the stream as interrupted).
+    return await services.engine.check_producer(record.id) is not StreamState.ACTIVE
 
 
 async def repair(services: Services, chat: Chat) -> Chat:
