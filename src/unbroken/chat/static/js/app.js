@@ -61,6 +61,7 @@ const state = {
   loadSeq: 0, // guards against out-of-order loads when navigating quickly
   statusTimer: null,
   recheckTimer: null,
+  loadFailed: false, // the chat could not be loaded (status says so until it can)
   rechecks: 0, // how often the store was asked for an answer that ended but is not stored
   stopping: false,
   stopRequested: false, // stop pressed before the answer started
@@ -431,6 +432,7 @@ async function confirmDelete(chatId, button) {
     setTimeout(() => {
       button.dataset.confirm = "false";
       button.textContent = "✕";
+      button.setAttribute("aria-label", `Delete chat: ${chat?.title ?? ""}`);
     }, 4000);
     return;
   }
@@ -454,8 +456,8 @@ async function confirmDelete(chatId, button) {
 
 // -- one chat ---------------------------------------------------------------------------------
 
-function detach() {
-  saveSnapshot(true); // coming back to this chat resumes from here
+function detach({ keep = false } = {}) {
+  if (keep) saveSnapshot(true); // coming back to this chat resumes from here
   if (state.follower) state.follower.detach();
   state.follower = null;
   state.live = null;
@@ -467,8 +469,9 @@ function detach() {
 async function route() {
   const chatId = routeChatId();
   if (chatId === state.chatId && chatId !== null && !state.missing) return;
-  detach();
+  detach({ keep: true });
   state.chatId = chatId;
+  state.loadFailed = false;
   state.detail = null;
   state.messages = [];
   state.missing = false;
@@ -523,7 +526,10 @@ async function loadChat({ first = false } = {}) {
       renderMessages();
       return;
     }
-    if (first) setStatus(navigator.onLine ? "error" : "offline", err instanceof TypeError ? "cannot reach the server" : err.message);
+    if (first || state.loadFailed) {
+      state.loadFailed = true; // the poll tries again; its success clears this
+      setStatus(navigator.onLine ? "error" : "offline", err instanceof TypeError ? "cannot reach the server" : err.message);
+    }
     return;
   }
   if (seq !== state.loadSeq || chatId !== state.chatId) return; // navigated away meanwhile
@@ -548,7 +554,8 @@ async function loadChat({ first = false } = {}) {
   }
   // The stored status is the truth about how an answer ended (the stream cannot tell an
   // interrupted answer from a failed one).
-  if ((first || settled) && !state.follower) showLastOutcome();
+  if ((first || settled || state.loadFailed) && !state.follower) showLastOutcome();
+  state.loadFailed = false;
   renderMessages();
   clearTimeout(state.recheckTimer);
   if (state.live && !state.follower) {
@@ -691,10 +698,7 @@ function cleanMessage(m) {
 function submit() {
   const text = ui.input.value.replace(/\s+$/, "");
   if (!text.trim()) return;
-  if (state.follower) {
-    setStatus(ui.status.dataset.state, undefined);
-    return; // one answer at a time: stop it first
-  }
+  if (state.follower) return; // one answer at a time: Stop (or Escape) first; the text stays
   if (state.missing) return;
   let chatId = state.chatId;
   if (chatId === null) {
