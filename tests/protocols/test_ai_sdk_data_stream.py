@@ -146,7 +146,12 @@ def test_consecutive_data_and_annotations_merge() -> None:
     [
         (StreamState.DONE, None, 'd:{"finishReason":"stop"}\n'),
         (StreamState.ERROR, "the model failed", '3:"the model failed"\n'),
-        (StreamState.INTERRUPTED, None, '3:"the answer was interrupted"\n'),
+        (
+            StreamState.INTERRUPTED,
+            None,
+            '2:[{"type":"data-unbroken-state","data":{"state":"interrupted"}}]\n'
+            '3:"the answer was interrupted"\n',
+        ),
         (StreamState.CANCELLED, None, 'd:{"finishReason":"other"}\n'),
     ],
 )

@@ -197,6 +197,15 @@ def test_terminal_states(state: StreamState, error: str | None, expected: dict[s
     )
 
 
+def test_interrupted_sends_a_transient_state_marker_then_the_error() -> None:
+    items = [*chunks([{"type": "start", "messageId": "m"}]), end(StreamState.INTERRUPTED, "gone")]
+    assert data_lines(UIMessageStreamEncoder().encode(items))[-3:] == [
+        {"type": "data-unbroken-state", "data": {"state": "interrupted"}, "transient": True},
+        {"type": "error", "errorText": "gone"},
+        "[DONE]",
+    ]
+
+
 def test_abort_reason_reaches_only_6_0_15_and_later() -> None:
     items = [*chunks([{"type": "start"}]), end(StreamState.CANCELLED)]
     assert data_lines(UIMessageStreamEncoder(target="6.0.14").encode(items))[-2] == {

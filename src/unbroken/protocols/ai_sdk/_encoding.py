@@ -25,6 +25,8 @@ logger = logging.getLogger("unbroken")
 TERMINAL_TYPES = frozenset({"finish", "error", "abort"})
 ERROR_TEXT = "the answer could not be completed"
 INTERRUPTED_TEXT = "the answer was interrupted"
+# A transient data part sent just before the error of an interrupted stream.
+STATE_MARKER = "data-unbroken-state"
 
 Item = TypeVar("Item")
 
@@ -84,9 +86,11 @@ class StreamEncoder(ABC, Generic[Item]):
                     {"type": "error", "errorText": end.error or ERROR_TEXT}
                 )
             elif end.state is StreamState.INTERRUPTED:
+                # An error to every client; the transient marker lets a page tell "the server
+                # lost the generation" from an error without parsing the message.
                 synthesized = self._translate(
-                    {"type": "error", "errorText": end.error or INTERRUPTED_TEXT}
-                )
+                    {"type": STATE_MARKER, "data": {"state": "interrupted"}, "transient": True}
+                ) + self._translate({"type": "error", "errorText": end.error or INTERRUPTED_TEXT})
             else:
                 synthesized = self._translate({"type": "finish", "finishReason": "stop"})
         return "".join(self._format(None, wire) for wire in synthesized) + self._close()

@@ -18,6 +18,7 @@ export class AssistantMessage {
     this.parts = [];
     this.status = "streaming"; // then done | stopped | error | interrupted
     this.error = null;
+    this.interrupted = false; // set by the service's data-unbroken-state marker
     this.open = {}; // chunk part id -> index in parts
   }
 
@@ -37,6 +38,7 @@ export class AssistantMessage {
     this.open = {};
     this.status = "streaming";
     this.error = null;
+    this.interrupted = false;
   }
 
   /** The UIMessage to send back to the server as history. */
@@ -102,11 +104,13 @@ export class AssistantMessage {
       case "abort":
         this.status = "stopped";
         return type;
+      case "data-unbroken-state":
+        // Sent (transient) just before the `error` of a stream whose producer was lost.
+        if (chunk.data?.state === "interrupted") this.interrupted = true;
+        return null;
       case "error":
         this.error = chunk.errorText || "the answer could not be completed";
-        // The wire has one `error` for both; the store says which it was (the page reloads
-        // it after every end). These are the texts the service uses for a lost producer.
-        this.status = /interrupted|lost|stopped unexpectedly/i.test(this.error) ? "interrupted" : "error";
+        this.status = this.interrupted ? "interrupted" : "error";
         return type;
       default:
         return null; // start-step, finish-step, data-*, sources, metadata: nothing to show

@@ -89,7 +89,7 @@ function newId(prefix = "") {
 }
 
 function routeChatId(path = location.pathname) {
-  const m = /^\/chat\/([A-Za-z0-9_-]{1,128})\/?$/.exec(path);
+  const m = /^\/chat\/([A-Za-z0-9][A-Za-z0-9._:~-]{0,127})\/?$/.exec(path);
   return m ? m[1] : null;
 }
 
