@@ -179,7 +179,8 @@ def sse(events: list[dict[str, Any]], target: str, end: StreamState = StreamStat
     items: list[Chunk | StreamEnd] = [
         Chunk(seq=seq, data=encode_event(event), offset=0) for seq, event in enumerate(events)
     ]
-    items.append(StreamEnd(end, ERROR_TEXT if end is StreamState.ERROR else None, len(events), 0))
+    error = ERROR_TEXT if end in (StreamState.ERROR, StreamState.INTERRUPTED) else None
+    items.append(StreamEnd(end, error, len(events), 0))
     return encoder.encode(items)
 
 
@@ -205,6 +206,7 @@ def stories() -> Iterator[tuple[str, list[dict[str, Any]], StreamState, list[str
     # Ends the engine writes itself when the stream did not: cancelled, error, interrupted.
     yield "cancelled", text, StreamState.CANCELLED, []
     yield "engine-error", text, StreamState.ERROR, [ERROR_TEXT]
+    yield "interrupted", text, StreamState.INTERRUPTED, [ERROR_TEXT]
 
 
 @pytest.mark.parametrize("folder", UI_MESSAGE_STREAM_CLIENTS)
