@@ -602,6 +602,9 @@ def main() -> None:
     parser.add_argument("--storm-streams", type=int, help="clients in the reconnect storm")
     parser.add_argument("--no-storm", action="store_true")
     parser.add_argument(
+        "--output", default="system", help="results/<OUTPUT>.json and .png (default: system)"
+    )
+    parser.add_argument(
         "--retries", type=int, default=1, help="re-runs of a step that failed on delay alone"
     )
     parser.add_argument(
@@ -662,15 +665,16 @@ def main() -> None:
         "load_average_at_end": os.getloadavg(),
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "system.json").write_text(json.dumps(results, indent=2))
-    chart(results, RESULTS / "system.png")
+    results["auth"] = args.auth
+    (RESULTS / f"{args.output}.json").write_text(json.dumps(results, indent=2))
+    chart(results, RESULTS / f"{args.output}.png")
     print("\n".join(lines))
     print(
         "\ncolumns: deliv = chunks delivered / chunks due; srv, load = CPU cores used by the "
         "server and by the load generator; us/chk = server CPU per chunk delivered; p50/p99/"
         "max = delivery delay; resume = first byte p50/p99 ms, ev p99 = first event p99 ms"
     )
-    print(f"\nwrote {RESULTS / 'system.json'} and {RESULTS / 'system.png'}")
+    print(f"\nwrote {RESULTS / (args.output + '.json')} and {RESULTS / (args.output + '.png')}")
 
 
 if __name__ == "__main__":
