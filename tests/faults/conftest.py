@@ -1,6 +1,12 @@
-"""Fixtures of the fault-injection suite: a PostgreSQL database of its own for the run, a
-Redis key prefix per test, and `Deployment` (chat service processes) torn down after each
-test, with their logs printed (pytest shows them when the test fails)."""
+"""Fixtures of the fault-injection suite: `Deployment` (chat service processes, torn down
+after each test, their logs printed: pytest shows them when the test fails).
+
+One database goes with one stream backend, as in production: every instance sweeps the
+database for answers whose stream is gone, so an instance looking at another Redis (or
+another key prefix) than the one the database's streams live in would store them as lost.
+So the deployments on the shared Redis share one database and one key prefix for the whole
+run; a test with a Redis of its own gets a database of its own (`private_database_url`).
+"""
 
 from __future__ import annotations
 
@@ -25,6 +31,22 @@ def faults_database_url() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture
+def private_database_url() -> Iterator[str]:
+    """A migrated database for one test (for a deployment with a Redis of its own)."""
+    with temporary_postgres_database() as url:
+        asyncio.run(migrate(url))
+        yield url
+
+
+@pytest.fixture(scope="session")
+def faults_prefix(redis_url: str) -> Iterator[str]:
+    """The key prefix of this run on the shared Redis (its keys are deleted at the end)."""
+    prefix = f"unbroken-faults-{uuid.uuid4().hex[:12]}"
+    yield prefix
+    asyncio.run(delete_redis_keys(redis_url, prefix))
+
+
 async def migrate(database_url: str) -> None:
     from unbroken.chat.store import Store
 
@@ -34,9 +56,9 @@ async def migrate(database_url: str) -> None:
 
 @pytest.fixture
 def deployment(
-    faults_database_url: str, redis_url: str, key_prefix: str, tmp_path: Path
+    faults_database_url: str, redis_url: str, faults_prefix: str, tmp_path: Path
 ) -> Iterator[Deployment]:
-    """Chat instances sharing PostgreSQL and the shared Redis under this test's prefix.
+    """Chat instances sharing PostgreSQL and the shared Redis (this run's prefix).
 
     Defaults for speed: a 1 s lease (readers see a dead producer within ~1.7 s) and a demo
     model at 100 tokens/s; tests override them through `Deployment.start`.
@@ -45,7 +67,7 @@ def deployment(
         tmp_path,
         database_url=faults_database_url,
         redis_url=redis_url,
-        prefix=key_prefix,
+        prefix=faults_prefix,
         env={"UNBROKEN_LEASE_TTL": "1.0", "UNBROKEN_DEMO_TOKENS_PER_SECOND": "100"},
         migrated=True,
     )
@@ -54,7 +76,6 @@ def deployment(
     finally:
         found.close()
         print(found.logs())
-        asyncio.run(delete_redis_keys(redis_url, key_prefix))
 
 
 @dataclass(frozen=True)
@@ -76,16 +97,18 @@ MAX_BODY = 16384  # UNBROKEN_MAX_BODY_BYTES of the bad-input instance
 
 @pytest.fixture(scope="session")
 def api_server(
-    faults_database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+    faults_database_url: str,
+    redis_url: str,
+    faults_prefix: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ApiServer]:
     """A chat instance (Redis + PostgreSQL) shared by the bad-input tests: answers stream
     fast (2000 tokens/s), bodies above 16 KiB are refused."""
-    prefix = f"unbroken-faults-api-{uuid.uuid4().hex[:8]}"
     found = Deployment(
         tmp_path_factory.mktemp("api"),
         database_url=faults_database_url,
         redis_url=redis_url,
-        prefix=prefix,
+        prefix=faults_prefix,
         env={
             "UNBROKEN_LEASE_TTL": "1.0",
             "UNBROKEN_DEMO_TOKENS_PER_SECOND": "2000",
@@ -109,4 +132,3 @@ def api_server(
     finally:
         found.close()
         print(found.logs())
-        asyncio.run(delete_redis_keys(redis_url, prefix))

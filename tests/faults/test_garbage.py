@@ -152,13 +152,14 @@ def uid(prefix: str = "c") -> str:
 
 
 async def test_garbage_in_redis_breaks_only_its_own_stream(
-    deployment: Deployment, redis_url: str, key_prefix: str
+    deployment: Deployment, redis_url: str
 ) -> None:
-    await run_cases(deployment, redis_url, key_prefix, {"healthy": None, **KEY_GARBAGE, **HARMLESS})
+    cases = {"healthy": None, **KEY_GARBAGE, **HARMLESS}
+    await run_cases(deployment, redis_url, deployment.prefix, cases)
 
 
 async def test_a_false_end_notification_neither_stops_nor_truncates_the_answer(
-    deployment: Deployment, redis_url: str, key_prefix: str
+    deployment: Deployment, redis_url: str
 ) -> None:
     """Well-formed end notifications (``{"e":"done"}`` on the events channel,
     ``{"e":"cancelled"}`` on the ends channel) for a stream that has not ended. The backend
@@ -170,7 +171,7 @@ async def test_a_false_end_notification_neither_stops_nor_truncates_the_answer(
         "false-end-for-readers": false_end_for_readers,
         "false-end-for-the-producer": false_end_for_the_producer,
     }
-    await run_cases(deployment, redis_url, key_prefix, cases)
+    await run_cases(deployment, redis_url, deployment.prefix, cases)
 
 
 async def run_cases(

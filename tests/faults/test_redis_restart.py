@@ -2,9 +2,10 @@
 own port, killed with SIGKILL and started again without persistence).
 
 What must hold (ARCHITECTURE "fail open on the hot path"): the client that asked keeps
-receiving the answer from the producing process; requests that need Redis meanwhile get a
-clean 503, not a 500; once Redis is back the producer writes the stream again and resumes
-work on every instance; the stored answer is complete; no process crashes.
+receiving the answer from the producing process; a resume meanwhile gets a clean 503 (not a
+500), while a new question is still answered (the engine fails open at start); once Redis is
+back the producers write their streams again and resume works on every instance; the stored
+answers are complete; no process crashes.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from tests.faults._harness import (
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(120)]
 
 OUTAGE = 2.0  # seconds Redis stays down (two lease periods of the deployment)
+DOWN_PROMPT = "asked while redis is down"
 
 
 def uid(prefix: str = "c") -> str:
@@ -80,12 +82,12 @@ def private_redis() -> Iterator[tuple[str, PrivateRedis]]:
 
 
 async def test_redis_restarted_mid_answer(
-    private_redis: tuple[str, PrivateRedis], faults_database_url: str, tmp_path: Path
+    private_redis: tuple[str, PrivateRedis], private_database_url: str, tmp_path: Path
 ) -> None:
     url, redis = private_redis
     deployment = Deployment(
         tmp_path,
-        database_url=faults_database_url,
+        database_url=private_database_url,
         redis_url=url,
         prefix="faults",
         env={"UNBROKEN_LEASE_TTL": "1.0", "UNBROKEN_DEMO_TOKENS_PER_SECOND": "40"},
@@ -142,11 +144,14 @@ async def run_redis_restart(deployment: Deployment, redis: PrivateRedis) -> None
                 during = await browser.get(f"{other.url}/api/chat/{chat_id}/stream")
                 assert during.status_code == 503, (during.status_code, during.text)
                 assert during.json()["error"]["code"] == "unavailable"
-                new_chat = await browser.post(
-                    f"{other.url}/api/chat", json=v5_body(uid(), uid("m"), "while down")
-                )
-                assert new_chat.status_code == 503, (new_chat.status_code, new_chat.text)
-                step("503s")
+                # A new answer asked meanwhile starts anyway (fail open): its client gets it.
+                down_chat = uid()
+                down_seen = V5Transcript()
+                body = v5_body(down_chat, uid("m"), DOWN_PROMPT)
+                await post_v5_into(browser, other.url, body, down_seen, stop_after=30)
+                check_v5_transcript(down_seen, *expected_answer(DOWN_PROMPT), complete=False)
+                assert len(down_seen.events) == 30
+                step("503 for a resume, fail-open for a new answer")
                 assert time.monotonic() - down_at < 10
                 # Keep Redis down for two lease periods: the lease cannot be renewed.
                 await anyio.sleep(max(0.0, OUTAGE - (time.monotonic() - down_at)))
@@ -168,6 +173,15 @@ async def run_redis_restart(deployment: Deployment, redis: PrivateRedis) -> None
             assert replay.message_ids() == asked.message_ids()
 
         step("replayed")
+        # The answer started during the outage is resumable now, and stored in full.
+        down_replay = V5Transcript()
+        with anyio.fail_after(30):
+            await resume_v5_into(browser, producer.url, down_chat, down_replay, from_start=True)
+        check_v5_transcript(down_replay, *expected_answer(DOWN_PROMPT), complete=True)
+        down_stored = await settled_chat(browser, producer.url, down_chat, within=15)
+        assert down_stored["messages"][-1]["status"] == "done"
+        assert stored_text(down_stored["messages"][-1]) == expected_answer(DOWN_PROMPT)[1]
+        step("the answer started while Redis was down")
         chat = await settled_chat(browser, other.url, chat_id, within=15)
         step("settled")
         answer = chat["messages"][-1]
@@ -191,7 +205,7 @@ async def run_redis_restart(deployment: Deployment, redis: PrivateRedis) -> None
 
 
 async def test_live_reader_on_another_instance_across_a_redis_restart(
-    private_redis: tuple[str, PrivateRedis], faults_database_url: str, tmp_path: Path
+    private_redis: tuple[str, PrivateRedis], private_database_url: str, tmp_path: Path
 ) -> None:
     """A reader following live on the non-producing instance when Redis dies: it may be
     cut (and resume), but it must not be told the answer failed: a v5 ``error`` chunk is
@@ -199,7 +213,7 @@ async def test_live_reader_on_another_instance_across_a_redis_restart(
     url, redis = private_redis
     deployment = Deployment(
         tmp_path,
-        database_url=faults_database_url,
+        database_url=private_database_url,
         redis_url=url,
         prefix="faults-live",
         env={"UNBROKEN_LEASE_TTL": "1.0", "UNBROKEN_DEMO_TOKENS_PER_SECOND": "40"},
@@ -242,6 +256,63 @@ async def test_live_reader_on_another_instance_across_a_redis_restart(
             )
             check_v5_transcript(follower, reasoning, text, complete=True)
             check_v5_transcript(asked, reasoning, text, complete=True)
+        assert producer.alive and other.alive
+        assert not deployment.crashes(), deployment.crashes()
+    finally:
+        deployment.close()
+        print(deployment.logs())
+
+
+async def test_opening_the_chat_while_redis_comes_back_keeps_the_answer(
+    private_redis: tuple[str, PrivateRedis], private_database_url: str, tmp_path: Path
+) -> None:
+    """Redis restarts empty under an answer that has run for a while; the user reloads the
+    page at once (GET /api/chats/{id} on the other instance, every 50 ms). For a moment the
+    stream is missing from Redis (its producer writes it again within about a second), and
+    a missing stream must not be taken for a lost one: the answer completes, and what is
+    stored is the whole answer, ``done``."""
+    url, redis = private_redis
+    deployment = Deployment(
+        tmp_path,
+        database_url=private_database_url,
+        redis_url=url,
+        prefix="faults-window",
+        env={"UNBROKEN_LEASE_TTL": "1.0", "UNBROKEN_DEMO_TOKENS_PER_SECOND": "40"},
+        migrated=True,
+    )
+    try:
+        producer, other = await deployment.start(2)
+        chat_id, prompt = uid(), "reload while redis comes back"
+        reasoning, text = expected_answer(prompt)
+        asked = V5Transcript()
+        seen_states: list[str | None] = []
+        async with new_browser() as browser:
+            assert (await browser.get(f"{other.url}/api/chats")).status_code == 200
+            with anyio.fail_after(60):
+                async with anyio.create_task_group() as tg:
+                    body = v5_body(chat_id, uid("m"), prompt)
+                    tg.start_soon(post_v5_into, browser, producer.url, body, asked)
+                    # Past the service's claim grace for new streams (5 s): an old answer.
+                    await anyio.sleep(6)
+                    assert not asked.done
+                    redis.kill()
+                    # Long enough for the producer's write retries to back off to 1 s.
+                    await anyio.sleep(OUTAGE + 0.5)
+                    await redis.start_again()
+                    for _ in range(60):  # 3 s of reloads
+                        response = await browser.get(f"{other.url}/api/chats/{chat_id}")
+                        if response.status_code == 200:
+                            active = response.json()["activeStream"]
+                            seen_states.append(active and active["state"])
+                        await anyio.sleep(0.05)
+            print("states the page saw:", seen_states)
+            check_v5_transcript(asked, reasoning, text, complete=True)
+            chat = await settled_chat(browser, other.url, chat_id, within=15)
+            answer = chat["messages"][-1]
+            assert (answer["status"], stored_text(answer)) == ("done", text), (
+                f"stored {answer['status']!r} with {len(stored_text(answer))} chars "
+                f"({answer.get('error')!r}); the page saw {sorted(set(map(str, seen_states)))}"
+            )
         assert producer.alive and other.alive
         assert not deployment.crashes(), deployment.crashes()
     finally:

@@ -239,7 +239,7 @@ async def replayed_length(browser: httpx.AsyncClient, instance: ChatProcess, cha
 async def test_stop_racing_the_request_that_starts_the_answer(deployment: Deployment) -> None:
     """POST and stop sent at the same moment, many times: whatever wins, the reader and the
     stored message agree and nothing stays 'streaming'."""
-    one, two = await deployment.start(2, UNBROKEN_DEMO_TOKENS_PER_SECOND="400")
+    one, two = await deployment.start(2, UNBROKEN_DEMO_TOKENS_PER_SECOND="1000")
     rng = random.Random(SEED + 1)
     async with new_browser() as browser:
         assert (await browser.get(f"{one.url}/api/chats")).status_code == 200
