@@ -31,7 +31,7 @@ from tests.faults._harness import (
 )
 from tests.faults.conftest import MAX_BODY, ApiServer
 
-pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60), pytest.mark.redis, pytest.mark.postgres]
 
 SESSION_SALT = "unbroken.chat.session"  # unbroken.chat.auth.Sessions
 COOKIE = "unbroken_session"

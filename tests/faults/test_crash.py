@@ -32,7 +32,13 @@ from tests.faults._harness import (
     wait_until,
 )
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(90)]
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.slow,
+    pytest.mark.timeout(90),
+    pytest.mark.redis,
+    pytest.mark.postgres,
+]
 
 SLACK = 3.0  # seconds of scheduling slack on a loaded 2-core machine
 

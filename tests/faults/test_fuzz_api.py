@@ -11,12 +11,13 @@ import json
 from typing import Any
 
 import pytest
-import schemathesis
 from hypothesis import HealthCheck, Phase, settings
 
 from tests.faults.conftest import ApiServer
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+schemathesis = pytest.importorskip("schemathesis")
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180), pytest.mark.redis, pytest.mark.postgres]
 
 EXAMPLES = 60  # per operation (positive and negative cases); about 10 s in all
 

@@ -36,7 +36,13 @@ from tests.faults._harness import (
 )
 from unbroken.backends._keys import StreamKeys, stream_keys
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(120)]
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.slow,
+    pytest.mark.timeout(120),
+    pytest.mark.redis,
+    pytest.mark.postgres,
+]
 
 HUGE = 4 * 1024 * 1024  # bytes: a value far larger than anything unbroken writes
 

@@ -34,7 +34,13 @@ from tests.faults._harness import (
     wait_until,
 )
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(120)]
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.slow,
+    pytest.mark.timeout(120),
+    pytest.mark.redis,
+    pytest.mark.postgres,
+]
 
 OUTAGE = 2.0  # seconds Redis stays down (two lease periods of the deployment)
 DOWN_PROMPT = "asked while redis is down"

@@ -30,7 +30,13 @@ from tests.faults._harness import (
     wait_until,
 )
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(120)]
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.slow,
+    pytest.mark.timeout(120),
+    pytest.mark.redis,
+    pytest.mark.postgres,
+]
 
 GRACEFUL = 5.0  # uvicorn's timeout_graceful_shutdown in the CLI
 DRAIN = 10.0  # StreamEngine's default drain_timeout (the chat service keeps it)

@@ -32,7 +32,13 @@ from tests.faults._harness import (
     wait_until,
 )
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(120)]
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.slow,
+    pytest.mark.timeout(120),
+    pytest.mark.redis,
+    pytest.mark.postgres,
+]
 
 SEED = 1234
 

@@ -47,7 +47,13 @@ from tests.faults._harness import (
     stored_text,
 )
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.slow,
+    pytest.mark.timeout(240),
+    pytest.mark.redis,
+    pytest.mark.postgres,
+]
 
 ANSWERS = int(os.environ.get("UNBROKEN_TORTURE_ANSWERS", "300"))
 CONCURRENCY = 12
