@@ -1,11 +1,11 @@
 """Graceful shutdown (SIGTERM, what every deploy does) in the middle of answers.
 
 ``unbroken chat`` gives open responses uvicorn's graceful window (5 s), then the engine
-drains running generations (``drain_timeout``, 10 s by default) and records the rest as
-``interrupted``. So: an answer that can finish within the deadline finishes and is stored
-``done``; a longer one ends ``interrupted`` with its partial text stored; a reader connected
-to the stopping instance is let go (and resumes elsewhere); no reader hangs; the process
-exits cleanly.
+drains running generations (``UNBROKEN_DRAIN_TIMEOUT``: 10 s by default, 4 s here) and
+records the rest as ``interrupted``. So: an answer that can finish within the deadline
+finishes and is stored ``done``; a longer one ends ``interrupted`` with its partial text
+stored; a reader connected to the stopping instance is let go (and resumes elsewhere); no
+reader hangs; the process exits cleanly.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ pytestmark = [
 ]
 
 GRACEFUL = 5.0  # uvicorn's timeout_graceful_shutdown in the CLI
-DRAIN = 10.0  # StreamEngine's default drain_timeout (the chat service keeps it)
+DRAIN = 4.0  # UNBROKEN_DRAIN_TIMEOUT of the stopped instances (default 10 s)
 SLACK = 4.0
 CLEAN_EXIT = frozenset({0, -signal.SIGTERM})
 
@@ -53,8 +53,13 @@ async def test_sigterm_mid_answer_finishes_or_interrupts_within_the_drain_deadli
 ) -> None:
     # Two producing instances, stopped together: on "quick" the answer can finish within the
     # deadline; on "slow" it cannot (372 tokens at 12 tokens/s).
-    (quick,) = await deployment.start(1, UNBROKEN_DEMO_TOKENS_PER_SECOND="40")
-    (slow,) = await deployment.start(1, UNBROKEN_DEMO_TOKENS_PER_SECOND="12")
+    drain = str(DRAIN)
+    (quick,) = await deployment.start(
+        1, UNBROKEN_DEMO_TOKENS_PER_SECOND="80", UNBROKEN_DRAIN_TIMEOUT=drain
+    )
+    (slow,) = await deployment.start(
+        1, UNBROKEN_DEMO_TOKENS_PER_SECOND="12", UNBROKEN_DRAIN_TIMEOUT=drain
+    )
     (survivor,) = await deployment.start(1)
     chats = {"quick": uid(), "slow": uid()}
     prompts = {"quick": "finish before the deadline", "slow": "too long for the deadline"}
@@ -107,7 +112,9 @@ async def test_sigterm_mid_answer_finishes_or_interrupts_within_the_drain_deadli
             for name, transcript in on_producer.items():
                 if not transcript.done:
                     assert await resume_v5_into(browser, survivor.url, chats[name], transcript)
-            statuses = {name: await producers[name].wait_exit(DRAIN + SLACK) for name in chats}
+            statuses = {
+                name: await producers[name].wait_exit(GRACEFUL + DRAIN + SLACK) for name in chats
+            }
 
         # Nobody hung: everything ended within the graceful window plus the drain deadline.
         limit = GRACEFUL + DRAIN + SLACK
