@@ -270,12 +270,16 @@ def run_step(
         procs.append(subprocess.Popen([PYTHON, str(HERE / "_loadgen.py"), str(path)]))
         outs.append(out)
     spy = None
+    profile_result = None
     if profile is not None:
         # Sample the server during the CPU part of the window (no probes then).
         time.sleep(max(0.0, t0 + ramp - time.monotonic()))
         seconds = window / 2 if probes_per_s else window
-        command = [profile, "record", "-p", str(server.proc.pid), "--subprocesses", "--gil"]
-        command += ["--nonblocking"]
+        # Blocking sampling (whole stacks; the server pauses ~0.1 ms per sample), only the
+        # thread holding the GIL (= Python CPU), every worker.
+        command = [profile, "record", "-p", str(server.proc.pid), "--gil"]
+        if server.config.workers > 1:
+            command.append("--subprocesses")
         command += ["-d", str(int(seconds)), "-r", "200", "-f", "raw", "-o", str(profile_out)]
         spy = subprocess.Popen(
             command,
@@ -287,9 +291,11 @@ def run_step(
     if spy is not None and profile_out is not None:
         spy.wait(timeout=60)
         if profile_out.exists():
-            print(f"  py-spy: {profile_out}; most inclusive frames:")
-            for share, frame in top_frames(profile_out, 25):
-                print(f"    {share:6.1%}  {frame}")
+            breakdown = profile_breakdown(profile_out)
+            profile_result = {"path": str(profile_out), "breakdown": breakdown}
+            print(f"  py-spy: {profile_out}; share of the server's samples:")
+            for label, share in breakdown:
+                print(f"    {share:6.1%}  {label}")
     parts = [json.loads(out.read_text()) for out in outs]
     delays: array[float] = array("d")
     for part in parts:
@@ -359,6 +365,12 @@ def run_step(
             "first_event_p99_ms": percentile(rec_first, 0.99),
         },
     }
+    if profile_result is not None:
+        us = result["cpu_us_per_chunk"]
+        profile_result["breakdown_us_per_chunk"] = [
+            (label, share * us) for label, share in profile_result["breakdown"]
+        ]
+        result["profile"] = profile_result
     result["ok"] = (
         result["delay_ms"]["p99"] < DELAY_TARGET_MS
         and result["delivered_of_due"] >= 0.9
@@ -370,25 +382,44 @@ def run_step(
     return result
 
 
-def top_frames(path: Path, count: int) -> list[tuple[float, str]]:
-    """The frames of unbroken, anyio, json and uvicorn's send present in the most samples of
-    a py-spy raw profile (inclusive share of the samples holding the GIL)."""
-    inclusive: dict[str, int] = {}
+#: Where a profile sample's CPU goes: the first rule one of whose names is part of a frame's
+#: name in the sample's stack (``=name``: is a frame's whole name) names it.
+PROFILE_RULES: list[tuple[str, tuple[str, ...]]] = [
+    ("per answer: on_end -> finalize (read log, assemble, SQL)", ("Generator.finalize",)),
+    ("per request: route, auth, SQL, engine.start", ("=post_chat", "=resume_v5", "=identify")),
+    ("HTTP send: ASGI send chain + uvicorn write", ("RequestResponseCycle.send",)),
+    ("v5 encoder: decode, fit, encode JSON, SSE", ("StreamEncoder.encode",)),
+    ("model + ui_chunks + encode_event", ("Generator._source", "post_chat.<locals>.body")),
+    ("engine: producer (_pump, add)", ("StreamEngine._pump",)),
+    ("engine: write loop (flush, append, wake readers)", ("StreamEngine._write_loop",)),
+    ("engine: lease and stop watchers", ("StreamEngine._keep_lease", "_watch_for_stop")),
+    ("response: reader task (engine.read -> memory stream)", ("EngineStreamResponse._read",)),
+    (
+        "response: memory stream receive, _batch",
+        ("EngineStreamResponse._batch", "MemoryObjectReceiveStream.receive"),
+    ),
+    ("response: per-write cancel scopes", ("move_on_after", "CancelScope.__exit__")),
+    ("response: rest of _write_all", ("EngineStreamResponse", "StreamingResponse")),
+]
+
+
+def profile_breakdown(path: Path) -> list[tuple[str, float]]:
+    """Share of a py-spy raw profile's samples per `PROFILE_RULES` category."""
+    shares: dict[str, int] = {}
     total = 0
     for line in path.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
+        names = {frame.partition(" (")[0] for frame in stack.split(";")}
+        label = "event loop, other"
+        for name, frames in PROFILE_RULES:
+            if any(
+                f[1:] in names if f[0] == "=" else any(f in name for name in names) for f in frames
+            ):
+                label = name
+                break
+        shares[label] = shares.get(label, 0) + int(n)
         total += int(n)
-        seen = set()
-        for frame in stack.split(";"):
-            name, _, where = frame.partition(" (")
-            where = where.split(":")[0].split("site-packages/")[-1].split("/src/")[-1]
-            key = f"{name} ({where})"
-            if key not in seen:
-                seen.add(key)
-                inclusive[key] = inclusive.get(key, 0) + int(n)
-    ranked = sorted(inclusive.items(), key=lambda kv: -kv[1])
-    wanted = ("unbroken/", "anyio/", "system_apps", "RequestResponseCycle.send", "json/")
-    return [(n / total, key) for key, n in ranked if any(w in key for w in wanted)][:count]
+    return sorted(((k, v / total) for k, v in shares.items()), key=lambda kv: -kv[1])
 
 
 def step_line(r: dict[str, Any]) -> str:
