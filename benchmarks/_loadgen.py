@@ -5,9 +5,10 @@ Run by the benchmark as ``python benchmarks/_loadgen.py CONFIG.json``; writes RE
 
 Why raw asyncio protocols rather than httpx: at 1,000+ streams of 30 chunks/s the client has
 to take 30,000+ SSE events a second on one core. An `asyncio.Protocol` parses them in its
-``data_received`` callback (no task wake-up per event); measured on this machine it costs
-~10 µs per event, where an httpx stream per answer costs several times that and the load
-generator, not the server, became the limit (see docs/benchmarks-system.md).
+``data_received`` callback (no task wake-up per event): 23 µs of client CPU per event on the
+2-core benchmark machine, against 53 µs with one httpx stream per answer
+(`_load_client_cost.py` measures both), so with httpx the load generator would need more
+than a core for the load one server worker is asked to carry.
 
 Each client slot runs answers back to back, each in a new chat, from its start time (slots
 start evenly over ``ramp`` seconds) until the end of the window, then hangs up. Per answer it

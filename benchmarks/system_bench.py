@@ -1,27 +1,37 @@
 """System benchmarks: the chat service under uvicorn, driven by a load generator process.
 
 Run:  .venv/bin/python benchmarks/system_bench.py [--quick] [--redis-url URL] [--pg-url URL]
+      [--configs NAMES] [--levels N,N,...] [--auth key|cookie] [--profile STREAMS]
 
-Prints a table, writes benchmarks/results/system.json and system.png. Every server runs the
-demo model at 30 tokens/s (``UNBROKEN_DEMO_TOKENS_PER_SECOND=30``) under uvicorn (uvloop,
-httptools, no access log) in its own process; the load generator (`_loadgen.py`) runs in
-another and talks AI SDK v5 SSE over loopback with an API key. CPU is the server's (every
-uvicorn process, from /proc), never the load generator's. Measures, per configuration:
+Prints a table, writes benchmarks/results/system.json and system.png (``--output`` renames
+them). Every server runs the demo model at 30 tokens/s (``UNBROKEN_DEMO_TOKENS_PER_SECOND``)
+under uvicorn (uvloop, httptools, no access log) in its own process; the load generator
+(`_loadgen.py`) runs in another and talks AI SDK v5 SSE over loopback, with an API key
+(``unbroken users create-key``) or a guest session cookie. CPU is the server's (every uvicorn
+process, from /proc), never the load generator's; ``other`` is what the rest of the machine
+used meanwhile (Redis, PostgreSQL, and anything else running: the machine may be shared).
 
-1. capacity: concurrency steps (100, 250, 500, 1000, 1500, ...) of answers streaming back to
-   back; a step passes when the p99 delivery delay (client receive time - time the model
-   produced the chunk) is under 100 ms, at least 90 % of the chunks due arrived, and no
-   request failed. Stops at the first step that fails.
+1. capacity: concurrency steps (10, 50, 100, 150, 250, 500, 1000, ...) of answers streaming
+   back to back (slots start evenly over one answer's length, so answers start and end at a
+   steady rate), then a measured window. A step passes when the p99 delivery delay (client
+   receive time - time the model produced the chunk) is under 100 ms, at least 90 % of the
+   chunks due arrived, and no request failed or delivered a wrong answer; one that failed on
+   delay alone is run once more (``--retries``). Stops at the first step that fails.
    Configurations: ``plain`` (baseline in the same run: the same model, `ui_chunks` and v5
    encoder written straight to the response, no engine, no store: `system_apps.plain_app`),
    ``memory-sqlite`` (one worker, the embedded default), ``redis-postgres`` (one worker) and
    ``redis-postgres x2`` (two workers sharing streams through Redis);
 2. server CPU per chunk delivered, and its ratio to plain streaming at the same load;
-3. resume latency under load: 10 probes/s GET ``/api/chat/{id}/stream`` with ``Last-Event-ID``
-   8 chunks back, timed to the response's first byte and to its first event;
-4. a reconnect storm: every second 20 % of the clients drop their connection and reconnect
-   with ``Last-Event-ID``, for 60 s (10 s with ``--quick``); every answer is checked (no gap,
-   no duplicate: its text is exactly the model's) and delays include the time away.
+3. resume latency under load: in the second half of each window, 10 probes/s GET
+   ``/api/chat/{id}/stream`` with ``Last-Event-ID`` 8 chunks back, timed to the response's
+   first byte and first event (CPU per chunk is measured in the first half, without them);
+4. a reconnect storm: every second 20 % of the clients, each at a random moment, drop their
+   connection and reconnect with ``Last-Event-ID``, for 60 s (10 s with ``--quick``); every
+   answer is checked (no gap, no duplicate: its text is exactly the model's), and delays
+   include the time away.
+
+``--profile STREAMS`` samples the server with py-spy during that step and prints where its
+CPU goes (see `PROFILE_RULES`).
 """
 
 from __future__ import annotations
