@@ -367,7 +367,13 @@ class Probe:
 
     async def run(self, answer: Answer) -> None:
         gen = self.gen
-        transport, http = await gen.loop.create_connection(lambda: Http(self), gen.host, gen.port)
+        try:
+            transport, http = await gen.loop.create_connection(
+                lambda: Http(self), gen.host, gen.port
+            )
+        except OSError as exc:
+            gen.errors[f"probe connect: {type(exc).__name__}"] += 1
+            return
         self.sent = monotonic()
         transport.write(gen.resume_head(answer.chat_id, max(answer.last - 8, 0)))
         try:
@@ -489,7 +495,9 @@ class LoadGen:
         self.stopping = True
         for task in tasks | probes:
             task.cancel()
-        await asyncio.gather(*tasks, *probes, return_exceptions=True)
+        for outcome in await asyncio.gather(*tasks, *probes, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                self.errors[f"client: {type(outcome).__name__}: {outcome}"[:120]] += 1
         unfinished = [a for a in self.answers if not a.done and a.status == 200]
         if c.get("stop_unfinished"):
             await self.stop_all(unfinished)

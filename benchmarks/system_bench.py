@@ -100,7 +100,7 @@ def free_port() -> int:
 async def _pg_admin(url: str, sql: str) -> None:
     import asyncpg
 
-    conn = await asyncpg.connect(url)
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
     try:
         await conn.execute(sql)
     finally:
@@ -201,7 +201,8 @@ class Server:
         deadline = time.monotonic() + 60
         while True:
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server {self.config.name} did not start: see {self.log}")
+                tail = self.log.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"server {self.config.name} did not start:\n{tail}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2):
                     break
@@ -296,8 +297,14 @@ def run_step(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-    for proc in procs:
-        proc.wait(timeout=ramp + window + 180)
+    try:
+        for proc in procs:
+            proc.wait(timeout=ramp + window + 180)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:  # interrupted: do not leave load generators behind
+                proc.kill()
+                proc.wait()
     if spy is not None and profile_out is not None:
         spy.wait(timeout=60)
         if profile_out.exists():
@@ -347,7 +354,9 @@ def run_step(
         "client_cores": client_cpu / cpu_wall,
         # Everything else the machine ran meanwhile: other users' test runs, and Redis and
         # PostgreSQL for the configurations that use them.
-        "other_cores": (main["machine_busy_s"] - main["server_cpu_s"] - client_cpu) / cpu_wall,
+        "other_cores": max(
+            0.0, (main["machine_busy_s"] - main["server_cpu_s"] - client_cpu) / cpu_wall
+        ),
         "redis_cpu_s": main["redis_cpu_s"],
         "delay_ms": {
             "p50": percentile(delays, 0.5),
@@ -655,6 +664,10 @@ def main() -> None:
         help="py-spy the server during the step at this concurrency (raw stacks to results/)",
     )
     args = parser.parse_args()
+    # Clean up (servers, databases, Redis keys) on Ctrl-C and on kill, even when started in
+    # the background by a shell that ignores SIGINT.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.quick:
         args.ramp, args.window, args.storm_seconds = 4.0, 6.0, 10.0
         levels = [10, 50, 100, 250, 500]
