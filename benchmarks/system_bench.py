@@ -627,6 +627,17 @@ def chart(results: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _source_version() -> dict[str, Any]:
+    """The commit measured, and whether src/ had uncommitted changes."""
+    try:
+        run = {"cwd": HERE.parent, "capture_output": True, "text": True, "check": True}
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], **run).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "src"], **run).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    return {"commit": commit, "src_uncommitted_changes": bool(dirty)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -713,6 +724,7 @@ def main() -> None:
     print()
     lines = summarize(results)
     results["summary"] = lines
+    results["source"] = _source_version()
     results["machine"] = {
         "cpus": os.cpu_count(),
         "python": sys.version.split()[0],
