@@ -668,7 +668,10 @@ class StreamEngine:
                 while state is None or not state.is_terminal:
                     note = await listener.receive()
                     if isinstance(note, Idle):
-                        state = await self._check_producer(stream_id)
+                        try:
+                            state = await self._interrupt_if_dead(stream_id)
+                        except BackendUnavailableError:
+                            continue  # unreachable is no evidence that the stream is gone
                         if state is not None:
                             missing_since = None
                         elif missing_since is None:

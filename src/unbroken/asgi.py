@@ -36,6 +36,7 @@ from unbroken._engine import StreamEngine
 from unbroken._models import Chunk, StreamEnd
 from unbroken.exceptions import (
     BackendError,
+    BackendUnavailableError,
     InvalidStreamIdError,
     MissingDependencyError,
     ProtocolError,
@@ -77,7 +78,12 @@ READ_FAILED_TEXT = "the stream could not be read; try again"
 
 @dataclass(frozen=True, slots=True)
 class _ReadFailed:
+    """The stream could not be read. ``retryable``: the backend is unreachable for now, so
+    the body ends without a terminal event and the client resumes from its offset (an
+    ``error`` event would end the answer for it, although the answer goes on)."""
+
     message: str
+    retryable: bool = False
 
 
 _Item = Chunk | StreamEnd | _ReadFailed
@@ -144,6 +150,7 @@ class EngineStreamResponse(Response):
         #: Why the response ended: "end" (stream ended), "disconnect" (client left),
         #: "timeout" (client stopped reading), "not-found".
         self.outcome: str | None = None
+        self._cut = False  # the body ends without a terminal event (see _ReadFailed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not await self._exists():
@@ -204,6 +211,9 @@ class EngineStreamResponse(Response):
                 return  # the writer is gone (the client left); nothing to deliver
             except StreamNotFoundError:
                 await sender.send(_ReadFailed(NOT_FOUND_TEXT))
+            except BackendUnavailableError:
+                logger.info("stream %r: backend unreachable; ending this response", self.stream_id)
+                await sender.send(_ReadFailed(READ_FAILED_TEXT, retryable=True))
             except UnbrokenError:
                 logger.warning("reading stream %r failed", self.stream_id, exc_info=True)
                 await sender.send(_ReadFailed(READ_FAILED_TEXT))
@@ -215,7 +225,7 @@ class EngineStreamResponse(Response):
         idle = self.keepalive if self.keepalive > 0 else math.inf
         encoder = self.encoder
         async with items:
-            while not encoder.finished:
+            while not encoder.finished and not self._cut:
                 first: _Item | None = None
                 with anyio.move_on_after(idle):
                     try:
@@ -259,6 +269,9 @@ class EngineStreamResponse(Response):
             if isinstance(item, Chunk) and item.seq <= self.after:
                 encoder.seen(item)
             elif isinstance(item, _ReadFailed):
+                if item.retryable:
+                    self._cut = True
+                    return encoder.encode(out)
                 return encoder.encode(out) + encoder.fail(item.message)
             else:
                 out.append(item)

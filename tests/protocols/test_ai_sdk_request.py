@@ -237,3 +237,8 @@ def test_invalid_bodies(body: Any, message: str) -> None:
 )
 def test_id_validation(value: object, valid: bool) -> None:
     assert is_valid_id(value) is valid
+
+
+def test_deeply_nested_body_is_a_protocol_error() -> None:
+    with pytest.raises(ProtocolError, match="nested too deeply"):
+        parse_chat_request("[" * 100_000 + "]" * 100_000)

@@ -94,7 +94,8 @@ async def stop_stream(services: Services, record: StreamRecord) -> StreamState |
     own end callback is harmless). Returns the stream's final state."""
     state = await services.engine.cancel(record.id)
     with anyio.move_on_after(10):
-        await services.generator.finalize(record, state, None)
+        # A stop that loses the race with the end is stored (and reported) as done.
+        state = await services.generator.finalize(record, state, None)
     return state
 
 

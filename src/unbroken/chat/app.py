@@ -107,6 +107,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=unbroken.__version__,
         summary="The reference chat service of unbroken: resumable AI SDK chat streams.",
         lifespan=lifespan,
+        # A trailing slash is a 404 with the JSON error body, not a redirect.
+        redirect_slashes=False,
     )
     install_error_handlers(app)
     app.include_router(router)

@@ -226,14 +226,14 @@ class Generator:
         error: str | None,
         *,
         produced: Sequence[dict[str, Any]] | None = None,
-    ) -> bool:
+    ) -> StreamState:
         """Store the answer of a terminal stream and release the chat's active stream.
 
         Idempotent and safe to race: only the first call for a stream changes anything.
         ``state`` None means "read it from the stream" (interrupted if the stream is gone).
         ``produced``: the events as the producer made them, used when the log cannot be
         read (the engine is shutting down, or the backend is unreachable).
-        Returns whether this call stored the message.
+        Returns the state the answer is stored under (by this call or an earlier one).
         """
         try:
             events, end = await self.read_events(record.id)
@@ -246,8 +246,12 @@ class Generator:
             state, error = end.state, end.error
         if state is None:
             state, error = StreamState.INTERRUPTED, "the answer was lost"
+        if state is StreamState.CANCELLED and events and events[-1].get("type") == "finish":
+            # A stop that lost the race with the end: the answer is complete, and every
+            # reader was sent its own `finish`, so store what they saw.
+            state, error = StreamState.DONE, None
         message = assemble(record.message_id, events)
-        stored = await self.store.finalize_message(
+        await self.store.finalize_message(
             record.chat_id,
             record.message_id,
             parts=message.get("parts", []),
@@ -256,4 +260,4 @@ class Generator:
             metadata=message.get("metadata"),
         )
         await self.store.clear_active_stream(record.chat_id, record.id)
-        return stored
+        return state

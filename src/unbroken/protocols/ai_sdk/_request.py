@@ -111,6 +111,8 @@ def _load(body: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
             body = json.loads(body)
         except ValueError as exc:
             raise ProtocolError("the request body is not valid JSON") from exc
+        except RecursionError as exc:  # nested thousands deep: refuse, don't crash
+            raise ProtocolError("the request body is nested too deeply") from exc
     if not isinstance(body, Mapping):
         raise ProtocolError("the request body must be a JSON object")
     return body
