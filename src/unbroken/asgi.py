@@ -61,6 +61,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise MissingDependencyError("starlette", "fastapi") from exc
 
 __all__ = [
+    "SHUTDOWN_STATE_KEY",
     "DataStreamResponse",
     "EngineStreamResponse",
     "UIMessageStreamResponse",
@@ -73,6 +74,10 @@ logger = logging.getLogger("unbroken")
 
 _AFTER_RE = re.compile(r"^(?:-1|\d{1,18})$")
 NOT_FOUND_TEXT = "the stream is no longer available"
+#: Lifespan state key: an `anyio.Event` set when the server starts shutting down. Open
+#: responses then end at once (without a terminal event, so clients resume elsewhere)
+#: instead of being cancelled by the server's graceful-shutdown timeout.
+SHUTDOWN_STATE_KEY = "unbroken.shutdown"
 READ_FAILED_TEXT = "the stream could not be read; try again"
 
 
@@ -148,7 +153,8 @@ class EngineStreamResponse(Response):
         self.background = None
         self.init_headers({**encoder.headers, **(headers or {})})
         #: Why the response ended: "end" (stream ended), "disconnect" (client left),
-        #: "timeout" (client stopped reading), "not-found".
+        #: "timeout" (client stopped reading), "not-found", "shutdown" (the server is
+        #: stopping; see SHUTDOWN_STATE_KEY).
         self.outcome: str | None = None
         self._cut = False  # the body ends without a terminal event (see _ReadFailed)
 
@@ -157,6 +163,7 @@ class EngineStreamResponse(Response):
             self.outcome = "not-found"
             await error_response(404, "stream_not_found", NOT_FOUND_TEXT)(scope, receive, send)
             return
+        shutdown = scope.get("state", {}).get(SHUTDOWN_STATE_KEY)
         async with anyio.create_task_group() as task_group:
 
             async def watch_disconnect() -> None:
@@ -167,9 +174,20 @@ class EngineStreamResponse(Response):
                 self.outcome = self.outcome or "disconnect"
                 task_group.cancel_scope.cancel()
 
+            async def watch_shutdown(event: anyio.Event) -> None:
+                await event.wait()
+                self.outcome = self.outcome or "shutdown"
+                task_group.cancel_scope.cancel()
+
             task_group.start_soon(watch_disconnect)
+            if isinstance(shutdown, anyio.Event):
+                task_group.start_soon(watch_shutdown, shutdown)
             await self._respond(send)
             task_group.cancel_scope.cancel()
+        if self.outcome == "shutdown":
+            # End the body without a terminal event: the client resumes from its offset on
+            # another instance, while this one drains its producers.
+            await self._send(send, {"type": "http.response.body", "body": b"", "more_body": False})
         if self.outcome == "timeout":
             logger.info("dropped a client of stream %r: it stopped reading", self.stream_id)
 

@@ -134,7 +134,9 @@ def server_env(workdir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: Playwright's sync API keeps an event loop running in this
+# thread while it is open, and the async tests after this package need the thread's loop.
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
     if sync_playwright is None:
         pytest.skip("Playwright for Python is not installed (pip install playwright)")
@@ -150,7 +152,7 @@ def browser() -> Iterator[Browser]:
             browser.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def chat_server(browser: Browser, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatServer]:
     workdir = tmp_path_factory.mktemp("chat-server")
     server = ChatServer(workdir, server_env(workdir))

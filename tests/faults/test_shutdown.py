@@ -52,10 +52,11 @@ async def test_sigterm_mid_answer_finishes_or_interrupts_within_the_drain_deadli
     deployment: Deployment,
 ) -> None:
     # Two producing instances, stopped together: on "quick" the answer can finish within the
-    # deadline; on "slow" it cannot (372 tokens at 12 tokens/s).
+    # deadline (372 tokens at 150 tokens/s); on "slow" it cannot (at 12 tokens/s). Open
+    # responses end at the signal, so the drain deadline runs from the signal itself.
     drain = str(DRAIN)
     (quick,) = await deployment.start(
-        1, UNBROKEN_DEMO_TOKENS_PER_SECOND="80", UNBROKEN_DRAIN_TIMEOUT=drain
+        1, UNBROKEN_DEMO_TOKENS_PER_SECOND="150", UNBROKEN_DRAIN_TIMEOUT=drain
     )
     (slow,) = await deployment.start(
         1, UNBROKEN_DEMO_TOKENS_PER_SECOND="12", UNBROKEN_DRAIN_TIMEOUT=drain

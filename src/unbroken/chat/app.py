@@ -12,6 +12,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 import anyio
 from fastapi import FastAPI
@@ -19,7 +20,9 @@ from starlette.staticfiles import StaticFiles
 
 import unbroken
 from unbroken import Backend, MemoryBackend, StreamEngine
+from unbroken.asgi import SHUTDOWN_STATE_KEY
 from unbroken.chat import _wire
+from unbroken.chat._signals import on_exit_signal
 from unbroken.chat.answers import sweep_forever
 from unbroken.chat.auth import SessionCookieMiddleware, Sessions
 from unbroken.chat.deps import Services
@@ -65,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = ChatMetrics()
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         async with AsyncExitStack() as stack:
             store = Store.from_url(settings.database_url)
             stack.push_async_callback(store.close)
@@ -96,10 +99,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 generator=Generator(store=store, engine=engine, model=model, metrics=metrics),
             )
             app.state.services = services
+            shutdown = anyio.Event()
+            on_exit_signal(shutdown.set)
             async with anyio.create_task_group() as background:
                 if settings.sweep_interval > 0:
                     background.start_soon(sweep_forever, services, settings.sweep_interval)
-                yield
+                yield {SHUTDOWN_STATE_KEY: shutdown}
                 background.cancel_scope.cancel()
 
     app = FastAPI(
