@@ -53,6 +53,10 @@ def new_id(prefix: str = "", nbytes: int = 18) -> str:
     return prefix + secrets.token_urlsafe(nbytes)
 
 
+# How stale an API key's last_used_at may be (seconds) before a request refreshes it.
+_KEY_USE_RESOLUTION = 60.0
+
+
 def _utc(value: datetime) -> datetime:
     # SQLite hands back naive datetimes; everything is stored in UTC.
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
@@ -266,23 +270,31 @@ class Store:
         return secret, record
 
     async def user_for_api_key(self, secret: str) -> User | None:
-        """The owner of the key, or None for an unknown key."""
-        async with self.engine.begin() as conn:
+        """The owner of the key, or None for an unknown key.
+
+        ``last_used_at`` is refreshed at most once a minute: writing it on every request
+        would put a write transaction (and, on SQLite, the database's write lock) in front
+        of every resume.
+        """
+        key_hash = _hash_key(secret)
+        async with self.engine.connect() as conn:
             row = (
                 await conn.execute(
-                    select(users)
+                    select(users, api_keys.c.last_used_at)
                     .join(api_keys, api_keys.c.user_id == users.c.id)
-                    .where(api_keys.c.key_hash == _hash_key(secret))
+                    .where(api_keys.c.key_hash == key_hash)
                 )
             ).first()
-            if row is None:
-                return None
-            await conn.execute(
-                update(api_keys)
-                .where(api_keys.c.key_hash == _hash_key(secret))
-                .values(last_used_at=utcnow())
-            )
+        if row is None:
+            return None
         m = row._mapping
+        now = utcnow()
+        last_used = m["last_used_at"]
+        if last_used is None or (now - _utc(last_used)).total_seconds() >= _KEY_USE_RESOLUTION:
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    update(api_keys).where(api_keys.c.key_hash == key_hash).values(last_used_at=now)
+                )
         return User(id=m["id"], kind=m["kind"], name=m["name"], created_at=_utc(m["created_at"]))
 
     # -- chats --------------------------------------------------------------------------
