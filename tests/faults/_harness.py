@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -476,6 +476,29 @@ def new_browser(**kwargs: Any) -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=httpx.Timeout(30.0), **kwargs)
 
 
+async def _stream_into(
+    client: httpx.AsyncClient,
+    request: tuple[str, str],
+    what: str,
+    read: Callable[..., Awaitable[bool]],
+    transcript: Any,
+    *,
+    stop_after: int | None,
+    hang_up_after: float | None,
+    **options: Any,
+) -> bool | None:
+    """Send ``request`` (method, url) and read its body into ``transcript`` with ``read``;
+    None on 204 (nothing to resume); any other non-200 fails the test, naming ``what``."""
+    method, url = request
+    async with client.stream(method, url, **options) as response:
+        if response.status_code == 204:
+            return None
+        if response.status_code != 200:
+            await response.aread()
+            raise AssertionError(f"{what}: {response.status_code} {response.text}")
+        return await read(response, transcript, stop_after=stop_after, hang_up_after=hang_up_after)
+
+
 async def post_v5_into(
     client: httpx.AsyncClient,
     url: str,
@@ -485,13 +508,18 @@ async def post_v5_into(
     stop_after: int | None = None,
     hang_up_after: float | None = None,
 ) -> bool:
-    async with client.stream("POST", f"{url}/api/chat", json=body) as response:
-        if response.status_code != 200:
-            await response.aread()
-            raise AssertionError(f"POST /api/chat: {response.status_code} {response.text}")
-        return await read_v5_into(
-            response, transcript, stop_after=stop_after, hang_up_after=hang_up_after
-        )
+    read = await _stream_into(
+        client,
+        ("POST", f"{url}/api/chat"),
+        "POST /api/chat",
+        read_v5_into,
+        transcript,
+        stop_after=stop_after,
+        hang_up_after=hang_up_after,
+        json=body,
+    )
+    assert read is not None, "POST /api/chat: 204"
+    return read
 
 
 async def resume_v5_into(
@@ -508,17 +536,16 @@ async def resume_v5_into(
     None when the server answers 204 (nothing to resume)."""
     last = None if from_start else transcript.last_id
     headers = {} if last is None else {"Last-Event-ID": str(last)}
-    async with client.stream(
-        "GET", f"{url}/api/chat/{chat_id}/stream", headers=headers
-    ) as response:
-        if response.status_code == 204:
-            return None
-        if response.status_code != 200:
-            await response.aread()
-            raise AssertionError(f"v5 resume: {response.status_code} {response.text}")
-        return await read_v5_into(
-            response, transcript, stop_after=stop_after, hang_up_after=hang_up_after
-        )
+    return await _stream_into(
+        client,
+        ("GET", f"{url}/api/chat/{chat_id}/stream"),
+        "v5 resume",
+        read_v5_into,
+        transcript,
+        stop_after=stop_after,
+        hang_up_after=hang_up_after,
+        headers=headers,
+    )
 
 
 async def post_v4_into(
@@ -530,13 +557,18 @@ async def post_v4_into(
     stop_after: int | None = None,
     hang_up_after: float | None = None,
 ) -> bool:
-    async with client.stream("POST", f"{url}/api/chat", json=body) as response:
-        if response.status_code != 200:
-            await response.aread()
-            raise AssertionError(f"POST /api/chat (v4): {response.status_code} {response.text}")
-        return await read_v4_into(
-            response, transcript, stop_after=stop_after, hang_up_after=hang_up_after
-        )
+    read = await _stream_into(
+        client,
+        ("POST", f"{url}/api/chat"),
+        "POST /api/chat (v4)",
+        read_v4_into,
+        transcript,
+        stop_after=stop_after,
+        hang_up_after=hang_up_after,
+        json=body,
+    )
+    assert read is not None, "POST /api/chat (v4): 204"
+    return read
 
 
 async def resume_v4_into(
@@ -548,13 +580,19 @@ async def resume_v4_into(
     stop_after: int | None = None,
     hang_up_after: float | None = None,
 ) -> bool:
-    async with client.stream("GET", f"{url}/api/chat", params={"chatId": chat_id}) as response:
-        if response.status_code != 200:
-            await response.aread()
-            raise AssertionError(f"v4 resume: {response.status_code} {response.text}")
-        return await read_v4_into(
-            response, transcript, stop_after=stop_after, hang_up_after=hang_up_after
-        )
+    # The v4 client has no 204 handling: "nothing to resume" must be 200 with no body.
+    read = await _stream_into(
+        client,
+        ("GET", f"{url}/api/chat"),
+        "v4 resume",
+        read_v4_into,
+        transcript,
+        stop_after=stop_after,
+        hang_up_after=hang_up_after,
+        params={"chatId": chat_id},
+    )
+    assert read is not None, "v4 resume: 204 (a v4 client treats it as an error)"
+    return read
 
 
 async def wait_until(predicate: Any, *, within: float, what: str) -> None:
