@@ -33,7 +33,6 @@ from unbroken import (
     StreamEngine,
     StreamNotFoundError,
     StreamState,
-    StreamStatus,
 )
 from unbroken.asgi import (
     DataStreamResponse,
@@ -246,13 +245,12 @@ async def test_cancel_reaches_a_live_reader_as_abort(engine: StreamEngine) -> No
 
 
 class BrokenEngine:
-    """Reports the stream, then loses it while reading (an expired stream)."""
+    """Finds the stream, then loses it while reading (an expired stream)."""
 
-    async def status(self, stream_id: str) -> StreamStatus:
-        return StreamStatus(stream_id, StreamState.ACTIVE, 1, 1, 1, 0.0, 0.0, None, None)
-
-    async def read(self, stream_id: str, *, after: int = -1) -> AsyncIterator[Chunk | StreamEnd]:
-        yield Chunk(0, encode_event({"type": "start", "messageId": "m"}), 0)
+    async def read_batches(
+        self, stream_id: str, *, after: int = -1, heartbeat: float | None = None
+    ) -> AsyncIterator[list[Chunk | StreamEnd]]:
+        yield [Chunk(0, encode_event({"type": "start", "messageId": "m"}), 0)]
         raise StreamNotFoundError(stream_id)
 
 

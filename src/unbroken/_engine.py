@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
@@ -97,22 +97,49 @@ class _LocalStream:
     stop_state: StreamState | None = None
     stop_error: str | None = None
     source_scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    changed: anyio.Event = field(default_factory=anyio.Event)
-    pending: anyio.Event = field(default_factory=anyio.Event)
     ended: anyio.Event = field(default_factory=anyio.Event)
+    # Events are created only when a task is about to wait on them (a reader with nothing
+    # new, an idle writer): at one chunk per wake-up, an event per chunk would cost more
+    # than the chunk.
+    _changed: anyio.Event | None = None
+    _writer_idle: anyio.Event | None = None
+    quiet: bool = False  # no reader was woken since the engine's last liveness tick
 
     @property
     def visible(self) -> int:
         return len(self.chunks) if self.degraded else self.durable
 
     def wake_readers(self) -> None:
-        self.changed.set()
-        self.changed = anyio.Event()
+        self.quiet = False
+        event = self._changed
+        if event is not None:
+            self._changed = None
+            event.set()
+
+    async def wait_changed(self) -> None:
+        """Wait until `wake_readers` (call only after seeing nothing new: no await between)."""
+        if self._changed is None:
+            self._changed = anyio.Event()
+        await self._changed.wait()
+
+    def wake_writer(self) -> None:
+        event = self._writer_idle
+        if event is not None:
+            self._writer_idle = None
+            event.set()
+
+    @property
+    def unwritten(self) -> bool:
+        return self.lost or self.durable < len(self.chunks)
+
+    async def wait_for_writes(self) -> None:
+        if self._writer_idle is None:
+            self._writer_idle = anyio.Event()
+        await self._writer_idle.wait()
 
     def add(self, data: str) -> None:
         self.chunks.append(Chunk(len(self.chunks), data, self.char_count))
         self.char_count += len(data)
-        self.pending.set()
         if self.degraded:
             self.wake_readers()
 
@@ -181,6 +208,7 @@ class StreamEngine:
         self.drain_timeout = drain_timeout
         self.backend_retry = backend_retry
         self._owns_backend = owns_backend
+        self._appends_inline = backend.appends_without_waiting
         self._local: dict[str, _LocalStream] = {}
         self._readers: set[_QuietReader] = set()
         self._task_group: TaskGroup | None = None
@@ -236,7 +264,8 @@ class StreamEngine:
 
     async def _poke_quiet_readers(self) -> None:
         """Every lease_ttl/3, poke readers that heard nothing since the last tick, so they
-        check the producer's lease (a dead producer sends nothing, not even an end)."""
+        check the producer's lease (a dead producer sends nothing, not even an end) and
+        send their heartbeats."""
         while True:
             await anyio.sleep(self.lease_ttl / 3)
             for reader in list(self._readers):
@@ -244,6 +273,12 @@ class StreamEngine:
                     reader.heard = False
                 else:
                     reader.listener.poke()
+            # Wake the local readers of quiet streams, so those waiting with a heartbeat
+            # see that it is due (the others look, find nothing new and wait again).
+            for local in list(self._local.values()):
+                if local.quiet:
+                    local.wake_readers()
+                local.quiet = True
 
     def _require_open(self, *, for_reading: bool = False) -> TaskGroup:
         """The engine's task group; raises `EngineClosedError` outside ``async with``.
@@ -346,6 +381,10 @@ class StreamEngine:
                         state, error = StreamState.ERROR, TOO_LARGE
                         break
                     local.add(data)
+                    if self._appends_inline:
+                        self._append_inline(local)
+                    else:
+                        local.wake_writer()
         except Exception as exc:
             logger.exception("source of stream %r failed", local.stream_id)
             state, error = StreamState.ERROR, _safe_message(exc)
@@ -361,11 +400,49 @@ class StreamEngine:
             state, error = local.stop_state, local.stop_error
         return state, error
 
+    def _append_inline(self, local: _LocalStream) -> None:
+        """Append the chunk just added, without a task switch (in-process backends). Anything
+        unusual (a lost or degraded stream, an error) is left to the writer task."""
+        newest = len(local.chunks) - 1
+        if local.lost or local.degraded or local.durable != newest:
+            local.wake_writer()
+            return
+        try:
+            result = self.backend.append_nowait(
+                local.stream_id,
+                token=local.token,
+                chunks=local.chunks[newest:],
+                times=local.times,
+                now=time.time(),
+            )
+        except BackendError:
+            local.wake_writer()  # it retries, resynchronises or gives up, as for any write
+            return
+        self._appended(local, 1, result)
+        if result is None:
+            local.wake_writer()  # the backend forgot the stream: the writer claims it again
+
     async def _write_loop(self, local: _LocalStream) -> None:
         while True:
-            await local.pending.wait()
-            local.pending = anyio.Event()
-            await self._flush(local)
+            if local.unwritten:
+                await self._flush(local)
+            else:
+                await local.wait_for_writes()
+
+    def _appended(self, local: _LocalStream, count: int, result: StreamState | None) -> bool:
+        """Apply the backend's answer to an append of ``count`` chunks. Returns False if the
+        producer must stop (the stream ended or another producer owns it)."""
+        if result is StreamState.ACTIVE:
+            local.durable += count
+            if local.degraded and local.durable == len(local.chunks):
+                local.degraded = False
+            local.wake_readers()
+        elif result is None:
+            local.lost = True  # forgotten by the backend: claim it again, write it all again
+        else:
+            local.stop(result, PRODUCER_LOST if result is StreamState.INTERRUPTED else None)
+            return False
+        return True
 
     async def _flush(self, local: _LocalStream) -> bool:
         """Write every chunk not yet durable. Returns False if the producer lost the stream.
@@ -376,7 +453,7 @@ class StreamEngine:
         """
         # Never runs twice at once: the write loop is cancelled before _record_end flushes.
         delay = _RETRY_MIN
-        while local.lost or local.durable < len(local.chunks):
+        while local.unwritten:
             batch = local.chunks[local.durable : local.durable + _WRITE_BATCH]
             try:
                 if local.lost:
@@ -412,17 +489,9 @@ class StreamEngine:
                 await anyio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX)
                 continue
-            if result is StreamState.ACTIVE:
-                local.durable += len(batch)
-                if local.degraded and local.durable == len(local.chunks):
-                    local.degraded = False
-                local.wake_readers()
-                delay = _RETRY_MIN
-            elif result is None:
-                local.lost = True
-            else:
-                local.stop(result, PRODUCER_LOST if result is StreamState.INTERRUPTED else None)
+            if not self._appended(local, len(batch), result):
                 return False
+            delay = _RETRY_MIN
         return True
 
     async def _resync(self, local: _LocalStream, *, owned: bool = False) -> bool | None:
@@ -480,7 +549,7 @@ class StreamEngine:
                 continue
             if state is None:
                 local.lost = True
-                local.pending.set()
+                local.wake_writer()
             elif state.is_terminal:
                 local.stop(state, PRODUCER_LOST if state is StreamState.INTERRUPTED else None)
 
@@ -613,53 +682,105 @@ class StreamEngine:
         stream does not exist. With ``offset``, the first chunk is cut to start exactly at
         that character.
         """
+        async for batch in self.read_batches(stream_id, after=after, offset=offset):
+            for item in batch:
+                yield item
+
+    async def read_batches(
+        self,
+        stream_id: str,
+        *,
+        after: int = -1,
+        offset: int | None = None,
+        heartbeat: float | None = None,
+    ) -> AsyncGenerator[list[Chunk | StreamEnd], None]:
+        """`read`, in batches: each batch is everything that is there to read at that
+        moment (at most a page), so a catch-up comes in a few batches and a live stream in
+        one batch per wake-up. What a response writing to a client wants: one write each.
+
+        The first batch comes at once, possibly empty: it says the stream exists. The last
+        batch ends with the `StreamEnd`. With ``heartbeat``, an empty batch also comes when
+        nothing arrived for that many seconds (noticed on the engine's liveness tick, every
+        ``lease_ttl / 3``), so the caller can keep its connection alive without a timer.
+        """
         self._require_open(for_reading=True)
         _validate_id(stream_id)
-        if offset is not None:
+        if heartbeat is not None and heartbeat <= 0:
+            raise ValueError("heartbeat must be positive (or None)")
+        if offset is None:
+            local = self._local.get(stream_id)
+            if local is not None:
+                batches = self._read_local(local, after, heartbeat)
+            else:
+                batches = self._read_backend(stream_id, after, heartbeat)
+        else:
             if offset < 0:
                 raise ValueError("offset must be >= 0")
-            async for item in self._read_from_offset(stream_id, offset):
-                yield item
-            return
-        local = self._local.get(stream_id)
-        items = self._read_local(local, after) if local else self._read_backend(stream_id, after)
-        async for item in items:
-            yield item
+            batches = self._read_from_offset(stream_id, offset, heartbeat)
+        async for batch in batches:
+            yield batch
 
     async def _read_from_offset(
-        self, stream_id: str, offset: int
-    ) -> AsyncIterator[Chunk | StreamEnd]:
-        async for item in self.read(stream_id, after=-1):
-            if isinstance(item, Chunk):
-                if item.end_offset <= offset:
-                    continue
-                if item.offset < offset:
-                    item = Chunk(item.seq, item.data[offset - item.offset :], offset)
-            yield item
+        self, stream_id: str, offset: int, heartbeat: float | None
+    ) -> AsyncIterator[list[Chunk | StreamEnd]]:
+        first = True
+        async for batch in self.read_batches(stream_id, heartbeat=heartbeat):
+            cut: list[Chunk | StreamEnd] = []
+            for item in batch:
+                if isinstance(item, Chunk):
+                    if item.end_offset <= offset:
+                        continue
+                    if item.offset < offset:
+                        item = Chunk(item.seq, item.data[offset - item.offset :], offset)
+                cut.append(item)
+            # An empty batch means "exists" (first) or "heartbeat"; a batch wholly before
+            # the offset means nothing to the caller.
+            if cut or first or not batch:
+                yield cut
+            first = False
 
     async def _read_local(
-        self, local: _LocalStream, after: int
-    ) -> AsyncIterator[Chunk | StreamEnd]:
+        self, local: _LocalStream, after: int, heartbeat: float | None
+    ) -> AsyncIterator[list[Chunk | StreamEnd]]:
         position = max(after + 1, 0)
+        first = True
+        last_yield = time.monotonic()
         while True:
-            changed = local.changed
-            while position < local.visible:
-                yield local.chunks[position]
-                position += 1
-            if local.state.is_terminal:
-                yield local.end()
+            visible = local.visible
+            batch: list[Chunk | StreamEnd] = []
+            batch += local.chunks[position : min(visible, position + _READ_PAGE)]
+            position += len(batch)
+            if position >= visible and local.state.is_terminal:
+                batch.append(local.end())
+                yield batch
                 return
-            await changed.wait()
+            if batch or first:
+                first = False
+                yield batch
+                if heartbeat is not None:
+                    last_yield = time.monotonic()
+            elif heartbeat is not None and time.monotonic() - last_yield >= heartbeat:
+                yield []
+                last_yield = time.monotonic()
+            else:
+                await local.wait_changed()
 
-    async def _read_backend(self, stream_id: str, after: int) -> AsyncIterator[Chunk | StreamEnd]:
+    async def _read_backend(
+        self, stream_id: str, after: int, heartbeat: float | None
+    ) -> AsyncIterator[list[Chunk | StreamEnd]]:
         last = max(after, -1)
         async with self.backend.listen(stream_id) as listener:
             status = await self.backend.status(stream_id)
             if status is None:
                 raise StreamNotFoundError(stream_id)
-            async for chunk in self._catch_up(stream_id, last):
-                last = chunk.seq
-                yield chunk
+            yielded = False
+            async for page in self._catch_up(stream_id, last):
+                last = page[-1].seq
+                yielded = True
+                yield list(page)
+            if not yielded:
+                yield []  # the stream exists
+            last_yield = time.monotonic()
             state: StreamState | None = status.state
             missing_since: float | None = None
             quiet = _QuietReader(listener)
@@ -668,6 +789,9 @@ class StreamEngine:
                 while state is None or not state.is_terminal:
                     note = await listener.receive()
                     if isinstance(note, Idle):
+                        if heartbeat is not None and time.monotonic() - last_yield >= heartbeat:
+                            yield []
+                            last_yield = time.monotonic()
                         try:
                             state = await self._interrupt_if_dead(stream_id)
                         except BackendUnavailableError:
@@ -678,7 +802,7 @@ class StreamEngine:
                             missing_since = time.monotonic()
                         elif time.monotonic() - missing_since > 2 * self.lease_ttl:
                             # Not written again by its producer within two lease periods.
-                            yield StreamEnd(StreamState.INTERRUPTED, DATA_LOST, last + 1, 0)
+                            yield [StreamEnd(StreamState.INTERRUPTED, DATA_LOST, last + 1, 0)]
                             return
                         continue
                     quiet.heard = True
@@ -687,37 +811,51 @@ class StreamEngine:
                         status = await self._status_quietly(stream_id)
                         state = status.state if status is not None else None
                     elif isinstance(note, Appended) and note.chunks[0].seq <= last + 1:
+                        fresh: list[Chunk | StreamEnd] = []
                         for chunk in note.chunks:
                             if chunk.seq == last + 1:
                                 last = chunk.seq
-                                yield chunk
+                                fresh.append(chunk)
+                        if fresh:
+                            yield fresh
+                            last_yield = time.monotonic()
                     else:
                         # Lagged, or a gap before this batch: the log has what was missed
                         # (and, since notifications were dropped, maybe the end).
-                        async for chunk in self._catch_up(stream_id, last):
-                            last = chunk.seq
-                            yield chunk
+                        async for page in self._catch_up(stream_id, last):
+                            last = page[-1].seq
+                            yield list(page)
+                        last_yield = time.monotonic()
                         state = await self._check_producer(stream_id)
             finally:
                 self._readers.discard(quiet)
             # The state is terminal, so the log is final: deliver whatever is still unseen.
-            async for chunk in self._catch_up(stream_id, last):
-                last = chunk.seq
-                yield chunk
+            tail: list[Chunk | StreamEnd] = []
+            async for page in self._catch_up(stream_id, last):
+                last = page[-1].seq
+                if tail:
+                    yield tail
+                tail = list(page)
             final = await self.backend.status(stream_id)
             if final is None:
-                yield StreamEnd(StreamState.INTERRUPTED, DATA_LOST, last + 1, 0)
+                tail.append(StreamEnd(StreamState.INTERRUPTED, DATA_LOST, last + 1, 0))
             else:
-                yield StreamEnd(final.state, final.error, final.chunk_count, final.char_count)
+                end = StreamEnd(final.state, final.error, final.chunk_count, final.char_count)
+                tail.append(end)
+            yield tail
 
-    async def _catch_up(self, stream_id: str, after: int) -> AsyncIterator[Chunk]:
+    async def _catch_up(self, stream_id: str, after: int) -> AsyncIterator[list[Chunk]]:
+        """Pages of the log after ``after``, each continuing the previous one exactly."""
         while True:
             batch = await self.backend.read(stream_id, after=after, limit=_READ_PAGE)
+            page: list[Chunk] = []
             for chunk in batch:
                 if chunk.seq == after + 1:
                     after = chunk.seq
-                    yield chunk
-            if len(batch) < _READ_PAGE:
+                    page.append(chunk)
+            if page:
+                yield page
+            if len(batch) < _READ_PAGE or not page:
                 return
 
     async def check_producer(self, stream_id: str) -> StreamState | None:

@@ -7,16 +7,19 @@ the client can resume later.
 
 How a response runs (the shape of Starlette's ``StreamingResponse.__call__``)::
 
-    task group ─┬─ watch receive() for http.disconnect ──────────────┐ first one to finish
-                └─ write: headers, then batches from the reader ─────┘ cancels the other
-                     └─ reader task: engine.read(stream, after) -> bounded memory stream
+    task group ─┬─ watch receive() for http.disconnect ────────┐ the first one to finish
+                ├─ (watch the server's shutdown event) ─────────┤ cancels the others
+                ├─ watchdog: a send stuck for send_timeout ─────┤
+                └─ write: engine.read_batches(), one write each ┘
 
-- Batches: everything the reader has ready goes out in one write (a catch-up merges into a few
-  frames; live chunks go out as they come).
+- Batches: the engine hands over everything there is to read at once, so a catch-up goes out
+  in a few writes and a live stream in one write per wake-up. The response reads in its own
+  task: one chunk costs one task switch from the producer, as plain streaming would.
 - Keep-alive: while nothing arrives for ``keepalive`` seconds, a comment (SSE) or an empty
-  line (v4) is written, so proxies and browsers keep the connection.
-- Send timeout: one write that takes longer than ``send_timeout`` (the client stopped
-  reading and the socket buffers are full) drops the connection.
+  line (v4) is written, so proxies and browsers keep the connection (the engine's heartbeat:
+  no timer per wait).
+- Send timeout: a write that takes longer than ``send_timeout`` (the client stopped reading
+  and the socket buffers are full) drops the connection (a watchdog: no timer per write).
 """
 
 from __future__ import annotations
@@ -24,18 +27,16 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import anyio.lowlevel
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from unbroken._engine import StreamEngine
 from unbroken._models import Chunk, StreamEnd
 from unbroken.exceptions import (
-    BackendError,
     BackendUnavailableError,
     InvalidStreamIdError,
     MissingDependencyError,
@@ -119,8 +120,7 @@ class EngineStreamResponse(Response):
     ``encoder``. Answers 404 (JSON error) when there is no such stream.
 
     ``keepalive``: seconds of silence before a keep-alive is written (0 disables).
-    ``send_timeout``: seconds one write may take before the client is dropped.
-    ``batch_size``: most engine items per write. ``buffer_size``: items read ahead.
+    ``send_timeout``: seconds one write may take before the client is dropped (0 disables).
     """
 
     def __init__(
@@ -132,23 +132,17 @@ class EngineStreamResponse(Response):
         after: int = -1,
         keepalive: float = 15.0,
         send_timeout: float = 30.0,
-        batch_size: int = 256,
-        buffer_size: int = 256,
         status_code: int = 200,
         headers: Mapping[str, str] | None = None,
     ) -> None:
         if after < -1:
             raise ValueError("after must be >= -1")
-        if batch_size < 1 or buffer_size < 1:
-            raise ValueError("batch_size and buffer_size must be >= 1")
         self.engine = engine
         self.stream_id = stream_id
         self.encoder = encoder
         self.after = after
         self.keepalive = keepalive
         self.send_timeout = send_timeout
-        self.batch_size = batch_size
-        self.buffer_size = buffer_size
         self.status_code = status_code
         self.background = None
         self.init_headers({**encoder.headers, **(headers or {})})
@@ -157,128 +151,106 @@ class EngineStreamResponse(Response):
         #: stopping; see SHUTDOWN_STATE_KEY).
         self.outcome: str | None = None
         self._cut = False  # the body ends without a terminal event (see _ReadFailed)
+        self._send_started: float | None = None  # when the send in progress began
+        self._started = False  # the response's headers went out
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not await self._exists():
-            self.outcome = "not-found"
-            await error_response(404, "stream_not_found", NOT_FOUND_TEXT)(scope, receive, send)
-            return
         shutdown = scope.get("state", {}).get(SHUTDOWN_STATE_KEY)
         async with anyio.create_task_group() as task_group:
+
+            def end(outcome: str) -> None:
+                self.outcome = self.outcome or outcome
+                task_group.cancel_scope.cancel()
 
             async def watch_disconnect() -> None:
                 while True:
                     message = await receive()
                     if message["type"] == "http.disconnect":
                         break
-                self.outcome = self.outcome or "disconnect"
-                task_group.cancel_scope.cancel()
+                end("disconnect")
 
             async def watch_shutdown(event: anyio.Event) -> None:
                 await event.wait()
-                self.outcome = self.outcome or "shutdown"
-                task_group.cancel_scope.cancel()
+                end("shutdown")
+
+            async def watch_sends() -> None:
+                # One watchdog instead of a timeout armed around every write: a send that
+                # has not returned after send_timeout (checked 4 times as often) drops it.
+                while True:
+                    await anyio.sleep(self.send_timeout / 4)
+                    started = self._send_started
+                    if started is not None and time.monotonic() - started >= self.send_timeout:
+                        self.outcome = "timeout"  # whatever else was happening
+                        task_group.cancel_scope.cancel()
 
             task_group.start_soon(watch_disconnect)
             if isinstance(shutdown, anyio.Event):
                 task_group.start_soon(watch_shutdown, shutdown)
+            if 0 < self.send_timeout < math.inf:
+                task_group.start_soon(watch_sends)
             await self._respond(send)
             task_group.cancel_scope.cancel()
-        if self.outcome == "shutdown":
+        if self.outcome == "not-found":
+            not_found = error_response(404, "stream_not_found", NOT_FOUND_TEXT)
+            with anyio.move_on_after(self.send_timeout or math.inf):
+                await not_found(scope, receive, send)
+        elif self.outcome == "shutdown":
             # End the body without a terminal event: the client resumes from its offset on
             # another instance, while this one drains its producers.
-            await self._send(send, {"type": "http.response.body", "body": b"", "more_body": False})
+            with anyio.move_on_after(self.send_timeout or math.inf):
+                await self._send(send, {"type": "http.response.body", "body": b""})
         if self.outcome == "timeout":
             logger.info("dropped a client of stream %r: it stopped reading", self.stream_id)
 
-    async def _exists(self) -> bool:
-        try:
-            return await self.engine.status(self.stream_id) is not None
-        except InvalidStreamIdError:
-            return False
-        except BackendError:
-            # Fail open: this process may be producing the stream and serve it from memory.
-            return True
-
     async def _respond(self, send: Send) -> None:
-        sender, items = anyio.create_memory_object_stream[_Item](self.buffer_size)
-        async with anyio.create_task_group() as task_group:
-            task_group.start_soon(self._read, sender)
-            try:
-                await self._write_all(send, items)
-            finally:
-                task_group.cancel_scope.cancel()
-
-    async def _read(self, sender: MemoryObjectSendStream[_Item]) -> None:
         # Read one chunk early when resuming: the chunk the client already has tells the
         # encoder whether the stream's own terminal event was delivered.
         start = self.after - 1 if self.after >= 0 else -1
-        async with sender:
-            try:
-                stream = self.engine.read(self.stream_id, after=start)
-                try:
-                    async for item in stream:
-                        await sender.send(item)
-                finally:
-                    # Close the reader now (not at garbage collection), even when cancelled.
-                    aclose = getattr(stream, "aclose", None)
-                    if aclose is not None:
-                        with anyio.CancelScope(shield=True):
-                            await aclose()
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                return  # the writer is gone (the client left); nothing to deliver
-            except StreamNotFoundError:
-                await sender.send(_ReadFailed(NOT_FOUND_TEXT))
-            except BackendUnavailableError:
-                logger.info("stream %r: backend unreachable; ending this response", self.stream_id)
-                await sender.send(_ReadFailed(READ_FAILED_TEXT, retryable=True))
-            except UnbrokenError:
-                logger.warning("reading stream %r failed", self.stream_id, exc_info=True)
-                await sender.send(_ReadFailed(READ_FAILED_TEXT))
-
-    async def _write_all(self, send: Send, items: MemoryObjectReceiveStream[_Item]) -> None:
-        start = {"type": "http.response.start", "status": self.status_code}
-        if not await self._send(send, {**start, "headers": self.raw_headers}):
-            return
-        idle = self.keepalive if self.keepalive > 0 else math.inf
-        encoder = self.encoder
-        async with items:
-            while not encoder.finished and not self._cut:
-                first: _Item | None = None
-                with anyio.move_on_after(idle):
-                    try:
-                        first = await items.receive()
-                    except anyio.EndOfStream:
-                        first = _ReadFailed(READ_FAILED_TEXT)
-                if first is None:
-                    if not await self._write(send, encoder.keepalive()):
-                        return
-                    continue
-                batch = await self._batch(first, items)
-                text = self._encode(batch)
+        heartbeat = self.keepalive if 0 < self.keepalive < math.inf else None
+        batches = self.engine.read_batches(self.stream_id, after=start, heartbeat=heartbeat)
+        try:
+            # The first batch comes at once: it tells whether the stream exists.
+            batch = await self._next(batches)
+            if batch is None:
+                self.outcome = "not-found"
+                return
+            head = {"type": "http.response.start", "status": self.status_code}
+            if not await self._send(send, {**head, "headers": self.raw_headers}):
+                return
+            self._started = True
+            text = self._encode(batch)
+            while True:
                 if text and not await self._write(send, text):
                     return
-        self.outcome = self.outcome or "end"
-        await self._send(send, {"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def _batch(self, first: _Item, items: MemoryObjectReceiveStream[_Item]) -> list[_Item]:
-        """``first`` and whatever else the reader has ready. The reader gets one turn each
-        time the buffer is empty, so a catch-up (read without waiting) becomes one batch
-        while a live chunk goes out on its own."""
-        batch = [first]
-        yielded = False
-        while len(batch) < self.batch_size and not isinstance(batch[-1], StreamEnd | _ReadFailed):
-            try:
-                batch.append(items.receive_nowait())
-                yielded = False
-            except anyio.WouldBlock:
-                if yielded:
+                if self.encoder.finished or self._cut:
                     break
-                await anyio.lowlevel.checkpoint()
-                yielded = True
-            except anyio.EndOfStream:
-                break
-        return batch
+                batch = await self._next(batches)
+                text = self._encode(batch) if batch else self.encoder.keepalive()
+            self.outcome = self.outcome or "end"
+            await self._send(send, {"type": "http.response.body", "body": b""})
+        finally:
+            # Close the reader now (not at garbage collection), even when cancelled.
+            with anyio.CancelScope(shield=True):
+                await batches.aclose()
+
+    async def _next(
+        self, batches: AsyncGenerator[list[Chunk | StreamEnd], None]
+    ) -> list[_Item] | None:
+        """The next batch; a read that failed becomes a `_ReadFailed` item, a stream that
+        does not exist None."""
+        try:
+            return list(await anext(batches))
+        except StopAsyncIteration:
+            return [_ReadFailed(READ_FAILED_TEXT)]
+        except (StreamNotFoundError, InvalidStreamIdError):
+            # Before the headers: a 404. Later: the stream expired while being read.
+            return [_ReadFailed(NOT_FOUND_TEXT)] if self._started else None
+        except BackendUnavailableError:
+            logger.info("stream %r: backend unreachable; ending this response", self.stream_id)
+            return [_ReadFailed(READ_FAILED_TEXT, retryable=True)]
+        except UnbrokenError:
+            logger.warning("reading stream %r failed", self.stream_id, exc_info=True)
+            return [_ReadFailed(READ_FAILED_TEXT)]
 
     def _encode(self, batch: list[_Item]) -> str:
         encoder = self.encoder
@@ -300,16 +272,16 @@ class EngineStreamResponse(Response):
         return await self._send(send, message)
 
     async def _send(self, send: Send, message: dict[str, Any]) -> bool:
-        """Send within the timeout; False when the client is gone or stopped reading."""
-        with anyio.move_on_after(self.send_timeout) as scope:
-            try:
-                await send(message)
-            except OSError:  # the server reports a vanished client this way (ASGI 2.4)
-                self.outcome = self.outcome or "disconnect"
-                return False
-        if scope.cancelled_caught:
-            self.outcome = "timeout"
+        """False when the client is gone. (A send that takes too long is cancelled by the
+        response's watchdog.)"""
+        self._send_started = time.monotonic()
+        try:
+            await send(message)
+        except OSError:  # the server reports a vanished client this way (ASGI 2.4)
+            self.outcome = self.outcome or "disconnect"
             return False
+        finally:
+            self._send_started = None
         return True
 
 

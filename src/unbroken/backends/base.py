@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import ClassVar, Self
 
 from unbroken._models import Chunk, StreamState, StreamStatus
 
@@ -98,6 +98,10 @@ class Listener(ABC):
 class Backend(ABC):
     """Storage and live notification for streams. Use as ``async with backend:``."""
 
+    #: True for in-process backends whose `append_nowait` works: the engine then appends
+    #: each chunk as the source yields it, instead of waking a writer task per chunk.
+    appends_without_waiting: ClassVar[bool] = False
+
     async def __aenter__(self) -> Self:
         await self.open()
         return self
@@ -136,6 +140,12 @@ class Backend(ABC):
         None if the stream does not exist (nothing appended).
         Raises `CorruptStreamError` if ``seq`` does not continue the log.
         """
+
+    def append_nowait(
+        self, stream_id: str, *, token: str, chunks: Sequence[Chunk], times: StreamTimes, now: float
+    ) -> StreamState | None:
+        """`append`, done before returning, for backends with ``appends_without_waiting``."""
+        raise NotImplementedError(f"{type(self).__name__} appends only with 'await append()'")
 
     @abstractmethod
     async def renew_lease(

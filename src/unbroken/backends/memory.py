@@ -90,7 +90,14 @@ class MemoryBackend(Backend):
         )
         return True
 
+    appends_without_waiting = True
+
     async def append(
+        self, stream_id: str, *, token: str, chunks: Sequence[Chunk], times: StreamTimes, now: float
+    ) -> StreamState | None:
+        return self.append_nowait(stream_id, token=token, chunks=chunks, times=times, now=now)
+
+    def append_nowait(
         self, stream_id: str, *, token: str, chunks: Sequence[Chunk], times: StreamTimes, now: float
     ) -> StreamState | None:
         stream = self._get(stream_id)
