@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -67,11 +71,6 @@ async def test_migrations_create_exactly_the_declared_schema(fresh_database_url:
 async def test_concurrent_upgrades_apply_once(fresh_database_url: str) -> None:
     """Three apps of one process, each in its own thread and event loop (as workers started
     together would be), upgrade one database at once: exactly one applies the migration."""
-    if fresh_database_url.startswith("sqlite"):
-        pytest.skip(
-            "SQLite: `unbroken chat` migrates once before it starts workers; concurrent "
-            "upgrades of one SQLite file can fail with 'database is locked' (known limitation)"
-        )
 
     def upgrade_in_own_loop() -> bool:
         async def run() -> bool:
@@ -92,6 +91,56 @@ async def test_concurrent_upgrades_apply_once(fresh_database_url: str) -> None:
 
             tg.start_soon(one)
     assert sorted(results) == [False, False, True]
+
+
+# Run by each process of the test below: upgrade the file named by argv[1] once told to go.
+_UPGRADE_WHEN_TOLD = """
+import asyncio, sys
+from unbroken.chat.store import Store
+
+async def upgrade() -> bool:
+    async with Store.from_url(sys.argv[1]) as store:
+        return await store.upgrade()
+
+print("ready", flush=True)
+sys.stdin.readline()
+print(asyncio.run(upgrade()), flush=True)
+"""
+
+
+def test_concurrent_upgrades_from_processes_apply_once(tmp_path: Path) -> None:
+    """Two processes upgrade one fresh SQLite file at once (as two services pointed at one
+    file would): the process lock cannot help, so SQLite's own locking must. One applies the
+    migration; the other waits for it and then finds the file at head."""
+    path = tmp_path / "store.sqlite3"
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", _UPGRADE_WHEN_TOLD, f"sqlite+aiosqlite:///{path}"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        # Both are started (imports done) before either is told to go, so the upgrades overlap.
+        for process in processes:
+            assert process.stdout is not None and process.stdout.readline() == "ready\n"
+        for process in processes:
+            assert process.stdin is not None
+            process.stdin.write("go\n")
+            process.stdin.flush()
+        outputs = [process.communicate(timeout=60) for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+    assert [process.returncode for process in processes] == [0, 0], [e[-800:] for _, e in outputs]
+    assert sorted(out.strip() for out, _ in outputs) == ["False", "True"]
+    with closing(sqlite3.connect(path)) as connection:
+        versions = connection.execute("SELECT version_num FROM alembic_version").fetchall()
+    assert versions == [(head_revision(),)]
 
 
 async def test_streams_belong_to_chats_and_refuse_other_users(store: Store) -> None:

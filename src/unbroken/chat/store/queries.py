@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import sqlite3
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -639,6 +641,26 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # WAL: readers never block the writer, which matters with several workers on one file.
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _enable_wal(cursor)
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
+
+
+def _enable_wal(cursor: Any, timeout: float = 30) -> None:
+    """Switch the file to WAL (it stays so), waiting out connections that switch it at once.
+
+    The switch writes the file's header, and SQLite does not apply the busy timeout to it (the
+    statement already holds a read lock when it asks for the write lock), so connections opening
+    one fresh file together, as workers or processes upgrading it at start do, fail at once with
+    'database is locked'. Retry instead: once the file is in WAL, the PRAGMA writes nothing. (The
+    sleep blocks this connection's loop, only while a fresh file is being switched.)
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+        time.sleep(0.01)
