@@ -16,13 +16,14 @@ How the pieces fit (see docs/concepts.md for the sequence diagrams):
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 
 import anyio
 from anyio.abc import TaskGroup
@@ -77,6 +78,23 @@ def _safe_message(exc: BaseException) -> str:
     return SOURCE_FAILED
 
 
+class _Event(Protocol):
+    def set(self) -> None: ...
+
+    async def wait(self) -> object: ...
+
+
+def _event_factory() -> Callable[[], _Event]:
+    """Events for the per-chunk wake-ups of the running event loop's library. On asyncio,
+    its own `asyncio.Event`: `anyio.Event()` looks the library up again on every creation,
+    once per chunk here."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # another library's loop (trio)
+        return anyio.Event
+    return asyncio.Event
+
+
 @dataclass(eq=False)
 class _LocalStream:
     """A stream produced in this process: its chunks, its state, and what wakes its readers."""
@@ -84,6 +102,7 @@ class _LocalStream:
     stream_id: str
     token: str
     times: StreamTimes
+    new_event: Callable[[], _Event] = anyio.Event
     chunks: list[Chunk] = field(default_factory=list)
     char_count: int = 0
     # Chunks the backend has acknowledged. Local readers see only these (so what they see is
@@ -101,8 +120,8 @@ class _LocalStream:
     # Events are created only when a task is about to wait on them (a reader with nothing
     # new, an idle writer): at one chunk per wake-up, an event per chunk would cost more
     # than the chunk.
-    _changed: anyio.Event | None = None
-    _writer_idle: anyio.Event | None = None
+    _changed: _Event | None = None
+    _writer_idle: _Event | None = None
     quiet: bool = False  # no reader was woken since the engine's last liveness tick
 
     @property
@@ -119,7 +138,7 @@ class _LocalStream:
     async def wait_changed(self) -> None:
         """Wait until `wake_readers` (call only after seeing nothing new: no await between)."""
         if self._changed is None:
-            self._changed = anyio.Event()
+            self._changed = self.new_event()
         await self._changed.wait()
 
     def wake_writer(self) -> None:
@@ -134,7 +153,7 @@ class _LocalStream:
 
     async def wait_for_writes(self) -> None:
         if self._writer_idle is None:
-            self._writer_idle = anyio.Event()
+            self._writer_idle = self.new_event()
         await self._writer_idle.wait()
 
     def add(self, data: str) -> None:
@@ -209,6 +228,7 @@ class StreamEngine:
         self.backend_retry = backend_retry
         self._owns_backend = owns_backend
         self._appends_inline = backend.appends_without_waiting
+        self._new_event: Callable[[], _Event] = anyio.Event
         self._local: dict[str, _LocalStream] = {}
         self._readers: set[_QuietReader] = set()
         self._task_group: TaskGroup | None = None
@@ -221,6 +241,7 @@ class StreamEngine:
             raise RuntimeError("the engine is already open")
         if self._owns_backend:
             await self.backend.open()
+        self._new_event = _event_factory()
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._task_group.start_soon(self._poke_quiet_readers, name="unbroken:liveness")
@@ -318,7 +339,9 @@ class StreamEngine:
         _validate_id(stream_id)
         if stream_id in self._local:
             raise StreamExistsError(stream_id)
-        local = _LocalStream(stream_id, secrets.token_hex(16), self._times(retention))
+        local = _LocalStream(
+            stream_id, secrets.token_hex(16), self._times(retention), self._new_event
+        )
         try:
             claimed = await self.backend.claim(
                 stream_id, token=local.token, times=local.times, now=time.time()

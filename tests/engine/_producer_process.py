@@ -12,9 +12,9 @@ import sys
 from collections.abc import AsyncIterator
 
 import anyio
-from unbroken.backends.redis import RedisBackend
 
 from unbroken import StreamEngine, StreamExistsError
+from unbroken.backends.redis import RedisBackend
 
 
 async def ticks(count: int, delay: float) -> AsyncIterator[str]:

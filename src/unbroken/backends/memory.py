@@ -8,6 +8,7 @@ missing (use `unbroken.backends.redis.RedisBackend` for that).
 from __future__ import annotations
 
 import time
+from array import array
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -35,7 +36,15 @@ class _Stream:
     error: str | None = None
     char_count: int = 0
     byte_count: int = 0
-    log: list[Chunk] = field(default_factory=list)
+    # The log as plain strings and an array of offsets, not `Chunk` objects: strings and
+    # arrays are invisible to the garbage collector, so streams kept for their retention
+    # do not make every full collection slower (hundreds of objects per stream would).
+    data: list[str] = field(default_factory=list)
+    offsets: array[int] = field(default_factory=lambda: array("q"))
+
+    def chunks(self, start: int, stop: int) -> list[Chunk]:
+        data, offsets = self.data, self.offsets
+        return [Chunk(seq, data[seq], offsets[seq]) for seq in range(start, stop)]
 
 
 class MemoryBackend(Backend):
@@ -105,11 +114,13 @@ class MemoryBackend(Backend):
             return None
         if stream.state.is_terminal or stream.token != token:
             return stream.state if stream.state.is_terminal else StreamState.INTERRUPTED
-        if chunks and chunks[0].seq != len(stream.log):
+        if chunks and chunks[0].seq != len(stream.data):
             raise CorruptStreamError(
-                f"stream {stream_id!r}: append at seq {chunks[0].seq}, log has {len(stream.log)}"
+                f"stream {stream_id!r}: append at seq {chunks[0].seq}, log has {len(stream.data)}"
             )
-        stream.log.extend(chunks)
+        for chunk in chunks:
+            stream.data.append(chunk.data)
+            stream.offsets.append(chunk.offset)
         stream.char_count += sum(len(c.data) for c in chunks)
         stream.byte_count += sum(len(c.data.encode()) for c in chunks)
         stream.updated_at = now
@@ -171,7 +182,7 @@ class MemoryBackend(Backend):
         return StreamStatus(
             stream_id=stream_id,
             state=stream.state,
-            chunk_count=len(stream.log),
+            chunk_count=len(stream.data),
             char_count=stream.char_count,
             byte_count=stream.byte_count,
             created_at=stream.created_at,
@@ -189,7 +200,7 @@ class MemoryBackend(Backend):
         if stream is None:
             return []
         start = max(after + 1, 0)
-        return stream.log[start : start + limit]
+        return stream.chunks(start, min(start + limit, len(stream.data)))
 
     def listen(
         self, stream_id: str, *, ends_only: bool = False
