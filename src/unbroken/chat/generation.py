@@ -13,8 +13,9 @@ interrupted     interrupted         ``on_end`` (shutdown), or `Generator.repair`
                                     for a producer that died without one
 ==============  ==================  ============================================
 
-Whoever stores it reads the stream's own log, so the stored message is exactly what every
-reader saw, and all of them write the same thing; the store's compare-and-set keeps the first.
+Whoever stores it uses the stream's own log (the producer, the events it knows the log
+holds), so the stored message is exactly what every reader saw, and all of them write the
+same thing; the store's compare-and-set keeps the first.
 """
 
 from __future__ import annotations
@@ -166,7 +167,10 @@ class Generator:
             self.metrics.generation_seconds.labels(end.state.value).observe(
                 time.monotonic() - started
             )
-            await self.finalize(record, end.state, end.error, produced=produced)
+            # The log is the first `chunk_count` events produced (each event is one chunk,
+            # in order): no need to read it back and decode it.
+            events = produced[: end.chunk_count]
+            await self.finalize(record, end.state, end.error, events=events)
 
         self.metrics.active_streams.inc()
         try:
@@ -225,23 +229,19 @@ class Generator:
         state: StreamState | None,
         error: str | None,
         *,
-        produced: Sequence[dict[str, Any]] | None = None,
+        events: Sequence[dict[str, Any]] | None = None,
     ) -> StreamState:
         """Store the answer of a terminal stream and release the chat's active stream.
 
         Idempotent and safe to race: only the first call for a stream changes anything.
         ``state`` None means "read it from the stream" (interrupted if the stream is gone).
-        ``produced``: the events as the producer made them, used when the log cannot be
-        read (the engine is shutting down, or the backend is unreachable).
+        ``events``: the stream's events exactly as its log holds them (the producer knows
+        them); otherwise they are read from the log.
         Returns the state the answer is stored under (by this call or an earlier one).
         """
-        try:
+        end: StreamEnd | None = None
+        if events is None:
             events, end = await self.read_events(record.id)
-        except UnbrokenError as exc:
-            if produced is None:
-                raise
-            logger.info("stream %r cannot be read (%s); storing it as produced", record.id, exc)
-            events, end = list(produced), None
         if end is not None and state is None:
             state, error = end.state, end.error
         if state is None:

@@ -38,8 +38,10 @@ class Settings:
     demo_tokens_per_second: float = 20.0
     #: How long a producer's lease lives without renewal (crash detection), seconds.
     lease_ttl: float = 3.0
-    #: How long a finished stream stays readable in the stream backend, seconds.
-    retention: float = 86400.0
+    #: How long a finished stream stays readable in the stream backend, seconds. Once an
+    #: answer is stored, resumes past ``resume_window`` are served from the database, so
+    #: the backend only has to keep it a while (the memory backend holds it in the heap).
+    retention: float = 600.0
     #: On shutdown, running generations get this long to finish; the rest are stored as
     #: interrupted.
     drain_timeout: float = 10.0
@@ -76,7 +78,7 @@ class Settings:
             openai_base_url=text("OPENAI_BASE_URL"),
             demo_tokens_per_second=_number(env, "UNBROKEN_DEMO_TOKENS_PER_SECOND", 20.0),
             lease_ttl=_number(env, "UNBROKEN_LEASE_TTL", 3.0),
-            retention=_number(env, "UNBROKEN_RETENTION", 86400.0),
+            retention=_number(env, "UNBROKEN_RETENTION", 600.0),
             drain_timeout=_number(env, "UNBROKEN_DRAIN_TIMEOUT", 10.0),
             sweep_interval=_number(env, "UNBROKEN_SWEEP_INTERVAL", 10.0),
             max_body_bytes=int(_number(env, "UNBROKEN_MAX_BODY_BYTES", 1024 * 1024)),
@@ -115,6 +117,8 @@ class Settings:
             raise SettingsError("UNBROKEN_DEMO_TOKENS_PER_SECOND must be positive")
         if self.lease_ttl <= 0 or self.retention <= 0:
             raise SettingsError("UNBROKEN_LEASE_TTL and UNBROKEN_RETENTION must be positive")
+        if self.retention < self.resume_window:
+            raise SettingsError("UNBROKEN_RETENTION must be at least the resume window")
         if self.drain_timeout < 0 or self.sweep_interval < 0:
             raise SettingsError(
                 "UNBROKEN_DRAIN_TIMEOUT and UNBROKEN_SWEEP_INTERVAL must not be negative"
