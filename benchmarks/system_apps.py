@@ -19,7 +19,9 @@ Run by ``uvicorn --factory --app-dir benchmarks system_apps:product_app`` (or
 
 from __future__ import annotations
 
+import gc
 import os
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -45,6 +47,28 @@ from unbroken.protocols.ai_sdk import (
 __all__ = ["StampedDemoModel", "plain_app", "product_app"]
 
 STAMPS_ENV = "UNBROKEN_BENCH_STAMPS"
+GC_LOG_ENV = "UNBROKEN_BENCH_GC_LOG"
+
+
+def _log_gc_pauses() -> None:
+    """Append ``<generation>\t<pause ms>`` for every garbage collection of 1 ms or more to
+    the file named by ``UNBROKEN_BENCH_GC_LOG`` (the benchmark reports the pauses: a full
+    collection stops every stream in the process at once)."""
+    path = os.environ.get(GC_LOG_ENV)
+    if not path:
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+            return
+        pause = (time.perf_counter() - started[0]) * 1000
+        if pause >= 1.0:
+            os.write(fd, f"{info['generation']}\t{pause:.2f}\n".encode())
+
+    gc.callbacks.append(on_gc)
 
 
 class StampedDemoModel(DemoModel):
@@ -92,6 +116,7 @@ def _model(settings: Settings) -> ChatModel:
 def product_app() -> FastAPI:
     """The chat service as the CLI runs it, with the stamped demo model."""
     chat_app.make_model = _model  # type: ignore[assignment]  # the one change, see above
+    _log_gc_pauses()
     return chat_app.create_app(Settings.from_env())
 
 
@@ -99,6 +124,7 @@ def plain_app() -> FastAPI:
     """Plain streaming of the same model through the same encoder: no engine."""
     settings = Settings.from_env()
     model = _model(settings)
+    _log_gc_pauses()
     app = FastAPI(title="plain streaming baseline")
 
     @app.post("/api/chat")

@@ -130,6 +130,8 @@ class Server:
         self.stamps = workdir / f"stamps-{uuid.uuid4().hex[:8]}.tsv"
         self.stamps.touch()
         self.log = workdir / f"server-{config.name.replace(' ', '')}.log"
+        self.gc_log = workdir / f"gc-{uuid.uuid4().hex[:8]}.tsv"
+        self.gc_log.touch()
         self.prefix = f"unbroken-sysbench-{uuid.uuid4().hex[:8]}"
         self.pg_name: str | None = None
         self.api_key: str | None = None
@@ -145,6 +147,7 @@ class Server:
             UNBROKEN_DEMO_TOKENS_PER_SECOND=str(TOKENS_PER_SECOND),
             UNBROKEN_SECRET_KEY="benchmark-secret-" + uuid.uuid4().hex,
             UNBROKEN_BENCH_STAMPS=str(self.stamps),
+            UNBROKEN_BENCH_GC_LOG=str(self.gc_log),
             UNBROKEN_REDIS_PREFIX=self.prefix,
         )
         if config.postgres:
@@ -441,6 +444,23 @@ def profile_breakdown(path: Path) -> list[tuple[str, float]]:
     return sorted(((k, v / total) for k, v in shares.items()), key=lambda kv: -kv[1])
 
 
+def gc_pauses(path: Path, offset: int) -> dict[str, Any]:
+    """Garbage-collection pauses of >= 1 ms the server logged after ``offset`` (ramp and
+    window of one step): count, total and longest, per generation."""
+    with path.open("rb") as log:
+        log.seek(offset)
+        lines = log.read().decode().split("\n")
+    pauses: dict[str, list[float]] = {}
+    for line in lines:
+        generation, _, ms = line.partition("\t")
+        if ms:
+            pauses.setdefault(f"gen{generation}", []).append(float(ms))
+    return {
+        gen: {"count": len(v), "total_ms": round(sum(v), 1), "max_ms": round(max(v), 1)}
+        for gen, v in sorted(pauses.items())
+    }
+
+
 def step_line(r: dict[str, Any]) -> str:
     d, res = r["delay_ms"], r["resume"]
     resume = (
@@ -456,6 +476,10 @@ def step_line(r: dict[str, Any]) -> str:
         f"{r['cpu_us_per_chunk']:>8.1f}"
         f"{d['p50']:>8.1f}{d['p99']:>8.1f}{d['max']:>8.0f}  {resume}"
         f"  {'ok' if r['ok'] else 'FAIL'} {', '.join(f'{k}: {v}' for k, v in trouble.items())}"
+        + "".join(
+            f" [{gen} gc: {p['count']} >= 1 ms, max {p['max_ms']:.0f} ms]"
+            for gen, p in r.get("gc_pauses", {}).items()
+        )
     )
 
 
@@ -478,6 +502,7 @@ def capacity(
             slug = config.name.replace(" ", "")
             attempts: list[dict[str, Any]] = []
             for attempt in range(1 + args.retries):
+                gc_seen = server.gc_log.stat().st_size
                 result = run_step(
                     server,
                     streams,
@@ -488,6 +513,7 @@ def capacity(
                     profile=args.py_spy if profiled and attempt == 0 else None,
                     profile_out=RESULTS / f"system-profile-{slug}-{streams}.txt",
                 )
+                result["gc_pauses"] = gc_pauses(server.gc_log, gc_seen)
                 attempts.append(result)
                 print(step_line(result), flush=True)
                 time.sleep(2)
