@@ -20,6 +20,7 @@ import asyncio
 import logging
 import secrets
 import time
+from array import array
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -103,7 +104,11 @@ class _LocalStream:
     token: str
     times: StreamTimes
     new_event: Callable[[], _Event] = anyio.Event
-    chunks: list[Chunk] = field(default_factory=list)
+    # The chunks as strings and start offsets, not `Chunk` objects: these live as long as
+    # the answer, and objects the garbage collector tracks would make its full collections
+    # (which stop every stream in the process) longer with every chunk.
+    data: list[str] = field(default_factory=list)
+    offsets: array[int] = field(default_factory=lambda: array("q"))
     char_count: int = 0
     # Chunks the backend has acknowledged. Local readers see only these (so what they see is
     # what every other reader will see), except while the backend is unreachable: then they
@@ -126,7 +131,7 @@ class _LocalStream:
 
     @property
     def visible(self) -> int:
-        return len(self.chunks) if self.degraded else self.durable
+        return len(self.data) if self.degraded else self.durable
 
     def wake_readers(self) -> None:
         self.quiet = False
@@ -149,18 +154,29 @@ class _LocalStream:
 
     @property
     def unwritten(self) -> bool:
-        return self.lost or self.durable < len(self.chunks)
+        return self.lost or self.durable < len(self.data)
 
     async def wait_for_writes(self) -> None:
         if self._writer_idle is None:
             self._writer_idle = self.new_event()
         await self._writer_idle.wait()
 
-    def add(self, data: str) -> None:
-        self.chunks.append(Chunk(len(self.chunks), data, self.char_count))
+    @property
+    def count(self) -> int:
+        return len(self.data)
+
+    def chunks(self, start: int, stop: int) -> list[Chunk]:
+        data, offsets = self.data, self.offsets
+        return [Chunk(seq, data[seq], offsets[seq]) for seq in range(start, stop)]
+
+    def add(self, data: str) -> Chunk:
+        chunk = Chunk(len(self.data), data, self.char_count)
+        self.data.append(data)
+        self.offsets.append(self.char_count)
         self.char_count += len(data)
         if self.degraded:
             self.wake_readers()
+        return chunk
 
     def stop(self, state: StreamState, error: str | None = None) -> None:
         """Stop the source; the first reason wins (cancel, shutdown, lost lease, ...)."""
@@ -173,7 +189,7 @@ class _LocalStream:
 
     def _visible_chars(self) -> int:
         n = self.visible
-        return self.chunks[n - 1].end_offset if n else 0
+        return self.offsets[n] if n < len(self.data) else self.char_count
 
 
 @dataclass(eq=False)
@@ -398,14 +414,14 @@ class StreamEngine:
                     if not data:
                         continue
                     if (
-                        len(local.chunks) >= self.max_chunks
+                        local.count >= self.max_chunks
                         or local.char_count + len(data) > self.max_chars
                     ):
                         state, error = StreamState.ERROR, TOO_LARGE
                         break
-                    local.add(data)
+                    chunk = local.add(data)
                     if self._appends_inline:
-                        self._append_inline(local)
+                        self._append_inline(local, chunk)
                     else:
                         local.wake_writer()
         except Exception as exc:
@@ -423,18 +439,17 @@ class StreamEngine:
             state, error = local.stop_state, local.stop_error
         return state, error
 
-    def _append_inline(self, local: _LocalStream) -> None:
+    def _append_inline(self, local: _LocalStream, chunk: Chunk) -> None:
         """Append the chunk just added, without a task switch (in-process backends). Anything
         unusual (a lost or degraded stream, an error) is left to the writer task."""
-        newest = len(local.chunks) - 1
-        if local.lost or local.degraded or local.durable != newest:
+        if local.lost or local.degraded or local.durable != chunk.seq:
             local.wake_writer()
             return
         try:
             result = self.backend.append_nowait(
                 local.stream_id,
                 token=local.token,
-                chunks=local.chunks[newest:],
+                chunks=(chunk,),
                 times=local.times,
                 now=time.time(),
             )
@@ -457,7 +472,7 @@ class StreamEngine:
         producer must stop (the stream ended or another producer owns it)."""
         if result is StreamState.ACTIVE:
             local.durable += count
-            if local.degraded and local.durable == len(local.chunks):
+            if local.degraded and local.durable == local.count:
                 local.degraded = False
             local.wake_readers()
         elif result is None:
@@ -477,7 +492,7 @@ class StreamEngine:
         # Never runs twice at once: the write loop is cancelled before _record_end flushes.
         delay = _RETRY_MIN
         while local.unwritten:
-            batch = local.chunks[local.durable : local.durable + _WRITE_BATCH]
+            batch = local.chunks(local.durable, min(local.durable + _WRITE_BATCH, local.count))
             try:
                 if local.lost:
                     if not await self._reclaim(local):
@@ -530,7 +545,7 @@ class StreamEngine:
             return None
         except BackendError:
             return False
-        if status is None or not status.chunk_count <= len(local.chunks):
+        if status is None or not status.chunk_count <= local.count:
             return False
         if not owned and status.chunk_count <= local.durable:
             return False
@@ -636,7 +651,7 @@ class StreamEngine:
             # its way back (the stop cancelled the writer) may still have landed.
             status = await self._status_quietly(local.stream_id)
             if status is not None:
-                if local.durable < status.chunk_count <= len(local.chunks):
+                if local.durable < status.chunk_count <= local.count:
                     local.durable = status.chunk_count
                 if recorded is not state:
                     error = status.error
@@ -771,7 +786,7 @@ class StreamEngine:
         while True:
             visible = local.visible
             batch: list[Chunk | StreamEnd] = []
-            batch += local.chunks[position : min(visible, position + _READ_PAGE)]
+            batch += local.chunks(position, min(visible, position + _READ_PAGE))
             position += len(batch)
             if position >= visible and local.state.is_terminal:
                 batch.append(local.end())

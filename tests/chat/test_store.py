@@ -174,6 +174,12 @@ async def test_generation_bookkeeping_is_compare_and_set(store: Store) -> None:
     assert record is not None
     assert await store.begin_generation(chat.id, user_message_id="m1") is None  # one at a time
     assert (await store.get_chat(chat.id, user.id)).active_stream_id == record.id  # type: ignore[union-attr]
+    # What a resume reads first: the chat and its active stream, in one query.
+    assert await store.get_chat_and_active_stream(chat.id, user.id) == (
+        await store.get_chat(chat.id, user.id),
+        await store.get_stream(record.id),
+    )
+    assert await store.get_chat_and_active_stream(chat.id, (await store.create_user()).id) is None
     # The answer in progress keeps its place but is not listed.
     assert [m.id for m in await store.list_messages(chat.id)] == ["m1"]
     listed = await store.list_messages(chat.id, include_streaming=True)
@@ -190,6 +196,10 @@ async def test_generation_bookkeeping_is_compare_and_set(store: Store) -> None:
     assert await store.clear_active_stream(chat.id, record.id)
     assert not await store.clear_active_stream(chat.id, record.id)
     assert (await store.get_chat(chat.id, user.id)).active_stream_id is None  # type: ignore[union-attr]
+    assert await store.get_chat_and_active_stream(chat.id, user.id) == (
+        await store.get_chat(chat.id, user.id),
+        None,
+    )
 
     # Asking again from m1 (a regenerate) drops what came after it.
     assert not await store.add_user_message(chat.id, message_id="m1", parts=[])

@@ -8,6 +8,7 @@ open, and every answer that ends during shutdown is still stored.
 
 from __future__ import annotations
 
+import gc
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -104,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             async with anyio.create_task_group() as background:
                 if settings.sweep_interval > 0:
                     background.start_soon(sweep_forever, services, settings.sweep_interval)
+                _freeze_startup_heap()
                 yield {SHUTDOWN_STATE_KEY: shutdown}
                 background.cancel_scope.cancel()
 
@@ -122,6 +124,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SessionCookieMiddleware)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     return app
+
+
+_heap_frozen = False
+
+
+def _freeze_startup_heap() -> None:
+    """Once per process, once started: move everything allocated so far (the modules and
+    objects of FastAPI, SQLAlchemy, pydantic, …: most of the heap) out of the garbage
+    collector's reach. They live as long as the process anyway, and without this every full
+    collection scans them all, pausing every stream in the process for tens of milliseconds.
+    """
+    global _heap_frozen
+    if not _heap_frozen:
+        _heap_frozen = True
+        gc.collect()
+        gc.freeze()
 
 
 def app_from_env() -> FastAPI:

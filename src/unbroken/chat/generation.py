@@ -44,7 +44,7 @@ from unbroken.chat.models import (
 from unbroken.chat.store import MessageStatus, Store, StreamRecord
 from unbroken.exceptions import StreamNotFoundError, UnbrokenError
 
-__all__ = ["MESSAGE_STATUS", "Generator", "ui_chunks"]
+__all__ = ["MESSAGE_STATUS", "Answer", "Generator", "assemble", "ui_chunks"]
 
 logger = logging.getLogger("unbroken.chat")
 
@@ -135,13 +135,71 @@ async def ui_chunks(
 
 def assemble(message_id: str, events: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The assistant ``UIMessage`` that ``events`` build (what ``useChat`` would show)."""
-    # Not strict: a stored answer is kept even if some event in it is malformed.
-    assembler = UIMessageAssembler(
-        {"id": message_id, "role": "assistant", "parts": []}, strict=False
-    )
-    message: dict[str, Any] = assembler.feed_all(events)
-    message["id"] = message_id
-    return message
+    return Answer.of(message_id, events).message
+
+
+class Answer:
+    """An answer as stored: the assembled message and the type of the last event in the
+    stream's log (a stop that lost the race with the end is stored as done)."""
+
+    def __init__(self, message_id: str) -> None:
+        self.message_id = message_id
+        # Not strict: a stored answer is kept even if some event in it is malformed.
+        self._assembler = UIMessageAssembler(
+            {"id": message_id, "role": "assistant", "parts": []}, strict=False
+        )
+        self._count = 0
+        self._last_type: str | None = None
+
+    @classmethod
+    def of(cls, message_id: str, events: Sequence[dict[str, Any]]) -> Answer:
+        answer = cls(message_id)
+        for event in events:
+            answer.feed(event)
+        return answer
+
+    def feed(self, event: dict[str, Any]) -> None:
+        self._assembler.feed(event)
+        self._count += 1
+        type_ = event.get("type")
+        self._last_type = type_ if isinstance(type_, str) else None
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    @property
+    def last_type(self) -> str | None:
+        return self._last_type
+
+    @property
+    def message(self) -> dict[str, Any]:
+        message: dict[str, Any] = self._assembler.message
+        message["id"] = self.message_id
+        return message
+
+
+class _ProducedAnswer:
+    """The answer assembled while it is produced, so the producer can store it without
+    reading its log back (and keeps no event objects around for the garbage collector).
+    The newest event is held back until the next one: it is the only one that may be
+    missing from the log (the source was stopped, or the stream outgrew its limit)."""
+
+    def __init__(self, message_id: str) -> None:
+        self._answer = Answer(message_id)
+        self._newest: dict[str, Any] | None = None
+
+    def add(self, event: dict[str, Any]) -> None:
+        if self._newest is not None:
+            self._answer.feed(self._newest)
+        self._newest = event
+
+    def as_logged(self, chunk_count: int) -> Answer:
+        """The answer the log's first ``chunk_count`` events make (each event is a chunk)."""
+        if self._newest is not None and self._answer.count < chunk_count:
+            self._answer.feed(self._newest)
+            self._newest = None
+        return self._answer
 
 
 class Generator:
@@ -159,7 +217,7 @@ class Generator:
         """Start generating the answer ``record`` stands for. Returns once the stream is
         claimed (readers may attach); the generation then runs in the engine."""
         started = time.monotonic()
-        produced: list[dict[str, Any]] = []
+        produced = _ProducedAnswer(record.message_id)
 
         async def on_end(end: StreamEnd) -> None:
             self.metrics.active_streams.dec()
@@ -169,8 +227,8 @@ class Generator:
             )
             # The log is the first `chunk_count` events produced (each event is one chunk,
             # in order): no need to read it back and decode it.
-            events = produced[: end.chunk_count]
-            await self.finalize(record, end.state, end.error, events=events)
+            answer = produced.as_logged(end.chunk_count)
+            await self.finalize(record, end.state, end.error, answer=answer)
 
         self.metrics.active_streams.inc()
         try:
@@ -185,7 +243,7 @@ class Generator:
         self,
         record: StreamRecord,
         history: Sequence[dict[str, Any]],
-        produced: list[dict[str, Any]],
+        produced: _ProducedAnswer,
     ) -> AsyncIterator[str]:
         started = time.monotonic()
         first = True
@@ -196,7 +254,7 @@ class Generator:
                     first = False
                     self.metrics.first_chunk_seconds.observe(time.monotonic() - started)
                 self.metrics.chunks.inc()
-                produced.append(chunk)
+                produced.add(chunk)
                 yield encode_event(chunk)
         finally:
             aclose = getattr(events, "aclose", None)
@@ -229,28 +287,29 @@ class Generator:
         state: StreamState | None,
         error: str | None,
         *,
-        events: Sequence[dict[str, Any]] | None = None,
+        answer: Answer | None = None,
     ) -> StreamState:
         """Store the answer of a terminal stream and release the chat's active stream.
 
         Idempotent and safe to race: only the first call for a stream changes anything.
         ``state`` None means "read it from the stream" (interrupted if the stream is gone).
-        ``events``: the stream's events exactly as its log holds them (the producer knows
-        them); otherwise they are read from the log.
+        ``answer``: what the stream's log holds, assembled (the producer knows it);
+        otherwise the log is read.
         Returns the state the answer is stored under (by this call or an earlier one).
         """
         end: StreamEnd | None = None
-        if events is None:
+        if answer is None:
             events, end = await self.read_events(record.id)
+            answer = Answer.of(record.message_id, events)
         if end is not None and state is None:
             state, error = end.state, end.error
         if state is None:
             state, error = StreamState.INTERRUPTED, "the answer was lost"
-        if state is StreamState.CANCELLED and events and events[-1].get("type") == "finish":
+        if state is StreamState.CANCELLED and answer.last_type == "finish":
             # A stop that lost the race with the end: the answer is complete, and every
             # reader was sent its own `finish`, so store what they saw.
             state, error = StreamState.DONE, None
-        message = assemble(record.message_id, events)
+        message = answer.message
         await self.store.finalize_message(
             record.chat_id,
             record.message_id,

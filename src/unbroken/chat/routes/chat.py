@@ -230,13 +230,11 @@ async def resume_v5(
     """For ``useChat({resume: true})`` / ``resumeStream()`` (ai 5, 6, 7)."""
     check_chat_id(chat_id, status=404)
     position = _wire.resume_position(request)
-    chat = await services.store.get_chat(chat_id, identity.user.id)
-    if chat is None:
+    found = await services.store.get_chat_and_active_stream(chat_id, identity.user.id)
+    if found is None:
         raise not_found()
+    chat, record = found
     window = services.settings.resume_window
-    record = None
-    if chat.active_stream_id is not None:
-        record = await services.store.get_stream(chat.active_stream_id)
     if record is not None:
         status = await stream_status(services, record)
         if status is not None and (

@@ -306,6 +306,33 @@ class Store:
         async with self.engine.connect() as conn:
             return await self._get_chat(conn, chat_id, user_id)
 
+    async def get_chat_and_active_stream(
+        self, chat_id: str, user_id: str
+    ) -> tuple[Chat, StreamRecord | None] | None:
+        """`get_chat` and the stream its ``active_stream_id`` names, in one query (what every
+        resume asks first)."""
+        labelled = [column.label(f"stream_{column.name}") for column in streams.c]
+        query = (
+            select(chats, *labelled)
+            .select_from(chats.outerjoin(streams, streams.c.id == chats.c.active_stream_id))
+            .where(and_(chats.c.id == chat_id, chats.c.user_id == user_id))
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            return None
+        m = row._mapping
+        record = None
+        if m["stream_id"] is not None:
+            record = StreamRecord(
+                id=m["stream_id"],
+                chat_id=m["stream_chat_id"],
+                message_id=m["stream_message_id"],
+                user_message_id=m["stream_user_message_id"],
+                created_at=_utc(m["stream_created_at"]),
+            )
+        return Chat.from_row(row), record
+
     @staticmethod
     async def _get_chat(conn: AsyncConnection, chat_id: str, user_id: str) -> Chat | None:
         row = (
@@ -642,6 +669,10 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         # WAL: readers never block the writer, which matters with several workers on one file.
         cursor = dbapi_connection.cursor()
         _enable_wal(cursor)
+        # With WAL, NORMAL syncs at checkpoints instead of on every commit: the database
+        # is never corrupted; a power cut may lose the last commits. Each answer commits a
+        # few times, and an fsync each would cost more than the answer's SQL.
+        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
 
