@@ -407,21 +407,19 @@ def run_step(
 #: Where a profile sample's CPU goes: the first rule one of whose names is part of a frame's
 #: name in the sample's stack (``=name``: is a frame's whole name) names it.
 PROFILE_RULES: list[tuple[str, tuple[str, ...]]] = [
-    ("per answer: on_end -> finalize (read log, assemble, SQL)", ("Generator.finalize",)),
+    ("per answer: on_end -> finalize (store the answer)", ("Generator.finalize",)),
     ("per request: route, auth, SQL, engine.start", ("=post_chat", "=resume_v5", "=identify")),
     ("HTTP send: ASGI send chain + uvicorn write", ("RequestResponseCycle.send",)),
     ("v5 encoder: decode, fit, encode JSON, SSE", ("StreamEncoder.encode",)),
-    ("model + ui_chunks + encode_event", ("Generator._source", "post_chat.<locals>.body")),
-    ("engine: producer (_pump, add)", ("StreamEngine._pump",)),
+    (
+        "model + ui_chunks + encode_event (+ assembling the answer)",
+        ("Generator._source", "post_chat.<locals>.body"),
+    ),
+    ("engine: producer (_pump, add, inline append, wake readers)", ("StreamEngine._pump",)),
     ("engine: write loop (flush, append, wake readers)", ("StreamEngine._write_loop",)),
     ("engine: lease and stop watchers", ("StreamEngine._keep_lease", "_watch_for_stop")),
-    ("response: reader task (engine.read -> memory stream)", ("EngineStreamResponse._read",)),
-    (
-        "response: memory stream receive, _batch",
-        ("EngineStreamResponse._batch", "MemoryObjectReceiveStream.receive"),
-    ),
-    ("response: per-write cancel scopes", ("move_on_after", "CancelScope.__exit__")),
-    ("response: rest of _write_all", ("EngineStreamResponse", "StreamingResponse")),
+    ("response: engine.read_batches (read, wait)", ("StreamEngine.read_batches",)),
+    ("response: rest of the response loop", ("EngineStreamResponse", "StreamingResponse")),
 ]
 
 
