@@ -180,26 +180,22 @@ class Answer:
 
 
 class _ProducedAnswer:
-    """The answer assembled while it is produced, so the producer can store it without
-    reading its log back (and keeps no event objects around for the garbage collector).
-    The newest event is held back until the next one: it is the only one that may be
-    missing from the log (the source was stopped, or the stream outgrew its limit)."""
+    """The events of an answer as its producer wrote them, kept as their JSON text (strings
+    are invisible to the garbage collector; event dicts of every live answer would not be),
+    so the producer can store the answer without reading its log back."""
 
     def __init__(self, message_id: str) -> None:
-        self._answer = Answer(message_id)
-        self._newest: dict[str, Any] | None = None
+        self.message_id = message_id
+        self._events: list[str] = []
 
-    def add(self, event: dict[str, Any]) -> None:
-        if self._newest is not None:
-            self._answer.feed(self._newest)
-        self._newest = event
+    def add(self, encoded: str) -> None:
+        self._events.append(encoded)
 
     def as_logged(self, chunk_count: int) -> Answer:
-        """The answer the log's first ``chunk_count`` events make (each event is a chunk)."""
-        if self._newest is not None and self._answer.count < chunk_count:
-            self._answer.feed(self._newest)
-            self._newest = None
-        return self._answer
+        """The answer the log's first ``chunk_count`` chunks make: the first events
+        produced, one chunk each, in order (a stop or a lost backend may have kept later
+        ones out of the log)."""
+        return Answer.of(self.message_id, [decode_event(e) for e in self._events[:chunk_count]])
 
 
 class Generator:
@@ -254,8 +250,9 @@ class Generator:
                     first = False
                     self.metrics.first_chunk_seconds.observe(time.monotonic() - started)
                 self.metrics.chunks.inc()
-                produced.add(chunk)
-                yield encode_event(chunk)
+                encoded = encode_event(chunk)
+                produced.add(encoded)
+                yield encoded
         finally:
             aclose = getattr(events, "aclose", None)
             if aclose is not None:
