@@ -20,7 +20,6 @@ import asyncio
 import logging
 import secrets
 import time
-from array import array
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -29,7 +28,7 @@ from typing import Protocol, Self
 import anyio
 from anyio.abc import TaskGroup
 
-from unbroken._models import Chunk, StreamEnd, StreamState, StreamStatus
+from unbroken._models import Chunk, ChunkLog, StreamEnd, StreamState, StreamStatus
 from unbroken.backends.base import Appended, Backend, Ended, Idle, Listener, StreamTimes
 from unbroken.exceptions import (
     BackendError,
@@ -96,6 +95,30 @@ def _event_factory() -> Callable[[], _Event]:
     return asyncio.Event
 
 
+class _Wakeup:
+    """Wakes every task waiting in `wait`. Its event is created only when a task is about to
+    wait (a reader with nothing new, an idle writer): at one wake-up per chunk, an event per
+    chunk would cost more than the chunk."""
+
+    __slots__ = ("_event", "_new_event")
+
+    def __init__(self, new_event: Callable[[], _Event]) -> None:
+        self._new_event = new_event
+        self._event: _Event | None = None
+
+    def set(self) -> None:
+        event = self._event
+        if event is not None:
+            self._event = None
+            event.set()
+
+    async def wait(self) -> None:
+        """Call only after finding nothing to do, with no await between the look and this."""
+        if self._event is None:
+            self._event = self._new_event()
+        await self._event.wait()
+
+
 @dataclass(eq=False)
 class _LocalStream:
     """A stream produced in this process: its chunks, its state, and what wakes its readers."""
@@ -104,12 +127,7 @@ class _LocalStream:
     token: str
     times: StreamTimes
     new_event: Callable[[], _Event] = anyio.Event
-    # The chunks as strings and start offsets, not `Chunk` objects: these live as long as
-    # the answer, and objects the garbage collector tracks would make its full collections
-    # (which stop every stream in the process) longer with every chunk.
-    data: list[str] = field(default_factory=list)
-    offsets: array[int] = field(default_factory=lambda: array("q"))
-    char_count: int = 0
+    log: ChunkLog = field(default_factory=ChunkLog)  # lives as long as the answer
     # Chunks the backend has acknowledged. Local readers see only these (so what they see is
     # what every other reader will see), except while the backend is unreachable: then they
     # see everything ("fail open"), and the backend gets it all once it is back.
@@ -122,58 +140,28 @@ class _LocalStream:
     stop_error: str | None = None
     source_scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     ended: anyio.Event = field(default_factory=anyio.Event)
-    # Events are created only when a task is about to wait on them (a reader with nothing
-    # new, an idle writer): at one chunk per wake-up, an event per chunk would cost more
-    # than the chunk.
-    _changed: _Event | None = None
-    _writer_idle: _Event | None = None
+    readers: _Wakeup = field(init=False)  # what local readers wait on (see wake_readers)
+    writer: _Wakeup = field(init=False)  # what the idle writer task waits on
     quiet: bool = False  # no reader was woken since the engine's last liveness tick
+
+    def __post_init__(self) -> None:
+        self.readers = _Wakeup(self.new_event)
+        self.writer = _Wakeup(self.new_event)
 
     @property
     def visible(self) -> int:
-        return len(self.data) if self.degraded else self.durable
-
-    def wake_readers(self) -> None:
-        self.quiet = False
-        event = self._changed
-        if event is not None:
-            self._changed = None
-            event.set()
-
-    async def wait_changed(self) -> None:
-        """Wait until `wake_readers` (call only after seeing nothing new: no await between)."""
-        if self._changed is None:
-            self._changed = self.new_event()
-        await self._changed.wait()
-
-    def wake_writer(self) -> None:
-        event = self._writer_idle
-        if event is not None:
-            self._writer_idle = None
-            event.set()
+        return len(self.log) if self.degraded else self.durable
 
     @property
     def unwritten(self) -> bool:
-        return self.lost or self.durable < len(self.data)
+        return self.lost or self.durable < len(self.log)
 
-    async def wait_for_writes(self) -> None:
-        if self._writer_idle is None:
-            self._writer_idle = self.new_event()
-        await self._writer_idle.wait()
-
-    @property
-    def count(self) -> int:
-        return len(self.data)
-
-    def chunks(self, start: int, stop: int) -> list[Chunk]:
-        data, offsets = self.data, self.offsets
-        return [Chunk(seq, data[seq], offsets[seq]) for seq in range(start, stop)]
+    def wake_readers(self) -> None:
+        self.quiet = False
+        self.readers.set()
 
     def add(self, data: str) -> Chunk:
-        chunk = Chunk(len(self.data), data, self.char_count)
-        self.data.append(data)
-        self.offsets.append(self.char_count)
-        self.char_count += len(data)
+        chunk = self.log.add(data)
         if self.degraded:
             self.wake_readers()
         return chunk
@@ -185,11 +173,7 @@ class _LocalStream:
         self.source_scope.cancel()
 
     def end(self) -> StreamEnd:
-        return StreamEnd(self.state, self.error, self.visible, self._visible_chars())
-
-    def _visible_chars(self) -> int:
-        n = self.visible
-        return self.offsets[n] if n < len(self.data) else self.char_count
+        return StreamEnd(self.state, self.error, self.visible, self.log.offset_at(self.visible))
 
 
 @dataclass(eq=False)
@@ -414,8 +398,8 @@ class StreamEngine:
                     if not data:
                         continue
                     if (
-                        local.count >= self.max_chunks
-                        or local.char_count + len(data) > self.max_chars
+                        len(local.log) >= self.max_chunks
+                        or local.log.char_count + len(data) > self.max_chars
                     ):
                         state, error = StreamState.ERROR, TOO_LARGE
                         break
@@ -423,7 +407,7 @@ class StreamEngine:
                     if self._appends_inline:
                         self._append_inline(local, chunk)
                     else:
-                        local.wake_writer()
+                        local.writer.set()
         except Exception as exc:
             logger.exception("source of stream %r failed", local.stream_id)
             state, error = StreamState.ERROR, _safe_message(exc)
@@ -443,7 +427,7 @@ class StreamEngine:
         """Append the chunk just added, without a task switch (in-process backends). Anything
         unusual (a lost or degraded stream, an error) is left to the writer task."""
         if local.lost or local.degraded or local.durable != chunk.seq:
-            local.wake_writer()
+            local.writer.set()
             return
         try:
             result = self.backend.append_nowait(
@@ -454,25 +438,25 @@ class StreamEngine:
                 now=time.time(),
             )
         except BackendError:
-            local.wake_writer()  # it retries, resynchronises or gives up, as for any write
+            local.writer.set()  # it retries, resynchronises or gives up, as for any write
             return
         self._appended(local, 1, result)
         if result is None:
-            local.wake_writer()  # the backend forgot the stream: the writer claims it again
+            local.writer.set()  # the backend forgot the stream: the writer claims it again
 
     async def _write_loop(self, local: _LocalStream) -> None:
         while True:
             if local.unwritten:
                 await self._flush(local)
             else:
-                await local.wait_for_writes()
+                await local.writer.wait()
 
     def _appended(self, local: _LocalStream, count: int, result: StreamState | None) -> bool:
         """Apply the backend's answer to an append of ``count`` chunks. Returns False if the
         producer must stop (the stream ended or another producer owns it)."""
         if result is StreamState.ACTIVE:
             local.durable += count
-            if local.degraded and local.durable == local.count:
+            if local.degraded and local.durable == len(local.log):
                 local.degraded = False
             local.wake_readers()
         elif result is None:
@@ -492,7 +476,7 @@ class StreamEngine:
         # Never runs twice at once: the write loop is cancelled before _record_end flushes.
         delay = _RETRY_MIN
         while local.unwritten:
-            batch = local.chunks(local.durable, min(local.durable + _WRITE_BATCH, local.count))
+            batch = local.log.chunks(local.durable, local.durable + _WRITE_BATCH)
             try:
                 if local.lost:
                     if not await self._reclaim(local):
@@ -545,7 +529,7 @@ class StreamEngine:
             return None
         except BackendError:
             return False
-        if status is None or not status.chunk_count <= local.count:
+        if status is None or not status.chunk_count <= len(local.log):
             return False
         if not owned and status.chunk_count <= local.durable:
             return False
@@ -587,7 +571,7 @@ class StreamEngine:
                 continue
             if state is None:
                 local.lost = True
-                local.wake_writer()
+                local.writer.set()
             elif state.is_terminal:
                 local.stop(state, PRODUCER_LOST if state is StreamState.INTERRUPTED else None)
 
@@ -651,7 +635,7 @@ class StreamEngine:
             # its way back (the stop cancelled the writer) may still have landed.
             status = await self._status_quietly(local.stream_id)
             if status is not None:
-                if local.durable < status.chunk_count <= local.count:
+                if local.durable < status.chunk_count <= len(local.log):
                     local.durable = status.chunk_count
                 if recorded is not state:
                     error = status.error
@@ -786,7 +770,7 @@ class StreamEngine:
         while True:
             visible = local.visible
             batch: list[Chunk | StreamEnd] = []
-            batch += local.chunks(position, min(visible, position + _READ_PAGE))
+            batch += local.log.chunks(position, min(visible, position + _READ_PAGE))
             position += len(batch)
             if position >= visible and local.state.is_terminal:
                 batch.append(local.end())
@@ -801,7 +785,7 @@ class StreamEngine:
                 yield []
                 last_yield = time.monotonic()
             else:
-                await local.wait_changed()
+                await local.readers.wait()
 
     async def _read_backend(
         self, stream_id: str, after: int, heartbeat: float | None

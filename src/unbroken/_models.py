@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import enum
+from array import array
 from dataclasses import dataclass
 
-__all__ = ["Chunk", "StreamEnd", "StreamState", "StreamStatus"]
+__all__ = ["Chunk", "ChunkLog", "StreamEnd", "StreamState", "StreamStatus"]
 
 
 class StreamState(enum.StrEnum):
@@ -37,6 +38,43 @@ class Chunk:
     @property
     def end_offset(self) -> int:
         return self.offset + len(self.data)
+
+
+class ChunkLog:
+    """A stream's chunks held in memory as strings and an array of start offsets, not as
+    `Chunk` objects: a log lives as long as its stream, and objects the garbage collector
+    tracks would make every full collection (which pauses every stream of the process)
+    longer with each chunk. Strings and arrays are not tracked."""
+
+    __slots__ = ("_data", "_offsets", "char_count")
+
+    def __init__(self) -> None:
+        self._data: list[str] = []
+        self._offsets = array("q")
+        self.char_count = 0  # characters in all chunks
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def append(self, chunk: Chunk) -> None:
+        self._data.append(chunk.data)
+        self._offsets.append(chunk.offset)
+        self.char_count += len(chunk.data)
+
+    def add(self, data: str) -> Chunk:
+        """Append ``data`` as the next chunk (its offset: the characters before it)."""
+        chunk = Chunk(len(self._data), data, self.char_count)
+        self.append(chunk)
+        return chunk
+
+    def chunks(self, start: int, stop: int) -> list[Chunk]:
+        """The chunks with ``start <= seq < stop`` that exist."""
+        data, offsets = self._data, self._offsets
+        return [Chunk(seq, data[seq], offsets[seq]) for seq in range(start, min(stop, len(data)))]
+
+    def offset_at(self, seq: int) -> int:
+        """Where chunk ``seq`` starts; past the last chunk, the end of the text."""
+        return self._offsets[seq] if seq < len(self._data) else self.char_count
 
 
 @dataclass(frozen=True, slots=True)

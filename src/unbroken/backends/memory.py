@@ -8,12 +8,11 @@ missing (use `unbroken.backends.redis.RedisBackend` for that).
 from __future__ import annotations
 
 import time
-from array import array
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 
-from unbroken._models import Chunk, StreamState, StreamStatus
+from unbroken._models import Chunk, ChunkLog, StreamState, StreamStatus
 from unbroken.backends._listener import QueueListener
 from unbroken.backends.base import Appended, Backend, Ended, Listener, Notification, StreamTimes
 from unbroken.exceptions import CorruptStreamError
@@ -34,17 +33,9 @@ class _Stream:
     state: StreamState = StreamState.ACTIVE
     finished_at: float | None = None
     error: str | None = None
-    char_count: int = 0
     byte_count: int = 0
-    # The log as plain strings and an array of offsets, not `Chunk` objects: strings and
-    # arrays are invisible to the garbage collector, so streams kept for their retention
-    # do not make every full collection slower (hundreds of objects per stream would).
-    data: list[str] = field(default_factory=list)
-    offsets: array[int] = field(default_factory=lambda: array("q"))
-
-    def chunks(self, start: int, stop: int) -> list[Chunk]:
-        data, offsets = self.data, self.offsets
-        return [Chunk(seq, data[seq], offsets[seq]) for seq in range(start, stop)]
+    # Not `Chunk` objects: streams are kept for their retention (see `ChunkLog`).
+    log: ChunkLog = field(default_factory=ChunkLog)
 
 
 class MemoryBackend(Backend):
@@ -114,14 +105,12 @@ class MemoryBackend(Backend):
             return None
         if stream.state.is_terminal or stream.token != token:
             return stream.state if stream.state.is_terminal else StreamState.INTERRUPTED
-        if chunks and chunks[0].seq != len(stream.data):
+        if chunks and chunks[0].seq != len(stream.log):
             raise CorruptStreamError(
-                f"stream {stream_id!r}: append at seq {chunks[0].seq}, log has {len(stream.data)}"
+                f"stream {stream_id!r}: append at seq {chunks[0].seq}, log has {len(stream.log)}"
             )
         for chunk in chunks:
-            stream.data.append(chunk.data)
-            stream.offsets.append(chunk.offset)
-        stream.char_count += sum(len(c.data) for c in chunks)
+            stream.log.append(chunk)
         stream.byte_count += sum(len(c.data.encode()) for c in chunks)
         stream.updated_at = now
         stream.expires_at = now + times.active
@@ -182,8 +171,8 @@ class MemoryBackend(Backend):
         return StreamStatus(
             stream_id=stream_id,
             state=stream.state,
-            chunk_count=len(stream.data),
-            char_count=stream.char_count,
+            chunk_count=len(stream.log),
+            char_count=stream.log.char_count,
             byte_count=stream.byte_count,
             created_at=stream.created_at,
             updated_at=stream.updated_at,
@@ -200,7 +189,7 @@ class MemoryBackend(Backend):
         if stream is None:
             return []
         start = max(after + 1, 0)
-        return stream.chunks(start, min(start + limit, len(stream.data)))
+        return stream.log.chunks(start, start + limit)
 
     def listen(
         self, stream_id: str, *, ends_only: bool = False
