@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -138,45 +139,35 @@ def assemble(message_id: str, events: Sequence[dict[str, Any]]) -> dict[str, Any
     return Answer.of(message_id, events).message
 
 
+@dataclass(frozen=True)
 class Answer:
-    """An answer as stored: the assembled message and the type of the last event in the
-    stream's log (a stop that lost the race with the end is stored as done)."""
+    """An answer as stored: the message its events assemble, and the type of its last event
+    (a stop that lost the race with the end is stored as done)."""
 
-    def __init__(self, message_id: str) -> None:
-        self.message_id = message_id
-        # Not strict: a stored answer is kept even if some event in it is malformed.
-        self._assembler = UIMessageAssembler(
-            {"id": message_id, "role": "assistant", "parts": []}, strict=False
-        )
-        self._count = 0
-        self._last_type: str | None = None
+    message: dict[str, Any]
+    last_type: str | None
 
     @classmethod
     def of(cls, message_id: str, events: Sequence[dict[str, Any]]) -> Answer:
-        answer = cls(message_id)
-        for event in events:
-            answer.feed(event)
-        return answer
+        # Not strict: a stored answer is kept even if some event in it is malformed.
+        assembler = UIMessageAssembler(
+            {"id": message_id, "role": "assistant", "parts": []}, strict=False
+        )
+        message: dict[str, Any] = assembler.feed_all(events)
+        message["id"] = message_id
+        last = events[-1].get("type") if events else None
+        return cls(message, last if isinstance(last, str) else None)
 
-    def feed(self, event: dict[str, Any]) -> None:
-        self._assembler.feed(event)
-        self._count += 1
-        type_ = event.get("type")
-        self._last_type = type_ if isinstance(type_, str) else None
 
-    @property
-    def count(self) -> int:
-        return self._count
-
-    @property
-    def last_type(self) -> str | None:
-        return self._last_type
-
-    @property
-    def message(self) -> dict[str, Any]:
-        message: dict[str, Any] = self._assembler.message
-        message["id"] = self.message_id
-        return message
+def _decode_events(stream_id: str, encoded: Iterable[str]) -> list[dict[str, Any]]:
+    """The events of a stream's chunks, skipping (and logging) any that is not one."""
+    events: list[dict[str, Any]] = []
+    for data in encoded:
+        try:
+            events.append(decode_event(data))
+        except UnbrokenError:
+            logger.warning("stream %r holds a chunk that is not an event", stream_id)
+    return events
 
 
 class _ProducedAnswer:
@@ -184,8 +175,8 @@ class _ProducedAnswer:
     are invisible to the garbage collector; event dicts of every live answer would not be),
     so the producer can store the answer without reading its log back."""
 
-    def __init__(self, message_id: str) -> None:
-        self.message_id = message_id
+    def __init__(self, record: StreamRecord) -> None:
+        self._record = record
         self._events: list[str] = []
 
     def add(self, encoded: str) -> None:
@@ -195,7 +186,8 @@ class _ProducedAnswer:
         """The answer the log's first ``chunk_count`` chunks make: the first events
         produced, one chunk each, in order (a stop or a lost backend may have kept later
         ones out of the log)."""
-        return Answer.of(self.message_id, [decode_event(e) for e in self._events[:chunk_count]])
+        events = _decode_events(self._record.id, self._events[:chunk_count])
+        return Answer.of(self._record.message_id, events)
 
 
 class Generator:
@@ -213,7 +205,7 @@ class Generator:
         """Start generating the answer ``record`` stands for. Returns once the stream is
         claimed (readers may attach); the generation then runs in the engine."""
         started = time.monotonic()
-        produced = _ProducedAnswer(record.message_id)
+        produced = _ProducedAnswer(record)
 
         async def on_end(end: StreamEnd) -> None:
             self.metrics.active_streams.dec()
@@ -264,19 +256,16 @@ class Generator:
 
         ([], None) if the stream no longer exists.
         """
-        events: list[dict[str, Any]] = []
+        encoded: list[str] = []
         try:
             async for item in self.engine.read(stream_id, after=-1):
                 if isinstance(item, Chunk):
-                    try:
-                        events.append(decode_event(item.data))
-                    except UnbrokenError:
-                        logger.warning("stream %r holds a chunk that is not an event", stream_id)
+                    encoded.append(item.data)
                 else:
-                    return events, item
+                    return _decode_events(stream_id, encoded), item
         except StreamNotFoundError:
             return [], None
-        return events, None
+        return _decode_events(stream_id, encoded), None
 
     async def finalize(
         self,
