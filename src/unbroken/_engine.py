@@ -84,15 +84,36 @@ class _Event(Protocol):
     async def wait(self) -> object: ...
 
 
+class _LoopEvent:
+    """A one-shot event on the running asyncio loop: futures, and nothing else. Made once per
+    chunk, so cheaper than `asyncio.Event`, which binds itself to the loop under a global
+    lock on first use, and much cheaper than `anyio.Event`, which looks the async library up
+    on every creation."""
+
+    __slots__ = ("_loop", "_waiters")
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def set(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait(self) -> None:
+        waiter = self._loop.create_future()
+        self._waiters.append(waiter)
+        await waiter
+
+
 def _event_factory() -> Callable[[], _Event]:
-    """Events for the per-chunk wake-ups of the running event loop's library. On asyncio,
-    its own `asyncio.Event`: `anyio.Event()` looks the library up again on every creation,
-    once per chunk here."""
+    """Events for the per-chunk wake-ups of the running event loop's library."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:  # another library's loop (trio)
         return anyio.Event
-    return asyncio.Event
+    return _LoopEvent
 
 
 class _Wakeup:

@@ -138,6 +138,33 @@ def test_live_batches_of_one_are_not_merged() -> None:
     assert encoder.encode([end()]) == "data: [DONE]\n\n"
 
 
+def test_stored_json_goes_out_as_stored_only_when_fitting_changes_nothing() -> None:
+    """A live chunk the target accepts as it is is written as its stored text (no second
+    encoding); anything fitting changes, or stored text with line breaks, is encoded again."""
+    stored = [
+        # Accepted as is: written verbatim, spacing and key order included.
+        '{"delta": "Hi", "type": "text-delta", "id": "t1"}',
+        # A field 5.0.0 does not know is stripped: encoded again without it.
+        '{"type":"text-delta","id":"t1","delta":"!","unknownField":1}',
+        # A line break in JSON whitespace would split the SSE data line: encoded again.
+        '{"type":"text-delta",\n"id":"t1","delta":"?"}',
+        # 5.0.0 knows no finish reason: encoded again without it.
+        '{"type":"finish","finishReason":"stop"}',
+    ]
+    encoder = UIMessageStreamEncoder(target="5.0.0")
+    texts = [encoder.encode([Chunk(seq, data, 0)]) for seq, data in enumerate(stored)]
+    assert texts == [
+        'id: 0\ndata: {"delta": "Hi", "type": "text-delta", "id": "t1"}\n\n',
+        'id: 1\ndata: {"type":"text-delta","id":"t1","delta":"!"}\n\n',
+        'id: 2\ndata: {"type":"text-delta","id":"t1","delta":"?"}\n\n',
+        'id: 3\ndata: {"type":"finish"}\n\n',
+    ]
+    # A value fitting changes (a finish reason the client does not know): encoded again.
+    newer = UIMessageStreamEncoder(target="6")
+    text = newer.encode([Chunk(0, '{"type":"finish","finishReason":"something-new"}', 0)])
+    assert text == 'id: 0\ndata: {"type":"finish","finishReason":"other"}\n\n'
+
+
 def test_deltas_of_different_parts_are_not_merged() -> None:
     events = [
         {"type": "text-start", "id": "a"},

@@ -111,11 +111,12 @@ class MemoryBackend(Backend):
             )
         for chunk in chunks:
             stream.log.append(chunk)
-        stream.byte_count += sum(len(c.data.encode()) for c in chunks)
+            data = chunk.data
+            stream.byte_count += len(data) if data.isascii() else len(data.encode())
         stream.updated_at = now
         stream.expires_at = now + times.active
         stream.lease_expires_at = now + times.lease
-        if chunks:
+        if chunks and stream_id in self._listeners:  # (in-process readers rarely listen)
             self._notify(stream_id, Appended(tuple(chunks)))
         return StreamState.ACTIVE
 

@@ -29,6 +29,8 @@ INTERRUPTED_TEXT = "the answer was interrupted"
 STATE_MARKER = "data-unbroken-state"
 
 Item = TypeVar("Item")
+#: A wire item waiting to be written: (seq, item, its stored JSON if it can go out as is).
+_Pending = tuple[int, Item, str | None]
 
 
 class StreamEncoder(ABC, Generic[Item]):
@@ -54,12 +56,12 @@ class StreamEncoder(ABC, Generic[Item]):
     def encode(self, items: Iterable[Chunk | StreamEnd]) -> str:
         """Wire text for a batch of engine items (a `StreamEnd` must come last)."""
         out: list[str] = []
-        pending: list[tuple[int, Item]] = []
+        pending: list[_Pending[Item]] = []
         for item in items:
             if self.finished:
                 raise RuntimeError("this encoder already wrote the end of the stream")
             if isinstance(item, StreamEnd):
-                out.extend(self._format(seq, wire) for seq, wire in self._merged(pending))
+                out.extend(self._format_pending(p) for p in self._merged(pending))
                 pending = []
                 out.append(self.end(item))
                 continue
@@ -67,8 +69,14 @@ class StreamEncoder(ABC, Generic[Item]):
             if event is None:
                 continue
             self._observe(event)
-            pending.extend((item.seq, wire) for wire in self._translate(event))
-        out.extend(self._format(seq, wire) for seq, wire in self._merged(pending))
+            wires = self._translate(event)
+            if len(wires) == 1:
+                # The stored JSON may go out as it is (no second encoding) if fitting changed
+                # nothing; a merge makes a new item, which is encoded.
+                pending.append((item.seq, wires[0], self._as_stored(event, wires[0], item.data)))
+            else:
+                pending.extend((item.seq, wire, None) for wire in wires)
+        out.extend(self._format_pending(p) for p in self._merged(pending))
         return "".join(out)
 
     def end(self, end: StreamEnd) -> str:
@@ -126,6 +134,15 @@ class StreamEncoder(ABC, Generic[Item]):
     def _close(self) -> str:
         return ""
 
+    def _as_stored(self, event: UIEvent, wire: Item, data: str) -> str | None:
+        """``data`` (the stored JSON of ``event``) if ``wire`` can be written as that text,
+        else None. Protocols whose items are not the event itself never can."""
+        return None
+
+    def _format_stored(self, seq: int, data: str) -> str:
+        """An item whose wire form is the stored JSON ``data`` (see `_as_stored`)."""
+        raise NotImplementedError
+
     def _observe(self, event: UIEvent) -> None:
         self._last_type = event["type"]
 
@@ -139,17 +156,21 @@ class StreamEncoder(ABC, Generic[Item]):
             logger.warning("skipping chunk %d: not a UI message chunk", chunk.seq)
             return None
 
-    def _merged(self, pending: list[tuple[int, Item]]) -> list[tuple[int, Item]]:
-        if not self.merge:
+    def _format_pending(self, pending: _Pending[Item]) -> str:
+        seq, wire, stored = pending
+        return self._format(seq, wire) if stored is None else self._format_stored(seq, stored)
+
+    def _merged(self, pending: list[_Pending[Item]]) -> list[_Pending[Item]]:
+        if not self.merge or len(pending) < 2:
             return pending
-        out: list[tuple[int, Item]] = []
-        for seq, wire in pending:
+        out: list[_Pending[Item]] = []
+        for seq, wire, stored in pending:
             if out:
                 key = self._merge_key(wire)
                 if key is not None and key == self._merge_key(out[-1][1]):
                     # The merged frame carries the seq of its LAST chunk: Last-Event-ID stays
                     # exact, a resume from it sends nothing twice.
-                    out[-1] = (seq, self._merge_pair(out[-1][1], wire))
+                    out[-1] = (seq, self._merge_pair(out[-1][1], wire), None)
                     continue
-            out.append((seq, wire))
+            out.append((seq, wire, stored))
         return out
