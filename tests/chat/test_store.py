@@ -222,6 +222,55 @@ async def test_api_keys_are_stored_hashed(store: Store) -> None:
     assert key not in stored and len(stored[0]) == 64
 
 
+async def test_a_key_found_is_trusted_for_a_while_without_a_query(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy import event
+
+    from unbroken.chat.store import queries
+
+    user = await store.create_user(kind="user", name="cli")
+    key, _ = await store.create_api_key(user.id)
+    statements: list[str] = []
+    event.listen(
+        store.engine.sync_engine,
+        "before_cursor_execute",
+        lambda conn, cursor, statement, *rest: statements.append(statement),
+    )
+    first = await store.user_for_api_key(key)
+    assert first is not None and first.id == user.id and statements
+    statements.clear()
+    assert await store.user_for_api_key(key) == first
+    assert statements == []  # remembered
+    assert await store.user_for_api_key(key + "x") is None
+    assert statements  # unknown keys are always looked up
+    statements.clear()
+    monkeypatch.setattr(queries, "_KEY_CACHE_SECONDS", 0.0)
+    assert await store.user_for_api_key(key) == first
+    assert statements  # expired: looked up again
+
+
+async def test_storing_an_answer_can_release_its_stream_at_once(store: Store) -> None:
+    user = await store.create_user()
+    chat = await store.get_or_create_chat(uid(), user.id, title="t")
+    assert chat is not None and chat == await store.get_chat(chat.id, user.id)
+    assert await store.add_user_message(chat.id, message_id="m1", parts=[])
+    record = await store.begin_generation(chat.id, user_message_id="m1")
+    assert record is not None
+    # Another stream's release changes nothing about this one; the answer is stored.
+    assert await store.finalize_message(
+        chat.id, record.message_id, parts=[], status="done", release_stream="s_other"
+    )
+    assert (await store.get_chat(chat.id, user.id)).active_stream_id == record.id  # type: ignore[union-attr]
+    # A later (losing) store still releases the stream it names.
+    assert not await store.finalize_message(
+        chat.id, record.message_id, parts=[], status="stopped", release_stream=record.id
+    )
+    assert (await store.get_chat(chat.id, user.id)).active_stream_id is None  # type: ignore[union-attr]
+    answer = await store.get_message(chat.id, record.message_id)
+    assert answer is not None and answer.status == "done"
+
+
 async def test_config_values_are_created_once(store: Store) -> None:
     first = await store.get_or_create_config("session_secret", "one")
     assert await store.get_or_create_config("session_secret", "two") == first == "one"

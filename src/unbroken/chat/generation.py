@@ -303,6 +303,6 @@ class Generator:
             status=MESSAGE_STATUS[state],
             error=error,
             metadata=message.get("metadata"),
+            release_stream=record.id,
         )
-        await self.store.clear_active_stream(record.chat_id, record.id)
         return state

@@ -25,6 +25,7 @@ from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql.dml import Update
 
 from unbroken.chat.store import migrate
 from unbroken.chat.store.tables import api_keys, app_config, chats, messages, streams, users
@@ -57,6 +58,10 @@ def new_id(prefix: str = "", nbytes: int = 18) -> str:
 
 # How stale an API key's last_used_at may be (seconds) before a request refreshes it.
 _KEY_USE_RESOLUTION = 60.0
+# How long a process trusts a key it looked up, and how many it remembers. Keys cannot be
+# revoked (nor their users deleted) yet; whatever adds that must forget the key here too.
+_KEY_CACHE_SECONDS = 30.0
+_KEY_CACHE_SIZE = 10_000
 
 
 def _utc(value: datetime) -> datetime:
@@ -187,6 +192,8 @@ class Store:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        # key hash -> (when it was looked up, its user); see user_for_api_key
+        self._key_users: dict[str, tuple[float, User]] = {}
 
     @classmethod
     def from_url(cls, url: str) -> Self:
@@ -276,9 +283,15 @@ class Store:
 
         ``last_used_at`` is refreshed at most once a minute: writing it on every request
         would put a write transaction (and, on SQLite, the database's write lock) in front
-        of every resume.
+        of every resume. A key found is remembered by this store for 30 s, so most requests
+        (every resume is one) start without a query: under load, each query waits its turn
+        in the event loop several times, which was half a resume's latency. Unknown keys
+        are always looked up.
         """
         key_hash = _hash_key(secret)
+        cached = self._key_users.get(key_hash)
+        if cached is not None and time.monotonic() - cached[0] < _KEY_CACHE_SECONDS:
+            return cached[1]
         async with self.engine.connect() as conn:
             row = (
                 await conn.execute(
@@ -297,7 +310,11 @@ class Store:
                 await conn.execute(
                     update(api_keys).where(api_keys.c.key_hash == key_hash).values(last_used_at=now)
                 )
-        return User(id=m["id"], kind=m["kind"], name=m["name"], created_at=_utc(m["created_at"]))
+        user = User(id=m["id"], kind=m["kind"], name=m["name"], created_at=_utc(m["created_at"]))
+        if len(self._key_users) >= _KEY_CACHE_SIZE:
+            self._key_users.clear()
+        self._key_users[key_hash] = (time.monotonic(), user)
+        return user
 
     # -- chats --------------------------------------------------------------------------
 
@@ -351,21 +368,31 @@ class Store:
         if found is not None:
             return found
         now = utcnow()
+        created = Chat(
+            id=chat_id,
+            user_id=user_id,
+            title=title[:200] or "New chat",
+            visibility="private",
+            active_stream_id=None,
+            created_at=now,
+            updated_at=now,
+        )
         try:
             async with self.engine.begin() as conn:
                 await conn.execute(
                     insert(chats).values(
-                        id=chat_id,
-                        user_id=user_id,
-                        title=title[:200] or "New chat",
-                        visibility="private",
+                        id=created.id,
+                        user_id=created.user_id,
+                        title=created.title,
+                        visibility=created.visibility,
                         created_at=now,
                         updated_at=now,
                     )
                 )
         except IntegrityError:
-            pass  # taken: by this user concurrently (fine) or by someone else (None below)
-        return await self.get_chat(chat_id, user_id)
+            # Taken: by this user concurrently (fine) or by someone else (None).
+            return await self.get_chat(chat_id, user_id)
+        return created  # what was just written: no need to read it back
 
     async def list_chats(self, user_id: str, *, limit: int = 100) -> list[Chat]:
         """The user's chats, most recently updated first."""
@@ -405,11 +432,7 @@ class Store:
     async def clear_active_stream(self, chat_id: str, stream_id: str) -> bool:
         """Compare-and-set: clear ``active_stream_id`` only while it is ``stream_id``."""
         async with self.engine.begin() as conn:
-            result = await conn.execute(
-                update(chats)
-                .where(and_(chats.c.id == chat_id, chats.c.active_stream_id == stream_id))
-                .values(active_stream_id=None, updated_at=utcnow())
-            )
+            result = await conn.execute(_release(chat_id, stream_id))
         return bool(result.rowcount)
 
     # -- messages -----------------------------------------------------------------------
@@ -516,11 +539,13 @@ class Store:
         status: MessageStatus,
         error: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        release_stream: str | None = None,
     ) -> bool:
         """Compare-and-set: store the final content of an answer still ``streaming``.
 
         The first caller wins (the producer's end callback, a stop, or crash repair); later
-        ones change nothing and get False.
+        ones change nothing and get False. ``release_stream``: also `clear_active_stream`
+        for that stream, in the same transaction (whoever stores an answer releases it).
         """
         values: dict[str, Any] = {
             "parts": list(parts),
@@ -542,7 +567,10 @@ class Store:
                 )
                 .values(**values)
             )
-        return bool(result.rowcount)
+            stored = bool(result.rowcount)
+            if release_stream is not None:
+                await conn.execute(_release(chat_id, release_stream))
+        return stored
 
     # -- streams ------------------------------------------------------------------------
 
@@ -659,6 +687,15 @@ class Store:
                 )
                 or 0
             )
+
+
+def _release(chat_id: str, stream_id: str) -> Update:
+    """Clear the chat's ``active_stream_id`` only while it is ``stream_id``."""
+    return (
+        update(chats)
+        .where(and_(chats.c.id == chat_id, chats.c.active_stream_id == stream_id))
+        .values(active_stream_id=None, updated_at=utcnow())
+    )
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
