@@ -55,7 +55,10 @@ class Services:
     generator: Generator
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async, though it never awaits: FastAPI runs a plain `def` dependency in its thread
+    # pool, a round trip through a worker thread on every request (under load, milliseconds
+    # of a resume's latency).
     services: Services = request.app.state.services
     return services
 
