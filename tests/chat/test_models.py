@@ -102,6 +102,41 @@ async def test_ui_chunks_nest_parts_and_finish() -> None:
     assert kinds.count("text") == 2 and "reasoning" in kinds and "tool-search" in kinds
 
 
+async def test_the_producer_stores_what_the_log_holds() -> None:
+    """The answer a producer stores, assembled as it went, is the answer its log's events
+    assemble; when the log holds fewer events (a stop kept the last ones out), it is what
+    those assemble, not everything produced."""
+    import datetime as dt
+
+    from unbroken.chat.generation import Answer, _ProducedAnswer
+    from unbroken.chat.store import StreamRecord
+    from unbroken.protocols.ai_sdk import encode_event
+
+    events = [
+        chunk
+        async for chunk in ui_chunks(
+            "msg_1",
+            _events(
+                ReasoningDelta("think"),
+                TextDelta("Hel"),
+                ToolCallStart("call_1", "search"),
+                ToolCallEnd("call_1", "search", {"q": "x"}),
+                TextDelta("lo"),
+                Finish("stop"),
+            ),
+        )
+    ]
+    record = StreamRecord("s_1", "c_1", "msg_1", "u_1", dt.datetime.now(dt.UTC))
+    produced = _ProducedAnswer(record)
+    for event in events:
+        produced.add(event, encode_event(event))
+    assert produced.as_logged(len(events)) == Answer.of("msg_1", events)
+    assert produced.as_logged(len(events)).last_type == "finish"
+    for kept in (0, 3, len(events) - 2):
+        assert produced.as_logged(kept) == Answer.of("msg_1", events[:kept])
+    assert produced.as_logged(3).message != produced.as_logged(len(events)).message
+
+
 async def test_model_errors_close_the_part_and_become_stream_errors() -> None:
     seen: list[dict[str, object]] = []
 

@@ -149,14 +149,15 @@ class Answer:
 
     @classmethod
     def of(cls, message_id: str, events: Sequence[dict[str, Any]]) -> Answer:
-        # Not strict: a stored answer is kept even if some event in it is malformed.
-        assembler = UIMessageAssembler(
-            {"id": message_id, "role": "assistant", "parts": []}, strict=False
-        )
-        message: dict[str, Any] = assembler.feed_all(events)
+        message: dict[str, Any] = _answer_assembler(message_id).feed_all(events)
         message["id"] = message_id
         last = events[-1].get("type") if events else None
         return cls(message, last if isinstance(last, str) else None)
+
+
+def _answer_assembler(message_id: str) -> UIMessageAssembler:
+    # Not strict: a stored answer is kept even if some event in it is malformed.
+    return UIMessageAssembler({"id": message_id, "role": "assistant", "parts": []}, strict=False)
 
 
 def _decode_events(stream_id: str, encoded: Iterable[str]) -> list[dict[str, Any]]:
@@ -171,21 +172,30 @@ def _decode_events(stream_id: str, encoded: Iterable[str]) -> list[dict[str, Any
 
 
 class _ProducedAnswer:
-    """The events of an answer as its producer wrote them, kept as their JSON text (strings
-    are invisible to the garbage collector; event dicts of every live answer would not be),
-    so the producer can store the answer without reading its log back."""
+    """An answer as its producer wrote it, so the producer can store it without reading its
+    log back: the events as their JSON text (strings are invisible to the garbage collector;
+    event dicts of every live answer would not be), and the message they assemble, built as
+    they are produced."""
 
     def __init__(self, record: StreamRecord) -> None:
         self._record = record
         self._events: list[str] = []
+        self._assembler = _answer_assembler(record.message_id)
+        self._last_type: str | None = None
 
-    def add(self, encoded: str) -> None:
+    def add(self, event: dict[str, Any], encoded: str) -> None:
         self._events.append(encoded)
+        self._assembler.feed(event)
+        self._last_type = event["type"]
 
     def as_logged(self, chunk_count: int) -> Answer:
         """The answer the log's first ``chunk_count`` chunks make: the first events
-        produced, one chunk each, in order (a stop or a lost backend may have kept later
-        ones out of the log)."""
+        produced, one chunk each, in order."""
+        if chunk_count == len(self._events):  # the usual end: the log holds every event
+            message: dict[str, Any] = self._assembler.message
+            message["id"] = self._record.message_id
+            return Answer(message, self._last_type)
+        # A stop or a lost backend kept the last events out of the log: assemble the rest.
         events = _decode_events(self._record.id, self._events[:chunk_count])
         return Answer.of(self._record.message_id, events)
 
@@ -243,7 +253,7 @@ class Generator:
                     self.metrics.first_chunk_seconds.observe(time.monotonic() - started)
                 self.metrics.chunks.inc()
                 encoded = encode_event(chunk)
-                produced.add(encoded)
+                produced.add(chunk, encoded)
                 yield encoded
         finally:
             aclose = getattr(events, "aclose", None)
