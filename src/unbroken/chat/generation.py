@@ -173,9 +173,8 @@ def _decode_events(stream_id: str, encoded: Iterable[str]) -> list[dict[str, Any
 
 class _ProducedAnswer:
     """An answer as its producer wrote it, so the producer can store it without reading its
-    log back: the events as their JSON text (strings are invisible to the garbage collector;
-    event dicts of every live answer would not be), and the message they assemble, built as
-    they are produced."""
+    log back: the message its events assemble, built as they are produced, and the events as
+    their JSON text (the strings the log holds too), for an answer whose log ends early."""
 
     def __init__(self, record: StreamRecord) -> None:
         self._record = record
