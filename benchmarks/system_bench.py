@@ -22,7 +22,7 @@ used meanwhile (Redis, PostgreSQL, and anything else running: the machine may be
    ``memory-sqlite`` (one worker, the embedded default), ``redis-postgres`` (one worker) and
    ``redis-postgres x2`` (two workers sharing streams through Redis);
 2. server CPU per chunk delivered, and its ratio to plain streaming at the same load;
-3. resume latency under load: in the second half of each window, 10 probes/s GET
+3. resume latency under load: in the second half of each window, 10 probes/s (``--probes``) GET
    ``/api/chat/{id}/stream`` with ``Last-Event-ID`` 8 chunks back, timed to the response's
    first byte and first event (CPU per chunk is measured in the first half, without them);
 4. a reconnect storm: every second 20 % of the clients, each at a random moment, drop their
@@ -506,7 +506,7 @@ def capacity(
                     streams,
                     ramp=args.ramp,
                     window=args.window,
-                    probes_per_s=10.0 if config.product else 0.0,
+                    probes_per_s=args.probes if config.product else 0.0,
                     client_procs=args.client_procs,
                     profile=args.py_spy if profiled and attempt == 0 else None,
                     profile_out=RESULTS / f"system-profile-{slug}-{streams}.txt",
@@ -691,6 +691,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--retries", type=int, default=1, help="re-runs of a step that failed on delay alone"
+    )
+    parser.add_argument(
+        "--probes",
+        type=float,
+        default=10.0,
+        help="resume probes per second in the second half of each window (a p99 needs a few "
+        "hundred: 40/s gives 300 per step)",
     )
     parser.add_argument(
         "--profile",
