@@ -289,6 +289,49 @@ async def test_slow_reader_gets_everything(make_engine: EngineFactory) -> None:
     assert "".join(c.data for c in seen) == "".join(pieces)
 
 
+async def test_heartbeats_while_quiet_then_the_rest_without_gap(
+    make_engine: EngineFactory,
+) -> None:
+    """``read_batches(heartbeat=)`` gives empty batches while a live stream is quiet (what
+    keeps a response's connection alive), on the producer's engine (local read) and on
+    another one (through the backend), then goes on with the rest: no gap, no duplicate."""
+    producer, other = await make_engine(lease_ttl=0.3), await make_engine(lease_ttl=0.3)
+    gate = anyio.Event()
+    pieces = [f"p{i} " for i in range(20)]
+    await producer.start("quiet", paced(pieces, gate=gate))
+
+    heartbeats = {"producer": 0, "other": 0}
+
+    async def read(engine: StreamEngine, name: str) -> tuple[list[Chunk], int, StreamEnd]:
+        chunks: list[Chunk] = []
+        with anyio.fail_after(20):
+            async for batch in engine.read_batches("quiet", heartbeat=0.15):
+                if not batch and len(chunks) == len(pieces) // 2:
+                    heartbeats[name] += 1
+                    if min(heartbeats.values()) >= 2:
+                        gate.set()  # both readers have waited out two heartbeats
+                for item in batch:
+                    if isinstance(item, StreamEnd):
+                        return chunks, heartbeats[name], item
+                    chunks.append(item)
+        raise AssertionError("read ended without a StreamEnd")
+
+    results: list[tuple[list[Chunk], int, StreamEnd]] = []
+
+    async def run(engine: StreamEngine, name: str) -> None:
+        results.append(await read(engine, name))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run, producer, "producer")
+        tg.start_soon(run, other, "other")
+    assert len(results) == 2
+    for chunks, heartbeats, end in results:
+        assert heartbeats >= 2
+        assert_gapless(chunks, 0)
+        assert "".join(c.data for c in chunks) == "".join(pieces)
+        assert end.state is StreamState.DONE
+
+
 async def test_size_limit_ends_in_error(make_engine: EngineFactory) -> None:
     engine = await make_engine(max_chunks=10)
     await engine.start("big", paced(["x"] * 50))
