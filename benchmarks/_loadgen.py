@@ -406,6 +406,7 @@ class LoadGen:
         self.reconnect_first: list[float] = []
         self.reconnects = 0
         self.stopping = False
+        self.stop_seconds = 0.0  # the slowest stop at the end of the window
 
     def post_head(self, length: int) -> bytes:
         return (
@@ -521,24 +522,44 @@ class LoadGen:
         return sample
 
     async def stop_all(self, answers: list[Answer]) -> None:
+        """Stop every answer still generating (32 at a time). A stop that fails or has not
+        answered within 60 s is counted in ``errors`` (it would be a fault of the service);
+        the slowest stop is reported."""
         limit = asyncio.Semaphore(32)
 
         async def stop(answer: Answer) -> None:
             async with limit:
-                reader, writer = await asyncio.open_connection(self.host, self.port)
-                writer.write(
-                    (
-                        f"POST /api/chat/{answer.chat_id}/stop HTTP/1.1\r\n"
-                        f"Host: {self.host}:{self.port}\r\n{self.auth}"
-                        "Content-Length: 0\r\nConnection: close\r\n\r\n"
-                    ).encode()
-                )
-                await reader.read()
-                writer.close()
+                started = monotonic()
+                try:
+                    reader, writer = await asyncio.open_connection(self.host, self.port)
+                    writer.write(
+                        (
+                            f"POST /api/chat/{answer.chat_id}/stop HTTP/1.1\r\n"
+                            f"Host: {self.host}:{self.port}\r\n{self.auth}"
+                            "Content-Length: 0\r\nConnection: close\r\n\r\n"
+                        ).encode()
+                    )
+                    response = await reader.read()
+                    writer.close()
+                except OSError as exc:
+                    self.errors[f"stop: {type(exc).__name__}"] += 1
+                    return
+                finally:
+                    self.stop_seconds = max(self.stop_seconds, monotonic() - started)
+                status = response.split(b" ", 2)[1:2]
+                if status != [b"200"]:
+                    self.errors[f"stop http {status[0].decode() if status else '?'}"] += 1
 
-        await asyncio.wait_for(
-            asyncio.gather(*(stop(a) for a in answers), return_exceptions=True), 60
-        )
+        tasks = [asyncio.ensure_future(stop(answer)) for answer in answers]
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=60)
+        for task in pending:
+            task.cancel()
+        if pending:
+            self.errors["stop: no answer within 60 s"] += len(pending)
+            self.stop_seconds = max(self.stop_seconds, 60.0)
+            await asyncio.gather(*pending, return_exceptions=True)
 
     def report(self, w0: float, w1: float, wm: float, used: dict[str, float]) -> dict[str, Any]:
         anchors: dict[str, float] = {}
@@ -593,6 +614,7 @@ class LoadGen:
             "answers_done": sum(a.done for a in self.answers),
             "reconnects": self.reconnects,
             "errors": dict(self.errors),
+            "stop_max_s": round(self.stop_seconds, 3),
             "problems": dict(problems),
             "missing_anchor": missing_anchor,
             "probe_head_ms": self.probe_head,

@@ -371,6 +371,8 @@ def run_step(
         "answers_done": sum(p["answers_done"] for p in parts),
         "errors": counts("errors"),
         "problems": counts("problems"),
+        # The slowest stop of the answers still generating when the window closed.
+        "stop_max_s": max(p.get("stop_max_s", 0.0) for p in parts),
         "missing_anchor": sum(p["missing_anchor"] for p in parts),
         "resume": {
             "count": len(probe_head),
