@@ -901,6 +901,12 @@ class StreamEngine:
             if len(batch) < _READ_PAGE or not page:
                 return
 
+    def produces(self, stream_id: str) -> bool:
+        """Whether this engine runs the stream's producer right now: started here, and its
+        end (``on_end`` included) not done yet. Such a stream's producer is alive by
+        definition, so a sweep for dead producers can skip it without asking the backend."""
+        return stream_id in self._local
+
     async def check_producer(self, stream_id: str) -> StreamState | None:
         """If the stream is active but its producer's lease has lapsed (its process died),
         record ``interrupted`` now. Returns the stream's state afterwards, or None if there

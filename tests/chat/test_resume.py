@@ -388,3 +388,46 @@ async def test_shutdown_stores_the_answers_it_interrupts(
     assert answer.status == "interrupted" and answer.error
     assert stored_text(answer.to_ui_message()).startswith(head.text())
     assert active is None
+
+
+async def test_the_sweep_skips_answers_produced_here_without_a_query(tmp_path: Any) -> None:
+    """The sweeper looks for answers whose producer died; an answer this process is
+    producing is alive, so it costs the sweep nothing but the listing query."""
+    from sqlalchemy import event
+
+    from unbroken.chat.answers import sweep
+    from unbroken.chat.app import create_app
+
+    settings = Settings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'chat.db'}",
+        demo_tokens_per_second=5.0,  # still running while the test looks
+        lease_ttl=0.3,
+        sweep_interval=0,
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        services = app.state.services
+        store = services.store
+        user = await store.create_user()
+        chat = await store.get_or_create_chat("c_sweep", user.id, title="t")
+        assert chat is not None
+        await store.add_user_message(
+            chat.id, message_id="u1", parts=[{"type": "text", "text": "hi"}]
+        )
+        record = await store.begin_generation(chat.id, user_message_id="u1")
+        assert record is not None
+        await services.generator.start(
+            record, [m.to_ui_message() for m in await store.list_messages(chat.id)]
+        )
+        await anyio.sleep(1.2)  # older than the sweep's grace (1 s at least)
+        listed = await store.chats_with_active_stream(older_than=1.0, limit=10)
+        assert [c.id for c in listed] == [chat.id]  # the sweep will look at it
+        statements: list[str] = []
+        event.listen(
+            store.engine.sync_engine,
+            "before_cursor_execute",
+            lambda conn, cursor, statement, *rest: statements.append(statement),
+        )
+        assert await sweep(services) == 0
+        assert len(statements) == 1 and "active_stream_id" in statements[0]  # the listing
+        await services.engine.cancel(record.id)

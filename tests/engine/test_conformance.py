@@ -212,6 +212,30 @@ async def test_cancel_after_done_keeps_done(engine: StreamEngine) -> None:
     assert await engine.cancel("fin") is StreamState.DONE
 
 
+async def test_produces_until_the_end_callback_is_done(make_engine: EngineFactory) -> None:
+    producer, other = await make_engine(), await make_engine()
+    gate, in_callback, release = anyio.Event(), anyio.Event(), anyio.Event()
+
+    async def on_end(end: StreamEnd) -> None:
+        in_callback.set()
+        await release.wait()
+
+    await producer.start("p1", paced(["a", "b", "c", "d"], gate=gate), on_end=on_end)
+    assert producer.produces("p1") and not other.produces("p1")
+    gate.set()
+    with anyio.fail_after(10):
+        await in_callback.wait()
+        assert producer.produces("p1")  # its end is being stored: still its producer's
+        release.set()
+        await producer.wait("p1")
+        for _ in range(500):  # the producer lets go right after its callback returns
+            if not producer.produces("p1"):
+                break
+            await anyio.sleep(0.01)
+    assert not producer.produces("p1")
+    assert not producer.produces("never-started")
+
+
 async def test_dead_producer_lease_expiry_gives_interrupted(make_engine: EngineFactory) -> None:
     """A producer that vanished without cleanup: only its lease tells. Simulated at the
     backend level (a claim and two appends, then silence); see test_redis_processes.py for

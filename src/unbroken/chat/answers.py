@@ -106,6 +106,10 @@ async def sweep(services: Services, *, limit: int = 1000) -> int:
     grace = max(1.0, 2 * services.settings.lease_ttl)
     repaired = 0
     for chat in await services.store.chats_with_active_stream(older_than=grace, limit=limit):
+        if chat.active_stream_id is not None and services.engine.produces(chat.active_stream_id):
+            # Produced here, so alive: no query, no backend call (every running answer of
+            # this process would otherwise cost both, every sweep).
+            continue
         if (await repair(services, chat)).active_stream_id != chat.active_stream_id:
             repaired += 1
     return repaired
