@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import anyio
 import pytest
 
+from tests.engine.conftest import delete_keys
 from unbroken import StreamExistsError
 from unbroken.compat import create_resumable_stream_context, utf16_skip
 
@@ -36,12 +37,17 @@ def test_utf16_skip_counts_code_units() -> None:
 @pytest.fixture(params=["memory", "redis"])
 async def context_kwargs(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, key_prefix: str
-) -> dict[str, str]:
+) -> AsyncIterator[dict[str, str]]:
     monkeypatch.delenv("REDIS_URL", raising=False)
     monkeypatch.delenv("KV_URL", raising=False)
     if request.param == "memory":
-        return {"key_prefix": key_prefix}
-    return {"key_prefix": key_prefix, "redis_url": request.getfixturevalue("redis_url")}
+        yield {"key_prefix": key_prefix}
+        return
+    url: str = request.getfixturevalue("redis_url")
+    try:
+        yield {"key_prefix": key_prefix, "redis_url": url}
+    finally:
+        await delete_keys(url, key_prefix)  # the shared Redis keeps nothing of this test
 
 
 async def test_create_or_resume(
