@@ -17,7 +17,10 @@ def sse_event(data: str, *, id: str | None = None, event: str | None = None) -> 
         if "\n" in event or "\r" in event:
             raise ValueError("an SSE event name cannot contain newlines")
         lines.append(f"event: {event}")
-    lines.extend(f"data: {line}" for line in data.replace("\r\n", "\n").split("\n"))
+    if "\n" in data or "\r" in data:
+        lines.extend(f"data: {line}" for line in data.replace("\r\n", "\n").split("\n"))
+    else:  # one line, as every JSON event: once per chunk, so no split
+        lines.append(f"data: {data}")
     return "\n".join(lines) + "\n\n"
 
 

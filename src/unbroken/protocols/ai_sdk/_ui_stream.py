@@ -80,7 +80,7 @@ class UIMessageStreamEncoder(StreamEncoder[UIEvent]):
         return None
 
     def _format_stored(self, seq: int, data: str) -> str:
-        return f"id: {seq}\ndata: {data}\n\n"
+        return sse_event(data, id=str(seq))
 
     def _close(self) -> str:
         return sse_event("[DONE]")
