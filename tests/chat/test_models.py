@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 import pytest
@@ -56,24 +57,24 @@ async def _events(*items: ModelEvent | Exception) -> AsyncIterator[ModelEvent]:
         yield item
 
 
+async def _ui_chunks_of(message_id: str, *items: ModelEvent) -> list[dict[str, Any]]:
+    """Every UI message chunk `ui_chunks` makes of ``items``."""
+    return [chunk async for chunk in ui_chunks(message_id, _events(*items))]
+
+
 async def test_ui_chunks_nest_parts_and_finish() -> None:
-    chunks = [
-        chunk
-        async for chunk in ui_chunks(
-            "msg_1",
-            _events(
-                ReasoningDelta("think"),
-                TextDelta("Hel"),
-                TextDelta("lo"),
-                ToolCallStart("call_1", "search"),
-                ToolCallDelta("call_1", '{"q":'),
-                ToolCallDelta("call_1", '"x"}'),
-                ToolCallEnd("call_1", "search", {"q": "x"}),
-                TextDelta("done"),
-                Finish("tool-calls"),
-            ),
-        )
-    ]
+    chunks = await _ui_chunks_of(
+        "msg_1",
+        ReasoningDelta("think"),
+        TextDelta("Hel"),
+        TextDelta("lo"),
+        ToolCallStart("call_1", "search"),
+        ToolCallDelta("call_1", '{"q":'),
+        ToolCallDelta("call_1", '"x"}'),
+        ToolCallEnd("call_1", "search", {"q": "x"}),
+        TextDelta("done"),
+        Finish("tool-calls"),
+    )
     assert [c["type"] for c in chunks] == [
         "start",
         "start-step",
@@ -112,20 +113,15 @@ async def test_the_producer_stores_what_the_log_holds() -> None:
     from unbroken.chat.store import StreamRecord
     from unbroken.protocols.ai_sdk import encode_event
 
-    events = [
-        chunk
-        async for chunk in ui_chunks(
-            "msg_1",
-            _events(
-                ReasoningDelta("think"),
-                TextDelta("Hel"),
-                ToolCallStart("call_1", "search"),
-                ToolCallEnd("call_1", "search", {"q": "x"}),
-                TextDelta("lo"),
-                Finish("stop"),
-            ),
-        )
-    ]
+    events = await _ui_chunks_of(
+        "msg_1",
+        ReasoningDelta("think"),
+        TextDelta("Hel"),
+        ToolCallStart("call_1", "search"),
+        ToolCallEnd("call_1", "search", {"q": "x"}),
+        TextDelta("lo"),
+        Finish("stop"),
+    )
     record = StreamRecord("s_1", "c_1", "msg_1", "u_1", dt.datetime.now(dt.UTC))
     produced = _ProducedAnswer(record)
     for event in events:
@@ -151,7 +147,7 @@ async def test_model_errors_close_the_part_and_become_stream_errors() -> None:
 
 
 async def test_a_model_that_just_stops_still_finishes_the_message() -> None:
-    chunks = [c async for c in ui_chunks("m", _events(TextDelta("x")))]
+    chunks = await _ui_chunks_of("m", TextDelta("x"))
     assert [c["type"] for c in chunks][-3:] == ["text-end", "finish-step", "finish"]
 
 
