@@ -9,9 +9,9 @@ event loop (``asyncio.sleep(0)``: every stream is ready every pass, as at a stea
 tokens/s under load, but with no timer in the way). Written to an ASGI ``send`` that
 only counts:
 
-- ``plain`` (the baseline, in the same run): the model's events through the chat service's
-  `ui_chunks`, `encode_event` and a v5 `UIMessageStreamEncoder`, one write per chunk (what
-  ``system_apps.plain_app`` does per chunk, minus HTTP);
+- ``plain`` (the baseline, in the same run): ``system_apps.plain_frames``, what the system
+  benchmark's plain streaming app sends (the model's events through `ui_chunks`,
+  `encode_event` and a v5 encoder, one write per chunk), minus HTTP;
 - ``engine``: the same source started in a `StreamEngine` (memory backend) and read by a
   `UIMessageStreamResponse`, with 1 and with 2 readers per stream.
 
@@ -31,13 +31,14 @@ from typing import Any
 
 import anyio
 import uvloop
+from system_apps import plain_frames
 
-from unbroken import Chunk, StreamEngine
+from unbroken import StreamEngine
 from unbroken.asgi import UIMessageStreamResponse
 from unbroken.chat.generation import ui_chunks
 from unbroken.chat.models import Finish, ModelEvent, TextDelta
 from unbroken.chat.models.demo import compose, tokenize
-from unbroken.protocols.ai_sdk import UIMessageStreamEncoder, encode_event
+from unbroken.protocols.ai_sdk import encode_event
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TOKENS = tokenize(compose("what does the hot path cost?")[1])
@@ -65,15 +66,9 @@ async def model() -> AsyncIterator[ModelEvent]:
 
 
 async def plain_answer(sink: Sink) -> None:
-    encoder = UIMessageStreamEncoder()
     await sink.send({"type": "http.response.start", "status": 200})
-    seq = offset = 0
-    async for event in ui_chunks("msg", model()):
-        data = encode_event(event)
-        body = encoder.encode([Chunk(seq, data, offset)]).encode()
-        await sink.send({"type": "http.response.body", "body": body, "more_body": True})
-        seq += 1
-        offset += len(data)
+    async for frame in plain_frames("msg", model()):
+        await sink.send({"type": "http.response.body", "body": frame.encode(), "more_body": True})
 
 
 async def engine_answer(engine: StreamEngine, stream_id: str, sink: Sink, readers: int) -> None:

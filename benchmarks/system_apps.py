@@ -44,7 +44,7 @@ from unbroken.protocols.ai_sdk import (
     parse_chat_request,
 )
 
-__all__ = ["StampedDemoModel", "plain_app", "product_app"]
+__all__ = ["StampedDemoModel", "plain_app", "plain_frames", "product_app"]
 
 STAMPS_ENV = "UNBROKEN_BENCH_STAMPS"
 GC_LOG_ENV = "UNBROKEN_BENCH_GC_LOG"
@@ -120,6 +120,19 @@ def product_app() -> FastAPI:
     return chat_app.create_app(Settings.from_env())
 
 
+async def plain_frames(message_id: str, events: AsyncIterator[ModelEvent]) -> AsyncIterator[str]:
+    """Plain streaming: the model's events through `ui_chunks`, `encode_event` and a v5
+    encoder, one SSE frame per chunk, with no engine in between (what the baseline sends)."""
+    encoder = UIMessageStreamEncoder()
+    seq = offset = 0
+    async for event in ui_chunks(message_id, events):
+        data = encode_event(event)
+        yield encoder.encode([Chunk(seq, data, offset)])
+        seq += 1
+        offset += len(data)
+    yield encoder.encode([StreamEnd(StreamState.DONE, None, seq, offset)])
+
+
 def plain_app() -> FastAPI:
     """Plain streaming of the same model through the same encoder: no engine."""
     settings = Settings.from_env()
@@ -134,18 +147,8 @@ def plain_app() -> FastAPI:
         except ProtocolError as exc:
             return JSONResponse({"error": {"code": "invalid_request", "message": str(exc)}}, 400)
         history = [dict(m) for m in chat_request.messages]
-        encoder = UIMessageStreamEncoder()
-
-        async def body() -> AsyncIterator[str]:
-            seq = offset = 0
-            async for event in ui_chunks(generate_id(), model.stream(history)):
-                data = encode_event(event)
-                yield encoder.encode([Chunk(seq, data, offset)])
-                seq += 1
-                offset += len(data)
-            yield encoder.encode([StreamEnd(StreamState.DONE, None, seq, offset)])
-
-        return StreamingResponse(body(), headers=encoder.headers)
+        frames = plain_frames(generate_id(), model.stream(history))
+        return StreamingResponse(frames, headers=UIMessageStreamEncoder.headers)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
