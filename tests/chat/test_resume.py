@@ -417,7 +417,7 @@ async def test_the_sweep_skips_answers_produced_here_without_a_query(tmp_path: A
         record = await store.begin_generation(chat.id, user_message_id="u1")
         assert record is not None
         await services.generator.start(
-            record, [m.to_ui_message() for m in await store.list_messages(chat.id)]
+            record, [m.to_ui_message() for m in await store.list_messages(chat.id)], owner=user.id
         )
         await anyio.sleep(1.2)  # older than the sweep's grace (1 s at least)
         listed = await store.chats_with_active_stream(older_than=1.0, limit=10)
@@ -431,3 +431,95 @@ async def test_the_sweep_skips_answers_produced_here_without_a_query(tmp_path: A
         assert await sweep(services) == 0
         assert len(statements) == 1 and "active_stream_id" in statements[0]  # the listing
         await services.engine.cancel(record.id)
+
+
+async def _first_bytes(app: Any, path: str, api_key: str) -> tuple[int, bytes]:
+    """GET ``path`` on ``app`` in process: its status and first body bytes, then the client
+    leaves (a live answer's body never ends by itself)."""
+    sent: list[dict[str, Any]] = []
+    got_body = anyio.Event()
+
+    async def receive() -> dict[str, Any]:
+        await got_body.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body":
+            got_body.set()
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [(b"host", b"test"), (b"authorization", f"Bearer {api_key}".encode())],
+        "client": ("127.0.0.1", 1),
+        "server": ("test", 80),
+        "state": {},
+    }
+    with anyio.fail_after(10):
+        await app(scope, receive, send)
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return sent[0]["status"], body
+
+
+async def test_a_live_answer_is_resumed_from_the_producing_process_without_sql(
+    tmp_path: Any,
+) -> None:
+    """The worker that generates an answer knows its chat's active stream and owner, so the
+    commonest resume (a refresh reaching that worker) asks the database nothing; another
+    user still gets the missing chat's 404, and once the answer ends the database answers."""
+    from sqlalchemy import event
+
+    from unbroken.chat.app import create_app
+
+    settings = Settings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'chat.db'}",
+        demo_tokens_per_second=20.0,
+        sweep_interval=0,
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        services = app.state.services
+        store = services.store
+        owner, other = await store.create_user(), await store.create_user()
+        owner_key, _ = await store.create_api_key(owner.id)
+        other_key, _ = await store.create_api_key(other.id)
+        chat = await store.get_or_create_chat("c_live", owner.id, title="t")
+        assert chat is not None
+        await store.add_user_message(
+            chat.id, message_id="u1", parts=[{"type": "text", "text": "hi"}]
+        )
+        record = await store.begin_generation(chat.id, user_message_id="u1")
+        assert record is not None
+        history = [m.to_ui_message() for m in await store.list_messages(chat.id)]
+        await services.generator.start(record, history, owner=owner.id)
+        path = f"/api/chat/{chat.id}/stream"
+        for key in (owner_key, other_key):  # the keys' lookups, cached from now on
+            await _first_bytes(app, "/api/chats", key)
+
+        statements: list[str] = []
+        event.listen(
+            store.engine.sync_engine,
+            "before_cursor_execute",
+            lambda conn, cursor, statement, *rest: statements.append(statement),
+        )
+        status, body = await _first_bytes(app, path, owner_key)
+        assert status == 200 and f'"messageId":"{record.message_id}"' in body.decode()
+        assert statements == []
+        assert (await _first_bytes(app, path, other_key))[0] == 404
+
+        await services.engine.cancel(record.id)
+        await services.engine.wait(record.id)
+        with anyio.fail_after(5):
+            while services.engine.produces(record.id):  # noqa: ASYNC110 - no event to wait on
+                await anyio.sleep(0.01)
+        assert services.generator.producing(chat.id, owner.id) is None
+        statements.clear()
+        status, body = await _first_bytes(app, path, owner_key)
+        assert status in (200, 204) and statements  # from the database now

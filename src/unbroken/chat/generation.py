@@ -209,14 +209,38 @@ class Generator:
         self.engine = engine
         self.model = model
         self.metrics = metrics
+        # chat id -> (owner's user id, stream) of the answers this process produces now.
+        self._producing: dict[str, tuple[str, StreamRecord]] = {}
 
-    async def start(self, record: StreamRecord, history: Sequence[dict[str, Any]]) -> None:
-        """Start generating the answer ``record`` stands for. Returns once the stream is
-        claimed (readers may attach); the generation then runs in the engine."""
+    def producing(self, chat_id: str, user_id: str) -> StreamRecord | None:
+        """The answer this process is generating in ``user_id``'s chat ``chat_id``, if any.
+
+        A resume of a live answer asks here before the database: the producing process knows
+        the chat's active stream (it set it) and its owner, so the commonest resume, a
+        client reconnecting to the worker that produces its answer, costs no SQL. None for a
+        chat of another user, like a missing one."""
+        entry = self._producing.get(chat_id)
+        if entry is None or entry[0] != user_id or not self.engine.produces(entry[1].id):
+            return None
+        return entry[1]
+
+    def _forget(self, record: StreamRecord) -> None:
+        entry = self._producing.get(record.chat_id)
+        if entry is not None and entry[1] is record:  # not a newer answer of the chat
+            del self._producing[record.chat_id]
+
+    async def start(
+        self, record: StreamRecord, history: Sequence[dict[str, Any]], *, owner: str
+    ) -> None:
+        """Start generating the answer ``record`` stands for, in ``owner``'s chat. Returns
+        once the stream is claimed (readers may attach); the generation then runs in the
+        engine."""
         started = time.monotonic()
         produced = _ProducedAnswer(record)
 
         async def on_end(end: StreamEnd) -> None:
+            # First: from now on a resume asks the database, which the answer is stored in.
+            self._forget(record)
             self.metrics.active_streams.dec()
             self.metrics.stream_outcomes.labels(end.state.value).inc()
             self.metrics.generation_seconds.labels(end.state.value).observe(
@@ -228,11 +252,13 @@ class Generator:
             await self.finalize(record, end.state, end.error, answer=answer)
 
         self.metrics.active_streams.inc()
+        self._producing[record.chat_id] = (owner, record)
         try:
             await self.engine.start(
                 record.id, self._source(record, history, produced), on_end=on_end
             )
         except BaseException:
+            self._forget(record)
             self.metrics.active_streams.dec()
             raise
 

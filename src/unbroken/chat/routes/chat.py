@@ -94,7 +94,7 @@ async def _begin(
         if record is not None:
             history = [m.to_ui_message() for m in await store.list_messages(chat.id)]
             try:
-                await services.generator.start(record, history)
+                await services.generator.start(record, history, owner=chat.user_id)
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await store.abandon_generation(record)
@@ -230,6 +230,10 @@ async def resume_v5(
     """For ``useChat({resume: true})`` / ``resumeStream()`` (ai 5, 6, 7)."""
     check_chat_id(chat_id, status=404)
     position = _wire.resume_position(request)
+    live = services.generator.producing(chat_id, identity.user.id)
+    if live is not None:  # answered from memory: this process generates the answer
+        services.metrics.resumes.labels("v5", "live").inc()
+        return _wire.ui_message_stream_response(services.engine, live.id, after=position)
     found = await services.store.get_chat_and_active_stream(chat_id, identity.user.id)
     if found is None:
         raise not_found()
