@@ -244,6 +244,61 @@ async def test_cancel_reaches_a_live_reader_as_abort(engine: StreamEngine) -> No
     assert client.body.endswith('data: {"type":"abort","reason":"cancelled"}\n\ndata: [DONE]\n\n')
 
 
+async def paced_text(deltas: int, every: float) -> AsyncIterator[str]:
+    """A text answer of ``deltas`` one-word deltas, one every ``every`` seconds."""
+    for event in (
+        {"type": "start", "messageId": "m"},
+        {"type": "text-start", "id": "t"},
+    ):
+        yield encode_event(event)
+    for index in range(deltas):
+        await anyio.sleep(every)
+        yield encode_event({"type": "text-delta", "id": "t", "delta": f"w{index} "})
+    yield encode_event({"type": "text-end", "id": "t"})
+    yield encode_event({"type": "finish"})
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("flush_interval", [0.0, 0.06])
+async def test_flush_interval_sends_what_arrived_meanwhile_in_one_write(
+    engine: StreamEngine, flush_interval: float
+) -> None:
+    """With a flush interval a live stream goes out in fewer, larger writes, deltas merged,
+    and still exactly once: every word in order, event ids increasing, the last id the last
+    chunk's (so a resume from it continues exactly)."""
+    deltas = 30
+    await engine.start("s1", paced_text(deltas, every=0.01))
+    response = UIMessageStreamResponse(engine, "s1", flush_interval=flush_interval)
+    client, done = RawClient(), anyio.Event()
+    started = time.monotonic()
+    with anyio.fail_after(WATCHDOG):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run, response, client, done)
+            await done.wait()
+    elapsed = time.monotonic() - started
+    writes = [m for m in client.messages if m["type"] == "http.response.body" and m["body"]]
+    frames = [f for f in client.body.split("\n\n") if f.startswith("id: ")]
+    ids = [int(f.split("\n", 1)[0][4:]) for f in frames]
+    assert ids == sorted(set(ids)) and ids[-1] == deltas + 3  # start, text-start, 30, end, finish
+    events = [json.loads(f.split("data: ", 1)[1]) for f in frames]
+    text = "".join(e["delta"] for e in events if e["type"] == "text-delta")
+    assert text == "".join(f"w{index} " for index in range(deltas))
+    assert client.body.endswith("data: [DONE]\n\n") and response.outcome == "end"
+    if flush_interval:
+        # A write at most every 0.06 s (~0.3 s of deltas: ~6 writes, not ~33).
+        assert len(writes) <= elapsed / flush_interval + 2, (len(writes), elapsed)
+        assert len(events) < deltas
+    else:
+        assert len(writes) >= deltas  # one write per wake-up, each delta on its own
+
+
+def test_flush_interval_must_be_a_finite_non_negative_number() -> None:
+    engine = StreamEngine(MemoryBackend())
+    for bad in (-0.1, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="flush_interval"):
+            UIMessageStreamResponse(engine, "s1", flush_interval=bad)
+
+
 class BrokenEngine:
     """Finds the stream, then loses it while reading (an expired stream)."""
 

@@ -20,6 +20,12 @@ How a response runs (the shape of Starlette's ``StreamingResponse.__call__``)::
   no timer per wait).
 - Send timeout: a write that takes longer than ``send_timeout`` (the client stopped reading
   and the socket buffers are full) drops the connection (a watchdog: no timer per write).
+- Flush interval (off by default): after a write, the response waits ``flush_interval``
+  seconds before it reads again, so what arrived meanwhile goes out as one write, with its
+  text deltas merged. A token then reaches the client up to that much later, and the
+  server writes (and the client parses) a fraction of the frames: at 30 tokens/s, 0.05 s
+  halves them. Nothing waits when the stream is idle: the first token after a pause that
+  long goes out at once.
 """
 
 from __future__ import annotations
@@ -121,6 +127,8 @@ class EngineStreamResponse(Response):
 
     ``keepalive``: seconds of silence before a keep-alive is written (0 disables).
     ``send_timeout``: seconds one write may take before the client is dropped (0 disables).
+    ``flush_interval``: seconds to wait after a write before the next one, to send what
+    arrives meanwhile in one write (0: write each wake-up at once).
     """
 
     def __init__(
@@ -132,17 +140,21 @@ class EngineStreamResponse(Response):
         after: int = -1,
         keepalive: float = 15.0,
         send_timeout: float = 30.0,
+        flush_interval: float = 0.0,
         status_code: int = 200,
         headers: Mapping[str, str] | None = None,
     ) -> None:
         if after < -1:
             raise ValueError("after must be >= -1")
+        if not 0 <= flush_interval < math.inf:
+            raise ValueError("flush_interval must be a finite number >= 0")
         self.engine = engine
         self.stream_id = stream_id
         self.encoder = encoder
         self.after = after
         self.keepalive = keepalive
         self.send_timeout = send_timeout
+        self.flush_interval = flush_interval
         self.status_code = status_code
         self.background = None
         self.init_headers({**encoder.headers, **(headers or {})})
@@ -224,6 +236,8 @@ class EngineStreamResponse(Response):
                     return
                 if self.encoder.finished or self._cut:
                     break
+                if batch and self.flush_interval:  # after data, not after a keep-alive
+                    await anyio.sleep(self.flush_interval)
                 batch = await self._next(batches)
                 text = self._encode(batch) if batch else self.encoder.keepalive()
             self.outcome = self.outcome or "end"
@@ -290,7 +304,8 @@ class UIMessageStreamResponse(EngineStreamResponse):
 
     ``after=-1`` replays everything (what ``useChat`` expects on resume); an offset sends only
     what follows it. ``target``: the client version to fit events to (see `ClientTarget`).
-    ``merge_replay``: merge consecutive deltas of one part within a batch.
+    ``merge_replay``: merge consecutive deltas of one part within a batch (a catch-up, or
+    what a ``flush_interval`` gathered).
     """
 
     def __init__(
@@ -303,6 +318,7 @@ class UIMessageStreamResponse(EngineStreamResponse):
         keepalive: float = 15.0,
         merge_replay: bool = True,
         send_timeout: float = 30.0,
+        flush_interval: float = 0.0,
         headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(
@@ -312,6 +328,7 @@ class UIMessageStreamResponse(EngineStreamResponse):
             after=after,
             keepalive=keepalive,
             send_timeout=send_timeout,
+            flush_interval=flush_interval,
             headers=headers,
         )
 
@@ -328,6 +345,7 @@ class DataStreamResponse(EngineStreamResponse):
         keepalive: float = 15.0,
         merge_replay: bool = True,
         send_timeout: float = 30.0,
+        flush_interval: float = 0.0,
         headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(
@@ -337,6 +355,7 @@ class DataStreamResponse(EngineStreamResponse):
             after=after,
             keepalive=keepalive,
             send_timeout=send_timeout,
+            flush_interval=flush_interval,
             headers=headers,
         )
 

@@ -48,6 +48,9 @@ def test_values_from_the_environment() -> None:
         ({"UNBROKEN_DEMO_TOKENS_PER_SECOND": "fast"}, "UNBROKEN_DEMO_TOKENS_PER_SECOND"),
         ({"UNBROKEN_DEMO_TOKENS_PER_SECOND": "0"}, "UNBROKEN_DEMO_TOKENS_PER_SECOND"),
         ({"UNBROKEN_ALLOWED_ORIGINS": "chat.example"}, "UNBROKEN_ALLOWED_ORIGINS"),
+        ({"UNBROKEN_FLUSH_INTERVAL": "-0.1"}, "UNBROKEN_FLUSH_INTERVAL"),
+        ({"UNBROKEN_FLUSH_INTERVAL": "5"}, "UNBROKEN_FLUSH_INTERVAL"),
+        ({"UNBROKEN_FLUSH_INTERVAL": "nan"}, "UNBROKEN_FLUSH_INTERVAL"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], names: str) -> None:

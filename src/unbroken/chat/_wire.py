@@ -106,12 +106,16 @@ def resume_position(request: Request) -> int:
     return resume_after(request)
 
 
-def ui_message_stream_response(engine: StreamEngine, stream_id: str, *, after: int) -> Response:
-    return UIMessageStreamResponse(engine, stream_id, after=after)
+def ui_message_stream_response(
+    engine: StreamEngine, stream_id: str, *, after: int, flush_interval: float
+) -> Response:
+    return UIMessageStreamResponse(engine, stream_id, after=after, flush_interval=flush_interval)
 
 
-def data_stream_response(engine: StreamEngine, stream_id: str, *, after: int) -> Response:
-    return DataStreamResponse(engine, stream_id, after=after)
+def data_stream_response(
+    engine: StreamEngine, stream_id: str, *, after: int, flush_interval: float
+) -> Response:
+    return DataStreamResponse(engine, stream_id, after=after, flush_interval=flush_interval)
 
 
 def empty_data_stream_response() -> Response:

@@ -47,6 +47,10 @@ class Settings:
     drain_timeout: float = 10.0
     #: A finished answer is still replayed to a resuming client this long after it ended.
     resume_window: float = 15.0
+    #: A streaming response waits this long after each write and sends what arrived
+    #: meanwhile in one write (deltas merged): fewer, larger writes for up to this much
+    #: delay per token. 0 writes every token at once. See docs/benchmarks.md.
+    flush_interval: float = 0.0
     #: Largest accepted request body, bytes (413 above).
     max_body_bytes: int = 1024 * 1024
     #: Every this many seconds each instance looks for answers whose producer died and stores
@@ -81,6 +85,7 @@ class Settings:
             retention=_number(env, "UNBROKEN_RETENTION", 600.0),
             drain_timeout=_number(env, "UNBROKEN_DRAIN_TIMEOUT", 10.0),
             sweep_interval=_number(env, "UNBROKEN_SWEEP_INTERVAL", 10.0),
+            flush_interval=_number(env, "UNBROKEN_FLUSH_INTERVAL", 0.0),
             max_body_bytes=int(_number(env, "UNBROKEN_MAX_BODY_BYTES", 1024 * 1024)),
             allowed_origins=tuple(
                 origin.strip().rstrip("/")
@@ -129,6 +134,8 @@ class Settings:
                 raise SettingsError(
                     f"UNBROKEN_ALLOWED_ORIGINS: {origin!r} is not an origin like https://host"
                 )
+        if not 0 <= self.flush_interval <= 1:
+            raise SettingsError("UNBROKEN_FLUSH_INTERVAL must be between 0 and 1 (seconds)")
         if self.max_body_bytes < 1024:
             raise SettingsError("UNBROKEN_MAX_BODY_BYTES must be at least 1024")
 

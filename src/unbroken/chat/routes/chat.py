@@ -147,8 +147,12 @@ async def post_chat(
     else:
         services.metrics.streams_started.labels(chat_request.protocol).inc()
     if chat_request.protocol == "v4":
-        return _wire.data_stream_response(services.engine, record.id, after=-1)
-    return _wire.ui_message_stream_response(services.engine, record.id, after=-1)
+        return _wire.data_stream_response(
+            services.engine, record.id, after=-1, flush_interval=services.settings.flush_interval
+        )
+    return _wire.ui_message_stream_response(
+        services.engine, record.id, after=-1, flush_interval=services.settings.flush_interval
+    )
 
 
 @router.get(
@@ -190,7 +194,9 @@ async def resume_v4(
     ):
         # Running, or just finished and not stored yet: the stream itself is the answer.
         services.metrics.resumes.labels("v4", "live" if not status.is_terminal else "replay").inc()
-        return _wire.data_stream_response(services.engine, recent.id, after=-1)
+        return _wire.data_stream_response(
+            services.engine, recent.id, after=-1, flush_interval=services.settings.flush_interval
+        )
     chat = await repair(services, chat)
     last = await services.store.last_message(chat.id)
     if (
@@ -233,7 +239,12 @@ async def resume_v5(
     live = services.generator.producing(chat_id, identity.user.id)
     if live is not None:  # answered from memory: this process generates the answer
         services.metrics.resumes.labels("v5", "live").inc()
-        return _wire.ui_message_stream_response(services.engine, live.id, after=position)
+        return _wire.ui_message_stream_response(
+            services.engine,
+            live.id,
+            after=position,
+            flush_interval=services.settings.flush_interval,
+        )
     found = await services.store.get_chat_and_active_stream(chat_id, identity.user.id)
     if found is None:
         raise not_found()
@@ -246,7 +257,12 @@ async def resume_v5(
         ):
             kind = "live" if not status.is_terminal else "replay"
             services.metrics.resumes.labels("v5", kind).inc()
-            return _wire.ui_message_stream_response(services.engine, record.id, after=position)
+            return _wire.ui_message_stream_response(
+                services.engine,
+                record.id,
+                after=position,
+                flush_interval=services.settings.flush_interval,
+            )
     chat = await repair(services, chat)
     last = await services.store.last_message(chat.id)
     if (
@@ -257,7 +273,12 @@ async def resume_v5(
         and await services.engine.status(last.stream_id) is not None
     ):
         services.metrics.resumes.labels("v5", "replay").inc()
-        return _wire.ui_message_stream_response(services.engine, last.stream_id, after=position)
+        return _wire.ui_message_stream_response(
+            services.engine,
+            last.stream_id,
+            after=position,
+            flush_interval=services.settings.flush_interval,
+        )
     return Response(status_code=204)
 
 
