@@ -25,7 +25,6 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import anyio
 from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -87,10 +86,9 @@ class StampedDemoModel(DemoModel):
         prompt = next((message_text(m) for m in reversed(messages) if m.get("role") == "user"), "")
         inner = super().stream(messages)
         try:
-            # The demo model reads the loop clock on its first step, which runs right after
-            # this line in the same step of the event loop: the same time to the microsecond
-            # (uvloop caches it per loop iteration).
-            started = anyio.current_time()
+            # The demo model reads time.monotonic() on its first step, which runs right
+            # after this line in the same step of the event loop: microseconds apart.
+            started = time.monotonic()
             if self._fd is not None:
                 os.write(self._fd, f"{prompt}\t{started!r}\n".encode())
             async for event in inner:

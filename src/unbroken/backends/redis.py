@@ -38,6 +38,7 @@ from typing import Any, Literal, NoReturn
 import anyio
 from anyio.abc import TaskGroup
 
+from unbroken._json import compact_json
 from unbroken._models import Chunk, StreamState, StreamStatus
 from unbroken.backends import _keys
 from unbroken.backends._keys import StreamKeys, log_entry_id, log_entry_seq, stream_keys
@@ -183,11 +184,11 @@ def _ms(seconds: float) -> int:
 def _appended_payload(chunks: Sequence[Chunk]) -> bytes:
     rows = [[chunk.seq, chunk.offset, chunk.data] for chunk in chunks]
     note = {_keys.NOTE_APPENDED: rows}
-    return _encode(json.dumps(note, ensure_ascii=False, separators=(",", ":")))
+    return _encode(compact_json(note))
 
 
 def _ended_payload(state: StreamState) -> bytes:
-    return _encode(json.dumps({_keys.NOTE_ENDED: state.value}, separators=(",", ":")))
+    return _encode(compact_json({_keys.NOTE_ENDED: state.value}))
 
 
 def _is_int(value: object) -> bool:

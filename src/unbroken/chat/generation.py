@@ -49,6 +49,9 @@ __all__ = ["MESSAGE_STATUS", "Answer", "Generator", "assemble", "ui_chunks"]
 
 logger = logging.getLogger("unbroken.chat")
 
+#: The chunks metric grows by this many at a time (and by the rest when an answer ends).
+_CHUNKS_COUNTED_EVERY = 32
+
 MESSAGE_STATUS: dict[StreamState, MessageStatus] = {
     StreamState.DONE: "done",
     StreamState.ERROR: "error",
@@ -270,17 +273,23 @@ class Generator:
     ) -> AsyncIterator[str]:
         started = time.monotonic()
         first = True
+        uncounted = 0  # the chunks counter is a locked value: add to it in steps
         events = self.model.stream(list(history))
         try:
             async for chunk in ui_chunks(record.message_id, events):
                 if first and chunk["type"] not in ("start", "start-step"):
                     first = False
                     self.metrics.first_chunk_seconds.observe(time.monotonic() - started)
-                self.metrics.chunks.inc()
+                uncounted += 1
+                if uncounted == _CHUNKS_COUNTED_EVERY:
+                    self.metrics.chunks.inc(uncounted)
+                    uncounted = 0
                 encoded = encode_event(chunk)
                 produced.add(chunk, encoded)
                 yield encoded
         finally:
+            if uncounted:
+                self.metrics.chunks.inc(uncounted)
             aclose = getattr(events, "aclose", None)
             if aclose is not None:
                 with anyio.CancelScope(shield=True):

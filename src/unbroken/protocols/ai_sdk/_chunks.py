@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from unbroken._json import strict_compact_json
 from unbroken.exceptions import ProtocolError
 from unbroken.protocols.ai_sdk._targets import KNOWN_CHUNK_TYPES
 
@@ -427,7 +428,7 @@ def encode_event(event: BaseChunk | Mapping[str, Any]) -> str:
     data = event_to_dict(event)
     _check_type(data)
     try:
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return strict_compact_json(data)
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"UI message chunk is not JSON-serializable: {exc}") from exc
 

@@ -37,11 +37,11 @@ left out. The keep-alive is an empty line, which the v4 client skips.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from typing import Any
 
+from unbroken._json import compact_json
 from unbroken.protocols.ai_sdk._chunks import UIEvent
 from unbroken.protocols.ai_sdk._encoding import StreamEncoder
 
@@ -63,7 +63,7 @@ Line = tuple[str, Any]
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return compact_json(value)
 
 
 class DataStreamEncoder(StreamEncoder[Line]):

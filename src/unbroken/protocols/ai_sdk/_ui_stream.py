@@ -7,9 +7,9 @@ makes up itself (the terminal ``finish``/``error``/``abort``) carry no id.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from unbroken._json import compact_json
 from unbroken._sse import sse_comment, sse_event
 from unbroken.protocols.ai_sdk._chunks import UIEvent
 from unbroken.protocols.ai_sdk._encoding import StreamEncoder
@@ -69,7 +69,7 @@ class UIMessageStreamEncoder(StreamEncoder[UIEvent]):
         return [] if fitted is None else [fitted]
 
     def _format(self, seq: int | None, wire: UIEvent) -> str:
-        data = json.dumps(wire, separators=(",", ":"), ensure_ascii=False)
+        data = compact_json(wire)
         return sse_event(data, id=None if seq is None else str(seq))
 
     def _as_stored(self, event: UIEvent, wire: UIEvent, data: str) -> str | None:
