@@ -433,7 +433,7 @@ async def test_the_sweep_skips_answers_produced_here_without_a_query(tmp_path: A
         await services.engine.cancel(record.id)
 
 
-async def _first_bytes(app: Any, path: str, api_key: str) -> tuple[int, bytes]:
+async def _first_bytes(app: Any, path: str, api_key: str, query: bytes = b"") -> tuple[int, bytes]:
     """GET ``path`` on ``app`` in process: its status and first body bytes, then the client
     leaves (a live answer's body never ends by itself)."""
     sent: list[dict[str, Any]] = []
@@ -456,7 +456,7 @@ async def _first_bytes(app: Any, path: str, api_key: str) -> tuple[int, bytes]:
         "scheme": "http",
         "path": path,
         "raw_path": path.encode(),
-        "query_string": b"",
+        "query_string": query,
         "headers": [(b"host", b"test"), (b"authorization", f"Bearer {api_key}".encode())],
         "client": ("127.0.0.1", 1),
         "server": ("test", 80),
@@ -511,8 +511,12 @@ async def test_a_live_answer_is_resumed_from_the_producing_process_without_sql(
         )
         status, body = await _first_bytes(app, path, owner_key)
         assert status == 200 and f'"messageId":"{record.message_id}"' in body.decode()
+        v4_query = f"chatId={chat.id}".encode()
+        status, body = await _first_bytes(app, "/api/chat", owner_key, v4_query)  # ai 4.x
+        assert status == 200 and f'f:{{"messageId":"{record.message_id}"}}' in body.decode()
         assert statements == []
         assert (await _first_bytes(app, path, other_key))[0] == 404
+        assert (await _first_bytes(app, "/api/chat", other_key, v4_query))[0] == 404
 
         await services.engine.cancel(record.id)
         await services.engine.wait(record.id)

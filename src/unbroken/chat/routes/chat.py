@@ -177,6 +177,12 @@ async def resume_v4(
     if not chat_id:
         raise ApiError(400, "invalid_request", "the chatId query parameter is required")
     check_chat_id(chat_id, field="chatId")
+    live = services.generator.producing(chat_id, identity.user.id)
+    if live is not None:  # answered from memory: this process generates the answer
+        services.metrics.resumes.labels("v4", "live").inc()
+        return _wire.data_stream_response(
+            services.engine, live.id, after=-1, flush_interval=services.settings.flush_interval
+        )
     try:
         streams = await services.store.get_streams_by_chat_id(chat_id, identity.user.id)
     except LookupError:
