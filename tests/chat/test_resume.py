@@ -527,3 +527,57 @@ async def test_a_live_answer_is_resumed_from_the_producing_process_without_sql(
         statements.clear()
         status, body = await _first_bytes(app, path, owner_key)
         assert status in (200, 204) and statements  # from the database now
+
+
+async def test_a_stop_on_the_producing_process_stores_the_answer_once(tmp_path: Any) -> None:
+    """The producer's end callback stores a stopped answer anyway; a stop reaching the
+    producing process waits for it instead of writing the same rows at the same moment
+    (on SQLite, two writers per stop made bursts of stops queue on the write lock)."""
+    from sqlalchemy import event
+
+    from unbroken.chat.app import create_app
+
+    settings = Settings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'chat.db'}",
+        demo_tokens_per_second=20.0,
+        sweep_interval=0,
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        services = app.state.services
+        store = services.store
+        user = await store.create_user()
+        key, _ = await store.create_api_key(user.id)
+        chat = await store.get_or_create_chat("c_stop", user.id, title="t")
+        assert chat is not None
+        await store.add_user_message(
+            chat.id, message_id="u1", parts=[{"type": "text", "text": "hi"}]
+        )
+        record = await store.begin_generation(chat.id, user_message_id="u1")
+        assert record is not None
+        history = [m.to_ui_message() for m in await store.list_messages(chat.id)]
+        await services.generator.start(record, history, owner=user.id)
+        await anyio.sleep(0.3)  # a few tokens in
+
+        updates: list[str] = []
+        event.listen(
+            store.engine.sync_engine,
+            "before_cursor_execute",
+            lambda conn, cursor, statement, *rest: (
+                updates.append(statement)
+                if statement.lstrip().upper().startswith("UPDATE MESSAGES")
+                else None
+            ),
+        )
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            response = await client.post(
+                f"/api/chat/{chat.id}/stop", headers={"authorization": f"Bearer {key}"}
+            )
+        assert response.status_code == 200, response.text
+        assert response.json()["stopped"] is True and response.json()["state"] == "cancelled"
+        assert len(updates) == 1, updates  # the end callback's, not the stop's as well
+        answer = (await store.list_messages(chat.id))[-1]
+        assert answer.role == "assistant" and answer.status == "stopped"
+        assert stored_text(answer.to_ui_message(), "reasoning")  # what was generated
+        assert (await store.get_chat(chat.id, user.id)).active_stream_id is None  # type: ignore[union-attr]

@@ -91,9 +91,16 @@ async def repair(services: Services, chat: Chat) -> Chat:
 async def stop_stream(services: Services, record: StreamRecord) -> StreamState | None:
     """Cancel the generation wherever it runs, then store its partial answer as stopped
     and release the chat's active stream (both compare-and-set, so racing the producer's
-    own end callback is harmless). Returns the stream's final state."""
+    own end callback is harmless). Returns the stream's final state.
+
+    When this process produces the answer, its end callback stores it anyway: the stop
+    waits for that instead of writing the same rows at the same moment (on SQLite, two
+    writers per stop made a burst of stops queue on the write lock)."""
+    production = services.generator.production(record.id)  # (the cancel may end it)
     state = await services.engine.cancel(record.id)
     with anyio.move_on_after(10):
+        if production is not None and (stored := await production.wait_stored()) is not None:
+            return stored
         # A stop that loses the race with the end is stored (and reported) as done.
         state = await services.generator.finalize(record, state, None)
     return state

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -45,7 +45,7 @@ from unbroken.chat.models import (
 from unbroken.chat.store import MessageStatus, Store, StreamRecord
 from unbroken.exceptions import StreamNotFoundError, UnbrokenError
 
-__all__ = ["MESSAGE_STATUS", "Answer", "Generator", "assemble", "ui_chunks"]
+__all__ = ["MESSAGE_STATUS", "Answer", "Generator", "Production", "assemble", "ui_chunks"]
 
 logger = logging.getLogger("unbroken.chat")
 
@@ -202,6 +202,23 @@ class _ProducedAnswer:
         return Answer.of(self._record.message_id, events)
 
 
+@dataclass(eq=False)
+class Production:
+    """An answer this process produces: whose chat it is, and once its end callback has
+    stored it (``stored``), the state it was stored under (None if that failed)."""
+
+    owner: str
+    record: StreamRecord
+    stored: anyio.Event = field(default_factory=anyio.Event)
+    state: StreamState | None = None
+
+    async def wait_stored(self) -> StreamState | None:
+        """Wait until the end callback has stored the answer; the state it was stored
+        under, or None if storing it failed (the caller then stores it itself)."""
+        await self.stored.wait()
+        return self.state
+
+
 class Generator:
     """Starts answers in the engine and stores them when they end."""
 
@@ -212,8 +229,10 @@ class Generator:
         self.engine = engine
         self.model = model
         self.metrics = metrics
-        # chat id -> (owner's user id, stream) of the answers this process produces now.
-        self._producing: dict[str, tuple[str, StreamRecord]] = {}
+        # The answers this process produces now: by chat id until each ends (for resumes),
+        # by stream id until each is stored (for stops).
+        self._producing: dict[str, Production] = {}
+        self._storing: dict[str, Production] = {}
 
     def producing(self, chat_id: str, user_id: str) -> StreamRecord | None:
         """The answer this process is generating in ``user_id``'s chat ``chat_id``, if any.
@@ -223,13 +242,17 @@ class Generator:
         client reconnecting to the worker that produces its answer, costs no SQL. None for a
         chat of another user, like a missing one."""
         entry = self._producing.get(chat_id)
-        if entry is None or entry[0] != user_id or not self.engine.produces(entry[1].id):
+        if entry is None or entry.owner != user_id or not self.engine.produces(entry.record.id):
             return None
-        return entry[1]
+        return entry.record
+
+    def production(self, stream_id: str) -> Production | None:
+        """The stream's answer if this process produces it and has not stored it yet."""
+        return self._storing.get(stream_id)
 
     def _forget(self, record: StreamRecord) -> None:
         entry = self._producing.get(record.chat_id)
-        if entry is not None and entry[1] is record:  # not a newer answer of the chat
+        if entry is not None and entry.record is record:  # not a newer answer of the chat
             del self._producing[record.chat_id]
 
     async def start(
@@ -240,28 +263,35 @@ class Generator:
         engine."""
         started = time.monotonic()
         produced = _ProducedAnswer(record)
+        production = Production(owner, record)
 
         async def on_end(end: StreamEnd) -> None:
             # First: from now on a resume asks the database, which the answer is stored in.
             self._forget(record)
-            self.metrics.active_streams.dec()
-            self.metrics.stream_outcomes.labels(end.state.value).inc()
-            self.metrics.generation_seconds.labels(end.state.value).observe(
-                time.monotonic() - started
-            )
-            # The log is the first `chunk_count` events produced (each event is one chunk,
-            # in order): no need to read it back and decode it.
-            answer = produced.as_logged(end.chunk_count)
-            await self.finalize(record, end.state, end.error, answer=answer)
+            try:
+                self.metrics.active_streams.dec()
+                self.metrics.stream_outcomes.labels(end.state.value).inc()
+                self.metrics.generation_seconds.labels(end.state.value).observe(
+                    time.monotonic() - started
+                )
+                # The log is the first `chunk_count` events produced (each event is one
+                # chunk, in order): no need to read it back and decode it.
+                answer = produced.as_logged(end.chunk_count)
+                production.state = await self.finalize(record, end.state, end.error, answer=answer)
+            finally:
+                self._storing.pop(record.id, None)
+                production.stored.set()
 
         self.metrics.active_streams.inc()
-        self._producing[record.chat_id] = (owner, record)
+        self._producing[record.chat_id] = production
+        self._storing[record.id] = production
         try:
             await self.engine.start(
                 record.id, self._source(record, history, produced), on_end=on_end
             )
         except BaseException:
             self._forget(record)
+            self._storing.pop(record.id, None)
             self.metrics.active_streams.dec()
             raise
 
