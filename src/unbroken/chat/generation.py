@@ -248,7 +248,10 @@ class Generator:
 
     def production(self, stream_id: str) -> Production | None:
         """The stream's answer if this process produces it and has not stored it yet."""
-        return self._storing.get(stream_id)
+        production = self._storing.get(stream_id)
+        if production is None or not self.engine.produces(stream_id):
+            return None  # (an end callback that never ran: the caller stores the answer)
+        return production
 
     def _forget(self, record: StreamRecord) -> None:
         entry = self._producing.get(record.chat_id)

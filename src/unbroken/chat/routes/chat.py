@@ -54,6 +54,20 @@ _CHAT_BODY = {
 }
 
 
+def _v5_stream(services: Services, stream_id: str, *, after: int) -> Response:
+    """The stream as a UI message stream (AI SDK v5+), from sequence number ``after``."""
+    flush = services.settings.flush_interval
+    return _wire.ui_message_stream_response(
+        services.engine, stream_id, after=after, flush_interval=flush
+    )
+
+
+def _v4_stream(services: Services, stream_id: str) -> Response:
+    """The whole stream as an AI SDK v4 data stream."""
+    flush = services.settings.flush_interval
+    return _wire.data_stream_response(services.engine, stream_id, after=-1, flush_interval=flush)
+
+
 def _title(text: str) -> str:
     words = " ".join(text.split())
     return (words[:77] + "…" if len(words) > 80 else words) or "New chat"
@@ -147,12 +161,8 @@ async def post_chat(
     else:
         services.metrics.streams_started.labels(chat_request.protocol).inc()
     if chat_request.protocol == "v4":
-        return _wire.data_stream_response(
-            services.engine, record.id, after=-1, flush_interval=services.settings.flush_interval
-        )
-    return _wire.ui_message_stream_response(
-        services.engine, record.id, after=-1, flush_interval=services.settings.flush_interval
-    )
+        return _v4_stream(services, record.id)
+    return _v5_stream(services, record.id, after=-1)
 
 
 @router.get(
@@ -180,9 +190,7 @@ async def resume_v4(
     live = services.generator.producing(chat_id, identity.user.id)
     if live is not None:  # answered from memory: this process generates the answer
         services.metrics.resumes.labels("v4", "live").inc()
-        return _wire.data_stream_response(
-            services.engine, live.id, after=-1, flush_interval=services.settings.flush_interval
-        )
+        return _v4_stream(services, live.id)
     try:
         streams = await services.store.get_streams_by_chat_id(chat_id, identity.user.id)
     except LookupError:
@@ -200,9 +208,7 @@ async def resume_v4(
     ):
         # Running, or just finished and not stored yet: the stream itself is the answer.
         services.metrics.resumes.labels("v4", "live" if not status.is_terminal else "replay").inc()
-        return _wire.data_stream_response(
-            services.engine, recent.id, after=-1, flush_interval=services.settings.flush_interval
-        )
+        return _v4_stream(services, recent.id)
     chat = await repair(services, chat)
     last = await services.store.last_message(chat.id)
     if (
@@ -245,12 +251,7 @@ async def resume_v5(
     live = services.generator.producing(chat_id, identity.user.id)
     if live is not None:  # answered from memory: this process generates the answer
         services.metrics.resumes.labels("v5", "live").inc()
-        return _wire.ui_message_stream_response(
-            services.engine,
-            live.id,
-            after=position,
-            flush_interval=services.settings.flush_interval,
-        )
+        return _v5_stream(services, live.id, after=position)
     found = await services.store.get_chat_and_active_stream(chat_id, identity.user.id)
     if found is None:
         raise not_found()
@@ -263,12 +264,7 @@ async def resume_v5(
         ):
             kind = "live" if not status.is_terminal else "replay"
             services.metrics.resumes.labels("v5", kind).inc()
-            return _wire.ui_message_stream_response(
-                services.engine,
-                record.id,
-                after=position,
-                flush_interval=services.settings.flush_interval,
-            )
+            return _v5_stream(services, record.id, after=position)
     chat = await repair(services, chat)
     last = await services.store.last_message(chat.id)
     if (
@@ -279,12 +275,7 @@ async def resume_v5(
         and await services.engine.status(last.stream_id) is not None
     ):
         services.metrics.resumes.labels("v5", "replay").inc()
-        return _wire.ui_message_stream_response(
-            services.engine,
-            last.stream_id,
-            after=position,
-            flush_interval=services.settings.flush_interval,
-        )
+        return _v5_stream(services, last.stream_id, after=position)
     return Response(status_code=204)
 
 
