@@ -2,6 +2,7 @@
 
 Run:  .venv/bin/python benchmarks/system_bench.py [--quick] [--redis-url URL] [--pg-url URL]
       [--configs NAMES] [--levels N,N,...] [--auth key|cookie] [--profile STREAMS]
+      [--paired ROUNDS]
 
 Prints a table, writes benchmarks/results/system.json and system.png (``--output`` renames
 them). Every server runs the demo model at 30 tokens/s (``UNBROKEN_DEMO_TOKENS_PER_SECOND``)
@@ -33,6 +34,11 @@ used meanwhile (Redis, PostgreSQL, and anything else running: the machine may be
 
 ``--profile STREAMS`` samples the server with py-spy during that step and prints where its
 CPU goes (see `PROFILE_RULES`).
+
+``--paired ROUNDS`` replaces the capacity steps with the CPU ratio measured robustly: every
+server is up at once and the steps alternate between plain streaming and each
+configuration, ROUNDS rounds per level, so each round's ratio compares steps run a minute
+apart (this machine's speed drifts over minutes; see `paired`).
 """
 
 from __future__ import annotations
@@ -544,6 +550,61 @@ def capacity(
     return steps
 
 
+def paired(
+    configs: list[Config], args: argparse.Namespace, workdir: Path, levels: list[int]
+) -> dict[str, Any]:
+    """CPU per chunk of each configuration against plain streaming, from steps that
+    alternate between them (``--paired ROUNDS`` rounds per level, the order rotating each
+    round), all servers up at once (an idle one costs nothing). This machine's speed drifts
+    over minutes, so a ratio of steps run minutes apart (as in the capacity runs) can be off
+    by more than what is measured; here each round's ratio compares neighbouring steps."""
+    others = [c for c in configs if c is not PLAIN]
+    servers = {c.name: Server(c, args, workdir) for c in [PLAIN, *others]}
+    out: dict[str, Any] = {}
+    try:
+        for server in servers.values():
+            server.start()
+        names = list(servers)
+        for streams in levels:
+            rounds: list[dict[str, float]] = []
+            for round_ in range(args.paired):
+                cpu: dict[str, float] = {}
+                for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+                    result = run_step(
+                        servers[name],
+                        streams,
+                        ramp=args.ramp,
+                        window=args.window,
+                        client_procs=args.client_procs,
+                    )
+                    print(step_line(result) + f"  (paired, round {round_ + 1})", flush=True)
+                    cpu[name] = result["cpu_us_per_chunk"]
+                    time.sleep(2)
+                rounds.append(cpu)
+            ratios = {c.name: [r[c.name] / r[PLAIN.name] for r in rounds] for c in others}
+            out[str(streams)] = {"rounds": rounds, "ratios": ratios}
+    finally:
+        for server in servers.values():
+            server.stop()
+    return out
+
+
+def paired_lines(results: dict[str, Any]) -> list[str]:
+    lines = []
+    for streams, level in results.get("paired", {}).items():
+        for name, ratios in level["ratios"].items():
+            ordered = sorted(ratios)
+            median = ordered[len(ordered) // 2]
+            verdict = "met" if median <= CPU_RATIO_TARGET else "MISSED"
+            cpu = [f"{r[name]:.1f}/{r[PLAIN.name]:.1f}" for r in level["rounds"]]
+            lines.append(
+                f"paired CPU per chunk {name} / plain at {streams} streams: median "
+                f"{median:.2f}x (rounds: {', '.join(f'{x:.2f}' for x in ratios)}; us "
+                f"{', '.join(cpu)}); target <= {CPU_RATIO_TARGET}x: {verdict}"
+            )
+    return lines
+
+
 def storm(config: Config, args: argparse.Namespace, workdir: Path, streams: int) -> dict[str, Any]:
     server = Server(config, args, workdir)
     try:
@@ -638,6 +699,32 @@ def summarize(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def chart_paired(results: dict[str, Any], path: Path) -> None:
+    """Each round's CPU ratio to plain, per configuration and level, with the target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = {c.name: f"C{i}" for i, c in enumerate(CONFIGS)}
+    labelled: set[str] = set()
+    for streams, level in results["paired"].items():
+        for name, ratios in level["ratios"].items():
+            label = None if name in labelled else name
+            labelled.add(name)
+            ax.plot([int(streams)] * len(ratios), ratios, "o", color=colors.get(name), label=label)
+    ax.axhline(CPU_RATIO_TARGET, color="red", linestyle="--", linewidth=1, label="target")
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("concurrent answers at 30 tokens/s")
+    ax.set_ylabel("server CPU per chunk / plain streaming's")
+    ax.set_title("paired steps: CPU per chunk against plain, each round")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def chart(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -721,6 +808,13 @@ def main() -> None:
         "hundred: 40/s gives 300 per step)",
     )
     parser.add_argument(
+        "--paired",
+        type=int,
+        metavar="ROUNDS",
+        help="instead of capacity steps: CPU per chunk of each configuration against plain "
+        "streaming, alternating steps at each level for ROUNDS rounds",
+    )
+    parser.add_argument(
         "--profile",
         type=int,
         metavar="STREAMS",
@@ -758,9 +852,12 @@ def main() -> None:
     }
     print(HEADER, flush=True)
     try:
-        for config in configs:
-            results["capacity"][config.name] = capacity(config, args, workdir, levels)
-        if not args.no_storm:
+        if args.paired:
+            results["paired"] = paired(configs, args, workdir, levels)
+        else:
+            for config in configs:
+                results["capacity"][config.name] = capacity(config, args, workdir, levels)
+        if not args.no_storm and not args.paired:
             storm_configs = [c for c in configs if c.product and (c is MEMORY or c is REDIS_2)]
             if args.quick:
                 storm_configs = storm_configs[:1]
@@ -774,7 +871,7 @@ def main() -> None:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print()
-    lines = summarize(results)
+    lines = summarize(results) + paired_lines(results)
     results["summary"] = lines
     results["source"] = _source_version()
     results["machine"] = {
@@ -785,7 +882,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     results["auth"] = args.auth
     (RESULTS / f"{args.output}.json").write_text(json.dumps(results, indent=2))
-    chart(results, RESULTS / f"{args.output}.png")
+    (chart_paired if args.paired else chart)(results, RESULTS / f"{args.output}.png")
     print("\n".join(lines))
     print(
         "\ncolumns: deliv = chunks delivered / chunks due; srv, load = CPU cores used by the "
