@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -25,6 +26,7 @@ from tests.chat._client import (
 )
 from tests.chat.conftest import Server
 from unbroken.chat.settings import Settings
+from unbroken.chat.store import StreamRecord
 
 pytestmark = pytest.mark.anyio
 
@@ -390,44 +392,63 @@ async def test_shutdown_stores_the_answers_it_interrupts(
     assert active is None
 
 
+@asynccontextmanager
+async def _in_process_app(tmp_path: Any, **settings: Any) -> AsyncIterator[Any]:
+    """The chat service as `create_app` builds it, started in this process (SQLite in
+    ``tmp_path``, no sweeper), for tests that look inside it."""
+    from unbroken.chat.app import create_app
+
+    app = create_app(
+        Settings(
+            database_url=f"sqlite+aiosqlite:///{tmp_path / 'chat.db'}", sweep_interval=0, **settings
+        )
+    )
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+async def _start_answer(services: Any, chat_id: str, owner: str) -> StreamRecord:
+    """Start an answer to "hi" in ``owner``'s new chat ``chat_id``, as the POST route does,
+    without a client reading it."""
+    store = services.store
+    chat = await store.get_or_create_chat(chat_id, owner, title="t")
+    assert chat is not None
+    await store.add_user_message(chat.id, message_id="u1", parts=[{"type": "text", "text": "hi"}])
+    record = await store.begin_generation(chat.id, user_message_id="u1")
+    assert record is not None
+    history = [m.to_ui_message() for m in await store.list_messages(chat.id)]
+    await services.generator.start(record, history, owner=owner)
+    return record
+
+
+def _record_sql(store: Any) -> list[str]:
+    """Every SQL statement ``store`` runs from now on, in order."""
+    from sqlalchemy import event
+
+    statements: list[str] = []
+    event.listen(
+        store.engine.sync_engine,
+        "before_cursor_execute",
+        lambda conn, cursor, statement, *rest: statements.append(statement),
+    )
+    return statements
+
+
 async def test_the_sweep_skips_answers_produced_here_without_a_query(tmp_path: Any) -> None:
     """The sweeper looks for answers whose producer died; an answer this process is
     producing is alive, so it costs the sweep nothing but the listing query."""
-    from sqlalchemy import event
-
     from unbroken.chat.answers import sweep
-    from unbroken.chat.app import create_app
 
-    settings = Settings(
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'chat.db'}",
-        demo_tokens_per_second=5.0,  # still running while the test looks
-        lease_ttl=0.3,
-        sweep_interval=0,
-    )
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
+    # 5 tokens/s: still running while the test looks
+    async with _in_process_app(tmp_path, demo_tokens_per_second=5.0, lease_ttl=0.3) as app:
         services = app.state.services
         store = services.store
         user = await store.create_user()
-        chat = await store.get_or_create_chat("c_sweep", user.id, title="t")
-        assert chat is not None
-        await store.add_user_message(
-            chat.id, message_id="u1", parts=[{"type": "text", "text": "hi"}]
-        )
-        record = await store.begin_generation(chat.id, user_message_id="u1")
-        assert record is not None
-        await services.generator.start(
-            record, [m.to_ui_message() for m in await store.list_messages(chat.id)], owner=user.id
-        )
+        record = await _start_answer(services, "c_sweep", user.id)
         await anyio.sleep(1.2)  # older than the sweep's grace (1 s at least)
         listed = await store.chats_with_active_stream(older_than=1.0, limit=10)
-        assert [c.id for c in listed] == [chat.id]  # the sweep will look at it
-        statements: list[str] = []
-        event.listen(
-            store.engine.sync_engine,
-            "before_cursor_execute",
-            lambda conn, cursor, statement, *rest: statements.append(statement),
-        )
+        assert [c.id for c in listed] == [record.chat_id]  # the sweep will look at it
+        statements = _record_sql(store)
         assert await sweep(services) == 0
         assert len(statements) == 1 and "active_stream_id" in statements[0]  # the listing
         await services.engine.cancel(record.id)
@@ -474,44 +495,22 @@ async def test_a_live_answer_is_resumed_from_the_producing_process_without_sql(
     """The worker that generates an answer knows its chat's active stream and owner, so the
     commonest resume (a refresh reaching that worker) asks the database nothing; another
     user still gets the missing chat's 404, and once the answer ends the database answers."""
-    from sqlalchemy import event
-
-    from unbroken.chat.app import create_app
-
-    settings = Settings(
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'chat.db'}",
-        demo_tokens_per_second=20.0,
-        sweep_interval=0,
-    )
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
+    async with _in_process_app(tmp_path, demo_tokens_per_second=20.0) as app:
         services = app.state.services
         store = services.store
         owner, other = await store.create_user(), await store.create_user()
         owner_key, _ = await store.create_api_key(owner.id)
         other_key, _ = await store.create_api_key(other.id)
-        chat = await store.get_or_create_chat("c_live", owner.id, title="t")
-        assert chat is not None
-        await store.add_user_message(
-            chat.id, message_id="u1", parts=[{"type": "text", "text": "hi"}]
-        )
-        record = await store.begin_generation(chat.id, user_message_id="u1")
-        assert record is not None
-        history = [m.to_ui_message() for m in await store.list_messages(chat.id)]
-        await services.generator.start(record, history, owner=owner.id)
-        path = f"/api/chat/{chat.id}/stream"
+        record = await _start_answer(services, "c_live", owner.id)
+        chat_id = record.chat_id
+        path = f"/api/chat/{chat_id}/stream"
         for key in (owner_key, other_key):  # the keys' lookups, cached from now on
             await _first_bytes(app, "/api/chats", key)
 
-        statements: list[str] = []
-        event.listen(
-            store.engine.sync_engine,
-            "before_cursor_execute",
-            lambda conn, cursor, statement, *rest: statements.append(statement),
-        )
+        statements = _record_sql(store)
         status, body = await _first_bytes(app, path, owner_key)
         assert status == 200 and f'"messageId":"{record.message_id}"' in body.decode()
-        v4_query = f"chatId={chat.id}".encode()
+        v4_query = f"chatId={chat_id}".encode()
         status, body = await _first_bytes(app, "/api/chat", owner_key, v4_query)  # ai 4.x
         assert status == 200 and f'f:{{"messageId":"{record.message_id}"}}' in body.decode()
         assert statements == []
@@ -523,7 +522,7 @@ async def test_a_live_answer_is_resumed_from_the_producing_process_without_sql(
         with anyio.fail_after(5):
             while services.engine.produces(record.id):  # noqa: ASYNC110 - no event to wait on
                 await anyio.sleep(0.01)
-        assert services.generator.producing(chat.id, owner.id) is None
+        assert services.generator.producing(chat_id, owner.id) is None
         statements.clear()
         status, body = await _first_bytes(app, path, owner_key)
         assert status in (200, 204) and statements  # from the database now
@@ -533,51 +532,26 @@ async def test_a_stop_on_the_producing_process_stores_the_answer_once(tmp_path: 
     """The producer's end callback stores a stopped answer anyway; a stop reaching the
     producing process waits for it instead of writing the same rows at the same moment
     (on SQLite, two writers per stop made bursts of stops queue on the write lock)."""
-    from sqlalchemy import event
-
-    from unbroken.chat.app import create_app
-
-    settings = Settings(
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'chat.db'}",
-        demo_tokens_per_second=20.0,
-        sweep_interval=0,
-    )
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
+    async with _in_process_app(tmp_path, demo_tokens_per_second=20.0) as app:
         services = app.state.services
         store = services.store
         user = await store.create_user()
         key, _ = await store.create_api_key(user.id)
-        chat = await store.get_or_create_chat("c_stop", user.id, title="t")
-        assert chat is not None
-        await store.add_user_message(
-            chat.id, message_id="u1", parts=[{"type": "text", "text": "hi"}]
-        )
-        record = await store.begin_generation(chat.id, user_message_id="u1")
-        assert record is not None
-        history = [m.to_ui_message() for m in await store.list_messages(chat.id)]
-        await services.generator.start(record, history, owner=user.id)
+        record = await _start_answer(services, "c_stop", user.id)
+        chat_id = record.chat_id
         await anyio.sleep(0.3)  # a few tokens in
 
-        updates: list[str] = []
-        event.listen(
-            store.engine.sync_engine,
-            "before_cursor_execute",
-            lambda conn, cursor, statement, *rest: (
-                updates.append(statement)
-                if statement.lstrip().upper().startswith("UPDATE MESSAGES")
-                else None
-            ),
-        )
+        statements = _record_sql(store)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             response = await client.post(
-                f"/api/chat/{chat.id}/stop", headers={"authorization": f"Bearer {key}"}
+                f"/api/chat/{chat_id}/stop", headers={"authorization": f"Bearer {key}"}
             )
         assert response.status_code == 200, response.text
         assert response.json()["stopped"] is True and response.json()["state"] == "cancelled"
+        updates = [s for s in statements if s.lstrip().upper().startswith("UPDATE MESSAGES")]
         assert len(updates) == 1, updates  # the end callback's, not the stop's as well
-        answer = (await store.list_messages(chat.id))[-1]
+        answer = (await store.list_messages(chat_id))[-1]
         assert answer.role == "assistant" and answer.status == "stopped"
         assert stored_text(answer.to_ui_message(), "reasoning")  # what was generated
-        assert (await store.get_chat(chat.id, user.id)).active_stream_id is None  # type: ignore[union-attr]
+        assert (await store.get_chat(chat_id, user.id)).active_stream_id is None  # type: ignore[union-attr]
