@@ -28,6 +28,7 @@ from typing import Protocol, Self
 import anyio
 from anyio.abc import TaskGroup
 
+from unbroken._asyncio import on_asyncio
 from unbroken._models import Chunk, ChunkLog, StreamEnd, StreamState, StreamStatus
 from unbroken.backends.base import Appended, Backend, Ended, Idle, Listener, StreamTimes
 from unbroken.exceptions import (
@@ -109,11 +110,7 @@ class _LoopEvent:
 
 def _event_factory() -> Callable[[], _Event]:
     """Events for the per-chunk wake-ups of the running event loop's library."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:  # another library's loop (trio)
-        return anyio.Event
-    return _LoopEvent
+    return _LoopEvent if on_asyncio() else anyio.Event
 
 
 class _Wakeup:

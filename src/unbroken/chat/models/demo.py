@@ -13,11 +13,12 @@ import asyncio
 import hashlib
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import anyio
 
+from unbroken._asyncio import on_asyncio
 from unbroken.chat.models.base import Finish, ModelEvent, ReasoningDelta, TextDelta, message_text
 
 __all__ = ["DemoModel", "compose", "tokenize"]
@@ -112,17 +113,6 @@ def tokenize(text: str) -> list[str]:
     return _TOKEN.findall(text)
 
 
-def _sleep_function() -> Callable[[float], Awaitable[None]]:
-    """``asyncio.sleep`` under asyncio, else ``anyio.sleep``, chosen once per answer:
-    ``anyio.sleep`` looks the async library up on every call, which cost more than the rest
-    of a token."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:  # another library's loop (trio)
-        return anyio.sleep
-    return asyncio.sleep
-
-
 class DemoModel:
     """The offline demo model (see the module docstring)."""
 
@@ -139,7 +129,9 @@ class DemoModel:
         prompt = next((message_text(m) for m in reversed(messages) if m.get("role") == "user"), "")
         reasoning, answer = compose(prompt)
         interval = 1.0 / self.tokens_per_second
-        sleep = _sleep_function()
+        # Chosen once per answer: anyio.sleep looks the async library up on every call,
+        # which cost more than the rest of a token.
+        sleep = asyncio.sleep if on_asyncio() else anyio.sleep
         # time.monotonic, not anyio.current_time: that looks the async library up on every
         # call, which cost more than the rest of a token.
         started = time.monotonic()
