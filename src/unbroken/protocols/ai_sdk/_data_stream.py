@@ -62,10 +62,6 @@ _DATA_URL_RE = re.compile(r"^data:([^;,]*)(?:;[^,]*)?;base64,(.*)$", re.S)
 Line = tuple[str, Any]
 
 
-def _dumps(value: Any) -> str:
-    return compact_json(value)
-
-
 class DataStreamEncoder(StreamEncoder[Line]):
     """Engine items (v5 events) -> v4 data stream lines."""
 
@@ -166,7 +162,7 @@ class DataStreamEncoder(StreamEncoder[Line]):
 
     def _format(self, seq: int | None, wire: Line) -> str:
         code, payload = wire
-        return f"{code}:{_dumps(payload)}\n"
+        return f"{code}:{compact_json(payload)}\n"
 
     def _merge_key(self, wire: Line) -> Any:
         code, payload = wire
@@ -198,5 +194,5 @@ def _args(value: Any) -> Any:
 def append_message_line(message: Mapping[str, Any]) -> str:
     """The seed's fallback for a finished stream: one ``2:`` line carrying the stored message
     as a JSON *string* (``useAutoResume`` parses it and swaps it into the chat)."""
-    item = {"type": "append-message", "message": _dumps(message)}
-    return f"2:{_dumps([item])}\n"
+    item = {"type": "append-message", "message": compact_json(message)}
+    return f"2:{compact_json([item])}\n"
