@@ -34,12 +34,12 @@ from typing import Any
 import anyio
 import system_apps
 import uvloop
+from _results import save_results
 
 from unbroken.chat.app import create_app
 from unbroken.chat.settings import Settings
 
 TOKENS_PER_SECOND = 1e7  # every token already due
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 class Sink:
@@ -194,10 +194,7 @@ def main() -> None:
     args = parser.parse_args()
     results = uvloop.run(run(args))
     print(report(results))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "chat_path.json").write_text(json.dumps(results, indent=2))
-    chart(results, RESULTS / "chat_path.png")
-    print(f"\nwrote {RESULTS / 'chat_path.json'} and {RESULTS / 'chat_path.png'}")
+    save_results("chat_path", results, chart)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 
 import anyio
 import uvloop
+from _results import save_results
 from system_apps import plain_frames
 
 from unbroken import StreamEngine
@@ -40,7 +40,6 @@ from unbroken.chat.models import Finish, ModelEvent, TextDelta
 from unbroken.chat.models.demo import compose, tokenize
 from unbroken.protocols.ai_sdk import encode_event
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TOKENS = tokenize(compose("what does the hot path cost?")[1])
 
 
@@ -153,10 +152,7 @@ def main() -> None:
     args = parser.parse_args()
     results = uvloop.run(run(args))
     print(report(results))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "hot_path.json").write_text(json.dumps(results, indent=2))
-    chart(results, RESULTS / "hot_path.png")
-    print(f"\nwrote {RESULTS / 'hot_path.json'} and {RESULTS / 'hot_path.png'}")
+    save_results("hot_path", results, chart)
 
 
 if __name__ == "__main__":
