@@ -427,7 +427,7 @@ def _record_sql(store: Any) -> list[str]:
 
     statements: list[str] = []
     event.listen(
-        store.engine.sync_engine,
+        store.sql_engine,
         "before_cursor_execute",
         lambda conn, cursor, statement, *rest: statements.append(statement),
     )

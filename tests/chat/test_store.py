@@ -233,7 +233,7 @@ async def test_a_key_found_is_trusted_for_a_while_without_a_query(
     key, _ = await store.create_api_key(user.id)
     statements: list[str] = []
     event.listen(
-        store.engine.sync_engine,
+        store.sql_engine,
         "before_cursor_execute",
         lambda conn, cursor, statement, *rest: statements.append(statement),
     )
