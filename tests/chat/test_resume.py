@@ -26,7 +26,7 @@ from tests.chat._client import (
 )
 from tests.chat.conftest import Server
 from unbroken.chat.settings import Settings
-from unbroken.chat.store import StreamRecord
+from unbroken.chat.store import Started, StreamRecord
 
 pytestmark = pytest.mark.anyio
 
@@ -410,15 +410,13 @@ async def _in_process_app(tmp_path: Any, **settings: Any) -> AsyncIterator[Any]:
 async def _start_answer(services: Any, chat_id: str, owner: str) -> StreamRecord:
     """Start an answer to "hi" in ``owner``'s new chat ``chat_id``, as the POST route does,
     without a client reading it."""
-    store = services.store
-    chat = await store.get_or_create_chat(chat_id, owner, title="t")
-    assert chat is not None
-    await store.add_user_message(chat.id, message_id="u1", parts=[{"type": "text", "text": "hi"}])
-    record = await store.begin_generation(chat.id, user_message_id="u1")
-    assert record is not None
-    history = [m.to_ui_message() for m in await store.list_messages(chat.id)]
-    await services.generator.start(record, history, owner=owner)
-    return record
+    begun = await services.store.start_answer(
+        chat_id, owner, title="t", message_id="u1", parts=[{"type": "text", "text": "hi"}]
+    )
+    assert isinstance(begun, Started)
+    history = [m.to_ui_message() for m in begun.history]
+    await services.generator.start(begun.record, history, owner=owner)
+    return begun.record
 
 
 def _record_sql(store: Any) -> list[str]:

@@ -19,7 +19,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
 from tests.chat.conftest import temporary_postgres_database
-from unbroken.chat.store import ChatNotFoundError, Store
+from unbroken.chat.store import Chat, ChatNotFoundError, Started, Store
 from unbroken.chat.store.migrate import current_revision, head_revision
 from unbroken.chat.store.tables import metadata
 
@@ -162,48 +162,83 @@ async def test_streams_belong_to_chats_and_refuse_other_users(store: Store) -> N
     assert await store.get_chat(chat.id, bob.id) is None
 
 
-async def test_generation_bookkeeping_is_compare_and_set(store: Store) -> None:
-    user = await store.create_user()
-    chat = await store.get_or_create_chat(uid(), user.id, title="t")
-    assert chat is not None
-    assert await store.add_user_message(
-        chat.id, message_id="m1", parts=[{"type": "text", "text": "hi"}]
+async def _start(store: Store, chat_id: str, user_id: str, message_id: str) -> Started:
+    begun = await store.start_answer(
+        chat_id, user_id, title="t", message_id=message_id, parts=[{"type": "text", "text": "hi"}]
     )
-    assert not await store.add_user_message(chat.id, message_id="m1", parts=[])  # retried
-    record = await store.begin_generation(chat.id, user_message_id="m1")
-    assert record is not None
-    assert await store.begin_generation(chat.id, user_message_id="m1") is None  # one at a time
-    assert (await store.get_chat(chat.id, user.id)).active_stream_id == record.id  # type: ignore[union-attr]
+    assert isinstance(begun, Started)
+    return begun
+
+
+async def test_starting_an_answer_is_compare_and_set(store: Store) -> None:
+    user, other = await store.create_user(), await store.create_user()
+    chat_id = uid()
+    begun = await _start(store, chat_id, user.id, "m1")  # creates the chat
+    record = begun.record
+    assert [(m.id, m.parts) for m in begun.history] == [("m1", [{"type": "text", "text": "hi"}])]
+    chat = await store.get_chat(chat_id, user.id)
+    assert chat is not None and chat.title == "t" and chat.active_stream_id == record.id
+    # One answer at a time: a second start gets the chat as it is and writes nothing.
+    assert await store.start_answer(chat_id, user.id, title="x", message_id="m2", parts=[]) == chat
+    # Another user's chat is missing to them.
+    assert await store.start_answer(chat_id, other.id, title="x", message_id="m2", parts=[]) is None
     # What a resume reads first: the chat and its active stream, in one query.
-    assert await store.get_chat_and_active_stream(chat.id, user.id) == (
-        await store.get_chat(chat.id, user.id),
+    assert await store.get_chat_and_active_stream(chat_id, user.id) == (
+        chat,
         await store.get_stream(record.id),
     )
-    assert await store.get_chat_and_active_stream(chat.id, (await store.create_user()).id) is None
+    assert await store.get_chat_and_active_stream(chat_id, other.id) is None
     # The answer in progress keeps its place but is not listed.
-    assert [m.id for m in await store.list_messages(chat.id)] == ["m1"]
-    listed = await store.list_messages(chat.id, include_streaming=True)
+    assert [m.id for m in await store.list_messages(chat_id)] == ["m1"]
+    listed = await store.list_messages(chat_id, include_streaming=True)
     assert [(m.id, m.status) for m in listed] == [("m1", "done"), (record.message_id, "streaming")]
 
     parts = [{"type": "text", "text": "hello"}]
-    assert await store.finalize_message(chat.id, record.message_id, parts=parts, status="stopped")
-    assert not await store.finalize_message(chat.id, record.message_id, parts=[], status="done")
-    answer = await store.get_message(chat.id, record.message_id)
+    assert await store.finalize_message(chat_id, record.message_id, parts=parts, status="stopped")
+    assert not await store.finalize_message(chat_id, record.message_id, parts=[], status="done")
+    answer = await store.get_message(chat_id, record.message_id)
     assert answer is not None and answer.status == "stopped" and answer.parts == parts
     assert answer.finished_at is not None
 
-    assert not await store.clear_active_stream(chat.id, "s_stale")  # a stale stop: no effect
-    assert await store.clear_active_stream(chat.id, record.id)
-    assert not await store.clear_active_stream(chat.id, record.id)
-    assert (await store.get_chat(chat.id, user.id)).active_stream_id is None  # type: ignore[union-attr]
-    assert await store.get_chat_and_active_stream(chat.id, user.id) == (
-        await store.get_chat(chat.id, user.id),
+    assert not await store.clear_active_stream(chat_id, "s_stale")  # a stale stop: no effect
+    assert await store.clear_active_stream(chat_id, record.id)
+    assert not await store.clear_active_stream(chat_id, record.id)
+    assert (await store.get_chat(chat_id, user.id)).active_stream_id is None  # type: ignore[union-attr]
+    assert await store.get_chat_and_active_stream(chat_id, user.id) == (
+        await store.get_chat(chat_id, user.id),
         None,
     )
 
     # Asking again from m1 (a regenerate) drops what came after it.
-    assert not await store.add_user_message(chat.id, message_id="m1", parts=[])
-    assert [m.id for m in await store.list_messages(chat.id, include_streaming=True)] == ["m1"]
+    again = await _start(store, chat_id, user.id, "m1")
+    assert [m.id for m in again.history] == ["m1"]
+    listed = await store.list_messages(chat_id, include_streaming=True)
+    assert [m.id for m in listed] == ["m1", again.record.message_id]
+
+
+async def test_concurrent_first_messages_start_one_answer(store: Store) -> None:
+    """Many requests starting the first answer of one new chat at once (a client retrying, or
+    two tabs): the chat is created once, one answer starts, the others see it running; and
+    the id stays its owner's."""
+    user, other = await store.create_user(), await store.create_user()
+    chat_id = uid()
+    results: list[Started | Chat | None] = []
+
+    async def start(user_id: str) -> None:
+        results.append(
+            await store.start_answer(chat_id, user_id, title="t", message_id="m1", parts=[])
+        )
+
+    async with anyio.create_task_group() as task_group:
+        for _ in range(8):
+            task_group.start_soon(start, user.id)
+    (begun,) = [r for r in results if isinstance(r, Started)]
+    others = [r for r in results if not isinstance(r, Started)]
+    assert len(others) == 7
+    assert all(isinstance(r, Chat) and r.active_stream_id == begun.record.id for r in others)
+    assert await store.start_answer(chat_id, other.id, title="t", message_id="m1", parts=[]) is None
+    listed = await store.list_messages(chat_id, include_streaming=True)
+    assert [m.id for m in listed] == ["m1", begun.record.message_id]
 
 
 async def test_api_keys_are_stored_hashed(store: Store) -> None:
@@ -254,9 +289,7 @@ async def test_storing_an_answer_can_release_its_stream_at_once(store: Store) ->
     user = await store.create_user()
     chat = await store.get_or_create_chat(uid(), user.id, title="t")
     assert chat is not None and chat == await store.get_chat(chat.id, user.id)
-    assert await store.add_user_message(chat.id, message_id="m1", parts=[])
-    record = await store.begin_generation(chat.id, user_message_id="m1")
-    assert record is not None
+    record = (await _start(store, chat.id, user.id, "m1")).record
     # Another stream's release changes nothing about this one; the answer is stored.
     assert await store.finalize_message(
         chat.id, record.message_id, parts=[], status="done", release_stream="s_other"
@@ -280,8 +313,7 @@ async def test_delete_chat_removes_everything(store: Store) -> None:
     user, other = await store.create_user(), await store.create_user()
     chat = await store.get_or_create_chat(uid(), user.id, title="t")
     assert chat is not None
-    await store.add_user_message(chat.id, message_id="m1", parts=[])
-    assert await store.begin_generation(chat.id, user_message_id="m1") is not None
+    await _start(store, chat.id, user.id, "m1")
     assert not await store.delete_chat(chat.id, other.id)
     assert await store.delete_chat(chat.id, user.id)
     assert await store.get_chat(chat.id, user.id) is None

@@ -20,7 +20,7 @@ from unbroken.chat.answers import orphaned, repair, seconds_since, stop_stream, 
 from unbroken.chat.deps import CurrentIdentity, CurrentServices, Services, check_chat_id
 from unbroken.chat.errors import ApiError, json_object, not_found
 from unbroken.chat.models import message_text
-from unbroken.chat.store import Chat, StreamRecord
+from unbroken.chat.store import Started, StreamRecord
 
 __all__ = ["router"]
 
@@ -74,51 +74,53 @@ def _title(text: str) -> str:
 
 
 async def _begin(
-    services: Services, chat: Chat, user_message: dict[str, Any], *, trigger: str
+    services: Services, chat_id: str, user_id: str, user_message: dict[str, Any], *, trigger: str
 ) -> tuple[StreamRecord, bool]:
-    """Start the answer to ``user_message``, or find the one already being generated.
+    """Start the answer to ``user_message`` in ``user_id``'s chat ``chat_id`` (created on first
+    use), or find the one already being generated.
 
     Returns (stream, attached). A repeated submit of the message whose answer is running
     attaches to it (a client retry must not pay for a second generation). Any other running
     answer in the chat is stopped first, so its partial answer keeps its place before the new
-    message.
+    message; one whose producer died is stored first (`repair`).
     """
     store = services.store
+    title = _title(message_text(user_message))
     for _ in range(5):
-        if chat.active_stream_id is not None:
-            active = await store.get_stream(chat.active_stream_id)
-            if (
-                active is not None
-                and trigger == "submit-message"
-                and active.user_message_id == user_message["id"]
-                and await stream_status(services, active) is not None
-            ):
-                return active, True
-            if active is not None:
-                await stop_stream(services, active)
-            else:
-                await store.clear_active_stream(chat.id, chat.active_stream_id)
-        await store.add_user_message(
-            chat.id,
+        begun = await store.start_answer(
+            chat_id,
+            user_id,
+            title=title,
             message_id=user_message["id"],
             parts=user_message.get("parts", []),
             metadata=user_message.get("metadata"),
         )
-        record = await store.begin_generation(chat.id, user_message_id=user_message["id"])
-        if record is not None:
-            history = [m.to_ui_message() for m in await store.list_messages(chat.id)]
+        if begun is None:
+            raise not_found()
+        if isinstance(begun, Started):
+            history = [message.to_ui_message() for message in begun.history]
             try:
-                await services.generator.start(record, history, owner=chat.user_id)
+                await services.generator.start(begun.record, history, owner=user_id)
             except BaseException:
                 with anyio.CancelScope(shield=True):
-                    await store.abandon_generation(record)
+                    await store.abandon_generation(begun.record)
                 raise
-            return record, False
-        # Another request made a stream active in between: look again.
-        refreshed = await store.get_chat(chat.id, chat.user_id)
-        if refreshed is None:
-            raise not_found()
-        chat = refreshed
+            return begun.record, False
+        # The chat has an active stream: attach to it, or end it and ask again.
+        chat = await repair(services, begun)
+        if chat.active_stream_id is None:
+            continue
+        active = await store.get_stream(chat.active_stream_id)
+        if active is None:
+            await store.clear_active_stream(chat.id, chat.active_stream_id)
+        elif (
+            trigger == "submit-message"
+            and active.user_message_id == user_message["id"]
+            and await stream_status(services, active) is not None
+        ):
+            return active, True
+        else:
+            await stop_stream(services, active)
     raise ApiError(409, "conflict", "another answer is starting in this chat; try again")
 
 
@@ -149,13 +151,9 @@ async def post_chat(
             "the last message must be the user's: continuing an assistant message is not "
             "supported by this service",
         )
-    chat = await services.store.get_or_create_chat(
-        chat_request.chat_id, identity.user.id, title=_title(message_text(user_message))
+    record, attached = await _begin(
+        services, chat_request.chat_id, identity.user.id, user_message, trigger=chat_request.trigger
     )
-    if chat is None:
-        raise not_found()
-    chat = await repair(services, chat)
-    record, attached = await _begin(services, chat, user_message, trigger=chat_request.trigger)
     if attached:
         services.metrics.attaches.inc()
     else:

@@ -13,6 +13,7 @@ or a late end-of-generation callback can never undo newer work.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import secrets
 import sqlite3
@@ -40,6 +41,7 @@ __all__ = [
     "ChatNotFoundError",
     "Message",
     "MessageStatus",
+    "Started",
     "Store",
     "StreamRecord",
     "User",
@@ -187,6 +189,15 @@ class StreamRecord:
             user_message_id=m["user_message_id"],
             created_at=_utc(m["created_at"]),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """An answer begun by `Store.start_answer`: its stream, and the history it answers (the
+    chat's messages up to the user's, in order)."""
+
+    record: StreamRecord
+    history: list[Message]
 
 
 def _is_sqlite(url: str) -> bool:
@@ -519,54 +530,6 @@ class Store:
         )
         return Message.from_row(row) if row is not None else None
 
-    async def add_user_message(
-        self,
-        chat_id: str,
-        *,
-        message_id: str,
-        parts: Sequence[Mapping[str, Any]],
-        metadata: Mapping[str, Any] | None = None,
-    ) -> bool:
-        """Store a user message unless the chat already has one with that id.
-
-        If it already exists, every message after it is deleted instead: the client asked
-        again from that point (a retry, ``regenerate`` or v4 ``reload``), and its history no
-        longer contains them. Returns whether the message was new.
-        """
-        now = utcnow()
-
-        def work(conn: Connection) -> bool:
-            pk = conn.scalar(
-                select(messages.c.pk).where(
-                    and_(messages.c.chat_id == chat_id, messages.c.id == message_id)
-                )
-            )
-            if pk is not None:
-                conn.execute(
-                    delete(messages).where(and_(messages.c.chat_id == chat_id, messages.c.pk > pk))
-                )
-                conn.execute(update(chats).where(chats.c.id == chat_id).values(updated_at=now))
-                return False
-            conn.execute(
-                insert(messages).values(
-                    id=message_id,
-                    chat_id=chat_id,
-                    role="user",
-                    parts=list(parts),
-                    metadata=dict(metadata) if metadata is not None else None,
-                    status="done",
-                    created_at=now,
-                    finished_at=now,
-                )
-            )
-            conn.execute(update(chats).where(chats.c.id == chat_id).values(updated_at=now))
-            return True
-
-        try:
-            return await self._run(work, write=True)
-        except IntegrityError:
-            return False  # the same message, stored concurrently by a duplicate request
-
     async def finalize_message(
         self,
         chat_id: str,
@@ -627,37 +590,67 @@ class Store:
         )
         return stream_id
 
-    async def begin_generation(
-        self, chat_id: str, *, user_message_id: str | None
-    ) -> StreamRecord | None:
-        """Atomically: make a new stream the chat's active one (only if none is), record it,
-        and insert the assistant message as ``streaming`` (it keeps its place in the chat).
+    async def start_answer(
+        self,
+        chat_id: str,
+        user_id: str,
+        *,
+        title: str,
+        message_id: str,
+        parts: Sequence[Mapping[str, Any]],
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Started | Chat | None:
+        """Begin the answer to the user's message ``message_id``, in one transaction.
 
-        None if the chat already has an active stream (someone else got there first).
+        The chat is created (owned by ``user_id``, called ``title``) if the id is free. If it
+        has no active stream, a new stream is made its active one (compare-and-set) and
+        recorded, the user message is stored (or, if the chat already has it, every message
+        after it is deleted: the client asked again from that point, a retry, ``regenerate``
+        or v4 ``reload``), and the assistant message is inserted as ``streaming``, so it keeps
+        its place in the chat. Returns the stream and the history it answers.
+
+        Returns the chat, with nothing written, if it has an active stream (the caller
+        deals with that and asks again); None if the id belongs to another user.
         """
-        now = utcnow()
-        record = StreamRecord(
-            id=new_id("s_", 24),
-            chat_id=chat_id,
-            message_id=new_id("msg_"),
-            user_message_id=user_message_id,
-            created_at=now,
-        )
 
-        def work(conn: Connection) -> bool:
-            claimed = conn.execute(
-                update(chats)
-                .where(and_(chats.c.id == chat_id, chats.c.active_stream_id.is_(None)))
-                .values(active_stream_id=record.id, updated_at=now)
+        def work(conn: Connection, *, create: bool) -> Started | Chat | None:
+            now = utcnow()
+            record = StreamRecord(
+                id=new_id("s_", 24),
+                chat_id=chat_id,
+                message_id=new_id("msg_"),
+                user_message_id=message_id,
+                created_at=now,
             )
-            if not claimed.rowcount:
-                return False  # nothing was written; the empty transaction just ends
+            row = conn.execute(_select_chat(chat_id, user_id)).first()
+            if row is None:
+                if not create:
+                    return None
+                conn.execute(
+                    insert(chats).values(
+                        id=chat_id,
+                        user_id=user_id,
+                        title=title[:200] or "New chat",
+                        visibility="private",
+                        active_stream_id=record.id,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+            elif row.active_stream_id is not None:
+                return Chat.from_row(row)
+            elif not _claim(conn, chat_id, record.id, now):
+                row = conn.execute(_select_chat(chat_id, user_id)).first()  # claimed meanwhile
+                return Chat.from_row(row) if row is not None else None
+            # The stream is this request's from here on: nobody else writes the chat's
+            # messages until it is released.
+            _put_user_message(conn, chat_id, message_id, parts, metadata, now)
             conn.execute(
                 insert(streams).values(
                     id=record.id,
                     chat_id=chat_id,
                     message_id=record.message_id,
-                    user_message_id=user_message_id,
+                    user_message_id=message_id,
                     created_at=now,
                 )
             )
@@ -672,12 +665,21 @@ class Store:
                     created_at=now,
                 )
             )
-            return True
+            history = conn.execute(
+                select(messages)
+                .where(and_(messages.c.chat_id == chat_id, messages.c.status != "streaming"))
+                .order_by(messages.c.pk)
+            )
+            return Started(record, [Message.from_row(row) for row in history])
 
-        return record if await self._run(work, write=True) else None
+        try:
+            return await self._run(functools.partial(work, create=True), write=True)
+        except IntegrityError:
+            # The chat was created meanwhile, by this user (use it) or another (None).
+            return await self._run(functools.partial(work, create=False), write=True)
 
     async def abandon_generation(self, record: StreamRecord) -> None:
-        """Undo `begin_generation` when the stream could not be started at all."""
+        """Undo `start_answer` when the stream could not be started at all."""
         await self._write(
             delete(messages).where(
                 and_(
@@ -729,6 +731,49 @@ class Store:
 
 def _select_chat(chat_id: str, user_id: str) -> Select[Any]:
     return select(chats).where(and_(chats.c.id == chat_id, chats.c.user_id == user_id))
+
+
+def _claim(conn: Connection, chat_id: str, stream_id: str, now: datetime) -> bool:
+    """Compare-and-set: make ``stream_id`` the chat's active stream if it has none."""
+    claimed = conn.execute(
+        update(chats)
+        .where(and_(chats.c.id == chat_id, chats.c.active_stream_id.is_(None)))
+        .values(active_stream_id=stream_id, updated_at=now)
+    )
+    return bool(claimed.rowcount)
+
+
+def _put_user_message(
+    conn: Connection,
+    chat_id: str,
+    message_id: str,
+    parts: Sequence[Mapping[str, Any]],
+    metadata: Mapping[str, Any] | None,
+    now: datetime,
+) -> None:
+    """Store a user message, or if the chat has it already, delete every message after it."""
+    pk = conn.scalar(
+        select(messages.c.pk).where(
+            and_(messages.c.chat_id == chat_id, messages.c.id == message_id)
+        )
+    )
+    if pk is not None:
+        conn.execute(
+            delete(messages).where(and_(messages.c.chat_id == chat_id, messages.c.pk > pk))
+        )
+        return
+    conn.execute(
+        insert(messages).values(
+            id=message_id,
+            chat_id=chat_id,
+            role="user",
+            parts=list(parts),
+            metadata=dict(metadata) if metadata is not None else None,
+            status="done",
+            created_at=now,
+            finished_at=now,
+        )
+    )
 
 
 def _release(chat_id: str, stream_id: str) -> Update:
