@@ -6,6 +6,12 @@
   same demo model through the same `ui_chunks` and the same v5 `UIMessageStreamEncoder`, and
   writes each chunk straight to the response. No store, no engine, no resume; a client that
   leaves stops the generation.
+- ``stored_plain_app``: the second baseline, the chat service with resumability taken out:
+  the same app, authentication and SQL (`Store.start_answer` to begin an answer,
+  ``finalize_message`` to store it), but ``POST /api/chat`` streams the model's chunks
+  straight to the response, as ``plain_app`` does. What a chat service that stores its
+  conversations but cannot resume them would do; the product's cost over it is the cost of
+  resumability alone.
 
 `StampedDemoModel` is the demo model plus one line per answer appended to the file named by
 ``UNBROKEN_BENCH_STAMPS``: ``<prompt>\\t<loop time when the model started>``. The demo model
@@ -25,16 +31,20 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import anyio
 from fastapi import FastAPI, Request
+from fastapi.routing import APIRoute
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from unbroken import Chunk, StreamEnd, StreamState
 from unbroken.chat import app as chat_app
-from unbroken.chat.generation import ui_chunks
+from unbroken.chat.deps import CurrentIdentity, CurrentServices, Services
+from unbroken.chat.generation import Answer, ui_chunks
 from unbroken.chat.models import ChatModel, ModelEvent, message_text
 from unbroken.chat.models import make_model as product_make_model
 from unbroken.chat.models.demo import DemoModel
 from unbroken.chat.settings import Settings
+from unbroken.chat.store import Started, StreamRecord
 from unbroken.exceptions import ProtocolError
 from unbroken.protocols.ai_sdk import (
     UIMessageStreamEncoder,
@@ -43,7 +53,7 @@ from unbroken.protocols.ai_sdk import (
     parse_chat_request,
 )
 
-__all__ = ["StampedDemoModel", "plain_app", "plain_frames", "product_app"]
+__all__ = ["StampedDemoModel", "plain_app", "plain_frames", "product_app", "stored_plain_app"]
 
 STAMPS_ENV = "UNBROKEN_BENCH_STAMPS"
 GC_LOG_ENV = "UNBROKEN_BENCH_GC_LOG"
@@ -129,6 +139,59 @@ async def plain_frames(message_id: str, events: AsyncIterator[ModelEvent]) -> As
         seq += 1
         offset += len(data)
     yield encoder.encode([StreamEnd(StreamState.DONE, None, seq, offset)])
+
+
+def stored_plain_app() -> FastAPI:
+    """The chat service with plain streaming instead of the engine (see the module doc)."""
+    app = product_app()
+
+    async def post_chat(
+        request: Request, services: CurrentServices, identity: CurrentIdentity
+    ) -> Response:
+        chat_request = parse_chat_request(await request.body())
+        user_message = chat_request.last_user_message
+        if user_message is None:
+            return JSONResponse({"error": {"code": "invalid_request"}}, 400)
+        begun = await services.store.start_answer(
+            chat_request.chat_id,
+            identity.user.id,
+            title="bench",
+            message_id=user_message["id"],
+            parts=user_message.get("parts", []),
+        )
+        if not isinstance(begun, Started):
+            return JSONResponse({"error": {"code": "conflict"}}, 409)
+        history = [message.to_ui_message() for message in begun.history]
+        frames = _stored_frames(services, begun.record, history)
+        return StreamingResponse(frames, headers=UIMessageStreamEncoder.headers)
+
+    # Ahead of the product's own POST /api/chat, which it shadows.
+    app.router.routes.insert(0, APIRoute("/api/chat", post_chat, methods=["POST"]))
+    return app
+
+
+async def _stored_frames(
+    services: Services, record: StreamRecord, history: list[dict[str, Any]]
+) -> AsyncIterator[str]:
+    """`plain_frames` of the answer, then (or when the client leaves) the answer stored, as
+    the product's producer stores it: assembled from its events."""
+    encoder = UIMessageStreamEncoder()
+    events: list[dict[str, Any]] = []
+    state = StreamState.CANCELLED
+    seq = offset = 0
+    try:
+        async for event in ui_chunks(record.message_id, services.generator.model.stream(history)):
+            data = encode_event(event)
+            events.append(event)
+            yield encoder.encode([Chunk(seq, data, offset)])
+            seq += 1
+            offset += len(data)
+        state = StreamState.DONE
+        yield encoder.encode([StreamEnd(state, None, seq, offset)])
+    finally:
+        with anyio.CancelScope(shield=True):
+            answer = Answer.of(record.message_id, events)
+            await services.generator.finalize(record, state, None, answer=answer)
 
 
 def plain_app() -> FastAPI:
