@@ -443,10 +443,12 @@ PROFILE_RULES: list[tuple[str, tuple[str, ...]]] = [
     ("v5 encoder: decode, fit, encode JSON, SSE", ("StreamEncoder.encode",)),
     (
         "model + ui_chunks + encode_event (+ assembling the answer)",
-        ("Generator._source", "post_chat.<locals>.body"),
+        ("Generator._source", "=plain_frames", "=_stored_frames"),
     ),
     ("engine: producer (_pump, add, inline append, wake readers)", ("StreamEngine._pump",)),
     ("engine: write loop (flush, append, wake readers)", ("StreamEngine._write_loop",)),
+    ("Redis: the pipeliner's round trips (redis-py)", ("_Pipeliner.",)),
+    ("Redis: notifications (pub/sub reader)", ("_Router.", "_Link.")),
     ("engine: lease and stop watchers", ("StreamEngine._keep_lease", "_watch_for_stop")),
     ("response: engine.read_batches (read, wait)", ("StreamEngine.read_batches",)),
     ("response: rest of the response loop", ("EngineStreamResponse", "StreamingResponse")),

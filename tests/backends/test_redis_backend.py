@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import re
 import shutil
 import signal
@@ -461,6 +462,64 @@ async def test_concurrent_streams_share_pipelines_over_few_connections(
         await raw.flushall()
 
 
+@pytest.fixture
+def pipelines(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The commands of every pipeline the backends send from now on, in order."""
+    from unbroken.backends import redis as redis_backend
+
+    sent: list[list[str]] = []
+    execute = redis_backend._Pipeliner._execute
+
+    async def recording(self: Any, batch: list[Any]) -> list[Any]:
+        sent.append([call.script.sha if call.script else call.args[0] for call in batch])
+        return await execute(self, batch)
+
+    monkeypatch.setattr(redis_backend._Pipeliner, "_execute", recording)
+    return sent
+
+
+async def test_appends_wait_to_share_a_pipeline(
+    redis_url: str, key_prefix: str, pipelines: list[list[str]]
+) -> None:
+    """A pipeline costs the same CPU however few commands it carries: appends of many
+    streams arriving within ``write_gather`` leave in one."""
+    try:
+        async with RedisBackend(redis_url, key_prefix=key_prefix, write_gather=0.2) as backend:
+            streams = [f"s{index}" for index in range(10)]
+            for stream_id in streams:
+                await claim(backend, stream_id)
+            pipelines.clear()
+            with anyio.fail_after(WATCHDOG):
+                async with anyio.create_task_group() as tasks:
+                    for stream_id in streams:
+                        tasks.start_soon(append, backend, stream_id, chunks("x"))
+            assert [len(pipeline) for pipeline in pipelines] == [10]
+            statuses = [await backend.status(stream_id) for stream_id in streams]
+            assert all(s is not None and s.chunk_count == 1 for s in statuses)
+    finally:
+        await delete_prefix(redis_url, key_prefix)
+
+
+async def test_a_command_that_cannot_wait_takes_the_waiting_appends_along(
+    redis_url: str, key_prefix: str, pipelines: list[list[str]]
+) -> None:
+    try:
+        async with RedisBackend(redis_url, key_prefix=key_prefix, write_gather=1) as backend:
+            with anyio.fail_after(0.5):  # far less than the gathering second
+                await claim(backend, "s")
+            pipelines.clear()
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(append, backend, "s", chunks("x"))
+                await anyio.sleep(0.05)  # the append is waiting for company
+                with anyio.fail_after(0.5):
+                    status = await backend.status("s")
+            # The append went first, in the status's pipeline: the status saw it.
+            assert status is not None and status.chunk_count == 1
+            assert len(pipelines) == 1 and pipelines[0][1] == "HGETALL"
+    finally:
+        await delete_prefix(redis_url, key_prefix)
+
+
 async def test_listener_that_falls_behind_gets_lagged(backend: RedisBackend) -> None:
     # reader_buffer is 8. A second stream's notification, published after everything
     # else, marks the moment the router has handed all of the first stream's to the queue.
@@ -796,6 +855,9 @@ def test_constructor_arguments() -> None:
         RedisBackend("redis://localhost", client=aioredis.Redis())
     with pytest.raises(ValueError, match="reader_buffer"):
         RedisBackend(reader_buffer=0)
+    for gather in (-0.001, 1.5, math.nan):
+        with pytest.raises(ValueError, match="write_gather"):
+            RedisBackend(write_gather=gather)
     with pytest.raises(ValueError, match="braces"):
         RedisBackend(key_prefix="{x}")
 

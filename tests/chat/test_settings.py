@@ -27,6 +27,7 @@ def test_values_from_the_environment() -> None:
             "OPENAI_BASE_URL": "http://localhost:11434/v1",
             "UNBROKEN_DEMO_TOKENS_PER_SECOND": "50",
             "UNBROKEN_ALLOWED_ORIGINS": "https://a.example, https://b.example/",
+            "UNBROKEN_REDIS_WRITE_GATHER": "0.01",
         }
     )
     assert settings.database_url == "postgresql+asyncpg://u:p@db.example/chat"
@@ -34,6 +35,7 @@ def test_values_from_the_environment() -> None:
     assert settings.model == "gpt-4o-mini" and settings.openai_base_url.endswith("/v1")  # type: ignore[union-attr]
     assert settings.demo_tokens_per_second == 50.0
     assert settings.allowed_origins == ("https://a.example", "https://b.example")
+    assert settings.redis_write_gather == 0.01
     assert not settings.is_sqlite
 
 
@@ -51,6 +53,8 @@ def test_values_from_the_environment() -> None:
         ({"UNBROKEN_FLUSH_INTERVAL": "-0.1"}, "UNBROKEN_FLUSH_INTERVAL"),
         ({"UNBROKEN_FLUSH_INTERVAL": "5"}, "UNBROKEN_FLUSH_INTERVAL"),
         ({"UNBROKEN_FLUSH_INTERVAL": "nan"}, "UNBROKEN_FLUSH_INTERVAL"),
+        ({"UNBROKEN_REDIS_WRITE_GATHER": "-1"}, "UNBROKEN_REDIS_WRITE_GATHER"),
+        ({"UNBROKEN_REDIS_WRITE_GATHER": "2"}, "UNBROKEN_REDIS_WRITE_GATHER"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], names: str) -> None:

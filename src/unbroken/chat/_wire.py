@@ -49,10 +49,10 @@ __all__ = [
 ]
 
 
-def redis_backend(url: str, *, key_prefix: str) -> Backend:
+def redis_backend(url: str, *, key_prefix: str, write_gather: float) -> Backend:
     from unbroken.backends.redis import RedisBackend
 
-    return RedisBackend(url, key_prefix=key_prefix)
+    return RedisBackend(url, key_prefix=key_prefix, write_gather=write_gather)
 
 
 def _reject_constant(name: str) -> Any:

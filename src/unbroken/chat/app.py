@@ -48,7 +48,11 @@ MEMORY_NOTE = (
 def make_backend(settings: Settings) -> Backend:
     """RedisBackend when ``REDIS_URL`` is set, else the in-process MemoryBackend."""
     if settings.redis_url:
-        return _wire.redis_backend(settings.redis_url, key_prefix=settings.redis_key_prefix)
+        return _wire.redis_backend(
+            settings.redis_url,
+            key_prefix=settings.redis_key_prefix,
+            write_gather=settings.redis_write_gather,
+        )
     return MemoryBackend()
 
 
