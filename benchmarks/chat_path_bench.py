@@ -12,7 +12,7 @@ Run:  .venv/bin/python benchmarks/chat_path_bench.py [--answers 100] [--rounds 3
   the engine, the stored answer.
 
 The demo model runs with every token already due (one pass of the event loop per token), so
-nothing waits on a timer. CPU is this process's (``time.process_time``: aiosqlite's
+nothing waits on a timer. CPU is this process's (``time.process_time``: the SQLite store's
 threads included) and the event loop thread's (``time.thread_time``), per body write, the
 best of ``--rounds`` rounds after one warm-up round. Unlike the system benchmark, the
 socket write and the event loop's own work per connection are absent, so this ratio shows
@@ -161,7 +161,7 @@ def report(r: dict[str, Any]) -> str:
     ]
     lines.append(
         f"the chat service adds {r['chat']['process_us'] - plain:.2f} µs per chunk "
-        f"({r['chat']['process_us'] - r['chat']['loop_thread_us']:.2f} of it in aiosqlite's "
+        f"({r['chat']['process_us'] - r['chat']['loop_thread_us']:.2f} of it in the store's "
         "threads)"
     )
     return "\n".join(lines)
@@ -178,7 +178,7 @@ def chart(r: dict[str, Any], path: Path) -> None:
     threads = [r["plain"]["process_us"] - loop[0], r["chat"]["process_us"] - loop[1]]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.bar(labels, loop, color="#3366cc", label="event loop thread")
-    ax.bar(labels, threads, bottom=loop, color="#99bbee", label="other threads (aiosqlite)")
+    ax.bar(labels, threads, bottom=loop, color="#99bbee", label="other threads (the SQLite store)")
     ax.set_ylabel("CPU per chunk written (µs)")
     ax.set_title(f"chat service in process, {r['answers']} answers (no sockets)")
     ax.legend(fontsize=8)
