@@ -206,7 +206,7 @@ def _is_sqlite(url: str) -> bool:
 
 # How many threads (and connections) run a SQLite store's work at once. SQLite has one
 # writer at a time anyway; a few threads let reads go on beside it.
-_SQLITE_THREADS = 8
+_SQLITE_THREADS = 4
 
 
 class Store:
@@ -218,7 +218,7 @@ class Store:
     - SQLite: in one of the store's few threads, on a plain `sqlite3` connection. Through
       aiosqlite, each statement, fetch and commit was its own hop to a thread and back (about
       47 for one answer): 7 ms of CPU per answer, most of it on the event loop. Run whole, an
-      answer's SQL costs 2 ms, almost none of it on the loop.
+      answer's SQL costs ~2.5 ms, 0.5 of it on the loop (`benchmarks/store_bench.py`).
 
     `engine` stays the async engine (migrations use it); `sql_engine` is the engine every
     statement runs on, for event hooks.
@@ -276,8 +276,8 @@ class Store:
 
     async def _run(self, work: Callable[[Connection], _T], *, write: bool = False) -> _T:
         """``work`` on one connection; with ``write``, inside a transaction committed when
-        it returns (rolled back if it raises). Not cancellable once started: a transaction
-        is never cut in half by a client going away."""
+        it returns (rolled back if it raises). On SQLite a thread runs it to the end even if
+        the caller is cancelled meanwhile; on PostgreSQL a cancellation rolls it back."""
         if self._threaded is not None:
             return await anyio.to_thread.run_sync(
                 self._run_threaded, work, write, limiter=self._limiter
