@@ -49,9 +49,17 @@ HUGE = 4 * 1024 * 1024  # bytes: a value far larger than anything unbroken write
 Corrupt = Callable[[Any, StreamKeys], Awaitable[None]]
 
 
+async def replace(redis: Any, key: str, write: Callable[[Any], Any]) -> None:
+    """Delete ``key`` and ``write`` it anew in one transaction: between two separate
+    commands the producer's next append or lease renewal may write it again (then the
+    write fails with WRONGTYPE, or the key ends up as unbroken wrote it)."""
+    async with redis.pipeline(transaction=True) as pipe:
+        write(pipe.delete(key))
+        await pipe.execute()
+
+
 async def meta_wrong_type(redis: Any, keys: StreamKeys) -> None:
-    await redis.delete(keys.meta)
-    await redis.set(keys.meta, "not a hash")
+    await replace(redis, keys.meta, lambda pipe: pipe.set(keys.meta, "not a hash"))
 
 
 async def meta_bad_fields(redis: Any, keys: StreamKeys) -> None:
@@ -63,8 +71,7 @@ async def meta_huge_error(redis: Any, keys: StreamKeys) -> None:
 
 
 async def log_wrong_type(redis: Any, keys: StreamKeys) -> None:
-    await redis.delete(keys.log)
-    await redis.set(keys.log, "not a stream")
+    await replace(redis, keys.log, lambda pipe: pipe.set(keys.log, "not a stream"))
 
 
 async def log_foreign_entry(redis: Any, keys: StreamKeys) -> None:
@@ -97,8 +104,7 @@ async def log_huge_entry(redis: Any, keys: StreamKeys) -> None:
 
 
 async def lease_wrong_type(redis: Any, keys: StreamKeys) -> None:
-    await redis.delete(keys.lease)
-    await redis.hset(keys.lease, mapping={"a": "b"})
+    await replace(redis, keys.lease, lambda pipe: pipe.hset(keys.lease, mapping={"a": "b"}))
 
 
 CHANNEL_GARBAGE = [
