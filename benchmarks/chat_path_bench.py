@@ -34,7 +34,7 @@ from typing import Any
 import anyio
 import system_apps
 import uvloop
-from _results import save_results
+from _results import save_results, thread_split_chart
 
 from unbroken.chat.app import create_app
 from unbroken.chat.settings import Settings
@@ -168,23 +168,16 @@ def report(r: dict[str, Any]) -> str:
 
 
 def chart(r: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = ["plain app", "chat service"]
     loop = [r["plain"]["loop_thread_us"], r["chat"]["loop_thread_us"]]
-    threads = [r["plain"]["process_us"] - loop[0], r["chat"]["process_us"] - loop[1]]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.bar(labels, loop, color="#3366cc", label="event loop thread")
-    ax.bar(labels, threads, bottom=loop, color="#99bbee", label="other threads (the SQLite store)")
-    ax.set_ylabel("CPU per chunk written (µs)")
-    ax.set_title(f"chat service in process, {r['answers']} answers (no sockets)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    thread_split_chart(
+        path,
+        ["plain app", "chat service"],
+        loop,
+        [r["plain"]["process_us"] - loop[0], r["chat"]["process_us"] - loop[1]],
+        other_label="other threads (the SQLite store)",
+        ylabel="CPU per chunk written (µs)",
+        title=f"chat service in process, {r['answers']} answers (no sockets)",
+    )
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ from typing import Any
 
 import anyio
 import uvloop
-from _results import save_results
+from _results import save_results, thread_split_chart
 
 from unbroken.chat.store import Started, Store
 
@@ -162,24 +162,17 @@ def report(r: dict[str, Any]) -> str:
 
 
 def chart(r: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = [name for name in ("store", "sqlite3") if name in r]
-    loop = [r[name]["loop_thread_ms"] for name in names]
-    rest = [r[name]["process_ms"] - r[name]["loop_thread_ms"] for name in names]
     labels = {"store": "chat store", "sqlite3": "bare sqlite3"}
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.bar([labels[n] for n in names], loop, color="#3366cc", label="event loop thread")
-    ax.bar([labels[n] for n in names], rest, bottom=loop, color="#99bbee", label="other threads")
-    ax.set_ylabel("CPU per answer (ms)")
-    ax.set_title(f"SQL of one answer, {r['answers']} concurrent ({r['database']})")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    thread_split_chart(
+        path,
+        [labels[name] for name in names],
+        [r[name]["loop_thread_ms"] for name in names],
+        [r[name]["process_ms"] - r[name]["loop_thread_ms"] for name in names],
+        other_label="other threads",
+        ylabel="CPU per answer (ms)",
+        title=f"SQL of one answer, {r['answers']} concurrent ({r['database']})",
+    )
 
 
 def main() -> None:
