@@ -20,7 +20,14 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol, Self
@@ -30,7 +37,15 @@ from anyio.abc import TaskGroup
 
 from unbroken._asyncio import on_asyncio
 from unbroken._models import Chunk, ChunkLog, StreamEnd, StreamState, StreamStatus
-from unbroken.backends.base import Appended, Backend, Ended, Idle, Listener, StreamTimes
+from unbroken.backends.base import (
+    Append,
+    Appended,
+    Backend,
+    Ended,
+    Idle,
+    Listener,
+    StreamTimes,
+)
 from unbroken.exceptions import (
     BackendError,
     BackendUnavailableError,
@@ -40,6 +55,7 @@ from unbroken.exceptions import (
     StreamExistsError,
     StreamNotFoundError,
     StreamSourceError,
+    UnbrokenError,
 )
 
 __all__ = ["OnEnd", "StreamEngine"]
@@ -152,6 +168,12 @@ class _LocalStream:
     durable: int = 0
     degraded: bool = False
     lost: bool = False  # the backend forgot the stream; claim it again before writing
+    # A write of its chunks is under way (by the engine's gathered appends, its writer task
+    # or its end): never two at once, or the second would repeat the first's chunks.
+    writing: bool = False
+    # Its last gathered append failed: its own writer task writes it (retrying, resyncing)
+    # until it has caught up, then the gathered appends take it back.
+    slow: bool = False
     state: StreamState = StreamState.ACTIVE
     error: str | None = None
     stop_state: StreamState | None = None
@@ -160,11 +182,13 @@ class _LocalStream:
     ended: anyio.Event = field(default_factory=anyio.Event)
     readers: _Wakeup = field(init=False)  # what local readers wait on (see wake_readers)
     writer: _Wakeup = field(init=False)  # what the idle writer task waits on
+    written: _Wakeup = field(init=False)  # woken when a write of it ends (see `writing`)
     quiet: bool = False  # no reader was woken since the engine's last liveness tick
 
     def __post_init__(self) -> None:
         self.readers = _Wakeup(self.new_event)
         self.writer = _Wakeup(self.new_event)
+        self.written = _Wakeup(self.new_event)
 
     @property
     def visible(self) -> int:
@@ -246,6 +270,10 @@ class StreamEngine:
         self.backend_retry = backend_retry
         self._owns_backend = owns_backend
         self._appends_inline = backend.appends_without_waiting
+        self._appends_together = backend.appends_together and not self._appends_inline
+        # Streams with chunks to append, for the gathered appends (``appends_together``).
+        self._dirty: dict[str, _LocalStream] = {}
+        self._dirty_wakeup = _Wakeup(anyio.Event)
         self._new_event: Callable[[], _Event] = anyio.Event
         self._local: dict[str, _LocalStream] = {}
         self._readers: set[_QuietReader] = set()
@@ -260,9 +288,14 @@ class StreamEngine:
         if self._owns_backend:
             await self.backend.open()
         self._new_event = _event_factory()
+        self._dirty_wakeup = _Wakeup(self._new_event)
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._task_group.start_soon(self._poke_quiet_readers, name="unbroken:liveness")
+        if self._appends_together:
+            self._task_group.start_soon(
+                self._gather_appends, self._task_group, name="unbroken:appends"
+            )
         self._closing = False
         return self
 
@@ -424,6 +457,8 @@ class StreamEngine:
                     chunk = local.add(data)
                     if self._appends_inline:
                         self._append_inline(local, chunk)
+                    elif self._appends_together:
+                        self._append_later(local)
                     else:
                         local.writer.set()
         except Exception as exc:
@@ -463,11 +498,84 @@ class StreamEngine:
             local.writer.set()  # the backend forgot the stream: the writer claims it again
 
     async def _write_loop(self, local: _LocalStream) -> None:
+        """The stream's own writer. With gathered appends it writes only what they leave to
+        it: a stream the backend forgot, one it cannot reach, one whose append failed."""
         while True:
-            if local.unwritten:
-                await self._flush(local)
+            if local.unwritten and not local.writing and self._writes_alone(local):
+                local.writing = True
+                try:
+                    upto = len(local.log) if self._appends_together else None
+                    if await self._flush(local, upto):
+                        local.slow = False
+                finally:
+                    local.writing = False
+                    local.written.set()
+                if local.unwritten and not self._writes_alone(local):
+                    self._append_later(local)  # what came meanwhile: gathered again
             else:
                 await local.writer.wait()
+
+    def _append_later(self, local: _LocalStream) -> None:
+        """Have the stream's new chunks appended with the next gathered appends."""
+        self._dirty[local.stream_id] = local
+        self._dirty_wakeup.set()
+
+    def _writes_alone(self, local: _LocalStream) -> bool:
+        return not self._appends_together or local.lost or local.degraded or local.slow
+
+    async def _gather_appends(self, task_group: TaskGroup) -> None:
+        """With ``appends_together``: every ``append_gather`` seconds, append the new chunks
+        of every stream of this engine in one `Backend.append_many`: one task and one round
+        trip for all of them, instead of a task switch and a pipelined call each."""
+        gather = self.backend.append_gather
+        while True:
+            if not self._dirty:
+                await self._dirty_wakeup.wait()
+                continue
+            if gather:
+                await anyio.sleep(gather)
+            dirty, self._dirty = self._dirty, {}
+            group: list[tuple[_LocalStream, list[Chunk]]] = []
+            for local in dirty.values():
+                if local.writing or not local.unwritten:
+                    continue  # whoever writes it now looks again when done
+                if self._writes_alone(local):
+                    local.writer.set()
+                    continue
+                local.writing = True
+                group.append((local, local.log.chunks(local.durable, local.durable + _WRITE_BATCH)))
+            if group:
+                task_group.start_soon(self._append_group, group)
+
+    async def _append_group(self, group: list[tuple[_LocalStream, list[Chunk]]]) -> None:
+        now = time.time()
+        appends = [
+            Append(local.stream_id, local.token, chunks, local.times, now)
+            for local, chunks in group
+        ]
+        outcomes: Sequence[StreamState | BackendError | None] = ()
+        try:
+            outcomes = await self.backend.append_many(appends)
+        except Exception as exc:
+            # The streams' own writers retry; a bug of ours must not end the engine.
+            if not isinstance(exc, UnbrokenError):
+                logger.exception("appending %d streams together failed", len(group))
+        finally:
+            for local, _ in group:
+                local.writing = False
+                local.written.set()
+        if len(outcomes) != len(group):
+            outcomes = [BackendError("the append did not complete")] * len(group)
+        for (local, chunks), outcome in zip(group, outcomes, strict=True):
+            if isinstance(outcome, BackendError):
+                local.slow = True  # its writer retries, resyncs or gives up, as for any write
+            elif not self._appended(local, len(chunks), outcome):
+                continue
+            if local.unwritten:
+                if self._writes_alone(local):
+                    local.writer.set()
+                else:
+                    self._append_later(local)
 
     def _appended(self, local: _LocalStream, count: int, result: StreamState | None) -> bool:
         """Apply the backend's answer to an append of ``count`` chunks. Returns False if the
@@ -484,16 +592,18 @@ class StreamEngine:
             return False
         return True
 
-    async def _flush(self, local: _LocalStream) -> bool:
-        """Write every chunk not yet durable. Returns False if the producer lost the stream.
+    async def _flush(self, local: _LocalStream, upto: int | None = None) -> bool:
+        """Write every chunk not yet durable (``upto``: those before it; the writer of a
+        stream whose gathered append failed stops there and gives the stream back). Returns
+        False if the producer lost the stream.
 
         Retries (with backoff) while the backend is unreachable; meanwhile local readers are
         served from memory. If the backend lost the stream (a restarted Redis without
         persistence), re-claims it under the same token and writes it again from chunk 0.
         """
-        # Never runs twice at once: the write loop is cancelled before _record_end flushes.
+        # Never runs twice at once for a stream: see `_LocalStream.writing`.
         delay = _RETRY_MIN
-        while local.unwritten:
+        while local.unwritten and (upto is None or local.lost or local.durable < upto):
             batch = local.log.chunks(local.durable, local.durable + _WRITE_BATCH)
             try:
                 if local.lost:
@@ -616,6 +726,17 @@ class StreamEngine:
 
     async def _record_end(self, local: _LocalStream, state: StreamState, error: str | None) -> None:
         """Flush what is left and record the terminal state (first terminal state wins)."""
+        while local.writing:  # a gathered append of its chunks is on its way
+            await local.written.wait()
+        local.writing = True  # the end writes the rest itself
+        try:
+            await self._record_end_alone(local, state, error)
+        finally:
+            local.writing = False
+
+    async def _record_end_alone(
+        self, local: _LocalStream, state: StreamState, error: str | None
+    ) -> None:
         recorded: StreamState | None = None
         with anyio.move_on_after(self.backend_retry) as scope:
             if state is StreamState.DONE or state is StreamState.ERROR:

@@ -33,7 +33,17 @@ from tests._services import free_port, port_answers, redis_server_process
 from unbroken._models import Chunk, StreamState
 from unbroken.backends import redis as redis_backend
 from unbroken.backends._keys import log_entry_id, log_entry_seq, stream_keys
-from unbroken.backends.base import Appended, Ended, Lagged, Listener, Notification, StreamTimes
+from unbroken.backends.base import (
+    Append,
+    Appended,
+    Backend,
+    Ended,
+    Lagged,
+    Listener,
+    Notification,
+    StreamTimes,
+)
+from unbroken.backends.memory import MemoryBackend
 from unbroken.backends.redis import RedisBackend
 from unbroken.exceptions import (
     BackendUnavailableError,
@@ -59,7 +69,7 @@ def chunks(*texts: str, seq: int = 0, offset: int = 0) -> list[Chunk]:
     return out
 
 
-async def claim(backend: RedisBackend, stream_id: str, token: str = "tok", **times: float) -> None:
+async def claim(backend: Backend, stream_id: str, token: str = "tok", **times: float) -> None:
     stream_times = dataclasses.replace(TIMES, **times)
     assert await backend.claim(stream_id, token=token, times=stream_times, now=time.time())
 
@@ -518,6 +528,57 @@ async def test_a_command_that_cannot_wait_takes_the_waiting_appends_along(
             assert len(pipelines) == 1 and pipelines[0][1] == "HGETALL"
     finally:
         await delete_prefix(redis_url, key_prefix)
+
+
+@pytest.mark.parametrize("kind", ["redis", "memory"])
+async def test_append_many_reports_each_stream_on_its_own(
+    backend: RedisBackend, raw: aioredis.Redis, pipelines: list[list[str]], kind: str
+) -> None:
+    """One stream's refusal or corruption is that stream's outcome only; with Redis, every
+    append that can be sent goes in one pipeline. ``memory`` runs `Backend.append_many`'s
+    default (one append after another) through the same cases."""
+    store: Backend = backend if kind == "redis" else MemoryBackend()
+    async with AsyncExitStack() as stack:
+        if kind == "memory":
+            await stack.enter_async_context(store)
+        for stream_id in ("ok", "taken", "gap", "ended", "unordered", "wrong"):
+            await claim(store, stream_id)
+        await store.finish(
+            "ended", state=StreamState.DONE, error=None, token="tok", times=TIMES, now=time.time()
+        )
+        if kind == "redis":
+            await raw.delete(stream_keys(backend.key_prefix, "wrong").meta)
+            await raw.set(stream_keys(backend.key_prefix, "wrong").meta, "not a hash")
+        pipelines.clear()
+
+        def one(stream_id: str, parts: list[Chunk], token: str = "tok") -> Append:
+            return Append(stream_id, token, parts, TIMES, time.time())
+
+        unordered = [Chunk(0, "a", 0), Chunk(2, "b", 1)]
+        outcomes = await store.append_many(
+            [
+                one("ok", chunks("a", "b")),
+                one("missing", chunks("a")),
+                one("taken", chunks("a"), token="thief"),
+                one("gap", chunks("a", seq=3, offset=3)),
+                one("ended", chunks("a")),
+                one("unordered", unordered),
+                *([one("wrong", chunks("a"))] if kind == "redis" else []),
+                one("never-claimed", chunks("a")),
+            ]
+        )
+        assert outcomes[:3] == [StreamState.ACTIVE, None, StreamState.INTERRUPTED]
+        assert isinstance(outcomes[3], CorruptStreamError) and "'gap'" in str(outcomes[3])
+        assert outcomes[4] is StreamState.DONE
+        assert isinstance(outcomes[5], CorruptStreamError) and "consecutive" in str(outcomes[5])
+        if kind == "redis":
+            assert isinstance(outcomes[6], CorruptStreamError) and "'wrong'" in str(outcomes[6])
+            # The unordered chunks were refused before sending; the rest went together.
+            assert [len(pipeline) for pipeline in pipelines] == [7]
+        assert outcomes[-1] is None
+        assert [c.data for c in await store.read("ok", after=-1, limit=10)] == ["a", "b"]
+        for stream_id in ("taken", "gap", "unordered", "ended"):
+            assert await store.read(stream_id, after=-1, limit=10) == []
 
 
 async def test_listener_that_falls_behind_gets_lagged(backend: RedisBackend) -> None:

@@ -20,8 +20,10 @@ from types import TracebackType
 from typing import ClassVar, Self
 
 from unbroken._models import Chunk, StreamState, StreamStatus
+from unbroken.exceptions import BackendError
 
 __all__ = [
+    "Append",
     "Appended",
     "Backend",
     "Ended",
@@ -46,6 +48,17 @@ class StreamTimes:
     lease: float
     active: float
     retention: float
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    """One stream's part of `Backend.append_many`: the arguments of one `Backend.append`."""
+
+    stream_id: str
+    token: str
+    chunks: Sequence[Chunk]
+    times: StreamTimes
+    now: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +114,11 @@ class Backend(ABC):
     #: True for in-process backends whose `append_nowait` works: the engine then appends
     #: each chunk as the source yields it, instead of waking a writer task per chunk.
     appends_without_waiting: ClassVar[bool] = False
+    #: True for backends whose `append_many` writes many streams in one round trip: the
+    #: engine then gathers its streams' chunks for ``append_gather`` seconds and writes them
+    #: all with one call from one task, instead of a writer task per stream and a call each.
+    appends_together: ClassVar[bool] = False
+    append_gather: float = 0.0
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -146,6 +164,28 @@ class Backend(ABC):
     ) -> StreamState | None:
         """`append`, done before returning, for backends with ``appends_without_waiting``."""
         raise NotImplementedError(f"{type(self).__name__} appends only with 'await append()'")
+
+    async def append_many(
+        self, appends: Sequence[Append]
+    ) -> list[StreamState | BackendError | None]:
+        """`append` for several streams (each at most once); each stream's outcome, in order:
+        what `append` would return, or the `BackendError` it would raise. One failing append
+        does not stop the others. This default appends one after another; backends with
+        ``appends_together`` do it in one round trip."""
+        outcomes: list[StreamState | BackendError | None] = []
+        for append in appends:
+            try:
+                outcome: StreamState | BackendError | None = await self.append(
+                    append.stream_id,
+                    token=append.token,
+                    chunks=append.chunks,
+                    times=append.times,
+                    now=append.now,
+                )
+            except BackendError as exc:
+                outcome = exc
+            outcomes.append(outcome)
+        return outcomes
 
     @abstractmethod
     async def renew_lease(

@@ -105,10 +105,13 @@ class MemoryBackend(Backend):
             return None
         if stream.state.is_terminal or stream.token != token:
             return stream.state if stream.state.is_terminal else StreamState.INTERRUPTED
-        if chunks and chunks[0].seq != len(stream.log):
+        length = len(stream.log)
+        if chunks and chunks[0].seq != length:
             raise CorruptStreamError(
-                f"stream {stream_id!r}: append at seq {chunks[0].seq}, log has {len(stream.log)}"
+                f"stream {stream_id!r}: append at seq {chunks[0].seq}, log has {length}"
             )
+        if len(chunks) > 1 and any(c.seq != length + i for i, c in enumerate(chunks)):
+            raise CorruptStreamError(f"stream {stream_id!r}: chunks to append are not consecutive")
         for chunk in chunks:
             stream.log.append(chunk)
             data = chunk.data

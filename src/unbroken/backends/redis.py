@@ -45,6 +45,7 @@ from unbroken.backends import _keys
 from unbroken.backends._keys import StreamKeys, log_entry_id, log_entry_seq, stream_keys
 from unbroken.backends._listener import QueueListener
 from unbroken.backends.base import (
+    Append,
     Appended,
     Backend,
     Ended,
@@ -353,6 +354,23 @@ class _Pipeliner:
         if call.error is not None:
             raise call.error
         return call.result
+
+    async def call_many(
+        self, commands: Sequence[tuple[Any, ...]], *, script: _Script | None = None
+    ) -> list[tuple[Any, BaseException | None]]:
+        """Run several commands in one pipeline, sent at once; each one's (reply, error).
+        They settle together, so only the last one is awaited."""
+        if self._closed:
+            raise EngineClosedError("backend is closed")
+        if not commands:
+            return []
+        prefix = ("EVALSHA", script.sha) if script is not None else ()
+        calls = [_Call((*prefix, *args), script) for args in commands]
+        self._queue += calls
+        self._wakeup.set()
+        self._urgent.set()
+        await calls[-1].done
+        return [(call.result, call.error) for call in calls]
 
     def close(self) -> None:
         self._closed = True
@@ -815,11 +833,14 @@ class RedisBackend(Backend):
     it is never closed here). Neither means ``redis://localhost:6379/0``. ``cluster=True``
     targets Redis Cluster (with ``url``: a `RedisCluster` is created) and uses sharded pub/sub.
     ``reader_buffer`` bounds each listener's queue; overflow gives it one `Lagged`.
-    ``write_gather``: how long (seconds) an append or a lease renewal may wait for other
-    commands to share its pipeline: each pipeline costs this process ~90 µs of CPU, so at
-    one chunk per append, sharing is most of a Redis-backed chunk's cost. Readers see a chunk
-    up to that much later. 0 sends each command as soon as a connection is free.
+    ``write_gather``: how long (seconds) appends and lease renewals may wait for other
+    commands to share their pipeline: each pipeline costs this process ~90 µs of CPU, so at
+    one chunk per append, sharing is most of a Redis-backed chunk's cost. The engine gathers
+    the chunks of all its streams that long and appends them with one `append_many`. Readers
+    see a chunk up to that much later. 0 sends as soon as a connection is free.
     """
+
+    appends_together = True
 
     def __init__(
         self,
@@ -848,7 +869,7 @@ class RedisBackend(Backend):
         self._url = url
         self._given_client = client
         self._reader_buffer = reader_buffer
-        self._write_gather = write_gather
+        self._write_gather = self.append_gather = write_gather
         self._client: _AnyRedis | None = None
         self._pipeliner: _Pipeliner | None = None
         self._router: _Router | None = None
@@ -963,26 +984,61 @@ class RedisBackend(Backend):
     async def append(
         self, stream_id: str, *, token: str, chunks: Sequence[Chunk], times: StreamTimes, now: float
     ) -> StreamState | None:
+        args = self._append_args(Append(stream_id, token, chunks, times, now))
+        return self._state_reply(stream_id, await self._run_script("append", stream_id, args))
+
+    async def append_many(
+        self, appends: Sequence[Append]
+    ) -> list[StreamState | BackendError | None]:
+        """Every append in one pipeline, sent at once (the engine gathered them already)."""
+        if self._pipeliner is None:
+            raise EngineClosedError("backend is closed")
+        outcomes: list[StreamState | BackendError | None] = []
+        commands: list[tuple[Any, ...]] = []
+        for append in appends:
+            keys = self._keys(append.stream_id).script_keys
+            try:
+                commands.append((len(keys), *keys, *self._append_args(append)))
+                outcomes.append(None)  # replaced by the reply below
+            except CorruptStreamError as exc:  # not sent: the chunks are not consecutive
+                outcomes.append(exc)
+        replies = iter(await self._pipeliner.call_many(commands, script=_SCRIPTS["append"]))
+        for index, append in enumerate(appends):
+            if outcomes[index] is not None:
+                continue
+            reply, error = next(replies)
+            try:
+                with _translated(append.stream_id):
+                    if error is not None:
+                        raise error
+                    outcomes[index] = self._state_reply(append.stream_id, reply)
+            except BackendError as exc:
+                outcomes[index] = exc
+        return outcomes
+
+    def _append_args(self, append: Append) -> list[str | bytes | int]:
+        chunks = append.chunks
         first = chunks[0].seq if chunks else 0
         for index, chunk in enumerate(chunks):
             if chunk.seq != first + index:
                 raise CorruptStreamError(
-                    f"stream {stream_id!r}: chunks to append are not consecutive at seq {chunk.seq}"
+                    f"stream {append.stream_id!r}: chunks to append are not consecutive "
+                    f"at seq {chunk.seq}"
                 )
         args: list[str | bytes | int] = [
-            _encode(token),
-            repr(float(now)),
-            _ms(times.lease),
-            _ms(times.active),
+            _encode(append.token),
+            repr(float(append.now)),
+            _ms(append.times.lease),
+            _ms(append.times.active),
             first,
             sum(len(chunk.data) for chunk in chunks),
             "1" if self.cluster else "0",
-            self._keys(stream_id).channel,
+            self._keys(append.stream_id).channel,
             _appended_payload(chunks) if chunks else b"",
         ]
         for chunk in chunks:
             args += [log_entry_id(chunk.seq), _encode(chunk.data), chunk.offset]
-        return self._state_reply(stream_id, await self._run_script("append", stream_id, args))
+        return args
 
     async def renew_lease(
         self, stream_id: str, *, token: str, times: StreamTimes, now: float

@@ -1,0 +1,132 @@
+"""The engine's gathered appends (backends with ``appends_together``: Redis), on real Redis.
+
+One engine task appends the new chunks of all its streams with one `Backend.append_many`
+every ``append_gather`` seconds. What must hold: far fewer round trips than chunks, every
+chunk exactly once, and a stream whose gathered append fails or is still on its way when the
+stream ends is finished by the stream's own writer without repeating or losing a chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import anyio
+import pytest
+
+from tests.engine.conftest import delete_keys
+from unbroken import StreamEngine, StreamState
+from unbroken.backends import redis as redis_backend
+from unbroken.backends.base import Append
+from unbroken.backends.redis import RedisBackend
+from unbroken.exceptions import BackendError, BackendUnavailableError
+
+pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.timeout(60)]
+
+
+@pytest.fixture
+async def redis_engine(redis_url: str, key_prefix: str) -> AsyncIterator[StreamEngine]:
+    try:
+        backend = RedisBackend(redis_url, key_prefix=key_prefix, write_gather=0.02)
+        async with StreamEngine(backend, lease_ttl=0.6, drain_timeout=2.0) as engine:
+            yield engine
+    finally:
+        await delete_keys(redis_url, key_prefix)
+
+
+async def paced(texts: Sequence[str], pause: float) -> AsyncIterator[str]:
+    for text in texts:
+        await anyio.sleep(pause)
+        yield text
+
+
+async def read_text(engine: StreamEngine, stream_id: str) -> tuple[list[str], StreamState]:
+    parts: list[str] = []
+    async for item in engine.read(stream_id):
+        if hasattr(item, "data"):
+            parts.append(item.data)
+        else:
+            return parts, item.state
+    raise AssertionError("unreachable")
+
+
+async def test_many_streams_append_in_few_round_trips(
+    redis_engine: StreamEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    appends_per_pipeline: list[int] = []
+    execute = redis_backend._Pipeliner._execute
+    append_sha = redis_backend._SCRIPTS["append"].sha
+
+    async def recording(self: Any, batch: list[Any]) -> list[Any]:
+        appends_per_pipeline.append(sum(call.args[1] == append_sha for call in batch))
+        return await execute(self, batch)
+
+    monkeypatch.setattr(redis_backend._Pipeliner, "_execute", recording)
+    streams = [f"s{index}" for index in range(20)]
+    texts = [f"t{k} " for k in range(5)]
+    for stream_id in streams:
+        await redis_engine.start(stream_id, paced(texts, 0.1))
+    with anyio.fail_after(10):
+        results = [await read_text(redis_engine, stream_id) for stream_id in streams]
+    assert results == [(texts, StreamState.DONE)] * len(streams)
+    appends = sum(appends_per_pipeline)
+    pipelines = sum(1 for count in appends_per_pipeline if count)
+    # 100 chunks from 20 streams in 5 beats: one append per stream and beat at most, and
+    # the appends of a beat share a pipeline (a beat's streams may straddle two windows).
+    assert appends <= 100
+    assert pipelines <= 12, appends_per_pipeline
+
+
+async def test_a_failed_gathered_append_is_written_by_the_streams_writer(
+    redis_engine: StreamEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failures = 2
+    append_many = RedisBackend.append_many
+
+    async def failing(
+        self: RedisBackend, appends: Sequence[Append]
+    ) -> list[StreamState | BackendError | None]:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            return [BackendUnavailableError("injected") for _ in appends]
+        return await append_many(self, appends)
+
+    monkeypatch.setattr(RedisBackend, "append_many", failing)
+    texts = [f"t{k} " for k in range(30)]
+    await redis_engine.start("s", paced(texts, 0.01))
+    with anyio.fail_after(10):
+        assert await read_text(redis_engine, "s") == (texts, StreamState.DONE)
+    assert failures == 0
+    status = await redis_engine.status("s")
+    assert status is not None and status.chunk_count == len(texts)
+
+
+async def test_the_end_waits_for_a_gathered_append_on_its_way(
+    redis_engine: StreamEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The source ends while its last chunks' append is still out: the end must neither
+    write them again nor record the end before they land."""
+    append_many = RedisBackend.append_many
+    slow = anyio.Event()
+
+    async def slow_append(
+        self: RedisBackend, appends: Sequence[Append]
+    ) -> list[StreamState | BackendError | None]:
+        slow.set()
+        await anyio.sleep(0.3)
+        return await append_many(self, appends)
+
+    monkeypatch.setattr(RedisBackend, "append_many", slow_append)
+
+    async def burst() -> AsyncIterator[str]:
+        yield "a"
+        yield "b"
+        await slow.wait()  # ends while the gathered append of "a", "b" is on its way
+        yield "c"
+
+    await redis_engine.start("s", burst())
+    with anyio.fail_after(10):
+        assert await read_text(redis_engine, "s") == (["a", "b", "c"], StreamState.DONE)
+    status = await redis_engine.status("s")
+    assert status is not None and status.chunk_count == 3 and status.char_count == 3
