@@ -28,9 +28,11 @@ from collections.abc import (
     Callable,
     Sequence,
 )
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
 import anyio
 from anyio.abc import TaskGroup
@@ -930,19 +932,25 @@ class StreamEngine:
         self, stream_id: str, after: int, heartbeat: float | None
     ) -> AsyncIterator[list[Chunk | StreamEnd]]:
         last = max(after, -1)
-        async with self.backend.listen(stream_id) as listener:
-            status = await self.backend.status(stream_id)
+        async with AsyncExitStack() as stack:
+            listener, status, peeked = await self._listen_and_peek(stack, stream_id, last)
             if status is None:
                 raise StreamNotFoundError(stream_id)
-            yielded = False
+            first: list[Chunk | StreamEnd] = []
+            for chunk in peeked:
+                if chunk.seq == last + 1:
+                    last = chunk.seq
+                    first.append(chunk)
+            yield first  # at once, possibly empty: the stream exists
+            # Now that notifications are live: the status and the log again, for what the
+            # peek may have missed (an append or the end before the subscription was live).
+            status = await self.backend.status(stream_id)
             async for page in self._catch_up(stream_id, last):
                 last = page[-1].seq
-                yielded = True
                 yield list(page)
-            if not yielded:
-                yield []  # the stream exists
             last_yield = time.monotonic()
-            state: StreamState | None = status.state
+            # A stream gone meanwhile is handled as missing below (the backend lost it).
+            state: StreamState | None = status.state if status is not None else None
             missing_since: float | None = None
             quiet = _QuietReader(listener)
             self._readers.add(quiet)
@@ -1004,6 +1012,46 @@ class StreamEngine:
                 end = StreamEnd(final.state, final.error, final.chunk_count, final.char_count)
                 tail.append(end)
             yield tail
+
+    async def _listen_and_peek(
+        self, stack: AsyncExitStack, stream_id: str, after: int
+    ) -> tuple[Listener, StreamStatus | None, list[Chunk]]:
+        """Subscribe to the stream's notifications (entered on ``stack``) and, at the same
+        time, read its status and first page of the log after ``after``.
+
+        Concurrent, so a reader in another process gets its first batch after one round
+        trip instead of three (subscribe, status, read: each waits its turn in a busy event
+        loop). The peek may precede the subscription, so the caller reads both again once
+        it is live; that second look is off the path to the first byte.
+        """
+        if self._appends_inline:  # an in-process backend answers at once: nothing to overlap
+            subscribed = await stack.enter_async_context(self.backend.listen(stream_id))
+            status = await self.backend.status(stream_id)
+            page = await self.backend.read(stream_id, after=after, limit=_READ_PAGE)
+            return subscribed, status, page
+        peeked: dict[str, Any] = {}
+        failures: list[Exception] = []
+
+        async def peek(name: str, call: Callable[[], Awaitable[object]]) -> None:
+            try:
+                peeked[name] = await call()
+            except Exception as exc:
+                failures.append(exc)
+
+        listener: Listener | None = None
+        async with anyio.create_task_group() as peeks:
+            peeks.start_soon(peek, "status", partial(self.backend.status, stream_id))
+            peeks.start_soon(
+                peek, "page", partial(self.backend.read, stream_id, after=after, limit=_READ_PAGE)
+            )
+            try:
+                listener = await stack.enter_async_context(self.backend.listen(stream_id))
+            except Exception as exc:
+                failures.insert(0, exc)
+        if failures:
+            raise failures[0]
+        assert listener is not None
+        return listener, peeked["status"], peeked["page"]
 
     async def _catch_up(self, stream_id: str, after: int) -> AsyncIterator[list[Chunk]]:
         """Pages of the log after ``after``, each continuing the previous one exactly."""

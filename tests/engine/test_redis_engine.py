@@ -1,14 +1,20 @@
-"""The engine's gathered appends (backends with ``appends_together``: Redis), on real Redis.
+"""What the engine does only over a backend with round trips (Redis), on real Redis.
 
-One engine task appends the new chunks of all its streams with one `Backend.append_many`
-every ``append_gather`` seconds. What must hold: far fewer round trips than chunks, every
-chunk exactly once, and a stream whose gathered append fails or is still on its way when the
-stream ends is finished by the stream's own writer without repeating or losing a chunk.
+Gathered appends (``appends_together``): one engine task appends the new chunks of all its
+streams with one `Backend.append_many` every ``append_gather`` seconds. What must hold: far
+fewer round trips than chunks, every chunk exactly once, and a stream whose gathered append
+fails or is still on its way when the stream ends is finished by the stream's own writer
+without repeating or losing a chunk.
+
+Readers in another process peek at the stream's status and log while their subscription is
+being confirmed: whatever happens before it is live (appends, the end) must still reach them,
+at once.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -17,7 +23,7 @@ import pytest
 from tests.engine.conftest import delete_keys
 from unbroken import StreamEngine, StreamState
 from unbroken.backends import redis as redis_backend
-from unbroken.backends.base import Append
+from unbroken.backends.base import Append, Listener
 from unbroken.backends.redis import RedisBackend
 from unbroken.exceptions import BackendError, BackendUnavailableError
 
@@ -130,3 +136,52 @@ async def test_the_end_waits_for_a_gathered_append_on_its_way(
         assert await read_text(redis_engine, "s") == (["a", "b", "c"], StreamState.DONE)
     status = await redis_engine.status("s")
     assert status is not None and status.chunk_count == 3 and status.char_count == 3
+
+
+async def test_a_reader_whose_subscription_is_late_misses_nothing(
+    redis_engine: StreamEngine, redis_url: str, key_prefix: str
+) -> None:
+    """The reader's peek sees the stream active with one chunk; the rest and the end come
+    before its subscription is live. It must still get every chunk and the end at once,
+    not at its next liveness check (lease_ttl / 3 = 10 s here)."""
+    go = anyio.Event()
+
+    async def source() -> AsyncIterator[str]:
+        yield "a"
+        await go.wait()
+        yield "b"
+        yield "c"
+
+    await redis_engine.start("s", source())
+    with anyio.fail_after(5):
+        async for _ in redis_engine.read("s"):
+            break  # "a" is in Redis
+    live = anyio.Event()
+    backend = RedisBackend(redis_url, key_prefix=key_prefix)
+    listen = backend.listen
+
+    @asynccontextmanager
+    async def late_listen(stream_id: str, *, ends_only: bool = False) -> AsyncIterator[Listener]:
+        await live.wait()
+        async with listen(stream_id, ends_only=ends_only) as listener:
+            yield listener
+
+    backend.listen = late_listen  # type: ignore[method-assign]
+    got: list[str] = []
+    finished = anyio.Event()
+    async with StreamEngine(backend, lease_ttl=30) as reader_engine:
+
+        async def read() -> None:
+            parts, state = await read_text(reader_engine, "s")
+            got.extend([*parts, state.value])
+            finished.set()
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(read)
+            await anyio.sleep(0.2)  # the peek is done; the subscription waits
+            go.set()
+            await redis_engine.wait("s")
+            live.set()
+            with anyio.fail_after(2):
+                await finished.wait()
+    assert got == ["a", "b", "c", "done"]
