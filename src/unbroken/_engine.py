@@ -507,8 +507,13 @@ class StreamEngine:
                 local.writing = True
                 try:
                     upto = len(local.log) if self._appends_together else None
-                    if await self._flush(local, upto):
-                        local.slow = False
+                    if not await self._flush(local, upto):
+                        # The stream ended or another producer owns it: the producer is
+                        # being stopped, and there is nothing left to write. (Writing again
+                        # would get the same answer, and from an in-process backend without
+                        # ever yielding: a loop that starves every other task.)
+                        return
+                    local.slow = False
                 finally:
                     local.writing = False
                     local.written.set()

@@ -206,6 +206,37 @@ async def test_cancel_from_another_engine(make_engine: EngineFactory) -> None:
     assert await other.cancel("never-existed") is None
 
 
+@pytest.mark.timeout(30)  # a writer that spins blocks the loop: no in-loop timeout fires
+async def test_cancel_while_the_source_yields_without_waiting(make_engine: EngineFactory) -> None:
+    """A source that yields several chunks in a row (as `ui_chunks` does: a step's start,
+    then its text) keeps adding chunks after a cancel; the appends refused after the end
+    must not send the stream's writer into a loop that never yields (which, with the memory
+    backend, froze the whole process at full CPU)."""
+    producer, other = await make_engine(), await make_engine()
+
+    async def pairs() -> AsyncIterator[str]:
+        for index in range(10_000):
+            await anyio.sleep(0.001)
+            yield f"a{index} "
+            yield f"b{index} "
+
+    streams = [f"pairs-{index}" for index in range(50)]
+    for stream_id in streams:
+        await producer.start(stream_id, pairs())
+    await anyio.sleep(0.1)
+    with anyio.fail_after(10):
+        for index, stream_id in enumerate(streams):
+            # Mostly from the producing engine (as a stop reaching that process does):
+            # its source is cancelled at once, and may be mid-way through a pair.
+            engine = other if index % 5 == 0 else producer
+            assert await engine.cancel(stream_id) is StreamState.CANCELLED
+        for stream_id in streams:
+            assert (await producer.wait(stream_id)).state is StreamState.CANCELLED
+            chunks, end = await collect(other, stream_id)
+            assert end.state is StreamState.CANCELLED and len(chunks) == end.chunk_count
+            assert_gapless(chunks, 0)
+
+
 async def test_cancel_after_done_keeps_done(engine: StreamEngine) -> None:
     await engine.start("fin", paced(["a", "b"]))
     await engine.wait("fin")
