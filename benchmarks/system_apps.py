@@ -39,7 +39,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from unbroken import Chunk, StreamEnd, StreamState
 from unbroken.chat import app as chat_app
 from unbroken.chat.deps import CurrentIdentity, CurrentServices, Services
-from unbroken.chat.generation import Answer, ui_chunks
+from unbroken.chat.generation import Answer, _answer_assembler, ui_chunks
 from unbroken.chat.models import ChatModel, ModelEvent, message_text
 from unbroken.chat.models import make_model as product_make_model
 from unbroken.chat.models.demo import DemoModel
@@ -47,7 +47,6 @@ from unbroken.chat.settings import Settings
 from unbroken.chat.store import Started, StreamRecord
 from unbroken.exceptions import ProtocolError
 from unbroken.protocols.ai_sdk import (
-    UIMessageAssembler,
     UIMessageStreamEncoder,
     encode_event,
     generate_id,
@@ -178,9 +177,7 @@ async def _stored_frames(
     the product's producer stores it: assembled as its events come (keeping them as dicts
     until the end would make every garbage collection of the baseline slower)."""
     encoder = UIMessageStreamEncoder()
-    assembler = UIMessageAssembler(
-        {"id": record.message_id, "role": "assistant", "parts": []}, strict=False
-    )
+    assembler = _answer_assembler(record.message_id)
     last_type: str | None = None
     state = StreamState.CANCELLED
     seq = offset = 0

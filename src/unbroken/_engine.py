@@ -517,8 +517,7 @@ class StreamEngine:
                 finally:
                     local.writing = False
                     local.written.set()
-                if local.unwritten and not self._writes_alone(local):
-                    self._append_later(local)  # what came meanwhile: gathered again
+                self._hand_over(local)  # what came meanwhile
             else:
                 await local.writer.wait()
 
@@ -529,6 +528,16 @@ class StreamEngine:
 
     def _writes_alone(self, local: _LocalStream) -> bool:
         return not self._appends_together or local.lost or local.degraded or local.slow
+
+    def _hand_over(self, local: _LocalStream) -> None:
+        """After a write: the stream's chunks still unwritten go to whoever writes them now,
+        its own writer or the next gathered appends."""
+        if not local.unwritten:
+            return
+        if self._writes_alone(local):
+            local.writer.set()
+        else:
+            self._append_later(local)
 
     async def _gather_appends(self, task_group: TaskGroup) -> None:
         """With ``appends_together``: every ``append_gather`` seconds, append the new chunks
@@ -578,11 +587,7 @@ class StreamEngine:
                 local.slow = True  # its writer retries, resyncs or gives up, as for any write
             elif not self._appended(local, len(chunks), outcome):
                 continue
-            if local.unwritten:
-                if self._writes_alone(local):
-                    local.writer.set()
-                else:
-                    self._append_later(local)
+            self._hand_over(local)
 
     def _appended(self, local: _LocalStream, count: int, result: StreamState | None) -> bool:
         """Apply the backend's answer to an append of ``count`` chunks. Returns False if the

@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import ClassVar, Self
 
 from unbroken._models import Chunk, StreamState, StreamStatus
-from unbroken.exceptions import BackendError
+from unbroken.exceptions import BackendError, CorruptStreamError
 
 __all__ = [
     "Append",
@@ -32,6 +32,7 @@ __all__ = [
     "Listener",
     "Notification",
     "StreamTimes",
+    "require_consecutive",
 ]
 
 
@@ -48,6 +49,16 @@ class StreamTimes:
     lease: float
     active: float
     retention: float
+
+
+def require_consecutive(stream_id: str, chunks: Sequence[Chunk], first: int) -> None:
+    """Raise `CorruptStreamError` unless ``chunks`` have the sequence numbers ``first``,
+    ``first + 1``, … (what every backend's `append` requires of its caller)."""
+    for index, chunk in enumerate(chunks):
+        if chunk.seq != first + index:
+            raise CorruptStreamError(
+                f"stream {stream_id!r}: chunks to append are not consecutive at seq {chunk.seq}"
+            )
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,15 @@ from dataclasses import dataclass, field
 
 from unbroken._models import Chunk, ChunkLog, StreamState, StreamStatus
 from unbroken.backends._listener import QueueListener
-from unbroken.backends.base import Appended, Backend, Ended, Listener, Notification, StreamTimes
+from unbroken.backends.base import (
+    Appended,
+    Backend,
+    Ended,
+    Listener,
+    Notification,
+    StreamTimes,
+    require_consecutive,
+)
 from unbroken.exceptions import CorruptStreamError
 
 __all__ = ["MemoryBackend"]
@@ -110,8 +118,8 @@ class MemoryBackend(Backend):
             raise CorruptStreamError(
                 f"stream {stream_id!r}: append at seq {chunks[0].seq}, log has {length}"
             )
-        if len(chunks) > 1 and any(c.seq != length + i for i, c in enumerate(chunks)):
-            raise CorruptStreamError(f"stream {stream_id!r}: chunks to append are not consecutive")
+        if len(chunks) > 1:  # (one chunk, the inline appends' case, is consecutive)
+            require_consecutive(stream_id, chunks, length)
         for chunk in chunks:
             stream.log.append(chunk)
             data = chunk.data

@@ -53,6 +53,7 @@ from unbroken.backends.base import (
     Listener,
     Notification,
     StreamTimes,
+    require_consecutive,
 )
 from unbroken.exceptions import (
     BackendError,
@@ -339,27 +340,20 @@ class _Pipeliner:
     ) -> Any:
         """Run one command (EVALSHA if ``script``); raises what Redis or the driver raised.
         ``deferrable``: it may wait up to ``gather`` seconds to share a pipeline."""
-        if self._closed:
-            raise EngineClosedError("backend is closed")
-        if script is not None:
-            args = ("EVALSHA", script.sha, *args)
-        call = _Call(args, script)
-        self._queue.append(call)
-        self._wakeup.set()
-        if not deferrable:
-            self._urgent.set()
-        # If the caller is cancelled the command may still run, exactly as if it had been
-        # sent directly and the reply were never read.
-        await call.done
-        if call.error is not None:
-            raise call.error
-        return call.result
+        ((result, error),) = await self.call_many([args], script=script, deferrable=deferrable)
+        if error is not None:
+            raise error
+        return result
 
     async def call_many(
-        self, commands: Sequence[tuple[Any, ...]], *, script: _Script | None = None
+        self,
+        commands: Sequence[tuple[Any, ...]],
+        *,
+        script: _Script | None = None,
+        deferrable: bool = False,
     ) -> list[tuple[Any, BaseException | None]]:
-        """Run several commands in one pipeline, sent at once; each one's (reply, error).
-        They settle together, so only the last one is awaited."""
+        """Run several commands in one pipeline (each EVALSHA if ``script``); each one's
+        (reply, error). They settle together, so only the last one is awaited."""
         if self._closed:
             raise EngineClosedError("backend is closed")
         if not commands:
@@ -368,7 +362,10 @@ class _Pipeliner:
         calls = [_Call((*prefix, *args), script) for args in commands]
         self._queue += calls
         self._wakeup.set()
-        self._urgent.set()
+        if not deferrable:
+            self._urgent.set()
+        # If the caller is cancelled the commands may still run, exactly as if they had been
+        # sent directly and the replies were never read.
         await calls[-1].done
         return [(call.result, call.error) for call in calls]
 
@@ -954,12 +951,21 @@ class RedisBackend(Backend):
         return stream_keys(self.key_prefix, stream_id)
 
     async def _run_script(
-        self, name: str, stream_id: str, args: Sequence[str | bytes | int]
+        self,
+        name: str,
+        stream_id: str,
+        args: Sequence[str | bytes | int],
+        keys: StreamKeys | None = None,
     ) -> Any:
-        keys = self._keys(stream_id).script_keys
+        script_keys = (keys or self._keys(stream_id)).script_keys
         deferrable = name in _DEFERRABLE_SCRIPTS
         return await self._call(
-            stream_id, len(keys), *keys, *args, script=_SCRIPTS[name], deferrable=deferrable
+            stream_id,
+            len(script_keys),
+            *script_keys,
+            *args,
+            script=_SCRIPTS[name],
+            deferrable=deferrable,
         )
 
     def _state_reply(self, stream_id: str, reply: object) -> StreamState | None:
@@ -984,8 +990,10 @@ class RedisBackend(Backend):
     async def append(
         self, stream_id: str, *, token: str, chunks: Sequence[Chunk], times: StreamTimes, now: float
     ) -> StreamState | None:
-        args = self._append_args(Append(stream_id, token, chunks, times, now))
-        return self._state_reply(stream_id, await self._run_script("append", stream_id, args))
+        keys = self._keys(stream_id)
+        args = self._append_args(Append(stream_id, token, chunks, times, now), keys)
+        reply = await self._run_script("append", stream_id, args, keys)
+        return self._state_reply(stream_id, reply)
 
     async def append_many(
         self, appends: Sequence[Append]
@@ -996,9 +1004,10 @@ class RedisBackend(Backend):
         outcomes: list[StreamState | BackendError | None] = []
         commands: list[tuple[Any, ...]] = []
         for append in appends:
-            keys = self._keys(append.stream_id).script_keys
+            keys = self._keys(append.stream_id)
             try:
-                commands.append((len(keys), *keys, *self._append_args(append)))
+                args = self._append_args(append, keys)
+                commands.append((len(keys.script_keys), *keys.script_keys, *args))
                 outcomes.append(None)  # replaced by the reply below
             except CorruptStreamError as exc:  # not sent: the chunks are not consecutive
                 outcomes.append(exc)
@@ -1016,15 +1025,10 @@ class RedisBackend(Backend):
                 outcomes[index] = exc
         return outcomes
 
-    def _append_args(self, append: Append) -> list[str | bytes | int]:
+    def _append_args(self, append: Append, keys: StreamKeys) -> list[str | bytes | int]:
         chunks = append.chunks
         first = chunks[0].seq if chunks else 0
-        for index, chunk in enumerate(chunks):
-            if chunk.seq != first + index:
-                raise CorruptStreamError(
-                    f"stream {append.stream_id!r}: chunks to append are not consecutive "
-                    f"at seq {chunk.seq}"
-                )
+        require_consecutive(append.stream_id, chunks, first)
         args: list[str | bytes | int] = [
             _encode(append.token),
             repr(float(append.now)),
@@ -1033,7 +1037,7 @@ class RedisBackend(Backend):
             first,
             sum(len(chunk.data) for chunk in chunks),
             "1" if self.cluster else "0",
-            self._keys(append.stream_id).channel,
+            keys.channel,
             _appended_payload(chunks) if chunks else b"",
         ]
         for chunk in chunks:
