@@ -9,7 +9,7 @@ import json
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -25,9 +25,11 @@ from starlette.routing import Route
 
 from tests.protocols._streams import weather_answer
 from unbroken import (
+    BackendUnavailableError,
     Chunk,
     MemoryBackend,
     MissingDependencyError,
+    OpenedStream,
     ProtocolError,
     StreamEnd,
     StreamEngine,
@@ -37,6 +39,7 @@ from unbroken import (
 from unbroken.asgi import (
     DataStreamResponse,
     EngineStreamResponse,
+    Instead,
     UIMessageStreamResponse,
     append_message_response,
     resume_after,
@@ -302,11 +305,17 @@ def test_flush_interval_must_be_a_finite_non_negative_number() -> None:
 class BrokenEngine:
     """Finds the stream, then loses it while reading (an expired stream)."""
 
-    async def read_batches(
+    async def open_batches(
         self, stream_id: str, *, after: int = -1, heartbeat: float | None = None
-    ) -> AsyncIterator[list[Chunk | StreamEnd]]:
-        yield [Chunk(0, encode_event({"type": "start", "messageId": "m"}), 0)]
-        raise StreamNotFoundError(stream_id)
+    ) -> OpenedStream:
+        async def rest() -> AsyncGenerator[list[Chunk | StreamEnd], None]:
+            raise StreamNotFoundError(stream_id)
+            yield []  # an async generator
+
+        first: list[Chunk | StreamEnd] = [
+            Chunk(0, encode_event({"type": "start", "messageId": "m"}), 0)
+        ]
+        return OpenedStream(StreamState.ACTIVE, None, first, rest())
 
 
 @pytest.mark.anyio
@@ -320,6 +329,67 @@ async def test_a_stream_lost_while_reading_ends_in_error() -> None:
         'data: {"type":"error","errorText":"the stream is no longer available"}\n\n'
         "data: [DONE]\n\n"
     )
+
+
+class UnreachableEngine:
+    """Its backend cannot be reached."""
+
+    async def open_batches(
+        self, stream_id: str, *, after: int = -1, heartbeat: float | None = None
+    ) -> OpenedStream:
+        raise BackendUnavailableError("connection refused")
+
+
+@pytest.mark.anyio
+async def test_a_backend_unreachable_before_the_headers_is_a_503() -> None:
+    response = UIMessageStreamResponse(UnreachableEngine(), "s1")  # type: ignore[arg-type]
+    client, done = RawClient(), anyio.Event()
+    with anyio.fail_after(WATCHDOG):
+        await run(response, client, done)
+    head = client.messages[0]
+    assert head["status"] == 503 and (b"retry-after", b"1") in head["headers"]
+    assert json.loads(client.body)["error"]["code"] == "unavailable"
+    assert response.outcome == "unavailable"
+
+
+@pytest.mark.anyio
+async def test_instead_sees_the_stream_as_opened_and_may_answer_otherwise(
+    engine: StreamEngine,
+) -> None:
+    await engine.start("live", gated(weather_answer(), anyio.Event(), at=2))
+    await finished_stream(engine, "over")
+    seen: dict[str, tuple[StreamState, bool] | None] = {}
+
+    def hook(stream_id: str) -> Instead:
+        async def instead(opened: OpenedStream | None) -> Response | None:
+            seen[stream_id] = None if opened is None else (opened.state, bool(opened.first))
+            if opened is not None and opened.state is StreamState.ACTIVE:
+                return None
+            return Response(status_code=204)
+
+        return instead
+
+    results: dict[str, RawClient] = {}
+    for stream_id in ("live", "over", "missing"):
+        response = UIMessageStreamResponse(engine, stream_id, instead=hook(stream_id))
+        client, done = RawClient(), anyio.Event()
+        results[stream_id] = client
+        with anyio.fail_after(WATCHDOG):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run, response, client, done)
+                if stream_id == "live":
+                    await client.wait_for("id: 1\n")
+                    client.disconnected.set()
+                await done.wait()
+        assert response.outcome == ("disconnect" if stream_id == "live" else "instead")
+    assert seen == {
+        "live": (StreamState.ACTIVE, True),
+        "over": (StreamState.DONE, True),
+        "missing": None,
+    }
+    assert results["live"].messages[0]["status"] == 200
+    assert [c.messages[0]["status"] for c in (results["over"], results["missing"])] == [204, 204]
+    await engine.cancel("live")
 
 
 # -- finished responses through httpx.ASGITransport ---------------------------------------

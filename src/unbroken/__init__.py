@@ -1,6 +1,6 @@
 """unbroken: LLM answer streams that survive refreshes, disconnects, deploys and crashes."""
 
-from unbroken._engine import OnEnd, StreamEngine
+from unbroken._engine import OnEnd, OpenedStream, StreamEngine
 from unbroken._models import Chunk, StreamEnd, StreamState, StreamStatus
 from unbroken.backends.base import Backend
 from unbroken.backends.memory import MemoryBackend
@@ -31,6 +31,7 @@ __all__ = [
     "MemoryBackend",
     "MissingDependencyError",
     "OnEnd",
+    "OpenedStream",
     "ProtocolError",
     "StreamEnd",
     "StreamEngine",

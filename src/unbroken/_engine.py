@@ -60,7 +60,7 @@ from unbroken.exceptions import (
     UnbrokenError,
 )
 
-__all__ = ["OnEnd", "StreamEngine"]
+__all__ = ["OnEnd", "OpenedStream", "StreamEngine"]
 
 logger = logging.getLogger("unbroken")
 
@@ -218,6 +218,21 @@ class _LocalStream:
 
     def end(self) -> StreamEnd:
         return StreamEnd(self.state, self.error, self.visible, self.log.offset_at(self.visible))
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class OpenedStream:
+    """A reader of a stream, opened by `StreamEngine.open_batches`: how the stream stood when
+    the reader first looked, that first batch, and the batches after it."""
+
+    #: The stream's state when the reader opened it.
+    state: StreamState
+    #: When it ended (Unix timestamp), if it had ended.
+    finished_at: float | None
+    #: The first batch, as `read_batches` yields it first (possibly empty).
+    first: list[Chunk | StreamEnd]
+    #: The rest of `read_batches`: close it (``aclose``) once done with the stream.
+    batches: AsyncGenerator[list[Chunk | StreamEnd], None]
 
 
 @dataclass(eq=False)
@@ -876,22 +891,60 @@ class StreamEngine:
         nothing arrived for that many seconds (noticed on the engine's liveness tick, every
         ``lease_ttl / 3``), so the caller can keep its connection alive without a timer.
         """
-        self._require_open(for_reading=True)
-        _validate_id(stream_id)
-        if heartbeat is not None and heartbeat <= 0:
-            raise ValueError("heartbeat must be positive (or None)")
+        self._check_read(stream_id, heartbeat)
+        batches: AsyncIterator[list[Chunk | StreamEnd]]
         if offset is None:
-            local = self._local.get(stream_id)
-            if local is not None:
-                batches = self._read_local(local, after, heartbeat)
-            else:
-                batches = self._read_backend(stream_id, after, heartbeat)
+            batches = self._read(stream_id, after, heartbeat, None)
         else:
             if offset < 0:
                 raise ValueError("offset must be >= 0")
             batches = self._read_from_offset(stream_id, offset, heartbeat)
         async for batch in batches:
             yield batch
+
+    async def open_batches(
+        self, stream_id: str, *, after: int = -1, heartbeat: float | None = None
+    ) -> OpenedStream | None:
+        """`read_batches`, opened: its first batch read, with the stream's state as the
+        reader found it; None if there is no such stream.
+
+        For a reader in another process this is one round trip fewer than asking `status`
+        first: the state comes with the reader's first look at the backend. So a caller that
+        serves a stream only while it is live (or recently ended) decides with no extra
+        round trip. Close ``batches`` once done.
+        """
+        self._check_read(stream_id, heartbeat)
+        local = self._local.get(stream_id)
+        seen: list[StreamStatus] = []
+        batches = self._read(stream_id, after, heartbeat, seen)
+        try:
+            first = await anext(batches)
+        except StreamNotFoundError:
+            return None
+        if seen:
+            state, finished_at = seen[0].state, seen[0].finished_at
+        else:  # this process produces it: the stream ends here, so it ended just now
+            state = local.state if local is not None else StreamState.ACTIVE
+            finished_at = time.time() if state.is_terminal else None
+        return OpenedStream(state, finished_at, first, batches)
+
+    def _check_read(self, stream_id: str, heartbeat: float | None) -> None:
+        self._require_open(for_reading=True)
+        _validate_id(stream_id)
+        if heartbeat is not None and heartbeat <= 0:
+            raise ValueError("heartbeat must be positive (or None)")
+
+    def _read(
+        self,
+        stream_id: str,
+        after: int,
+        heartbeat: float | None,
+        seen: list[StreamStatus] | None,
+    ) -> AsyncGenerator[list[Chunk | StreamEnd], None]:
+        local = self._local.get(stream_id)
+        if local is not None:
+            return self._read_local(local, after, heartbeat)
+        return self._read_backend(stream_id, after, heartbeat, seen)
 
     async def _read_from_offset(
         self, stream_id: str, offset: int, heartbeat: float | None
@@ -914,7 +967,7 @@ class StreamEngine:
 
     async def _read_local(
         self, local: _LocalStream, after: int, heartbeat: float | None
-    ) -> AsyncIterator[list[Chunk | StreamEnd]]:
+    ) -> AsyncGenerator[list[Chunk | StreamEnd], None]:
         position = max(after + 1, 0)
         first = True
         last_yield = time.monotonic()
@@ -939,13 +992,20 @@ class StreamEngine:
                 await local.readers.wait()
 
     async def _read_backend(
-        self, stream_id: str, after: int, heartbeat: float | None
-    ) -> AsyncIterator[list[Chunk | StreamEnd]]:
+        self,
+        stream_id: str,
+        after: int,
+        heartbeat: float | None,
+        seen: list[StreamStatus] | None = None,
+    ) -> AsyncGenerator[list[Chunk | StreamEnd], None]:
+        """``seen``: gets the status the reader found, before the first batch."""
         last = max(after, -1)
         async with AsyncExitStack() as stack:
             listener, status, peeked = await self._listen_and_peek(stack, stream_id, last)
             if status is None:
                 raise StreamNotFoundError(stream_id)
+            if seen is not None:
+                seen.append(status)
             first: list[Chunk | StreamEnd] = []
             for chunk in peeked:
                 if chunk.seq == last + 1:

@@ -34,13 +34,13 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 
-from unbroken._engine import StreamEngine
+from unbroken._engine import OpenedStream, StreamEngine
 from unbroken._models import Chunk, StreamEnd
 from unbroken.exceptions import (
     BackendUnavailableError,
@@ -71,10 +71,12 @@ __all__ = [
     "SHUTDOWN_STATE_KEY",
     "DataStreamResponse",
     "EngineStreamResponse",
+    "Instead",
     "UIMessageStreamResponse",
     "append_message_response",
     "error_response",
     "resume_after",
+    "unavailable_response",
 ]
 
 logger = logging.getLogger("unbroken")
@@ -99,11 +101,28 @@ class _ReadFailed:
 
 
 _Item = Chunk | StreamEnd | _ReadFailed
+#: See `EngineStreamResponse` (``instead``).
+Instead = Callable[[OpenedStream | None], Awaitable[Response | None]]
+
+
+async def _close(opened: OpenedStream | None) -> None:
+    if opened is not None:
+        with anyio.CancelScope(shield=True):
+            await opened.batches.aclose()
 
 
 def error_response(status_code: int, code: str, message: str) -> JSONResponse:
     """The JSON error shape unbroken's HTTP APIs use: ``{"error": {"code", "message"}}``."""
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status_code)
+
+
+def unavailable_response() -> JSONResponse:
+    """503, for a request that needs the stream backend while it is unreachable."""
+    response = error_response(
+        503, "unavailable", "the stream backend is unavailable; try again shortly"
+    )
+    response.headers["Retry-After"] = "1"
+    return response
 
 
 def resume_after(request: Request) -> int:
@@ -129,6 +148,11 @@ class EngineStreamResponse(Response):
     ``send_timeout``: seconds one write may take before the client is dropped (0 disables).
     ``flush_interval``: seconds to wait after a write before the next one, to send what
     arrives meanwhile in one write (0: write each wake-up at once).
+    ``instead``: called once the stream is opened, with how it stood (None: there is no such
+    stream), before anything is sent; it returns the response to send instead, or None to
+    send the stream. Without it, a missing stream is a 404. It lets a route serve a stream
+    only while it is live or just ended, with no round trip of its own to ask (see
+    `StreamEngine.open_batches`).
     """
 
     def __init__(
@@ -143,6 +167,7 @@ class EngineStreamResponse(Response):
         flush_interval: float = 0.0,
         status_code: int = 200,
         headers: Mapping[str, str] | None = None,
+        instead: Instead | None = None,
     ) -> None:
         if after < -1:
             raise ValueError("after must be >= -1")
@@ -155,18 +180,26 @@ class EngineStreamResponse(Response):
         self.keepalive = keepalive
         self.send_timeout = send_timeout
         self.flush_interval = flush_interval
+        self.instead = instead
         self.status_code = status_code
         self.background = None
         self.init_headers({**encoder.headers, **(headers or {})})
         #: Why the response ended: "end" (stream ended), "disconnect" (client left),
-        #: "timeout" (client stopped reading), "not-found", "shutdown" (the server is
-        #: stopping; see SHUTDOWN_STATE_KEY).
+        #: "timeout" (client stopped reading), "not-found", "instead" (``instead`` answered),
+        #: "unavailable" (the backend was unreachable before anything was sent), "shutdown"
+        #: (the server is stopping; see SHUTDOWN_STATE_KEY).
         self.outcome: str | None = None
         self._cut = False  # the body ends without a terminal event (see _ReadFailed)
         self._send_started: float | None = None  # when the send in progress began
-        self._started = False  # the response's headers went out
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Opened before the watchers start: until the stream is found this is like any
+        # route's work, and a response sent instead is sent as any route's would be.
+        opened = await self._open()
+        if isinstance(opened, Response):
+            await opened(scope, receive, send)
+            return
+        first, batches = opened
         shutdown = scope.get("state", {}).get(SHUTDOWN_STATE_KEY)
         async with anyio.create_task_group() as task_group:
 
@@ -200,13 +233,9 @@ class EngineStreamResponse(Response):
                 task_group.start_soon(watch_shutdown, shutdown)
             if 0 < self.send_timeout < math.inf:
                 task_group.start_soon(watch_sends)
-            await self._respond(send)
+            await self._respond(send, first, batches)
             task_group.cancel_scope.cancel()
-        if self.outcome == "not-found":
-            not_found = error_response(404, "stream_not_found", NOT_FOUND_TEXT)
-            with anyio.move_on_after(self.send_timeout or math.inf):
-                await not_found(scope, receive, send)
-        elif self.outcome == "shutdown":
+        if self.outcome == "shutdown":
             # End the body without a terminal event: the client resumes from its offset on
             # another instance, while this one drains its producers.
             with anyio.move_on_after(self.send_timeout or math.inf):
@@ -214,27 +243,59 @@ class EngineStreamResponse(Response):
         if self.outcome == "timeout":
             logger.info("dropped a client of stream %r: it stopped reading", self.stream_id)
 
-    async def _respond(self, send: Send) -> None:
+    async def _open(
+        self,
+    ) -> tuple[list[_Item], AsyncGenerator[list[Chunk | StreamEnd], None] | None] | Response:
+        """The stream's first batch and the rest, or the response to send instead."""
         # Read one chunk early when resuming: the chunk the client already has tells the
         # encoder whether the stream's own terminal event was delivered.
         start = self.after - 1 if self.after >= 0 else -1
         heartbeat = self.keepalive if 0 < self.keepalive < math.inf else None
-        batches = self.engine.read_batches(self.stream_id, after=start, heartbeat=heartbeat)
+        opened: OpenedStream | None = None
         try:
-            # The first batch comes at once: it tells whether the stream exists.
-            batch = await self._next(batches)
-            if batch is None:
-                self.outcome = "not-found"
-                return
+            opened = await self.engine.open_batches(
+                self.stream_id, after=start, heartbeat=heartbeat
+            )
+        except InvalidStreamIdError:
+            pass
+        except BackendUnavailableError as exc:
+            # Nothing sent yet: a clean 503 tells the client to try again, as any request
+            # that needs the backend gets meanwhile.
+            logger.warning("stream %r: backend unreachable: %s", self.stream_id, exc)
+            self.outcome = "unavailable"
+            return unavailable_response()
+        except UnbrokenError as exc:
+            return [self._read_failed(exc)], None
+        if self.instead is not None:
+            try:
+                instead = await self.instead(opened)
+            except BaseException:
+                await _close(opened)
+                raise
+            if instead is not None:
+                await _close(opened)
+                self.outcome = "instead"
+                return instead
+        if opened is None:
+            self.outcome = "not-found"
+            return error_response(404, "stream_not_found", NOT_FOUND_TEXT)
+        return list(opened.first), opened.batches
+
+    async def _respond(
+        self,
+        send: Send,
+        batch: list[_Item],
+        batches: AsyncGenerator[list[Chunk | StreamEnd], None] | None,
+    ) -> None:
+        try:
             head = {"type": "http.response.start", "status": self.status_code}
             if not await self._send(send, {**head, "headers": self.raw_headers}):
                 return
-            self._started = True
             text = self._encode(batch)
             while True:
                 if text and not await self._write(send, text):
                     return
-                if self.encoder.finished or self._cut:
+                if self.encoder.finished or self._cut or batches is None:
                     break
                 if batch and self.flush_interval:  # after data, not after a keep-alive
                     await anyio.sleep(self.flush_interval)
@@ -244,27 +305,27 @@ class EngineStreamResponse(Response):
             await self._send(send, {"type": "http.response.body", "body": b""})
         finally:
             # Close the reader now (not at garbage collection), even when cancelled.
-            with anyio.CancelScope(shield=True):
-                await batches.aclose()
+            if batches is not None:
+                with anyio.CancelScope(shield=True):
+                    await batches.aclose()
 
-    async def _next(
-        self, batches: AsyncGenerator[list[Chunk | StreamEnd], None]
-    ) -> list[_Item] | None:
-        """The next batch; a read that failed becomes a `_ReadFailed` item, a stream that
-        does not exist None."""
+    async def _next(self, batches: AsyncGenerator[list[Chunk | StreamEnd], None]) -> list[_Item]:
+        """The next batch; a read that failed becomes a `_ReadFailed` item."""
         try:
             return list(await anext(batches))
         except StopAsyncIteration:
             return [_ReadFailed(READ_FAILED_TEXT)]
-        except (StreamNotFoundError, InvalidStreamIdError):
-            # Before the headers: a 404. Later: the stream expired while being read.
-            return [_ReadFailed(NOT_FOUND_TEXT)] if self._started else None
-        except BackendUnavailableError:
+        except UnbrokenError as exc:
+            return [self._read_failed(exc)]
+
+    def _read_failed(self, exc: UnbrokenError) -> _ReadFailed:
+        if isinstance(exc, StreamNotFoundError | InvalidStreamIdError):
+            return _ReadFailed(NOT_FOUND_TEXT)  # it expired while being read
+        if isinstance(exc, BackendUnavailableError):
             logger.info("stream %r: backend unreachable; ending this response", self.stream_id)
-            return [_ReadFailed(READ_FAILED_TEXT, retryable=True)]
-        except UnbrokenError:
-            logger.warning("reading stream %r failed", self.stream_id, exc_info=True)
-            return [_ReadFailed(READ_FAILED_TEXT)]
+            return _ReadFailed(READ_FAILED_TEXT, retryable=True)
+        logger.warning("reading stream %r failed", self.stream_id, exc_info=exc)
+        return _ReadFailed(READ_FAILED_TEXT)
 
     def _encode(self, batch: list[_Item]) -> str:
         encoder = self.encoder
@@ -320,6 +381,7 @@ class UIMessageStreamResponse(EngineStreamResponse):
         send_timeout: float = 30.0,
         flush_interval: float = 0.0,
         headers: Mapping[str, str] | None = None,
+        instead: Instead | None = None,
     ) -> None:
         super().__init__(
             engine,
@@ -330,6 +392,7 @@ class UIMessageStreamResponse(EngineStreamResponse):
             send_timeout=send_timeout,
             flush_interval=flush_interval,
             headers=headers,
+            instead=instead,
         )
 
 
@@ -347,6 +410,7 @@ class DataStreamResponse(EngineStreamResponse):
         send_timeout: float = 30.0,
         flush_interval: float = 0.0,
         headers: Mapping[str, str] | None = None,
+        instead: Instead | None = None,
     ) -> None:
         super().__init__(
             engine,
@@ -357,6 +421,7 @@ class DataStreamResponse(EngineStreamResponse):
             send_timeout=send_timeout,
             flush_interval=flush_interval,
             headers=headers,
+            instead=instead,
         )
 
 

@@ -553,3 +553,58 @@ async def test_a_stop_on_the_producing_process_stores_the_answer_once(tmp_path: 
         assert answer.role == "assistant" and answer.status == "stopped"
         assert stored_text(answer.to_ui_message(), "reasoning")  # what was generated
         assert (await store.get_chat(chat_id, user.id)).active_stream_id is None  # type: ignore[union-attr]
+
+
+async def test_another_worker_resumes_a_live_answer_without_asking_its_status(
+    tmp_path: Any, redis_url: str, key_prefix: str
+) -> None:
+    """A resume that reaches a worker not producing the answer finds the chat's active
+    stream in the database, then opens it: the reader's first look says it is live, so the
+    route asks the backend no status of its own (a round trip fewer before the first byte).
+    A stream not there yet (the POST's worker has not claimed it) takes the slow path, which
+    waits for the claim as before."""
+    from tests.chat.conftest import delete_redis_keys
+
+    shared = {"redis_url": redis_url, "redis_key_prefix": key_prefix, "lease_ttl": 1.0}
+    try:
+        async with (
+            _in_process_app(tmp_path, demo_tokens_per_second=20.0, **shared) as one,
+            _in_process_app(tmp_path, demo_tokens_per_second=20.0, **shared) as two,
+        ):
+            producer, other = one.state.services, two.state.services
+            user = await producer.store.create_user()
+            key, _ = await producer.store.create_api_key(user.id)
+            asked: list[str] = []
+            real_status = other.engine.status
+
+            async def status(stream_id: str) -> Any:
+                asked.append(stream_id)
+                return await real_status(stream_id)
+
+            other.engine.status = status
+            record = await _start_answer(producer, "c_other", user.id)
+            path = f"/api/chat/{record.chat_id}/stream"
+            code, body = await _first_bytes(two, path, key)
+            assert code == 200 and f'"messageId":"{record.message_id}"' in body.decode()
+            assert asked == []
+
+            # Begun in the database, claimed in the backend a moment later.
+            begun = await producer.store.start_answer(
+                "c_late", user.id, title="t", message_id="u2", parts=[{"type": "text", "text": "x"}]
+            )
+            assert isinstance(begun, Started)
+            history = [m.to_ui_message() for m in begun.history]
+
+            async def claim_later() -> None:
+                await anyio.sleep(0.3)
+                await producer.generator.start(begun.record, history, owner=user.id)
+
+            async with anyio.create_task_group() as claims:
+                claims.start_soon(claim_later)
+                code, body = await _first_bytes(two, "/api/chat/c_late/stream", key)
+            assert code == 200 and f'"messageId":"{begun.record.message_id}"' in body.decode()
+            assert begun.record.id in asked  # the slow path asked, and waited
+            for stream_id in (record.id, begun.record.id):
+                await producer.engine.cancel(stream_id)
+    finally:
+        await delete_redis_keys(redis_url, key_prefix)

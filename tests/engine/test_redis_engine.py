@@ -185,3 +185,48 @@ async def test_a_reader_whose_subscription_is_late_misses_nothing(
             with anyio.fail_after(2):
                 await finished.wait()
     assert got == ["a", "b", "c", "done"]
+
+
+async def test_open_batches_brings_the_state_the_reader_found(
+    redis_engine: StreamEngine, redis_url: str, key_prefix: str
+) -> None:
+    """`open_batches` in another process: the state and end time come with the reader's
+    first look (no status call of its own), then the batches go on without a gap; a
+    missing stream is None."""
+    go = anyio.Event()
+
+    async def source() -> AsyncIterator[str]:
+        yield "a"
+        await go.wait()
+        yield "b"
+
+    await redis_engine.start("s", source())
+    with anyio.fail_after(5):
+        async for _ in redis_engine.read("s"):
+            break  # "a" is in Redis
+    backend = RedisBackend(redis_url, key_prefix=key_prefix)
+    async with StreamEngine(backend, lease_ttl=30) as other:
+        statuses: list[str] = []
+        real_status = backend.status
+
+        async def status(stream_id: str) -> Any:
+            statuses.append(stream_id)
+            return await real_status(stream_id)
+
+        backend.status = status  # type: ignore[method-assign]
+        assert await other.open_batches("nothing") is None
+        opened = await other.open_batches("s")
+        assert opened is not None
+        assert statuses == ["nothing", "s"]  # the peek's, nothing more before the first batch
+        assert opened.state is StreamState.ACTIVE and opened.finished_at is None
+        assert [c.data for c in opened.first] == ["a"]  # type: ignore[union-attr]
+        go.set()
+        rest = [item async for batch in opened.batches for item in batch]
+        assert [getattr(item, "data", None) for item in rest] == ["b", None]
+        assert getattr(rest[-1], "state", None) is StreamState.DONE
+
+        ended = await other.open_batches("s", after=0)
+        assert ended is not None and ended.state is StreamState.DONE
+        assert ended.finished_at is not None
+        replay = ended.first + [item async for batch in ended.batches for item in batch]
+        assert [getattr(item, "data", None) for item in replay] == ["b", None]

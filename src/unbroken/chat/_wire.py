@@ -15,6 +15,7 @@ from starlette.responses import Response
 from unbroken import Backend, StreamEngine
 from unbroken.asgi import (
     DataStreamResponse,
+    Instead,
     UIMessageStreamResponse,
     append_message_response,
     resume_after,
@@ -107,9 +108,16 @@ def resume_position(request: Request) -> int:
 
 
 def ui_message_stream_response(
-    engine: StreamEngine, stream_id: str, *, after: int, flush_interval: float
+    engine: StreamEngine,
+    stream_id: str,
+    *,
+    after: int,
+    flush_interval: float,
+    instead: Instead | None = None,
 ) -> Response:
-    return UIMessageStreamResponse(engine, stream_id, after=after, flush_interval=flush_interval)
+    return UIMessageStreamResponse(
+        engine, stream_id, after=after, flush_interval=flush_interval, instead=instead
+    )
 
 
 def data_stream_response(

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from unbroken.asgi import unavailable_response
 from unbroken.exceptions import BackendUnavailableError, ProtocolError
 
 __all__ = [
@@ -104,12 +105,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def backend_unavailable(_: Request, exc: Exception) -> Response:
         logger.warning("stream backend unavailable: %s", exc)
-        return error_response(
-            503,
-            "unavailable",
-            "the stream backend is unavailable; try again shortly",
-            {"Retry-After": "1"},
-        )
+        return unavailable_response()
 
     async def internal_error(request: Request, exc: Exception) -> Response:
         logger.exception("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)

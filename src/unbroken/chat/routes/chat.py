@@ -14,13 +14,14 @@ import anyio
 from fastapi import APIRouter, Query, Request
 from starlette.responses import JSONResponse, Response
 
-from unbroken import StreamState
+from unbroken import OpenedStream, StreamState
+from unbroken.asgi import Instead
 from unbroken.chat import _wire
 from unbroken.chat.answers import orphaned, repair, seconds_since, stop_stream, stream_status
 from unbroken.chat.deps import CurrentIdentity, CurrentServices, Services, check_chat_id
 from unbroken.chat.errors import ApiError, json_object, not_found
 from unbroken.chat.models import message_text
-from unbroken.chat.store import Started, StreamRecord
+from unbroken.chat.store import Chat, Started, StreamRecord
 
 __all__ = ["router"]
 
@@ -54,11 +55,13 @@ _CHAT_BODY = {
 }
 
 
-def _v5_stream(services: Services, stream_id: str, *, after: int) -> Response:
+def _v5_stream(
+    services: Services, stream_id: str, *, after: int, instead: Instead | None = None
+) -> Response:
     """The stream as a UI message stream (AI SDK v5+), from sequence number ``after``."""
     flush = services.settings.flush_interval
     return _wire.ui_message_stream_response(
-        services.engine, stream_id, after=after, flush_interval=flush
+        services.engine, stream_id, after=after, flush_interval=flush, instead=instead
     )
 
 
@@ -254,14 +257,36 @@ async def resume_v5(
     if found is None:
         raise not_found()
     chat, record = found
+    if record is None:
+        return await _resume_v5_slowly(services, chat, None, position)
+    window = services.settings.resume_window
+
+    async def instead(opened: OpenedStream | None) -> Response | None:
+        # The chat's running answer, as the response's reader found it: no round trip of
+        # our own to ask first (it would be one more, in a busy event loop, on the way to
+        # the first byte). Anything else takes the slow path, as before.
+        if opened is None or (
+            opened.state.is_terminal and seconds_since(opened.finished_at) > window
+        ):
+            return await _resume_v5_slowly(services, chat, record, position)
+        services.metrics.resumes.labels("v5", _resume_kind(opened.state)).inc()
+        return None
+
+    return _v5_stream(services, record.id, after=position, instead=instead)
+
+
+async def _resume_v5_slowly(
+    services: Services, chat: Chat, record: StreamRecord | None, position: int
+) -> Response:
+    """A resume whose active stream is not simply there to read: one begun moments ago and
+    not claimed yet, one whose producer died, an answer already stored, or nothing."""
     window = services.settings.resume_window
     if record is not None:
         status = await stream_status(services, record)
         if status is not None and (
             not status.is_terminal or seconds_since(status.finished_at) <= window
         ):
-            kind = "live" if not status.is_terminal else "replay"
-            services.metrics.resumes.labels("v5", kind).inc()
+            services.metrics.resumes.labels("v5", _resume_kind(status.state)).inc()
             return _v5_stream(services, record.id, after=position)
     chat = await repair(services, chat)
     last = await services.store.last_message(chat.id)
@@ -275,6 +300,10 @@ async def resume_v5(
         services.metrics.resumes.labels("v5", "replay").inc()
         return _v5_stream(services, last.stream_id, after=position)
     return Response(status_code=204)
+
+
+def _resume_kind(state: StreamState) -> str:
+    return "replay" if state.is_terminal else "live"
 
 
 @router.post(
