@@ -272,6 +272,7 @@ def run_step(
     client_procs: int = 1,
     profile: str | None = None,
     profile_out: Path | None = None,
+    profile_rate: int = 200,
 ) -> dict[str, Any]:
     """One load step against ``server``; returns the merged measurements."""
     assert server.proc is not None
@@ -322,7 +323,8 @@ def run_step(
         command = [profile, "record", "-p", str(server.proc.pid), "--gil"]
         if server.config.workers > 1:
             command.append("--subprocesses")
-        command += ["-d", str(int(seconds)), "-r", "200", "-f", "raw", "-o", str(profile_out)]
+        command += ["-d", str(int(seconds)), "-r", str(profile_rate), "-f", "raw"]
+        command += ["-o", str(profile_out)]
         spy = subprocess.Popen(
             command,
             stdout=subprocess.DEVNULL,
@@ -450,7 +452,10 @@ PROFILE_RULES: list[tuple[str, tuple[str, ...]]] = [
     ("Redis: the pipeliner's round trips (redis-py)", ("_Pipeliner.",)),
     ("Redis: notifications (pub/sub reader)", ("_Router.", "_Link.")),
     ("engine: lease and stop watchers", ("StreamEngine._keep_lease", "_watch_for_stop")),
-    ("response: engine.read_batches (read, wait)", ("StreamEngine.read_batches",)),
+    (
+        "response: the engine's reader (read, wait)",
+        ("StreamEngine.read_batches", "StreamEngine._read_local", "StreamEngine._read_backend"),
+    ),
     ("response: rest of the response loop", ("EngineStreamResponse", "StreamingResponse")),
 ]
 
@@ -542,6 +547,7 @@ def capacity(
                     client_procs=args.client_procs,
                     profile=args.py_spy if profiled and attempt == 0 else None,
                     profile_out=RESULTS / f"system-profile-{slug}-{streams}.txt",
+                    profile_rate=args.profile_rate,
                 )
                 result["gc_pauses"] = gc_pauses(server.gc_log, gc_seen)
                 attempts.append(result)
@@ -844,6 +850,13 @@ def main() -> None:
         type=int,
         metavar="STREAMS",
         help="py-spy the server during the step at this concurrency (raw stacks to results/)",
+    )
+    parser.add_argument(
+        "--profile-rate",
+        type=int,
+        default=200,
+        metavar="HZ",
+        help="py-spy samples per second (more: finer figures, a little more overhead)",
     )
     args = parser.parse_args()
     # Clean up (servers, databases, Redis keys) on Ctrl-C and on kill, even when started in
