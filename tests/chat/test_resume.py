@@ -558,7 +558,7 @@ async def test_a_stop_on_the_producing_process_stores_the_answer_once(tmp_path: 
 async def test_another_worker_resumes_a_live_answer_without_asking_its_status(
     tmp_path: Any, redis_url: str, key_prefix: str
 ) -> None:
-    """A resume that reaches a worker not producing the answer finds the chat's active
+    """A resume (v5 or v4) that reaches a worker not producing the answer finds the chat's
     stream in the database, then opens it: the reader's first look says it is live, so the
     route asks the backend no status of its own (a round trip fewer before the first byte).
     A stream not there yet (the POST's worker has not claimed it) takes the slow path, which
@@ -586,6 +586,9 @@ async def test_another_worker_resumes_a_live_answer_without_asking_its_status(
             path = f"/api/chat/{record.chat_id}/stream"
             code, body = await _first_bytes(two, path, key)
             assert code == 200 and f'"messageId":"{record.message_id}"' in body.decode()
+            v4_query = f"chatId={record.chat_id}".encode()
+            code, body = await _first_bytes(two, "/api/chat", key, v4_query)  # ai 4.x
+            assert code == 200 and f'f:{{"messageId":"{record.message_id}"}}' in body.decode()
             assert asked == []
 
             # Begun in the database, claimed in the backend a moment later.

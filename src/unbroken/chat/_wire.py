@@ -121,9 +121,16 @@ def ui_message_stream_response(
 
 
 def data_stream_response(
-    engine: StreamEngine, stream_id: str, *, after: int, flush_interval: float
+    engine: StreamEngine,
+    stream_id: str,
+    *,
+    after: int,
+    flush_interval: float,
+    instead: Instead | None = None,
 ) -> Response:
-    return DataStreamResponse(engine, stream_id, after=after, flush_interval=flush_interval)
+    return DataStreamResponse(
+        engine, stream_id, after=after, flush_interval=flush_interval, instead=instead
+    )
 
 
 def empty_data_stream_response() -> Response:

@@ -65,10 +65,12 @@ def _v5_stream(
     )
 
 
-def _v4_stream(services: Services, stream_id: str) -> Response:
+def _v4_stream(services: Services, stream_id: str, *, instead: Instead | None = None) -> Response:
     """The whole stream as an AI SDK v4 data stream."""
     flush = services.settings.flush_interval
-    return _wire.data_stream_response(services.engine, stream_id, after=-1, flush_interval=flush)
+    return _wire.data_stream_response(
+        services.engine, stream_id, after=-1, flush_interval=flush, instead=instead
+    )
 
 
 def _title(text: str) -> str:
@@ -202,6 +204,22 @@ async def resume_v4(
     if chat is None:
         raise not_found()
     recent = streams[-1]
+
+    async def instead(opened: OpenedStream | None) -> Response | None:
+        # Running, as the response's reader found it: no status round trip of our own (see
+        # resume_v5). Anything else takes the slow path, as before.
+        if opened is None or opened.state.is_terminal:
+            return await _resume_v4_slowly(services, chat, recent)
+        services.metrics.resumes.labels("v4", "live").inc()
+        return None
+
+    return _v4_stream(services, recent.id, instead=instead)
+
+
+async def _resume_v4_slowly(services: Services, chat: Chat, recent: StreamRecord) -> Response:
+    """A v4 resume whose latest stream is not simply running: one begun moments ago and not
+    claimed yet, one just ended (replayed until its answer is stored), an orphan to store,
+    an answer already stored, or nothing."""
     status = await stream_status(services, recent)
     if status is not None and (
         status.state is StreamState.ACTIVE
