@@ -97,28 +97,37 @@ def _safe_message(exc: BaseException) -> str:
     return SOURCE_FAILED
 
 
-class _Event(Protocol):
+class _Wakeups(Protocol):
+    """Wakes every task waiting in `wait`, and starts over: a reader with nothing new, an
+    idle writer wait on one until the next chunk (or write) sets it."""
+
     def set(self) -> None: ...
 
-    async def wait(self) -> object: ...
+    async def wait(self) -> None:
+        """Call only after finding nothing to do, with no await between the look and this."""
 
 
-class _LoopEvent:
-    """A one-shot event on the running asyncio loop: futures, and nothing else. Made once per
-    chunk, so cheaper than `asyncio.Event`, which binds itself to the loop under a global
-    lock on first use, and much cheaper than `anyio.Event`, which looks the async library up
-    on every creation."""
+class _LoopWakeups:
+    """`_Wakeups` on the running asyncio loop: one future per wait, and nothing else made
+    per chunk (an `asyncio.Event` binds itself to the loop under a global lock on first use;
+    an `anyio.Event` looks the async library up on every creation; an object per wait is
+    one more allocation per chunk for the garbage collector to count)."""
 
     __slots__ = ("_loop", "_waiters")
 
-    def __init__(self) -> None:
-        self._loop = asyncio.get_running_loop()
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
         self._waiters: list[asyncio.Future[None]] = []
 
     def set(self) -> None:
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        waiters = self._waiters
+        if waiters:
+            # set_result only schedules the waiters: none of them runs (or waits again)
+            # before the list is cleared.
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            waiters.clear()
 
     async def wait(self) -> None:
         waiter = self._loop.create_future()
@@ -126,21 +135,14 @@ class _LoopEvent:
         await waiter
 
 
-def _event_factory() -> Callable[[], _Event]:
-    """Events for the per-chunk wake-ups of the running event loop's library."""
-    return _LoopEvent if on_asyncio() else anyio.Event
+class _EventWakeups:
+    """`_Wakeups` for any async library: an event made when a task is about to wait, set
+    and dropped by the next `set`."""
 
+    __slots__ = ("_event",)
 
-class _Wakeup:
-    """Wakes every task waiting in `wait`. Its event is created only when a task is about to
-    wait (a reader with nothing new, an idle writer): at one wake-up per chunk, an event per
-    chunk would cost more than the chunk."""
-
-    __slots__ = ("_event", "_new_event")
-
-    def __init__(self, new_event: Callable[[], _Event]) -> None:
-        self._new_event = new_event
-        self._event: _Event | None = None
+    def __init__(self) -> None:
+        self._event: anyio.Event | None = None
 
     def set(self) -> None:
         event = self._event
@@ -149,10 +151,16 @@ class _Wakeup:
             event.set()
 
     async def wait(self) -> None:
-        """Call only after finding nothing to do, with no await between the look and this."""
         if self._event is None:
-            self._event = self._new_event()
+            self._event = anyio.Event()
         await self._event.wait()
+
+
+def _wakeups_factory() -> Callable[[], _Wakeups]:
+    """Wake-ups for the running event loop's library."""
+    if on_asyncio():
+        return partial(_LoopWakeups, asyncio.get_running_loop())
+    return _EventWakeups
 
 
 @dataclass(eq=False)
@@ -162,7 +170,7 @@ class _LocalStream:
     stream_id: str
     token: str
     times: StreamTimes
-    new_event: Callable[[], _Event] = anyio.Event
+    new_wakeups: Callable[[], _Wakeups] = _EventWakeups
     log: ChunkLog = field(default_factory=ChunkLog)  # lives as long as the answer
     # Chunks the backend has acknowledged. Local readers see only these (so what they see is
     # what every other reader will see), except while the backend is unreachable: then they
@@ -182,15 +190,15 @@ class _LocalStream:
     stop_error: str | None = None
     source_scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     ended: anyio.Event = field(default_factory=anyio.Event)
-    readers: _Wakeup = field(init=False)  # what local readers wait on (see wake_readers)
-    writer: _Wakeup = field(init=False)  # what the idle writer task waits on
-    written: _Wakeup = field(init=False)  # woken when a write of it ends (see `writing`)
+    readers: _Wakeups = field(init=False)  # what local readers wait on (see wake_readers)
+    writer: _Wakeups = field(init=False)  # what the idle writer task waits on
+    written: _Wakeups = field(init=False)  # woken when a write of it ends (see `writing`)
     quiet: bool = False  # no reader was woken since the engine's last liveness tick
 
     def __post_init__(self) -> None:
-        self.readers = _Wakeup(self.new_event)
-        self.writer = _Wakeup(self.new_event)
-        self.written = _Wakeup(self.new_event)
+        self.readers = self.new_wakeups()
+        self.writer = self.new_wakeups()
+        self.written = self.new_wakeups()
 
     @property
     def visible(self) -> int:
@@ -290,8 +298,8 @@ class StreamEngine:
         self._appends_together = backend.appends_together and not self._appends_inline
         # Streams with chunks to append, for the gathered appends (``appends_together``).
         self._dirty: dict[str, _LocalStream] = {}
-        self._dirty_wakeup = _Wakeup(anyio.Event)
-        self._new_event: Callable[[], _Event] = anyio.Event
+        self._new_wakeups: Callable[[], _Wakeups] = _EventWakeups
+        self._dirty_wakeup: _Wakeups = self._new_wakeups()
         self._local: dict[str, _LocalStream] = {}
         self._readers: set[_QuietReader] = set()
         self._task_group: TaskGroup | None = None
@@ -304,8 +312,8 @@ class StreamEngine:
             raise RuntimeError("the engine is already open")
         if self._owns_backend:
             await self.backend.open()
-        self._new_event = _event_factory()
-        self._dirty_wakeup = _Wakeup(self._new_event)
+        self._new_wakeups = _wakeups_factory()
+        self._dirty_wakeup = self._new_wakeups()
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._task_group.start_soon(self._poke_quiet_readers, name="unbroken:liveness")
@@ -408,7 +416,7 @@ class StreamEngine:
         if stream_id in self._local:
             raise StreamExistsError(stream_id)
         local = _LocalStream(
-            stream_id, secrets.token_hex(16), self._times(retention), self._new_event
+            stream_id, secrets.token_hex(16), self._times(retention), self._new_wakeups
         )
         try:
             claimed = await self.backend.claim(
