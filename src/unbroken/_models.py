@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = ["Chunk", "ChunkLog", "StreamEnd", "StreamState", "StreamStatus"]
@@ -44,20 +45,33 @@ class ChunkLog:
     """A stream's chunks held in memory as strings and an array of start offsets, not as
     `Chunk` objects: a log lives as long as its stream, and objects the garbage collector
     tracks would make every full collection (which pauses every stream of the process)
-    longer with each chunk. Strings and arrays are not tracked."""
+    longer with each chunk. Strings and arrays are not tracked; the list of strings is, until
+    `seal` turns it into a tuple."""
 
-    __slots__ = ("_data", "_offsets", "char_count")
+    __slots__ = ("_data", "_growing", "_offsets", "char_count")
 
     def __init__(self) -> None:
-        self._data: list[str] = []
+        self._growing: list[str] | None = []
+        self._data: Sequence[str] = self._growing
         self._offsets = array("q")
         self.char_count = 0  # characters in all chunks
 
     def __len__(self) -> int:
         return len(self._data)
 
+    def seal(self) -> None:
+        """No chunk comes after this: keep the strings in a tuple. A tuple of strings is one
+        the garbage collector stops tracking, while a list is traversed, string by string,
+        by every full collection for as long as the log is kept (a finished stream, for its
+        retention): thousands of finished answers made 85–150 ms pauses."""
+        if self._growing is not None:
+            self._data = tuple(self._growing)
+            self._growing = None
+
     def append(self, chunk: Chunk) -> None:
-        self._data.append(chunk.data)
+        if self._growing is None:
+            raise ValueError("the log is sealed: its stream has ended")
+        self._growing.append(chunk.data)
         self._offsets.append(chunk.offset)
         self.char_count += len(chunk.data)
 

@@ -169,6 +169,7 @@ class MemoryBackend(Backend):
             return stream.state
         stream.state = state
         stream.error = error
+        stream.log.seal()  # kept for its retention: out of the garbage collector's sight
         stream.finished_at = now
         stream.updated_at = now
         stream.lease_expires_at = 0.0
