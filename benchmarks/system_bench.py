@@ -450,6 +450,11 @@ PROFILE_RULES: list[tuple[str, tuple[str, ...]]] = [
     ("engine: producer (_pump, add, inline append, wake readers)", ("StreamEngine._pump",)),
     ("engine: write loop (flush, append, wake readers)", ("StreamEngine._write_loop",)),
     ("Redis: the pipeliner's round trips (redis-py)", ("_Pipeliner.",)),
+    (
+        "engine: gathered appends, outside the pipeliner",
+        ("StreamEngine._gather_appends", "StreamEngine._append_group"),
+    ),
+    ("Redis: socket writes of the pipelines", ("_send_packed_command",)),
     ("Redis: notifications (pub/sub reader)", ("_Router.", "_Link.")),
     ("engine: lease and stop watchers", ("StreamEngine._keep_lease", "_watch_for_stop")),
     (
