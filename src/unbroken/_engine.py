@@ -902,7 +902,7 @@ class StreamEngine:
         self._check_read(stream_id, heartbeat)
         batches: AsyncIterator[list[Chunk | StreamEnd]]
         if offset is None:
-            batches = self._read(stream_id, after, heartbeat, None)
+            batches = self._read(stream_id, self._local.get(stream_id), after, heartbeat, None)
         else:
             if offset < 0:
                 raise ValueError("offset must be >= 0")
@@ -924,16 +924,16 @@ class StreamEngine:
         self._check_read(stream_id, heartbeat)
         local = self._local.get(stream_id)
         seen: list[StreamStatus] = []
-        batches = self._read(stream_id, after, heartbeat, seen)
+        batches = self._read(stream_id, local, after, heartbeat, seen)
         try:
             first = await anext(batches)
         except StreamNotFoundError:
             return None
-        if seen:
-            state, finished_at = seen[0].state, seen[0].finished_at
-        else:  # this process produces it: the stream ends here, so it ended just now
-            state = local.state if local is not None else StreamState.ACTIVE
+        if local is not None:  # this process produces it: if it ended, it ended just now
+            state = local.state
             finished_at = time.time() if state.is_terminal else None
+        else:
+            state, finished_at = seen[0].state, seen[0].finished_at
         return OpenedStream(state, finished_at, first, batches)
 
     def _check_read(self, stream_id: str, heartbeat: float | None) -> None:
@@ -945,11 +945,12 @@ class StreamEngine:
     def _read(
         self,
         stream_id: str,
+        local: _LocalStream | None,
         after: int,
         heartbeat: float | None,
         seen: list[StreamStatus] | None,
     ) -> AsyncGenerator[list[Chunk | StreamEnd], None]:
-        local = self._local.get(stream_id)
+        """From this process's copy if it produces the stream, else from the backend."""
         if local is not None:
             return self._read_local(local, after, heartbeat)
         return self._read_backend(stream_id, after, heartbeat, seen)

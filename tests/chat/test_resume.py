@@ -487,6 +487,15 @@ async def _first_bytes(app: Any, path: str, api_key: str, query: bytes = b"") ->
     return sent[0]["status"], body
 
 
+async def _resumes_live(app: Any, record: StreamRecord, api_key: str) -> None:
+    """Resuming ``record``'s chat on ``app`` as ai 5+ and as ai 4.x both start its answer."""
+    status, body = await _first_bytes(app, f"/api/chat/{record.chat_id}/stream", api_key)
+    assert status == 200 and f'"messageId":"{record.message_id}"' in body.decode()
+    v4_query = f"chatId={record.chat_id}".encode()
+    status, body = await _first_bytes(app, "/api/chat", api_key, v4_query)  # ai 4.x
+    assert status == 200 and f'f:{{"messageId":"{record.message_id}"}}' in body.decode()
+
+
 async def test_a_live_answer_is_resumed_from_the_producing_process_without_sql(
     tmp_path: Any,
 ) -> None:
@@ -506,12 +515,9 @@ async def test_a_live_answer_is_resumed_from_the_producing_process_without_sql(
             await _first_bytes(app, "/api/chats", key)
 
         statements = _record_sql(store)
-        status, body = await _first_bytes(app, path, owner_key)
-        assert status == 200 and f'"messageId":"{record.message_id}"' in body.decode()
-        v4_query = f"chatId={chat_id}".encode()
-        status, body = await _first_bytes(app, "/api/chat", owner_key, v4_query)  # ai 4.x
-        assert status == 200 and f'f:{{"messageId":"{record.message_id}"}}' in body.decode()
+        await _resumes_live(app, record, owner_key)
         assert statements == []
+        v4_query = f"chatId={chat_id}".encode()
         assert (await _first_bytes(app, path, other_key))[0] == 404
         assert (await _first_bytes(app, "/api/chat", other_key, v4_query))[0] == 404
 
@@ -522,7 +528,7 @@ async def test_a_live_answer_is_resumed_from_the_producing_process_without_sql(
                 await anyio.sleep(0.01)
         assert services.generator.producing(chat_id, owner.id) is None
         statements.clear()
-        status, body = await _first_bytes(app, path, owner_key)
+        status, _ = await _first_bytes(app, path, owner_key)
         assert status in (200, 204) and statements  # from the database now
 
 
@@ -583,12 +589,7 @@ async def test_another_worker_resumes_a_live_answer_without_asking_its_status(
 
             other.engine.status = status
             record = await _start_answer(producer, "c_other", user.id)
-            path = f"/api/chat/{record.chat_id}/stream"
-            code, body = await _first_bytes(two, path, key)
-            assert code == 200 and f'"messageId":"{record.message_id}"' in body.decode()
-            v4_query = f"chatId={record.chat_id}".encode()
-            code, body = await _first_bytes(two, "/api/chat", key, v4_query)  # ai 4.x
-            assert code == 200 and f'f:{{"messageId":"{record.message_id}"}}' in body.decode()
+            await _resumes_live(two, record, key)
             assert asked == []
 
             # Begun in the database, claimed in the backend a moment later.
