@@ -549,6 +549,7 @@ async def test_append_many_reports_each_stream_on_its_own(
         if kind == "redis":
             await raw.delete(stream_keys(backend.key_prefix, "wrong").meta)
             await raw.set(stream_keys(backend.key_prefix, "wrong").meta, "not a hash")
+            await raw.script_load(redis_backend._SCRIPTS["append_many"].source)
         pipelines.clear()
 
         def one(stream_id: str, parts: list[Chunk], token: str = "tok") -> Append:
@@ -573,12 +574,37 @@ async def test_append_many_reports_each_stream_on_its_own(
         assert isinstance(outcomes[5], CorruptStreamError) and "consecutive" in str(outcomes[5])
         if kind == "redis":
             assert isinstance(outcomes[6], CorruptStreamError) and "'wrong'" in str(outcomes[6])
-            # The unordered chunks were refused before sending; the rest went together.
-            assert [len(pipeline) for pipeline in pipelines] == [7]
+            # The unordered chunks were refused before sending; the rest went together, in
+            # one pipeline of one script call.
+            assert pipelines == [[redis_backend._SCRIPTS["append_many"].sha]]
         assert outcomes[-1] is None
         assert [c.data for c in await store.read("ok", after=-1, limit=10)] == ["a", "b"]
         for stream_id in ("taken", "gap", "unordered", "ended"):
             assert await store.read(stream_id, after=-1, limit=10) == []
+
+
+async def test_append_many_splits_its_streams_into_bounded_script_calls(
+    backend: RedisBackend,
+    raw: aioredis.Redis,
+    pipelines: list[list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis runs nothing else while a script runs: a big batch of appends goes as several
+    script calls (in one pipeline), each stream's outcome in its place."""
+    monkeypatch.setattr(redis_backend, "_STREAMS_PER_CALL", 2)
+    streams = [f"s{index}" for index in range(5)]
+    for stream_id in streams:
+        await claim(backend, stream_id)
+    await raw.script_load(redis_backend._SCRIPTS["append_many"].source)
+    pipelines.clear()
+    outcomes = await backend.append_many(
+        [Append(stream_id, "tok", chunks(stream_id), TIMES, time.time()) for stream_id in streams]
+        + [Append("missing", "tok", chunks("m"), TIMES, time.time())]
+    )
+    assert outcomes == [StreamState.ACTIVE] * 5 + [None]
+    assert pipelines == [[redis_backend._SCRIPTS["append_many"].sha] * 3]
+    for stream_id in streams:
+        assert [c.data for c in await backend.read(stream_id, after=-1, limit=10)] == [stream_id]
 
 
 async def test_listener_that_falls_behind_gets_lagged(backend: RedisBackend) -> None:

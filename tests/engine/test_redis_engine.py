@@ -59,12 +59,20 @@ async def read_text(engine: StreamEngine, stream_id: str) -> tuple[list[str], St
 async def test_many_streams_append_in_few_round_trips(
     redis_engine: StreamEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    appends_per_pipeline: list[int] = []
+    appends_per_pipeline: list[int] = []  # streams appended to, per pipeline
+    append_calls = 0
     execute = redis_backend._Pipeliner._execute
-    append_sha = redis_backend._SCRIPTS["append"].sha
+    one_sha, many_sha = (redis_backend._SCRIPTS[name].sha for name in ("append", "append_many"))
+
+    def streams_appended(args: tuple[Any, ...]) -> int:
+        if args[1] == many_sha:
+            return int(args[2]) // 3  # three keys per stream
+        return int(args[1] == one_sha)
 
     async def recording(self: Any, batch: list[Any]) -> list[Any]:
-        appends_per_pipeline.append(sum(call.args[1] == append_sha for call in batch))
+        nonlocal append_calls
+        appends_per_pipeline.append(sum(streams_appended(call.args) for call in batch))
+        append_calls += sum(call.args[1] in (one_sha, many_sha) for call in batch)
         return await execute(self, batch)
 
     monkeypatch.setattr(redis_backend._Pipeliner, "_execute", recording)
@@ -81,6 +89,9 @@ async def test_many_streams_append_in_few_round_trips(
     # the appends of a beat share a pipeline (a beat's streams may straddle two windows).
     assert appends <= 100
     assert pipelines <= 12, appends_per_pipeline
+    # ... and a pipeline's gathered appends share one script call (a stream that ends may
+    # write its last chunk itself, in a call of its own).
+    assert append_calls <= pipelines + len(streams), append_calls
 
 
 async def test_a_failed_gathered_append_is_written_by_the_streams_writer(

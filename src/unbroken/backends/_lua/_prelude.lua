@@ -21,15 +21,15 @@ end
 
 -- Returns meta (a table), or nil when the stream does not exist; plus an error text when the
 -- stored data is not readable.
-local function read_meta()
-  local kind = key_type(KEYS[1])
+local function read_meta(meta_key, log_key)
+  local kind = key_type(meta_key)
   if kind == 'none' then
     return nil, nil
   end
   if kind ~= 'hash' then
     return nil, 'meta key holds a ' .. kind
   end
-  local v = redis.call('HMGET', KEYS[1], 'state', 'token', 'chunks', 'chars', 'bytes')
+  local v = redis.call('HMGET', meta_key, 'state', 'token', 'chunks', 'chars', 'bytes')
   if not STATES[v[1]] then
     return nil, 'meta has no valid state'
   end
@@ -39,11 +39,31 @@ local function read_meta()
   if not (is_count(v[3]) and is_count(v[4]) and is_count(v[5])) then
     return nil, 'meta counts are not integers'
   end
-  local log_kind = key_type(KEYS[2])
+  local log_kind = key_type(log_key)
   if log_kind ~= 'none' and log_kind ~= 'stream' then
     return nil, 'log key holds a ' .. log_kind
   end
   return {state = v[1], token = v[2], chunks = tonumber(v[3])}, nil
+end
+
+-- The meta of an active stream owned by token; otherwise nil and what the script replies
+-- instead: an error reply (corrupt data), false (no such stream), its terminal state, or
+-- 'interrupted' (another token owns it).
+local function owned_meta(meta_key, log_key, token)
+  local meta, err = read_meta(meta_key, log_key)
+  if err then
+    return nil, corrupt(err)
+  end
+  if not meta then
+    return nil, false
+  end
+  if meta.state ~= 'active' then
+    return nil, meta.state
+  end
+  if meta.token ~= token then
+    return nil, 'interrupted'
+  end
+  return meta, nil
 end
 
 local function notify(sharded, channel, payload)

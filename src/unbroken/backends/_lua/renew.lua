@@ -2,18 +2,9 @@
 -- ARGV: token, lease_ms, active_ms.
 -- Returns 'active' (renewed), the terminal state, 'interrupted' (another token owns the
 -- stream; nothing renewed), or nil (no such stream).
-local meta, err = read_meta()
-if err then
-  return corrupt(err)
-end
+local meta, refusal = owned_meta(KEYS[1], KEYS[2], ARGV[1])
 if not meta then
-  return false
-end
-if meta.state ~= 'active' then
-  return meta.state
-end
-if meta.token ~= ARGV[1] then
-  return 'interrupted'
+  return refusal
 end
 redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
