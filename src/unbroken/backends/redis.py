@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import re
+import time
 import warnings
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
@@ -84,7 +85,7 @@ logger = logging.getLogger("unbroken.redis")
 
 _SUBSCRIBE_TIMEOUT = 10.0  # how long listen() waits for Redis to confirm a subscription
 _RECONNECT_MIN, _RECONNECT_MAX = 0.05, 2.0  # backoff of the pub/sub connection, seconds
-_POLL = 1.0  # pub/sub read timeout: how often the router checks the connection's health
+_POLL = 1.0  # how often the router checks the pub/sub connection's health
 _PING_AFTER = 10.0  # ping the pub/sub connection after this much silence ...
 _DEAD_AFTER = 30.0  # ... and give it up after this much (a half-open TCP connection)
 _STABLE = 10.0  # a pub/sub connection that lived this long resets the reconnect backoff
@@ -511,7 +512,7 @@ class _Link:
         # Silence is only suspicious where pings are answered: ClusterPubSub has no single
         # connection to ping, so there a dead node shows up as a read error instead.
         self.pings = not self.cluster
-        self.last_seen = anyio.current_time()
+        self.last_seen = time.monotonic()  # (per message: cheaper than anyio's clock)
         self._ops: list[tuple[_Op, str]] = []
         self._wakeup = anyio.Event()
         self._restore: dict[str, Any] = {}  # connection settings changed while it is ours
@@ -568,13 +569,20 @@ class _Link:
         tasks.start_soon(self._write_loop)
 
     async def _write_loop(self) -> None:
-        """Send requested commands in order (runs of one command go out as one)."""
+        """Send requested commands in order (runs of one command go out as one). Every
+        `_POLL` seconds, check the connection: ping it after `_PING_AFTER` seconds of silence,
+        give it up after `_DEAD_AFTER` (raising here ends the link's task group, and with it
+        the router's blocked read). The reads themselves carry no timeout: one per message
+        cost a timer each, 10 % of a reader's CPU under load."""
         while True:
-            with anyio.move_on_after(_PING_AFTER):
+            with anyio.move_on_after(_POLL):
                 await self._wakeup.wait()
             self._wakeup = anyio.Event()
             ops, self._ops = self._ops, []
-            if not ops and anyio.current_time() - self.last_seen >= _PING_AFTER:
+            silence = time.monotonic() - self.last_seen
+            if self.pings and silence > _DEAD_AFTER:
+                raise redis_errors.ConnectionError("no reply from redis, reconnecting")
+            if not ops and silence >= _PING_AFTER:
                 ops = [("ping", "")]
             for op, channels in _runs(ops):
                 await self._send(op, channels)
@@ -599,15 +607,13 @@ class _Link:
             await pubsub.unsubscribe(*channels)
 
     async def get_message(self) -> dict[str, Any] | None:
-        """The next message, or None after a quiet poll interval."""
-        message: Any = None
+        """The next message (None: a reply that is not one), waiting as long as it takes."""
+        message: Any
         if self.cluster:
-            with anyio.move_on_after(_POLL):
-                message = await self._inbox.receive()
+            message = await self._inbox.receive()
         else:
-            message = await self.pubsub.get_message(timeout=_POLL)
-        if message is not None:
-            self.last_seen = anyio.current_time()
+            message = await self.pubsub.get_message(timeout=None)
+        self.last_seen = time.monotonic()
         return message if isinstance(message, dict) else None
 
     def _start_node_readers(self) -> None:
@@ -784,8 +790,6 @@ class _Router:
                 message = await link.get_message()
                 if message is not None:
                     self._route(message)
-                elif link.pings and anyio.current_time() - link.last_seen > _DEAD_AFTER:
-                    raise redis_errors.ConnectionError("no reply from redis, reconnecting")
 
     def _set_link(self, link: _Link | None) -> None:
         self._link, self._down = link, link is None
