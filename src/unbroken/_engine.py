@@ -194,6 +194,12 @@ class _LocalStream:
     writer: _Wakeups = field(init=False)  # what the idle writer task waits on
     written: _Wakeups = field(init=False)  # woken when a write of it ends (see `writing`)
     quiet: bool = False  # no reader was woken since the engine's last liveness tick
+    # An append landed since the engine's last lease round (an append renews the lease).
+    lease_fresh: bool = True
+    ending: bool = False  # the source is done: its end is being recorded
+    # The producer's helpers (see `_produce`); its writer task is started there on demand.
+    helpers: TaskGroup | None = None
+    has_writer: bool = False
 
     def __post_init__(self) -> None:
         self.readers = self.new_wakeups()
@@ -317,6 +323,7 @@ class StreamEngine:
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._task_group.start_soon(self._poke_quiet_readers, name="unbroken:liveness")
+        self._task_group.start_soon(self._keep_leases, name="unbroken:leases")
         if self._appends_together:
             self._task_group.start_soon(
                 self._gather_appends, self._task_group, name="unbroken:appends"
@@ -437,10 +444,15 @@ class StreamEngine:
     ) -> None:
         try:
             async with anyio.create_task_group() as helpers:
-                helpers.start_soon(self._write_loop, local)
-                helpers.start_soon(self._keep_lease, local)
-                helpers.start_soon(self._watch_for_stop, local)
-                state, error = await self._pump(local, source)
+                local.helpers = helpers
+                try:
+                    if local.unwritten:  # the claim found the backend unreachable
+                        self._wake_writer(local)
+                    helpers.start_soon(self._watch_for_stop, local)
+                    state, error = await self._pump(local, source)
+                finally:
+                    # From now on its end writes what is left (no writer task may start).
+                    local.ending, local.helpers = True, None
                 helpers.cancel_scope.cancel()
             with anyio.CancelScope(shield=True):
                 await self._record_end(local, state, error)
@@ -485,7 +497,7 @@ class StreamEngine:
                     elif self._appends_together:
                         self._append_later(local)
                     else:
-                        local.writer.set()
+                        self._wake_writer(local)
         except Exception as exc:
             logger.exception("source of stream %r failed", local.stream_id)
             state, error = StreamState.ERROR, _safe_message(exc)
@@ -505,7 +517,7 @@ class StreamEngine:
         """Append the chunk just added, without a task switch (in-process backends). Anything
         unusual (a lost or degraded stream, an error) is left to the writer task."""
         if local.lost or local.degraded or local.durable != chunk.seq:
-            local.writer.set()
+            self._wake_writer(local)
             return
         try:
             result = self.backend.append_nowait(
@@ -516,11 +528,19 @@ class StreamEngine:
                 now=time.time(),
             )
         except BackendError:
-            local.writer.set()  # it retries, resynchronises or gives up, as for any write
+            self._wake_writer(local)  # it retries, resynchronises or gives up, as for any write
             return
         self._appended(local, 1, result)
         if result is None:
-            local.writer.set()  # the backend forgot the stream: the writer claims it again
+            self._wake_writer(local)  # the backend forgot the stream: the writer claims it again
+
+    def _wake_writer(self, local: _LocalStream) -> None:
+        """Have the stream's own writer look at it, starting its task the first time: most
+        streams never need one (their chunks are appended inline or gathered)."""
+        if not local.has_writer and local.helpers is not None:
+            local.has_writer = True
+            local.helpers.start_soon(self._write_loop, local)
+        local.writer.set()
 
     async def _write_loop(self, local: _LocalStream) -> None:
         """The stream's own writer. With gathered appends it writes only what they leave to
@@ -558,7 +578,7 @@ class StreamEngine:
         if not local.unwritten:
             return
         if self._writes_alone(local):
-            local.writer.set()
+            self._wake_writer(local)
         else:
             self._append_later(local)
 
@@ -579,7 +599,7 @@ class StreamEngine:
                 if local.writing or not local.unwritten:
                     continue  # whoever writes it now looks again when done
                 if self._writes_alone(local):
-                    local.writer.set()
+                    self._wake_writer(local)
                     continue
                 local.writing = True
                 group.append((local, local.log.chunks(local.durable, local.durable + _WRITE_BATCH)))
@@ -617,6 +637,7 @@ class StreamEngine:
         producer must stop (the stream ended or another producer owns it)."""
         if result is StreamState.ACTIVE:
             local.durable += count
+            local.lease_fresh = True
             if local.degraded and local.durable == len(local.log):
                 local.degraded = False
             local.wake_readers()
@@ -720,23 +741,40 @@ class StreamEngine:
         local.lost = False
         return True
 
-    async def _keep_lease(self, local: _LocalStream) -> None:
+    async def _keep_leases(self) -> None:
+        """Every lease_ttl/3, renew the lease of each stream being produced here that has
+        not appended since the last round (an append renews it too): one task for all
+        streams instead of a sleeping task each, and no renewal for a stream that streams."""
         interval = self.lease_ttl / 3
         while True:
             await anyio.sleep(interval)
-            try:
-                state = await self.backend.renew_lease(
-                    local.stream_id, token=local.token, times=local.times, now=time.time()
-                )
-            except BackendError as exc:
-                # Unreachable: try again next time. Corrupt: the next write will say so.
-                logger.debug("lease renewal of %r failed: %s", local.stream_id, exc)
-                continue
-            if state is None:
-                local.lost = True
-                local.writer.set()
-            elif state.is_terminal:
-                local.stop(state, PRODUCER_LOST if state is StreamState.INTERRUPTED else None)
+            due: list[_LocalStream] = []
+            for local in list(self._local.values()):
+                if local.lease_fresh:
+                    local.lease_fresh = False
+                elif not local.ending:
+                    due.append(local)
+            if due:
+                # A renewal that hangs must not hold up the next round for every stream.
+                with anyio.move_on_after(interval):
+                    async with anyio.create_task_group() as renewals:
+                        for local in due:
+                            renewals.start_soon(self._renew_lease, local)
+
+    async def _renew_lease(self, local: _LocalStream) -> None:
+        try:
+            state = await self.backend.renew_lease(
+                local.stream_id, token=local.token, times=local.times, now=time.time()
+            )
+        except BackendError as exc:
+            # Unreachable: try again next time. Corrupt: the next write will say so.
+            logger.debug("lease renewal of %r failed: %s", local.stream_id, exc)
+            return
+        if state is None:
+            local.lost = True
+            self._wake_writer(local)
+        elif state.is_terminal:
+            local.stop(state, PRODUCER_LOST if state is StreamState.INTERRUPTED else None)
 
     async def _watch_for_stop(self, local: _LocalStream) -> None:
         """Stop the producer within milliseconds when another process ends the stream."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 import pytest
@@ -23,7 +24,7 @@ from unbroken import (
     StreamSourceError,
     StreamState,
 )
-from unbroken.backends.base import StreamTimes
+from unbroken.backends.base import Backend, StreamTimes
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -287,6 +288,34 @@ async def test_dead_producer_lease_expiry_gives_interrupted(make_engine: EngineF
     assert waited < 0.6 * 4 / 3 + 0.5
     status = await reader.status("ghost")
     assert status is not None and status.state is StreamState.INTERRUPTED
+
+
+async def test_leases_are_renewed_for_producers_that_do_not_append(
+    make_engine: EngineFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One engine task keeps every lease: a producer waiting for its source keeps its stream
+    alive long past ``lease_ttl``; one that streams needs no renewal (its appends renew it)."""
+    producer = await make_engine(lease_ttl=0.3)
+    other = await make_engine(lease_ttl=0.3)
+    renewed: list[str] = []
+    renew = type(producer.backend).renew_lease
+
+    async def counting(self: Backend, stream_id: str, **options: Any) -> StreamState | None:
+        renewed.append(stream_id)
+        return await renew(self, stream_id, **options)
+
+    monkeypatch.setattr(type(producer.backend), "renew_lease", counting)
+    gate = anyio.Event()
+    await producer.start("idle", paced(["a ", "b"], gate=gate))  # waits after "a "
+    await producer.start("busy", paced(["x"] * 40, delay=0.025))  # a chunk every 25 ms
+    busy, end = await collect(other, "busy")
+    assert end.state is StreamState.DONE and len(busy) == 40
+    assert await other.check_producer("idle") is StreamState.ACTIVE  # > 3 lease_ttl later
+    assert renewed.count("idle") >= 5  # every lease_ttl / 3
+    assert renewed.count("busy") <= 2  # (only if its source stalled for a whole round)
+    gate.set()
+    idle, end = await collect(other, "idle")
+    assert end.state is StreamState.DONE and "".join(c.data for c in idle) == "a b"
 
 
 async def test_second_start_is_refused_everywhere(make_engine: EngineFactory) -> None:
