@@ -603,8 +603,22 @@ async def test_append_many_splits_its_streams_into_bounded_script_calls(
     )
     assert outcomes == [StreamState.ACTIVE] * 5 + [None]
     assert pipelines == [[redis_backend._SCRIPTS["append_many"].sha] * 3]
+    # Bounded by chunks too (a stream with more than the bound goes alone): 2 | 2 + 1 | 4.
+    monkeypatch.setattr(redis_backend, "_STREAMS_PER_CALL", 100)
+    monkeypatch.setattr(redis_backend, "_CHUNKS_PER_CALL", 3)
+    pipelines.clear()
+    more = {"s0": ["a", "b"], "s1": ["c", "d"], "s2": ["e"], "s3": ["f", "g", "h", "i"]}
+    outcomes = await backend.append_many(
+        [
+            Append(stream_id, "tok", chunks(*texts, seq=1, offset=2), TIMES, time.time())
+            for stream_id, texts in more.items()
+        ]
+    )
+    assert outcomes == [StreamState.ACTIVE] * 4
+    assert pipelines == [[redis_backend._SCRIPTS["append_many"].sha] * 3]
     for stream_id in streams:
-        assert [c.data for c in await backend.read(stream_id, after=-1, limit=10)] == [stream_id]
+        logged = await backend.read(stream_id, after=-1, limit=10)
+        assert [c.data for c in logged] == [stream_id, *more.get(stream_id, [])]
 
 
 async def test_listener_that_falls_behind_gets_lagged(backend: RedisBackend) -> None:

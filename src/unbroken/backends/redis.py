@@ -202,6 +202,23 @@ class _PackedAppend(NamedTuple):
     stream_id: str
     keys: StreamKeys
     args: list[str | bytes | int]
+    chunks: int
+
+
+def _calls(appends: list[_PackedAppend]) -> list[list[_PackedAppend]]:
+    """``appends`` in order, cut into append_many.lua calls of bounded size."""
+    calls: list[list[_PackedAppend]] = []
+    call: list[_PackedAppend] = []
+    chunks = 0
+    for append in appends:
+        if call and (len(call) == _STREAMS_PER_CALL or chunks + append.chunks > _CHUNKS_PER_CALL):
+            calls.append(call)
+            call, chunks = [], 0
+        call.append(append)
+        chunks += append.chunks
+    if call:
+        calls.append(call)
+    return calls
 
 
 def _append_many_command(appends: Sequence[_PackedAppend]) -> tuple[Any, ...]:
@@ -314,9 +331,11 @@ _SCRIPTS = {
 #: Writes nobody waits on by the millisecond: they may wait to share a pipeline.
 _DEFERRABLE_SCRIPTS = frozenset({"append", "renew"})
 _PIPELINES_IN_FLIGHT = 4  # at most this many connections carry this backend's commands
-# Streams per append_many.lua call. Redis runs nothing else while a script runs: 100 streams
-# of one chunk take it about a millisecond.
+# At most this many streams, and (unless one stream has more) chunks, per append_many.lua
+# call: Redis runs nothing else while a script runs, and 100 streams of one chunk take it
+# about a millisecond.
 _STREAMS_PER_CALL = 100
+_CHUNKS_PER_CALL = 1000
 
 
 class _Call:
@@ -1050,9 +1069,8 @@ class RedisBackend(Backend):
             except CorruptStreamError as exc:  # not sent: the chunks are not consecutive
                 outcomes[index] = exc
                 continue
-            sendable.append(_PackedAppend(index, append.stream_id, keys, args))
-        per_call = 1 if self.cluster else _STREAMS_PER_CALL
-        calls = [sendable[at : at + per_call] for at in range(0, len(sendable), per_call)]
+            sendable.append(_PackedAppend(index, append.stream_id, keys, args, len(append.chunks)))
+        calls = [[append] for append in sendable] if self.cluster else _calls(sendable)
         replies = await self._pipeliner.call_many(
             [_append_many_command(call) for call in calls], script=_SCRIPTS["append_many"]
         )
