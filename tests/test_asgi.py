@@ -9,7 +9,7 @@ import json
 import sys
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -37,6 +37,7 @@ from unbroken import (
     StreamState,
 )
 from unbroken.asgi import (
+    SHUTDOWN_STATE_KEY,
     DataStreamResponse,
     EngineStreamResponse,
     Instead,
@@ -233,6 +234,27 @@ async def test_a_client_that_stops_reading_is_dropped(engine: StreamEngine) -> N
 
 
 @pytest.mark.anyio
+async def test_server_shutdown_ends_open_responses_without_an_end(engine: StreamEngine) -> None:
+    """Noticed on the engine's liveness tick: the body ends cleanly with no terminal event
+    (the client resumes elsewhere) and the answer goes on."""
+    gate, shutdown = anyio.Event(), anyio.Event()
+    await engine.start("s1", gated(weather_answer(), gate, at=3))
+    response = UIMessageStreamResponse(engine, "s1")
+    client = RawClient()
+    scope = {**SCOPE, "state": {SHUTDOWN_STATE_KEY: shutdown}}
+    with anyio.fail_after(WATCHDOG):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(response, scope, client.receive, client.send)
+            await client.wait_for("id: 2\n")
+            shutdown.set()
+        assert response.outcome == "shutdown"
+        assert client.complete and "[DONE]" not in client.body
+        assert (await engine.status("s1")).state is StreamState.ACTIVE  # type: ignore[union-attr]
+    assert not engine._tick_checks  # the response stopped watching the ticks
+    gate.set()
+
+
+@pytest.mark.anyio
 async def test_cancel_reaches_a_live_reader_as_abort(engine: StreamEngine) -> None:
     gate = anyio.Event()
     await engine.start("s1", gated(weather_answer(), gate, at=3))
@@ -316,6 +338,9 @@ class BrokenEngine:
             Chunk(0, encode_event({"type": "start", "messageId": "m"}), 0)
         ]
         return OpenedStream(StreamState.ACTIVE, None, first, rest())
+
+    def on_tick(self, check: Callable[[], None]) -> Callable[[], None]:
+        return lambda: None  # (no ticks: the response ends before one would come)
 
 
 @pytest.mark.anyio

@@ -308,6 +308,7 @@ class StreamEngine:
         self._dirty_wakeup: _Wakeups = self._new_wakeups()
         self._local: dict[str, _LocalStream] = {}
         self._readers: set[_QuietReader] = set()
+        self._tick_checks: set[Callable[[], None]] = set()
         self._task_group: TaskGroup | None = None
         self._closing = False
 
@@ -383,6 +384,19 @@ class StreamEngine:
                 if local.quiet:
                     local.wake_readers()
                 local.quiet = True
+            for check in list(self._tick_checks):
+                try:
+                    check()
+                except Exception:
+                    logger.exception("a liveness tick check failed")
+
+    def on_tick(self, check: Callable[[], None]) -> Callable[[], None]:
+        """Call ``check`` on each of the engine's liveness ticks (every ``lease_ttl / 3``)
+        until the function returned is called. For a reader's timed checks without a task
+        or a timer of its own: `EngineStreamResponse` times its sends and notices a server
+        shutting down this way."""
+        self._tick_checks.add(check)
+        return partial(self._tick_checks.discard, check)
 
     def _require_open(self, *, for_reading: bool = False) -> TaskGroup:
         """The engine's task group; raises `EngineClosedError` outside ``async with``.

@@ -8,9 +8,9 @@ the client can resume later.
 How a response runs (the shape of Starlette's ``StreamingResponse.__call__``)::
 
     task group ─┬─ watch receive() for http.disconnect ────────┐ the first one to finish
-                ├─ (watch the server's shutdown event) ─────────┤ cancels the others
-                ├─ watchdog: a send stuck for send_timeout ─────┤
-                └─ write: engine.read_batches(), one write each ┘
+                └─ write: engine.read_batches(), one write each ┘ cancels the other
+    on each of the engine's liveness ticks (`StreamEngine.on_tick`, every lease_ttl / 3):
+                   a send stuck for send_timeout, or the server shutting down, ends it
 
 - Batches: the engine hands over everything there is to read at once, so a catch-up goes out
   in a few writes and a live stream in one write per wake-up. The response reads in its own
@@ -19,7 +19,8 @@ How a response runs (the shape of Starlette's ``StreamingResponse.__call__``)::
   line (v4) is written, so proxies and browsers keep the connection (the engine's heartbeat:
   no timer per wait).
 - Send timeout: a write that takes longer than ``send_timeout`` (the client stopped reading
-  and the socket buffers are full) drops the connection (a watchdog: no timer per write).
+  and the socket buffers are full) drops the connection, noticed on the engine's next
+  liveness tick (no timer per write, no watchdog task per response).
 - Flush interval (off by default): after a write, the response waits ``flush_interval``
   seconds before it reads again, so what arrived meanwhile goes out as one write, with its
   text deltas merged. A token then reaches the client up to that much later, and the
@@ -84,8 +85,9 @@ logger = logging.getLogger("unbroken")
 _AFTER_RE = re.compile(r"^(?:-1|\d{1,18})$")
 NOT_FOUND_TEXT = "the stream is no longer available"
 #: Lifespan state key: an `anyio.Event` set when the server starts shutting down. Open
-#: responses then end at once (without a terminal event, so clients resume elsewhere)
-#: instead of being cancelled by the server's graceful-shutdown timeout.
+#: responses then end on the engine's next liveness tick, within ``lease_ttl / 3`` (without a
+#: terminal event, so clients resume elsewhere) instead of being cancelled by the server's
+#: graceful-shutdown timeout.
 SHUTDOWN_STATE_KEY = "unbroken.shutdown"
 READ_FAILED_TEXT = "the stream could not be read; try again"
 
@@ -201,6 +203,7 @@ class EngineStreamResponse(Response):
             return
         first, batches = opened
         shutdown = scope.get("state", {}).get(SHUTDOWN_STATE_KEY)
+        send_timeout = self.send_timeout if self.send_timeout > 0 else math.inf  # 0: never
         async with anyio.create_task_group() as task_group:
 
             def end(outcome: str) -> None:
@@ -214,26 +217,23 @@ class EngineStreamResponse(Response):
                         break
                 end("disconnect")
 
-            async def watch_shutdown(event: anyio.Event) -> None:
-                await event.wait()
-                end("shutdown")
-
-            async def watch_sends() -> None:
-                # One watchdog instead of a timeout armed around every write: a send that
-                # has not returned after send_timeout (checked 4 times as often) drops it.
-                while True:
-                    await anyio.sleep(self.send_timeout / 4)
-                    started = self._send_started
-                    if started is not None and time.monotonic() - started >= self.send_timeout:
-                        self.outcome = "timeout"  # whatever else was happening
-                        task_group.cancel_scope.cancel()
+            def check() -> None:
+                # On each engine tick, instead of a task (or a timeout around every write)
+                # per response: a send that has not returned after send_timeout drops the
+                # client; a server shutting down ends the response.
+                started = self._send_started
+                if started is not None and time.monotonic() - started >= send_timeout:
+                    self.outcome = "timeout"  # whatever else was happening
+                    task_group.cancel_scope.cancel()
+                elif isinstance(shutdown, anyio.Event) and shutdown.is_set():
+                    end("shutdown")
 
             task_group.start_soon(watch_disconnect)
-            if isinstance(shutdown, anyio.Event):
-                task_group.start_soon(watch_shutdown, shutdown)
-            if 0 < self.send_timeout < math.inf:
-                task_group.start_soon(watch_sends)
-            await self._respond(send, first, batches)
+            unwatch = self.engine.on_tick(check)
+            try:
+                await self._respond(send, first, batches)
+            finally:
+                unwatch()
             task_group.cancel_scope.cancel()
         if self.outcome == "shutdown":
             # End the body without a terminal event: the client resumes from its offset on
