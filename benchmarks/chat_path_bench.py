@@ -17,16 +17,23 @@ threads included) and the event loop thread's (``time.thread_time``), per body w
 best of ``--rounds`` rounds after one warm-up round. Unlike the system benchmark, the
 socket write and the event loop's own work per connection are absent, so this ratio shows
 what the chat layer adds without the ~30-40 µs per chunk both paths pay over HTTP.
+
+Then what a live answer holds, with ``--answers`` answers streaming slowly on each app:
+objects the garbage collector tracks (what every full collection walks), tasks, and KiB
+allocated (tracemalloc), each per answer.
 Prints a table, writes results/chat_path.json and chat_path.png.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import gc
 import json
 import os
 import tempfile
 import time
+import tracemalloc
 import uuid
 from pathlib import Path
 from typing import Any
@@ -40,18 +47,24 @@ from unbroken.chat.app import create_app
 from unbroken.chat.settings import Settings
 
 TOKENS_PER_SECOND = 1e7  # every token already due
+FOOTPRINT_TOKENS_PER_SECOND = 0.5  # the answers stay live while they are counted
 
 
 class Sink:
-    """An ASGI ``send`` that counts body writes."""
+    """An ASGI ``send`` that counts body writes; ``started`` is set once ``expect``
+    responses have started."""
 
-    def __init__(self) -> None:
+    def __init__(self, expect: int = 1) -> None:
         self.writes = 0
         self.statuses: list[int] = []
+        self.expect = expect
+        self.started = anyio.Event()
 
     async def send(self, message: Any) -> None:
         if message["type"] == "http.response.start":
             self.statuses.append(message["status"])
+            if len(self.statuses) >= self.expect:
+                self.started.set()
         elif message.get("body"):
             self.writes += 1
 
@@ -124,6 +137,38 @@ async def measure(app: Any, api_key: str, answers: int, rounds: int) -> dict[str
     return best
 
 
+async def footprint(app: Any, api_key: str, answers: int) -> dict[str, float]:
+    """Per live answer: GC-tracked objects, tasks and KiB allocated, with ``answers``
+    answers streaming (counted against one answer already streaming)."""
+
+    def census() -> tuple[int, int, int]:
+        gc.collect()
+        return len(gc.get_objects()), len(asyncio.all_tasks()), tracemalloc.get_traced_memory()[0]
+
+    async with anyio.create_task_group() as task_group:
+        warm = Sink()
+        task_group.start_soon(post_answer, app, api_key, warm)
+        await warm.started.wait()
+        await anyio.sleep(0.5)
+        tracemalloc.start()
+        before = census()
+        sink = Sink(expect=answers)
+        for _ in range(answers):
+            task_group.start_soon(post_answer, app, api_key, sink)
+        with anyio.fail_after(60):
+            await sink.started.wait()  # every answer is streaming
+        await anyio.sleep(0.5)
+        after = census()
+        tracemalloc.stop()
+        task_group.cancel_scope.cancel()
+    objects, tasks, allocated = (now - then for now, then in zip(after, before, strict=True))
+    return {
+        "objects": objects / answers,
+        "tasks": tasks / answers,
+        "kib": allocated / answers / 1024,
+    }
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"answers": args.answers, "rounds": args.rounds}
     os.environ["UNBROKEN_DEMO_TOKENS_PER_SECOND"] = str(TOKENS_PER_SECOND)  # plain_app reads it
@@ -140,6 +185,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             user = await store.create_user()
             api_key, _ = await store.create_api_key(user.id)
             results["chat"] = await measure(app, api_key, args.answers, args.rounds)
+    os.environ["UNBROKEN_DEMO_TOKENS_PER_SECOND"] = str(FOOTPRINT_TOKENS_PER_SECOND)
+    results["plain_footprint"] = await footprint(system_apps.plain_app(), "", args.answers)
+    with tempfile.TemporaryDirectory(prefix="unbroken-chat-path-") as workdir:
+        settings = Settings(
+            database_url=f"sqlite+aiosqlite:///{workdir}/chat.sqlite3",
+            demo_tokens_per_second=FOOTPRINT_TOKENS_PER_SECOND,
+            sweep_interval=0,
+        )
+        app = create_app(settings)
+        async with app.router.lifespan_context(app):
+            store = app.state.services.store
+            user = await store.create_user()
+            api_key, _ = await store.create_api_key(user.id)
+            results["chat_footprint"] = await footprint(app, api_key, args.answers)
     return results
 
 
@@ -164,6 +223,13 @@ def report(r: dict[str, Any]) -> str:
         f"({r['chat']['process_us'] - r['chat']['loop_thread_us']:.2f} of it in the store's "
         "threads)"
     )
+    lines += [
+        "",
+        f"per live answer ({r['answers']} streaming)        GC objects    tasks      KiB",
+    ]
+    for name, key in (("plain app", "plain_footprint"), ("chat service", "chat_footprint")):
+        f = r[key]
+        lines.append(f"{name:40} {f['objects']:12.0f} {f['tasks']:8.1f} {f['kib']:8.1f}")
     return "\n".join(lines)
 
 
