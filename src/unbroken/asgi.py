@@ -147,7 +147,8 @@ class EngineStreamResponse(Response):
     ``encoder``. Answers 404 (JSON error) when there is no such stream.
 
     ``keepalive``: seconds of silence before a keep-alive is written (0 disables).
-    ``send_timeout``: seconds one write may take before the client is dropped (0 disables).
+    ``send_timeout``: seconds one write may take before the client is dropped (0 disables),
+    noticed on the engine's next liveness tick (every ``lease_ttl / 3``).
     ``flush_interval``: seconds to wait after a write before the next one, to send what
     arrives meanwhile in one write (0: write each wake-up at once).
     ``instead``: called once the stream is opened, with how it stood (None: there is no such
