@@ -510,6 +510,30 @@ async def test_appends_wait_to_share_a_pipeline(
         await delete_prefix(redis_url, key_prefix)
 
 
+async def test_a_command_someone_waits_on_leaves_from_the_callers_task(
+    redis_url: str, key_prefix: str
+) -> None:
+    """With a connection free, a claim or a status goes out from the caller's task, without
+    waiting for the pipeliner's own task to wake up first (one task switch sooner)."""
+    try:
+        async with RedisBackend(redis_url, key_prefix=key_prefix) as backend:
+            pipeliner = backend._pipeliner
+            assert pipeliner is not None
+            await claim(backend, "warm")
+            await anyio.sleep(0.05)  # the pipeliner's task is waiting again
+            heard = pipeliner._wakeup  # what it waits on
+            pipeliner._wakeup = anyio.Event()  # so it never hears of these commands
+            try:
+                with anyio.fail_after(WATCHDOG):
+                    await claim(backend, "s")
+                    status = await backend.status("s")
+                assert status is not None and status.state is StreamState.ACTIVE
+            finally:
+                heard.set()
+    finally:
+        await delete_prefix(redis_url, key_prefix)
+
+
 async def test_a_command_that_cannot_wait_takes_the_waiting_appends_along(
     redis_url: str, key_prefix: str, pipelines: list[list[str]]
 ) -> None:

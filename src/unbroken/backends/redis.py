@@ -382,6 +382,7 @@ class _Pipeliner:
         self._wakeup = anyio.Event()  # a command is waiting
         self._urgent = anyio.Event()  # ... and one that must not wait
         self._slots = anyio.Semaphore(_PIPELINES_IN_FLIGHT)
+        self._senders: TaskGroup | None = None  # run's task group, for `_send_now`
         self._stop = anyio.CancelScope()
         self._closed = False
 
@@ -411,9 +412,10 @@ class _Pipeliner:
         prefix = ("EVALSHA", script.sha) if script is not None else ()
         calls = [_Call((*prefix, *args), script) for args in commands]
         self._queue += calls
-        self._wakeup.set()
-        if not deferrable:
-            self._urgent.set()
+        if deferrable or not self._send_now():
+            self._wakeup.set()
+            if not deferrable:
+                self._urgent.set()
         # If the caller is cancelled the commands may still run, exactly as if they had been
         # sent directly and the replies were never read.
         await calls[-1].done
@@ -426,18 +428,39 @@ class _Pipeliner:
             call.settle(error=EngineClosedError("backend is closed"))
         self._queue.clear()
 
+    def _send_now(self) -> bool:
+        """Send everything waiting (in order) in a pipeline started from the caller's task,
+        if a connection is free: a command someone waits on then leaves without waking
+        `run` first, one task switch sooner (a resume's status and first page, a claim)."""
+        if self._senders is None:
+            return False
+        try:
+            self._slots.acquire_nowait()
+        except anyio.WouldBlock:
+            return False
+        batch, self._queue = self._queue, []
+        self._senders.start_soon(self._send, batch)
+        return True
+
     async def run(self) -> None:
         with self._stop:
             async with anyio.create_task_group() as senders:
-                while True:
-                    await self._wakeup.wait()
-                    if self._gather and not self._urgent.is_set():
-                        with anyio.move_on_after(self._gather):
-                            await self._urgent.wait()
-                    await self._slots.acquire()  # meanwhile, more commands gather
-                    self._wakeup, self._urgent = anyio.Event(), anyio.Event()
-                    batch, self._queue = self._queue, []
-                    senders.start_soon(self._send, batch)
+                self._senders = senders
+                try:
+                    while True:
+                        await self._wakeup.wait()
+                        if self._gather and not self._urgent.is_set():
+                            with anyio.move_on_after(self._gather):
+                                await self._urgent.wait()
+                        await self._slots.acquire()  # meanwhile, more commands gather
+                        self._wakeup, self._urgent = anyio.Event(), anyio.Event()
+                        batch, self._queue = self._queue, []
+                        if batch:
+                            senders.start_soon(self._send, batch)
+                        else:  # `_send_now` sent them meanwhile
+                            self._slots.release()
+                finally:
+                    self._senders = None
 
     async def _send(self, batch: list[_Call]) -> None:
         try:
