@@ -372,7 +372,8 @@ class _Pipeliner:
     pipeline, the socket write, the wake-up for the reply), ~10 µs more per command. At one
     chunk per append, a pipeline each would cost more than the rest of the chunk's journey,
     so commands that may wait (``deferrable``: appends and lease renewals) wait up to
-    ``gather`` seconds for company; any other command leaves at once and takes them along.
+    ``gather`` seconds for company; any other command leaves at once (in a pipeline started
+    from its caller's task when a connection is free) and takes them along.
     """
 
     def __init__(self, client: _AnyRedis, *, gather: float = 0.0) -> None:
