@@ -35,6 +35,8 @@ import tempfile
 import time
 import tracemalloc
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -169,36 +171,34 @@ async def footprint(app: Any, api_key: str, answers: int) -> dict[str, float]:
     }
 
 
+@asynccontextmanager
+async def chat_app(tokens_per_second: float) -> AsyncIterator[tuple[Any, str]]:
+    """`create_app` as ``unbroken chat`` builds it (SQLite in a temporary directory, the
+    demo model at ``tokens_per_second``), started, with an API key of a new user."""
+    with tempfile.TemporaryDirectory(prefix="unbroken-chat-path-") as workdir:
+        settings = Settings(
+            database_url=f"sqlite+aiosqlite:///{workdir}/chat.sqlite3",
+            demo_tokens_per_second=tokens_per_second,
+            sweep_interval=0,
+        )
+        app = create_app(settings)
+        async with app.router.lifespan_context(app):
+            store = app.state.services.store
+            user = await store.create_user()
+            api_key, _ = await store.create_api_key(user.id)
+            yield app, api_key
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"answers": args.answers, "rounds": args.rounds}
     os.environ["UNBROKEN_DEMO_TOKENS_PER_SECOND"] = str(TOKENS_PER_SECOND)  # plain_app reads it
     results["plain"] = await measure(system_apps.plain_app(), "", args.answers, args.rounds)
-    with tempfile.TemporaryDirectory(prefix="unbroken-chat-path-") as workdir:
-        settings = Settings(
-            database_url=f"sqlite+aiosqlite:///{workdir}/chat.sqlite3",
-            demo_tokens_per_second=TOKENS_PER_SECOND,
-            sweep_interval=0,
-        )
-        app = create_app(settings)
-        async with app.router.lifespan_context(app):
-            store = app.state.services.store
-            user = await store.create_user()
-            api_key, _ = await store.create_api_key(user.id)
-            results["chat"] = await measure(app, api_key, args.answers, args.rounds)
+    async with chat_app(TOKENS_PER_SECOND) as (app, api_key):
+        results["chat"] = await measure(app, api_key, args.answers, args.rounds)
     os.environ["UNBROKEN_DEMO_TOKENS_PER_SECOND"] = str(FOOTPRINT_TOKENS_PER_SECOND)
     results["plain_footprint"] = await footprint(system_apps.plain_app(), "", args.answers)
-    with tempfile.TemporaryDirectory(prefix="unbroken-chat-path-") as workdir:
-        settings = Settings(
-            database_url=f"sqlite+aiosqlite:///{workdir}/chat.sqlite3",
-            demo_tokens_per_second=FOOTPRINT_TOKENS_PER_SECOND,
-            sweep_interval=0,
-        )
-        app = create_app(settings)
-        async with app.router.lifespan_context(app):
-            store = app.state.services.store
-            user = await store.create_user()
-            api_key, _ = await store.create_api_key(user.id)
-            results["chat_footprint"] = await footprint(app, api_key, args.answers)
+    async with chat_app(FOOTPRINT_TOKENS_PER_SECOND) as (app, api_key):
+        results["chat_footprint"] = await footprint(app, api_key, args.answers)
     return results
 
 
