@@ -456,7 +456,7 @@ PROFILE_RULES: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("Redis: socket writes of the pipelines", ("_send_packed_command",)),
     ("Redis: notifications (pub/sub reader)", ("_Router.", "_Link.")),
-    ("engine: lease and stop watchers", ("StreamEngine._keep_lease", "_watch_for_stop")),
+    ("engine: lease renewals and stop watchers", ("StreamEngine._renew_lease", "_watch_for_stop")),
     (
         "response: the engine's reader (read, wait)",
         ("StreamEngine.read_batches", "StreamEngine._read_local", "StreamEngine._read_backend"),

@@ -194,7 +194,7 @@ class _LocalStream:
     writer: _Wakeups = field(init=False)  # what the idle writer task waits on
     written: _Wakeups = field(init=False)  # woken when a write of it ends (see `writing`)
     quiet: bool = False  # no reader was woken since the engine's last liveness tick
-    # An append landed since the engine's last lease round (an append renews the lease).
+    # An append landed since the engine's last tick (an append renews the lease).
     lease_fresh: bool = True
     ending: bool = False  # the source is done: its end is being recorded
     # The producer's helpers (see `_produce`); its writer task is started there on demand.
@@ -323,8 +323,7 @@ class StreamEngine:
         self._dirty_wakeup = self._new_wakeups()
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
-        self._task_group.start_soon(self._poke_quiet_readers, name="unbroken:liveness")
-        self._task_group.start_soon(self._keep_leases, name="unbroken:leases")
+        self._task_group.start_soon(self._tick, self._task_group, name="unbroken:liveness")
         if self._appends_together:
             self._task_group.start_soon(
                 self._gather_appends, self._task_group, name="unbroken:appends"
@@ -367,23 +366,37 @@ class StreamEngine:
         for local in list(self._local.values()):
             await local.ended.wait()
 
-    async def _poke_quiet_readers(self) -> None:
-        """Every lease_ttl/3, poke readers that heard nothing since the last tick, so they
-        check the producer's lease (a dead producer sends nothing, not even an end) and
-        send their heartbeats."""
+    async def _tick(self, task_group: TaskGroup) -> None:
+        """The engine's liveness tick, every lease_ttl/3, for every timed check of all its
+        streams (one task and one timer instead of some per stream):
+
+        - poke readers that heard nothing since the last tick, so they check the producer's
+          lease (a dead producer sends nothing, not even an end) and send their heartbeats;
+        - renew the lease of each stream produced here that has not appended since the last
+          tick (an append renews it too: a stream that streams needs no renewal);
+        - run the `on_tick` checks.
+        """
+        interval = self.lease_ttl / 3
         while True:
-            await anyio.sleep(self.lease_ttl / 3)
+            await anyio.sleep(interval)
             for reader in list(self._readers):
                 if reader.heard:
                     reader.heard = False
                 else:
                     reader.listener.poke()
-            # Wake the local readers of quiet streams, so those waiting with a heartbeat
-            # see that it is due (the others look, find nothing new and wait again).
+            due: list[_LocalStream] = []
             for local in list(self._local.values()):
+                # Wake the local readers of quiet streams, so those waiting with a heartbeat
+                # see that it is due (the others look, find nothing new and wait again).
                 if local.quiet:
                     local.wake_readers()
                 local.quiet = True
+                if local.lease_fresh:
+                    local.lease_fresh = False
+                elif not local.ending:
+                    due.append(local)
+            if due:
+                task_group.start_soon(self._renew_leases, due, interval)
             for check in list(self._tick_checks):
                 try:
                     check()
@@ -755,25 +768,12 @@ class StreamEngine:
         local.lost = False
         return True
 
-    async def _keep_leases(self) -> None:
-        """Every lease_ttl/3, renew the lease of each stream being produced here that has
-        not appended since the last round (an append renews it too): one task for all
-        streams instead of a sleeping task each, and no renewal for a stream that streams."""
-        interval = self.lease_ttl / 3
-        while True:
-            await anyio.sleep(interval)
-            due: list[_LocalStream] = []
-            for local in list(self._local.values()):
-                if local.lease_fresh:
-                    local.lease_fresh = False
-                elif not local.ending:
-                    due.append(local)
-            if due:
-                # A renewal that hangs must not hold up the next round for every stream.
-                with anyio.move_on_after(interval):
-                    async with anyio.create_task_group() as renewals:
-                        for local in due:
-                            renewals.start_soon(self._renew_lease, local)
+    async def _renew_leases(self, due: list[_LocalStream], within: float) -> None:
+        # Given up after ``within`` (the next tick's renewals are on their way by then).
+        with anyio.move_on_after(within):
+            async with anyio.create_task_group() as renewals:
+                for local in due:
+                    renewals.start_soon(self._renew_lease, local)
 
     async def _renew_lease(self, local: _LocalStream) -> None:
         try:
