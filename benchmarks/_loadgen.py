@@ -42,7 +42,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from unbroken.chat.generation import ui_chunks
+from unbroken.chat.events import ui_chunks
 from unbroken.chat.models import Finish, ReasoningDelta, TextDelta
 from unbroken.chat.models.demo import compose, tokenize
 

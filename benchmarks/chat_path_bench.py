@@ -47,6 +47,7 @@ from _results import save_results, thread_split_chart
 
 from unbroken.chat.app import create_app
 from unbroken.chat.settings import Settings
+from unbroken.cli import tuned_for_serving
 
 TOKENS_PER_SECOND = 1e7  # every token already due
 FOOTPRINT_TOKENS_PER_SECOND = 0.5  # the answers stay live while they are counted
@@ -173,15 +174,16 @@ async def footprint(app: Any, api_key: str, answers: int) -> dict[str, float]:
 
 @asynccontextmanager
 async def chat_app(tokens_per_second: float) -> AsyncIterator[tuple[Any, str]]:
-    """`create_app` as ``unbroken chat`` builds it (SQLite in a temporary directory, the
-    demo model at ``tokens_per_second``), started, with an API key of a new user."""
+    """`create_app` as ``unbroken chat`` serves it (`tuned_for_serving`; SQLite in a temporary
+    directory, the demo model at ``tokens_per_second``), started, with an API key of a new
+    user."""
     with tempfile.TemporaryDirectory(prefix="unbroken-chat-path-") as workdir:
         settings = Settings(
             database_url=f"sqlite+aiosqlite:///{workdir}/chat.sqlite3",
             demo_tokens_per_second=tokens_per_second,
             sweep_interval=0,
         )
-        app = create_app(settings)
+        app = tuned_for_serving(create_app(settings))
         async with app.router.lifespan_context(app):
             store = app.state.services.store
             user = await store.create_user()

@@ -34,11 +34,10 @@ from _results import save_results
 from system_apps import plain_frames
 
 from unbroken import StreamEngine
-from unbroken.asgi import UIMessageStreamResponse
-from unbroken.chat.generation import ui_chunks
+from unbroken.chat.events import ui_chunks
 from unbroken.chat.models import Finish, ModelEvent, TextDelta
 from unbroken.chat.models.demo import compose, tokenize
-from unbroken.protocols.ai_sdk import encode_event
+from unbroken.protocols.ai_sdk import UIMessageStreamResponse, encode_event
 
 TOKENS = tokenize(compose("what does the hot path cost?")[1])
 

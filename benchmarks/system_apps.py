@@ -1,7 +1,8 @@
 """The two ASGI apps `system_bench.py` runs under uvicorn (benchmark-only; not the product).
 
-- ``product_app``: the reference chat service exactly as ``unbroken chat`` builds it
-  (`create_app(Settings.from_env())`), except that its demo model is `StampedDemoModel`.
+- ``product_app``: the reference chat service exactly as ``unbroken chat`` serves it
+  (`create_app(Settings.from_env())`, `tuned_for_serving`), except that its demo model is
+  `StampedDemoModel`.
 - ``plain_app``: the baseline, plain streaming with no engine: ``POST /api/chat`` runs the
   same demo model through the same `ui_chunks` and the same v5 `UIMessageStreamEncoder`, and
   writes each chunk straight to the response. No store, no engine, no resume; a client that
@@ -39,12 +40,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from unbroken import Chunk, StreamEnd, StreamState
 from unbroken.chat import app as chat_app
 from unbroken.chat.deps import CurrentIdentity, CurrentServices, Services
-from unbroken.chat.generation import Answer, _answer_assembler, ui_chunks
+from unbroken.chat.events import ProducedAnswer, ui_chunks
 from unbroken.chat.models import ChatModel, ModelEvent, message_text
 from unbroken.chat.models import make_model as product_make_model
 from unbroken.chat.models.demo import DemoModel
 from unbroken.chat.settings import Settings
 from unbroken.chat.store import Started, StreamRecord
+from unbroken.cli import tuned_for_serving
 from unbroken.exceptions import ProtocolError
 from unbroken.protocols.ai_sdk import (
     UIMessageStreamEncoder,
@@ -122,10 +124,11 @@ def _model(settings: Settings) -> ChatModel:
 
 
 def product_app() -> FastAPI:
-    """The chat service as the CLI runs it, with the stamped demo model."""
+    """The chat service as the CLI runs it (`unbroken.cli.serving_app`: the app, tuned for
+    serving), with the stamped demo model."""
     chat_app.make_model = _model  # type: ignore[assignment]  # the one change, see above
     _log_gc_pauses()
-    return chat_app.create_app(Settings.from_env())
+    return tuned_for_serving(chat_app.create_app(Settings.from_env()))
 
 
 async def plain_frames(message_id: str, events: AsyncIterator[ModelEvent]) -> AsyncIterator[str]:
@@ -174,18 +177,17 @@ async def _stored_frames(
     services: Services, record: StreamRecord, history: list[dict[str, Any]]
 ) -> AsyncIterator[str]:
     """`plain_frames` of the answer, then (or when the client leaves) the answer stored, as
-    the product's producer stores it: assembled as its events come (keeping them as dicts
-    until the end would make every garbage collection of the baseline slower)."""
+    the product's producer stores it: assembled as its events come (`ProducedAnswer`)."""
     encoder = UIMessageStreamEncoder()
-    assembler = _answer_assembler(record.message_id)
-    last_type: str | None = None
+    produced = ProducedAnswer(record)
+    added = 0  # events given to `produced`: all of them are in the stored answer
     state = StreamState.CANCELLED
     seq = offset = 0
     try:
-        async for event in ui_chunks(record.message_id, services.generator.model.stream(history)):
+        async for event in ui_chunks(record.message_id, services.model.stream(history)):
             data = encode_event(event)
-            assembler.feed(event)
-            last_type = event["type"]
+            produced.add(event, data)
+            added += 1
             yield encoder.encode([Chunk(seq, data, offset)])
             seq += 1
             offset += len(data)
@@ -193,8 +195,8 @@ async def _stored_frames(
         yield encoder.encode([StreamEnd(state, None, seq, offset)])
     finally:
         with anyio.CancelScope(shield=True):
-            answer = Answer(assembler.message, last_type)
-            await services.generator.finalize(record, state, None, answer=answer)
+            answer = produced.as_logged(added)
+            await services.answers.finalize(record, state, None, answer=answer)
 
 
 def plain_app() -> FastAPI:

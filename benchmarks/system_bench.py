@@ -439,27 +439,27 @@ def run_step(
 #: Where a profile sample's CPU goes: the first rule one of whose names is part of a frame's
 #: name in the sample's stack (``=name``: is a frame's whole name) names it.
 PROFILE_RULES: list[tuple[str, tuple[str, ...]]] = [
-    ("per answer: on_end -> finalize (store the answer)", ("Generator.finalize",)),
+    ("per answer: on_end -> finalize (store the answer)", ("Answers.finalize",)),
     ("per request: route, auth, SQL, engine.start", ("=post_chat", "=resume_v5", "=identify")),
     ("HTTP send: ASGI send chain + uvicorn write", ("RequestResponseCycle.send",)),
     ("v5 encoder: decode, fit, encode JSON, SSE", ("StreamEncoder.encode",)),
     (
         "model + ui_chunks + encode_event (+ assembling the answer)",
-        ("Generator._source", "=plain_frames", "=_stored_frames"),
+        ("Answers._source", "=plain_frames", "=_stored_frames"),
     ),
-    ("engine: producer (_pump, add, inline append, wake readers)", ("StreamEngine._pump",)),
-    ("engine: write loop (flush, append, wake readers)", ("StreamEngine._write_loop",)),
+    ("engine: producer (_pump, add, inline append, wake readers)", ("Producers._pump",)),
+    ("engine: write loop (flush, append, wake readers)", ("Writes._write_loop",)),
     ("Redis: the pipeliner's round trips (redis-py)", ("_Pipeliner.",)),
     (
         "engine: gathered appends, outside the pipeliner",
-        ("StreamEngine._gather_appends", "StreamEngine._append_group"),
+        ("Writes._gather_appends", "Writes._append_group"),
     ),
     ("Redis: socket writes of the pipelines", ("_send_packed_command",)),
     ("Redis: notifications (pub/sub reader)", ("_Router.", "_Link.")),
-    ("engine: lease renewals and stop watchers", ("StreamEngine._renew_lease", "_watch_for_stop")),
+    ("engine: lease renewals and stop watchers", ("Writes.renew_lease", "_watch_for_stop")),
     (
         "response: the engine's reader (read, wait)",
-        ("StreamEngine.read_batches", "StreamEngine._read_local", "StreamEngine._read_backend"),
+        ("StreamEngine.read_batches", "LocalReader.batches", "BackendReader."),
     ),
     ("response: rest of the response loop", ("EngineStreamResponse", "StreamingResponse")),
 ]

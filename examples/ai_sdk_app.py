@@ -52,20 +52,17 @@ from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
 from unbroken import MemoryBackend, ProtocolError, StreamEnd, StreamEngine, StreamState
-from unbroken.asgi import (
-    DataStreamResponse,
-    UIMessageStreamResponse,
-    append_message_response,
-    error_response,
-    resume_after,
-)
+from unbroken.asgi import error_response, resume_after
 from unbroken.protocols.ai_sdk import (
     DATA_STREAM_HEADERS,
     ChatRequest,
     ClientTarget,
+    DataStreamResponse,
     UIEvent,
     UIMessageAssembler,
     UIMessageStreamBuilder,
+    UIMessageStreamResponse,
+    append_message_response,
     decode_event,
     generate_id,
     is_valid_id,

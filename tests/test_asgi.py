@@ -1,6 +1,6 @@
 """unbroken.asgi: raw ASGI calls for disconnects, keep-alives and slow clients; httpx's
-ASGITransport for finished responses; a real uvicorn server for a live cut and resume of the
-example app."""
+ASGITransport for finished responses; a real uvicorn server for live cuts and resumes (the
+example app, and a plain text stream as SSE)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import json
 import sys
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import anyio
@@ -23,13 +23,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tests._util import SseParser
 from tests.protocols._streams import weather_answer
 from unbroken import (
     BackendUnavailableError,
     Chunk,
+    InvalidStreamIdError,
     MemoryBackend,
     MissingDependencyError,
-    OpenedStream,
     ProtocolError,
     StreamEnd,
     StreamEngine,
@@ -38,14 +39,18 @@ from unbroken import (
 )
 from unbroken.asgi import (
     SHUTDOWN_STATE_KEY,
-    DataStreamResponse,
     EngineStreamResponse,
-    Instead,
-    UIMessageStreamResponse,
-    append_message_response,
+    SSEStreamResponse,
     resume_after,
 )
-from unbroken.protocols.ai_sdk import UIMessageAssembler, UIMessageStreamEncoder, encode_event
+from unbroken.protocols.ai_sdk import (
+    DataStreamResponse,
+    UIMessageAssembler,
+    UIMessageStreamEncoder,
+    UIMessageStreamResponse,
+    append_message_response,
+    encode_event,
+)
 
 WATCHDOG = 10.0
 SCOPE: dict[str, Any] = {
@@ -234,9 +239,25 @@ async def test_a_client_that_stops_reading_is_dropped(engine: StreamEngine) -> N
 
 
 @pytest.mark.anyio
-async def test_server_shutdown_ends_open_responses_without_an_end(engine: StreamEngine) -> None:
+async def test_server_shutdown_ends_open_responses_without_an_end(
+    engine: StreamEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Noticed on the engine's liveness tick: the body ends cleanly with no terminal event
     (the client resumes elsewhere) and the answer goes on."""
+    watching: list[Callable[[], None]] = []
+    on_tick = engine.on_tick
+
+    def watch(check: Callable[[], None]) -> Callable[[], None]:
+        unwatch = on_tick(check)
+        watching.append(check)
+
+        def stop() -> None:
+            watching.remove(check)
+            unwatch()
+
+        return stop
+
+    monkeypatch.setattr(engine, "on_tick", watch)
     gate, shutdown = anyio.Event(), anyio.Event()
     await engine.start("s1", gated(weather_answer(), gate, at=3))
     response = UIMessageStreamResponse(engine, "s1")
@@ -246,11 +267,12 @@ async def test_server_shutdown_ends_open_responses_without_an_end(engine: Stream
         async with anyio.create_task_group() as tg:
             tg.start_soon(response, scope, client.receive, client.send)
             await client.wait_for("id: 2\n")
+            assert len(watching) == 1
             shutdown.set()
         assert response.outcome == "shutdown"
         assert client.complete and "[DONE]" not in client.body
         assert (await engine.status("s1")).state is StreamState.ACTIVE  # type: ignore[union-attr]
-    assert not engine._tick_checks  # the response stopped watching the ticks
+    assert not watching  # the response stopped watching the ticks
     gate.set()
 
 
@@ -324,20 +346,35 @@ def test_flush_interval_must_be_a_finite_non_negative_number() -> None:
             UIMessageStreamResponse(engine, "s1", flush_interval=bad)
 
 
+class LostReader:
+    """A reader whose stream is lost after its first batch (an expired stream)."""
+
+    state = StreamState.ACTIVE
+    finished_at = None
+
+    def __init__(self, stream_id: str) -> None:
+        self.stream_id = stream_id
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[list[Chunk | StreamEnd]]:
+        yield [Chunk(0, encode_event({"type": "start", "messageId": "m"}), 0)]
+        raise StreamNotFoundError(self.stream_id)
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
 class BrokenEngine:
-    """Finds the stream, then loses it while reading (an expired stream)."""
+    """Finds the stream, then loses it while reading."""
 
-    async def open_batches(
+    def __init__(self) -> None:
+        self.readers: list[LostReader] = []
+
+    async def open(
         self, stream_id: str, *, after: int = -1, heartbeat: float | None = None
-    ) -> OpenedStream:
-        async def rest() -> AsyncGenerator[list[Chunk | StreamEnd], None]:
-            raise StreamNotFoundError(stream_id)
-            yield []  # an async generator
-
-        first: list[Chunk | StreamEnd] = [
-            Chunk(0, encode_event({"type": "start", "messageId": "m"}), 0)
-        ]
-        return OpenedStream(StreamState.ACTIVE, None, first, rest())
+    ) -> LostReader:
+        self.readers.append(LostReader(stream_id))
+        return self.readers[-1]
 
     def on_tick(self, check: Callable[[], None]) -> Callable[[], None]:
         return lambda: None  # (no ticks: the response ends before one would come)
@@ -345,7 +382,8 @@ class BrokenEngine:
 
 @pytest.mark.anyio
 async def test_a_stream_lost_while_reading_ends_in_error() -> None:
-    response = UIMessageStreamResponse(BrokenEngine(), "gone")  # type: ignore[arg-type]
+    engine = BrokenEngine()
+    response = UIMessageStreamResponse(engine, "gone")  # type: ignore[arg-type]
     client, done = RawClient(), anyio.Event()
     with anyio.fail_after(WATCHDOG):
         await run(response, client, done)
@@ -354,14 +392,15 @@ async def test_a_stream_lost_while_reading_ends_in_error() -> None:
         'data: {"type":"error","errorText":"the stream is no longer available"}\n\n'
         "data: [DONE]\n\n"
     )
+    assert [reader.closed for reader in engine.readers] == [True]
 
 
 class UnreachableEngine:
     """Its backend cannot be reached."""
 
-    async def open_batches(
+    async def open(
         self, stream_id: str, *, after: int = -1, heartbeat: float | None = None
-    ) -> OpenedStream:
+    ) -> LostReader:
         raise BackendUnavailableError("connection refused")
 
 
@@ -378,43 +417,105 @@ async def test_a_backend_unreachable_before_the_headers_is_a_503() -> None:
 
 
 @pytest.mark.anyio
-async def test_instead_sees_the_stream_as_opened_and_may_answer_otherwise(
-    engine: StreamEngine,
-) -> None:
+async def test_open_raises_what_the_engine_raises() -> None:
+    with pytest.raises(BackendUnavailableError):
+        await UIMessageStreamResponse(UnreachableEngine(), "s1").open()  # type: ignore[arg-type]
+    async with StreamEngine(MemoryBackend()) as engine:
+        with pytest.raises(StreamNotFoundError):
+            await SSEStreamResponse(engine, "missing").open()
+        with pytest.raises(InvalidStreamIdError):
+            await DataStreamResponse(engine, "bad{id}").open()
+
+
+@pytest.mark.anyio
+async def test_open_sees_the_stream_before_the_route_answers(engine: StreamEngine) -> None:
+    """A route opens the response, looks at how the stream stands, then returns either that
+    response or another one: nothing is sent before it decides."""
     await engine.start("live", gated(weather_answer(), anyio.Event(), at=2))
     await finished_stream(engine, "over")
     seen: dict[str, tuple[StreamState, bool] | None] = {}
+    opened: dict[str, UIMessageStreamResponse] = {}
 
-    def hook(stream_id: str) -> Instead:
-        async def instead(opened: OpenedStream | None) -> Response | None:
-            seen[stream_id] = None if opened is None else (opened.state, bool(opened.first))
-            if opened is not None and opened.state is StreamState.ACTIVE:
-                return None
+    async def route(stream_id: str) -> Response:
+        try:
+            response = await UIMessageStreamResponse(engine, stream_id).open()
+        except StreamNotFoundError:
+            seen[stream_id] = None
             return Response(status_code=204)
-
-        return instead
+        opened[stream_id] = response
+        if response.reader.state is StreamState.ACTIVE:
+            return response
+        # The route may still look at the first batch, which is there at once.
+        first = await anext(aiter(response.reader))
+        seen[stream_id] = (response.reader.state, bool(first))
+        await response.aclose()
+        await response.aclose()  # idempotent
+        return Response(status_code=204)
 
     results: dict[str, RawClient] = {}
     for stream_id in ("live", "over", "missing"):
-        response = UIMessageStreamResponse(engine, stream_id, instead=hook(stream_id))
-        client, done = RawClient(), anyio.Event()
+        answer = await route(stream_id)
+        client = RawClient()
         results[stream_id] = client
         with anyio.fail_after(WATCHDOG):
             async with anyio.create_task_group() as tg:
-                tg.start_soon(run, response, client, done)
+                tg.start_soon(answer, SCOPE, client.receive, client.send)
                 if stream_id == "live":
                     await client.wait_for("id: 1\n")
                     client.disconnected.set()
-                await done.wait()
-        assert response.outcome == ("disconnect" if stream_id == "live" else "instead")
+        if stream_id == "live":
+            seen[stream_id] = (opened["live"].reader.state, client.body.startswith("id: 0\n"))
+    assert opened["live"].outcome == "disconnect"
+    assert opened["over"].outcome is None  # never sent
     assert seen == {
         "live": (StreamState.ACTIVE, True),
         "over": (StreamState.DONE, True),
         "missing": None,
     }
+    assert opened["over"].reader.finished_at is not None
+    assert opened["live"].reader.finished_at is None
     assert results["live"].messages[0]["status"] == 200
     assert [c.messages[0]["status"] for c in (results["over"], results["missing"])] == [204, 204]
     await engine.cancel("live")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("response_type", "ending"),
+    [
+        (UIMessageStreamResponse, "data: [DONE]\n\n"),
+        (DataStreamResponse, 'd:{"finishReason":"stop"}\n'),
+        (SSEStreamResponse, 'event: end\ndata: {"state":"done","error":null,"chunks":22}\n\n'),
+    ],
+)
+async def test_an_opened_response_sends_the_stream_and_closes_its_reader(
+    engine: StreamEngine, response_type: Any, ending: str
+) -> None:
+    await finished_stream(engine, "s1")
+    response = await response_type(engine, "s1", keepalive=5.0).open()
+    assert response.reader.state is StreamState.DONE
+    client, done = RawClient(), anyio.Event()
+    with anyio.fail_after(WATCHDOG):
+        await run(response, client, done)
+    assert client.body.endswith(ending) and client.complete
+    assert response.outcome == "end"
+
+    await engine.start("s2", gated(weather_answer(), anyio.Event(), at=3))
+    live = await response_type(engine, "s2").open()
+    assert live.reader.state is StreamState.ACTIVE
+    client, done = RawClient(fail_after=0), anyio.Event()  # gone at the first write
+    with anyio.fail_after(WATCHDOG):
+        await run(live, client, done)
+        assert live.outcome == "disconnect"
+        with pytest.raises(StopAsyncIteration):
+            await anext(aiter(live.reader))  # closed: it no longer waits for the stream
+    await engine.cancel("s2")
+
+
+def test_the_reader_of_a_response_made_directly_is_opened_when_it_runs() -> None:
+    response = SSEStreamResponse(StreamEngine(MemoryBackend()), "s1")
+    with pytest.raises(RuntimeError, match="open"):
+        response.reader  # noqa: B018
 
 
 # -- finished responses through httpx.ASGITransport ---------------------------------------
@@ -435,6 +536,11 @@ def app_for(engine: StreamEngine) -> Starlette:
             engine, request.path_params["stream_id"], after=resume_after(request)
         )
 
+    async def sse(request: Request) -> Response:
+        return SSEStreamResponse(
+            engine, request.path_params["stream_id"], after=resume_after(request)
+        )
+
     async def append(request: Request) -> Response:
         message = {"id": "m1", "role": "assistant", "parts": [{"type": "text", "text": "Hi"}]}
         return append_message_response(message)
@@ -443,6 +549,7 @@ def app_for(engine: StreamEngine) -> Starlette:
         routes=[
             Route("/ui/{stream_id}", ui),
             Route("/data/{stream_id}", data),
+            Route("/sse/{stream_id}", sse),
             Route("/append", append),
         ]
     )
@@ -521,7 +628,7 @@ async def test_data_stream_response(engine: StreamEngine, http: httpx.AsyncClien
 
 @pytest.mark.anyio
 async def test_unknown_stream_is_404_json(http: httpx.AsyncClient) -> None:
-    for path in ("/ui/nope", "/data/nope", "/ui/bad{id}"):
+    for path in ("/ui/nope", "/data/nope", "/sse/nope", "/ui/bad{id}"):
         response = await http.get(path)
         assert response.status_code == 404
         assert response.json() == {
@@ -704,9 +811,111 @@ def test_live_v4_resume_and_stop(server: str) -> None:
         assert invalid.json()["error"]["code"] == "invalid_request"
 
 
+# -- a real server: a plain text stream as SSE, cut and resumed ------------------------------
+
+#: A text answer in pieces that SSE must carry exactly: a line break inside a piece, one at
+#: its end, leading spaces.
+TEXT_PIECES = [
+    "Plain",
+    " text,",
+    " two\nlines",
+    "  and an indent",
+    " ending in a line break\n",
+    *(f" word{index}" for index in range(40)),
+    ".",
+]
+
+
+async def paced_pieces(every: float) -> AsyncIterator[str]:
+    for piece in TEXT_PIECES:
+        await anyio.sleep(every)
+        yield piece
+
+
+def text_app() -> Starlette:
+    """Starts plain text streams (``POST /text/{id}``) and serves them as SSE."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with StreamEngine(MemoryBackend()) as engine:
+            app.state.engine = engine
+            yield
+
+    async def start(request: Request) -> Response:
+        await request.app.state.engine.start(request.path_params["stream_id"], paced_pieces(0.01))
+        return Response(status_code=201)
+
+    async def read(request: Request) -> Response:
+        engine = request.app.state.engine
+        return SSEStreamResponse(
+            engine, request.path_params["stream_id"], after=resume_after(request)
+        )
+
+    return Starlette(
+        routes=[
+            Route("/text/{stream_id}", start, methods=["POST"]),
+            Route("/text/{stream_id}", read),
+        ],
+        lifespan=lifespan,
+    )
+
+
+def _sse_events(response: httpx.Response, limit: int | None = None) -> list[tuple[int | None, str]]:
+    """(id, data) per complete event, until the ``end`` event or ``limit`` events."""
+    parser, events = SseParser(), []
+    for line in response.iter_lines():
+        event = parser.feed(line)
+        if event is None:
+            continue
+        events.append((event.id, event.data))
+        if event.id is None or (limit is not None and len(events) >= limit):
+            break  # the end event has no id
+    return events
+
+
+def test_plain_text_stream_cut_and_resumed_with_last_event_id() -> None:
+    with serve_in_thread(text_app()) as url, httpx.Client(base_url=url, timeout=WATCHDOG) as client:
+        assert client.post("/text/t1").status_code == 201
+        with client.stream("GET", "/text/t1") as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"] == "text/event-stream"
+            before = _sse_events(response, limit=8)
+        # The connection is cut mid-way; the stream goes on in the engine.
+        last_id = before[-1][0]
+        assert last_id is not None
+        with client.stream("GET", "/text/t1", headers={"Last-Event-ID": str(last_id)}) as resumed:
+            assert resumed.status_code == 200
+            after = _sse_events(resumed)
+    *pieces, (end_id, end_data) = before + after
+    assert end_id is None
+    assert json.loads(end_data) == {"state": "done", "error": None, "chunks": len(TEXT_PIECES)}
+    # Exactly once, no gap: every piece, in order, each with its own sequence number.
+    assert [seq for seq, _ in pieces] == list(range(len(TEXT_PIECES)))
+    assert [data for _, data in pieces] == TEXT_PIECES
+    assert len(after) > 1  # the cut was mid-way: the resume had chunks to send
+
+
 def test_missing_starlette_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delitem(sys.modules, "unbroken.asgi")
     for name in ("starlette", "starlette.requests", "starlette.responses", "starlette.types"):
         monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(MissingDependencyError, match=r"unbroken\[fastapi\]"):
         importlib.import_module("unbroken.asgi")
+
+
+def test_the_ai_sdk_package_loads_starlette_only_for_its_responses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in list(sys.modules):
+        if name.startswith(("unbroken.protocols", "unbroken.asgi")):
+            monkeypatch.delitem(sys.modules, name)
+    for name in ("starlette", "starlette.requests", "starlette.responses", "starlette.types"):
+        monkeypatch.setitem(sys.modules, name, None)
+    ai_sdk = importlib.import_module("unbroken.protocols.ai_sdk")
+    assert ai_sdk.UIMessageStreamEncoder().keepalive() == ": keep-alive\n\n"
+    assert "UIMessageStreamResponse" in dir(ai_sdk)
+    for name in ("UIMessageStreamResponse", "DataStreamResponse", "append_message_response"):
+        with pytest.raises(MissingDependencyError, match=r"unbroken\[fastapi\]"):
+            getattr(ai_sdk, name)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        ai_sdk.no_such_name  # noqa: B018

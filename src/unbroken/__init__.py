@@ -1,6 +1,8 @@
 """unbroken: LLM answer streams that survive refreshes, disconnects, deploys and crashes."""
 
-from unbroken._engine import OnEnd, OpenedStream, StreamEngine
+from types import FunctionType as _FunctionType
+
+from unbroken._engine import OnEnd, StreamEngine, StreamReader
 from unbroken._models import Chunk, StreamEnd, StreamState, StreamStatus
 from unbroken.backends.base import Backend
 from unbroken.backends.memory import MemoryBackend
@@ -31,15 +33,23 @@ __all__ = [
     "MemoryBackend",
     "MissingDependencyError",
     "OnEnd",
-    "OpenedStream",
     "ProtocolError",
     "StreamEnd",
     "StreamEngine",
     "StreamExistsError",
     "StreamNotFoundError",
+    "StreamReader",
     "StreamSourceError",
     "StreamState",
     "StreamStatus",
     "UnbrokenError",
     "__version__",
 ]
+
+# Exported names report this module (`unbroken.StreamEngine`), not the private one that
+# defines them: it is the name users import and the one their tracebacks should show.
+for _name in __all__:
+    _member = globals()[_name]
+    if isinstance(_member, type | _FunctionType):
+        _member.__module__ = __name__
+del _name, _member, _FunctionType

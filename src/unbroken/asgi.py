@@ -1,32 +1,38 @@
 """Streaming responses for Starlette and FastAPI (extra ``unbroken[fastapi]``).
 
-A response here only *reads* an engine stream and writes it through a protocol encoder; it
-never owns the producer. So a client that leaves (a closed tab, a cut network, a client that
-stops reading) ends its own response and nothing else: generation goes on in the engine and
-the client can resume later.
+A response here only *reads* an engine stream and writes it through an encoder (any
+`unbroken.protocols.StreamEncoder`); it never owns the producer. So a client that leaves (a
+closed tab, a cut network, a client that stops reading) ends its own response and nothing
+else: generation goes on in the engine and the client can resume later.
+
+- `EngineStreamResponse`: any stream, any encoder. `SSEStreamResponse`: a plain text stream
+  as Server-Sent Events. The AI SDK's responses are in `unbroken.protocols.ai_sdk`.
+- A route that needs to know how the stream stands before it answers opens the response
+  first (``await UIMessageStreamResponse(...).open()``), looks at ``response.reader.state``,
+  then returns either that response or another one (after ``await response.aclose()``).
 
 How a response runs (the shape of Starlette's ``StreamingResponse.__call__``)::
 
-    task group ─┬─ watch receive() for http.disconnect ────────┐ the first one to finish
-                └─ write: engine.read_batches(), one write each ┘ cancels the other
+    task group ─┬─ watch receive() for http.disconnect ────┐ the first one to finish
+                └─ write: the reader's batches, one write each ┘ cancels the other
     on each of the engine's liveness ticks (`StreamEngine.on_tick`, every lease_ttl / 3):
                    a send stuck for send_timeout, or the server shutting down, ends it
 
 - Batches: the engine hands over everything there is to read at once, so a catch-up goes out
   in a few writes and a live stream in one write per wake-up. The response reads in its own
   task: one chunk costs one task switch from the producer, as plain streaming would.
-- Keep-alive: while nothing arrives for ``keepalive`` seconds, a comment (SSE) or an empty
-  line (v4) is written, so proxies and browsers keep the connection (the engine's heartbeat:
-  no timer per wait).
+- Keep-alive: while nothing arrives for ``keepalive`` seconds, the encoder's keep-alive (an
+  SSE comment, a v4 empty line) is written, so proxies and browsers keep the connection (the
+  engine's heartbeat: no timer per wait).
 - Send timeout: a write that takes longer than ``send_timeout`` (the client stopped reading
   and the socket buffers are full) drops the connection, noticed on the engine's next
   liveness tick (no timer per write, no watchdog task per response).
 - Flush interval (off by default): after a write, the response waits ``flush_interval``
-  seconds before it reads again, so what arrived meanwhile goes out as one write, with its
-  text deltas merged. A token then reaches the client up to that much later, and the
-  server writes (and the client parses) a fraction of the frames: at 30 tokens/s, 0.05 s
-  halves them. Nothing waits when the stream is idle: the first token after a pause that
-  long goes out at once.
+  seconds before it reads again, so what arrived meanwhile goes out as one write (an encoder
+  may merge it: the AI SDK's encoders merge text deltas). A chunk then reaches the client up to
+  that much later, and the server writes (and the client parses) fewer frames, the more so
+  the faster the stream. Nothing waits when the stream is idle: the first chunk after a
+  pause that long goes out at once.
 """
 
 from __future__ import annotations
@@ -35,14 +41,13 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self, TypedDict, Unpack
 
 import anyio
 
-from unbroken._engine import OpenedStream, StreamEngine
-from unbroken._models import Chunk, StreamEnd
+from unbroken import Chunk, StreamEnd, StreamEngine, StreamReader
 from unbroken.exceptions import (
     BackendUnavailableError,
     InvalidStreamIdError,
@@ -51,15 +56,7 @@ from unbroken.exceptions import (
     StreamNotFoundError,
     UnbrokenError,
 )
-from unbroken.protocols.ai_sdk._convert import ui_message_to_v4
-from unbroken.protocols.ai_sdk._data_stream import (
-    DATA_STREAM_HEADERS,
-    DataStreamEncoder,
-    append_message_line,
-)
-from unbroken.protocols.ai_sdk._encoding import StreamEncoder
-from unbroken.protocols.ai_sdk._targets import ClientTarget
-from unbroken.protocols.ai_sdk._ui_stream import UIMessageStreamEncoder
+from unbroken.protocols import SSEEncoder, StreamEncoder
 
 try:
     from starlette.requests import Request
@@ -70,11 +67,9 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 
 __all__ = [
     "SHUTDOWN_STATE_KEY",
-    "DataStreamResponse",
     "EngineStreamResponse",
-    "Instead",
-    "UIMessageStreamResponse",
-    "append_message_response",
+    "ResponseOptions",
+    "SSEStreamResponse",
     "error_response",
     "resume_after",
     "unavailable_response",
@@ -103,14 +98,25 @@ class _ReadFailed:
 
 
 _Item = Chunk | StreamEnd | _ReadFailed
-#: See `EngineStreamResponse` (``instead``).
-Instead = Callable[[OpenedStream | None], Awaitable[Response | None]]
+_Batches = AsyncIterator[list[Chunk | StreamEnd]]
 
 
-async def _close(opened: OpenedStream | None) -> None:
-    if opened is not None:
-        with anyio.CancelScope(shield=True):
-            await opened.batches.aclose()
+class ResponseOptions(TypedDict, total=False):
+    """How a streaming response writes, whatever its protocol.
+
+    ``keepalive``: seconds of silence before a keep-alive is written (default 15; 0
+    disables). ``send_timeout``: seconds one write may take before the client is dropped
+    (default 30; 0 disables), noticed on the engine's next liveness tick (every
+    ``lease_ttl / 3``). ``flush_interval``: seconds to wait after a write before the next
+    one, to send what arrives meanwhile in one write (default 0: each wake-up at once).
+    ``status_code`` (default 200) and ``headers`` (added to the protocol's) of the response.
+    """
+
+    keepalive: float
+    send_timeout: float
+    flush_interval: float
+    status_code: int
+    headers: Mapping[str, str] | None
 
 
 def error_response(status_code: int, code: str, message: str) -> JSONResponse:
@@ -144,34 +150,30 @@ def resume_after(request: Request) -> int:
 
 class EngineStreamResponse(Response):
     """Reads ``stream_id`` from ``engine`` after sequence number ``after`` and writes it with
-    ``encoder``. Answers 404 (JSON error) when there is no such stream.
+    ``encoder``.
 
-    ``keepalive``: seconds of silence before a keep-alive is written (0 disables).
-    ``send_timeout``: seconds one write may take before the client is dropped (0 disables),
-    noticed on the engine's next liveness tick (every ``lease_ttl / 3``).
-    ``flush_interval``: seconds to wait after a write before the next one, to send what
-    arrives meanwhile in one write (0: write each wake-up at once).
-    ``instead``: called once the stream is opened, with how it stood (None: there is no such
-    stream), before anything is sent; it returns the response to send instead, or None to
-    send the stream. Without it, a missing stream is a 404. It lets a route serve a stream
-    only while it is live or just ended, with no round trip of its own to ask (see
-    `StreamEngine.open_batches`).
+    Returned as it is, the response opens its reader when it runs and answers 404 (JSON
+    error) when there is no such stream, 503 when the backend is unreachable. After
+    ``await response.open()`` it holds its reader already, so the route knows how the stream
+    stands (``response.reader.state``) before it answers. Either way the reader is closed
+    when the response has run.
+
+    ``options``: see `ResponseOptions`.
     """
 
     def __init__(
         self,
         engine: StreamEngine,
         stream_id: str,
-        encoder: StreamEncoder[Any],
+        encoder: StreamEncoder,
         *,
         after: int = -1,
-        keepalive: float = 15.0,
-        send_timeout: float = 30.0,
-        flush_interval: float = 0.0,
-        status_code: int = 200,
-        headers: Mapping[str, str] | None = None,
-        instead: Instead | None = None,
+        **options: Unpack[ResponseOptions],
     ) -> None:
+        keepalive = options.get("keepalive", 15.0)
+        send_timeout = options.get("send_timeout", 30.0)
+        flush_interval = options.get("flush_interval", 0.0)
+        headers = options.get("headers")
         if after < -1:
             raise ValueError("after must be >= -1")
         if not 0 <= flush_interval < math.inf:
@@ -183,26 +185,90 @@ class EngineStreamResponse(Response):
         self.keepalive = keepalive
         self.send_timeout = send_timeout
         self.flush_interval = flush_interval
-        self.instead = instead
-        self.status_code = status_code
+        self.status_code = options.get("status_code", 200)
         self.background = None
         self.init_headers({**encoder.headers, **(headers or {})})
         #: Why the response ended: "end" (stream ended), "disconnect" (client left),
-        #: "timeout" (client stopped reading), "not-found", "instead" (``instead`` answered),
-        #: "unavailable" (the backend was unreachable before anything was sent), "shutdown"
-        #: (the server is stopping; see SHUTDOWN_STATE_KEY).
+        #: "timeout" (client stopped reading), "not-found", "unavailable" (the backend was
+        #: unreachable before anything was sent), "shutdown" (the server is stopping; see
+        #: SHUTDOWN_STATE_KEY). None until it has run.
         self.outcome: str | None = None
+        self._reader: StreamReader | None = None
         self._cut = False  # the body ends without a terminal event (see _ReadFailed)
         self._send_started: float | None = None  # when the send in progress began
 
+    async def open(self) -> Self:
+        """Open the response's reader now and return the response: look at
+        ``response.reader``, then return the response, or ``await response.aclose()`` and
+        answer otherwise.
+
+        Raises what `StreamEngine.open` raises: `StreamNotFoundError` when there is no such
+        stream, `InvalidStreamIdError`, `BackendUnavailableError`, ...
+        """
+        if self._reader is None:
+            self._reader = await self.engine.open(
+                self.stream_id, after=self._start, heartbeat=self._heartbeat
+            )
+        return self
+
+    @property
+    def reader(self) -> StreamReader:
+        """The response's reader: how the stream stood when it was opened (``state``,
+        ``finished_at``). There is one once `open` returned or the response has run."""
+        if self._reader is None:
+            raise RuntimeError("the reader is not open yet: call 'await response.open()'")
+        return self._reader
+
+    async def aclose(self) -> None:
+        """Release the reader without sending anything (for a route that answers with
+        another response). Idempotent; a response that runs closes it by itself."""
+        if self._reader is not None:
+            await self._reader.aclose()
+
+    @property
+    def _start(self) -> int:
+        # One chunk early when resuming: the chunk the client already has tells the encoder
+        # whether the stream's own terminal event was delivered.
+        return self.after - 1 if self.after >= 0 else -1
+
+    @property
+    def _heartbeat(self) -> float | None:
+        return self.keepalive if 0 < self.keepalive < math.inf else None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # Opened before the watchers start: until the stream is found this is like any
-        # route's work, and a response sent instead is sent as any route's would be.
-        opened = await self._open()
-        if isinstance(opened, Response):
-            await opened(scope, receive, send)
-            return
-        first, batches = opened
+        try:
+            # Opened before the watchers start: until the stream is found this is like any
+            # route's work, and an error response is sent as any route's would be.
+            opened = self._reader if self._reader is not None else await self._open_lazily()
+            if isinstance(opened, Response):
+                await opened(scope, receive, send)
+                return
+            await self._stream(scope, receive, send, opened)
+        finally:
+            # Closed now (not at garbage collection), even when cancelled.
+            await self.aclose()
+
+    async def _open_lazily(self) -> StreamReader | _ReadFailed | Response:
+        """The reader, the failure to send in the stream's protocol, or the response to
+        send instead (404, 503)."""
+        try:
+            await self.open()
+        except (StreamNotFoundError, InvalidStreamIdError):
+            self.outcome = "not-found"
+            return error_response(404, "stream_not_found", NOT_FOUND_TEXT)
+        except BackendUnavailableError as exc:
+            # Nothing sent yet: a clean 503 tells the client to try again, as any request
+            # that needs the backend gets meanwhile.
+            logger.warning("stream %r: backend unreachable: %s", self.stream_id, exc)
+            self.outcome = "unavailable"
+            return unavailable_response()
+        except UnbrokenError as exc:
+            return self._read_failed(exc)
+        return self.reader
+
+    async def _stream(
+        self, scope: Scope, receive: Receive, send: Send, opened: StreamReader | _ReadFailed
+    ) -> None:
         shutdown = scope.get("state", {}).get(SHUTDOWN_STATE_KEY)
         send_timeout = self.send_timeout if self.send_timeout > 0 else math.inf  # 0: never
         async with anyio.create_task_group() as task_group:
@@ -232,7 +298,10 @@ class EngineStreamResponse(Response):
             task_group.start_soon(watch_disconnect)
             unwatch = self.engine.on_tick(check)
             try:
-                await self._respond(send, first, batches)
+                if isinstance(opened, _ReadFailed):
+                    await self._respond(send, [opened], None)
+                else:
+                    await self._respond_with(send, opened)
             finally:
                 unwatch()
             task_group.cancel_scope.cancel()
@@ -244,73 +313,29 @@ class EngineStreamResponse(Response):
         if self.outcome == "timeout":
             logger.info("dropped a client of stream %r: it stopped reading", self.stream_id)
 
-    async def _open(
-        self,
-    ) -> tuple[list[_Item], AsyncGenerator[list[Chunk | StreamEnd], None] | None] | Response:
-        """The stream's first batch and the rest, or the response to send instead."""
-        # Read one chunk early when resuming: the chunk the client already has tells the
-        # encoder whether the stream's own terminal event was delivered.
-        start = self.after - 1 if self.after >= 0 else -1
-        heartbeat = self.keepalive if 0 < self.keepalive < math.inf else None
-        opened: OpenedStream | None = None
-        try:
-            opened = await self.engine.open_batches(
-                self.stream_id, after=start, heartbeat=heartbeat
-            )
-        except InvalidStreamIdError:
-            pass
-        except BackendUnavailableError as exc:
-            # Nothing sent yet: a clean 503 tells the client to try again, as any request
-            # that needs the backend gets meanwhile.
-            logger.warning("stream %r: backend unreachable: %s", self.stream_id, exc)
-            self.outcome = "unavailable"
-            return unavailable_response()
-        except UnbrokenError as exc:
-            return [self._read_failed(exc)], None
-        if self.instead is not None:
-            try:
-                instead = await self.instead(opened)
-            except BaseException:
-                await _close(opened)
-                raise
-            if instead is not None:
-                await _close(opened)
-                self.outcome = "instead"
-                return instead
-        if opened is None:
-            self.outcome = "not-found"
-            return error_response(404, "stream_not_found", NOT_FOUND_TEXT)
-        return list(opened.first), opened.batches
+    async def _respond_with(self, send: Send, reader: StreamReader) -> None:
+        batches = aiter(reader)
+        first: list[_Item] = list(await anext(batches))  # there at once: no wait
+        await self._respond(send, first, batches)
 
-    async def _respond(
-        self,
-        send: Send,
-        batch: list[_Item],
-        batches: AsyncGenerator[list[Chunk | StreamEnd], None] | None,
-    ) -> None:
-        try:
-            head = {"type": "http.response.start", "status": self.status_code}
-            if not await self._send(send, {**head, "headers": self.raw_headers}):
+    async def _respond(self, send: Send, batch: list[_Item], batches: _Batches | None) -> None:
+        head = {"type": "http.response.start", "status": self.status_code}
+        if not await self._send(send, {**head, "headers": self.raw_headers}):
+            return
+        text = self._encode(batch)
+        while True:
+            if text and not await self._write(send, text):
                 return
-            text = self._encode(batch)
-            while True:
-                if text and not await self._write(send, text):
-                    return
-                if self.encoder.finished or self._cut or batches is None:
-                    break
-                if batch and self.flush_interval:  # after data, not after a keep-alive
-                    await anyio.sleep(self.flush_interval)
-                batch = await self._next(batches)
-                text = self._encode(batch) if batch else self.encoder.keepalive()
-            self.outcome = self.outcome or "end"
-            await self._send(send, {"type": "http.response.body", "body": b""})
-        finally:
-            # Close the reader now (not at garbage collection), even when cancelled.
-            if batches is not None:
-                with anyio.CancelScope(shield=True):
-                    await batches.aclose()
+            if self.encoder.finished or self._cut or batches is None:
+                break
+            if batch and self.flush_interval:  # after data, not after a keep-alive
+                await anyio.sleep(self.flush_interval)
+            batch = await self._next(batches)
+            text = self._encode(batch) if batch else self.encoder.keepalive()
+        self.outcome = self.outcome or "end"
+        await self._send(send, {"type": "http.response.body", "body": b""})
 
-    async def _next(self, batches: AsyncGenerator[list[Chunk | StreamEnd], None]) -> list[_Item]:
+    async def _next(self, batches: _Batches) -> list[_Item]:
         """The next batch; a read that failed becomes a `_ReadFailed` item."""
         try:
             return list(await anext(batches))
@@ -348,8 +373,8 @@ class EngineStreamResponse(Response):
         return await self._send(send, message)
 
     async def _send(self, send: Send, message: dict[str, Any]) -> bool:
-        """False when the client is gone. (A send that takes too long is cancelled by the
-        response's watchdog.)"""
+        """False when the client is gone. (A send that takes too long is cancelled on the
+        engine's tick, see `_stream`.)"""
         self._send_started = time.monotonic()
         try:
             await send(message)
@@ -361,14 +386,10 @@ class EngineStreamResponse(Response):
         return True
 
 
-class UIMessageStreamResponse(EngineStreamResponse):
-    """An engine stream as an AI SDK v5+ UI message stream (SSE).
-
-    ``after=-1`` replays everything (what ``useChat`` expects on resume); an offset sends only
-    what follows it. ``target``: the client version to fit events to (see `ClientTarget`).
-    ``merge_replay``: merge consecutive deltas of one part within a batch (a catch-up, or
-    what a ``flush_interval`` gathered).
-    """
+class SSEStreamResponse(EngineStreamResponse):
+    """A plain text stream as Server-Sent Events (`SSEEncoder`): one event per chunk, with
+    ``id: <seq>``, then an ``end`` event. Pass ``after=resume_after(request)`` so a client
+    that reconnects with ``Last-Event-ID`` gets exactly what it missed."""
 
     def __init__(
         self,
@@ -376,65 +397,6 @@ class UIMessageStreamResponse(EngineStreamResponse):
         stream_id: str,
         *,
         after: int = -1,
-        target: str | ClientTarget = "5.0.0",
-        keepalive: float = 15.0,
-        merge_replay: bool = True,
-        send_timeout: float = 30.0,
-        flush_interval: float = 0.0,
-        headers: Mapping[str, str] | None = None,
-        instead: Instead | None = None,
+        **options: Unpack[ResponseOptions],
     ) -> None:
-        super().__init__(
-            engine,
-            stream_id,
-            UIMessageStreamEncoder(target=target, merge=merge_replay),
-            after=after,
-            keepalive=keepalive,
-            send_timeout=send_timeout,
-            flush_interval=flush_interval,
-            headers=headers,
-            instead=instead,
-        )
-
-
-class DataStreamResponse(EngineStreamResponse):
-    """An engine stream as an AI SDK v4 data stream (``CODE:JSON`` lines)."""
-
-    def __init__(
-        self,
-        engine: StreamEngine,
-        stream_id: str,
-        *,
-        after: int = -1,
-        keepalive: float = 15.0,
-        merge_replay: bool = True,
-        send_timeout: float = 30.0,
-        flush_interval: float = 0.0,
-        headers: Mapping[str, str] | None = None,
-        instead: Instead | None = None,
-    ) -> None:
-        super().__init__(
-            engine,
-            stream_id,
-            DataStreamEncoder(merge=merge_replay),
-            after=after,
-            keepalive=keepalive,
-            send_timeout=send_timeout,
-            flush_interval=flush_interval,
-            headers=headers,
-            instead=instead,
-        )
-
-
-def append_message_response(
-    message: Mapping[str, Any], *, headers: Mapping[str, str] | None = None
-) -> Response:
-    """The v4 resume answer for a stream that already finished: one
-    ``2:[{"type":"append-message","message":"<JSON>"}]`` line. ``message`` is a v5 UI message
-    (converted with `ui_message_to_v4`) or already a v4 message (it has ``content``)."""
-    v4 = dict(message) if isinstance(message.get("content"), str) else ui_message_to_v4(message)
-    return Response(
-        append_message_line(v4),
-        status_code=200,
-        headers={**DATA_STREAM_HEADERS, **(headers or {})},
-    )
+        super().__init__(engine, stream_id, SSEEncoder(), after=after, **options)

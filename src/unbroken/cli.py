@@ -10,6 +10,11 @@
 Configuration comes from the environment (see `unbroken.chat.settings`). The chat service
 needs the ``chat`` extra (``pip install 'unbroken[chat]'``); without it these commands say so
 instead of failing with an import error.
+
+``unbroken chat`` serves `serving_app` in every worker: the app of the environment's settings,
+with the garbage collector tuned for a long-running server (`tuned_for_serving`). That tuning
+is a decision for the whole process, so the command that owns the process makes it; an
+application embedding the chat service decides for itself.
 """
 
 from __future__ import annotations
@@ -17,17 +22,77 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import gc
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, NoReturn
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from unbroken import __version__
 from unbroken.exceptions import MissingDependencyError
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+
     from unbroken.chat.settings import Settings
 
-__all__ = ["main"]
+__all__ = [
+    "FULL_COLLECTION_EVERY",
+    "freeze_startup_heap",
+    "main",
+    "serving_app",
+    "tuned_for_serving",
+]
+
+#: A full collection at most once per this many second-generation ones (Python's default:
+#: 10). See `freeze_startup_heap`.
+FULL_COLLECTION_EVERY = 100
+_heap_frozen = False
+
+
+def freeze_startup_heap() -> None:
+    """Once per process, once the app has started: move everything allocated so far (the
+    modules and objects of FastAPI, SQLAlchemy, pydantic, ...: most of the heap) out of the
+    garbage collector's reach. They live as long as the process anyway, and otherwise every
+    full collection scans them all, pausing every stream in the process while it does.
+
+    Then make full collections rarer (`FULL_COLLECTION_EVERY`). Each live answer holds
+    many tracked objects (its tasks, coroutines, cancel scopes, the request's
+    middleware stack), so a full collection takes longer the more answers are running, and
+    pauses all of them; at Python's default pace such pauses set the tail of the delivery
+    delay. The cyclic garbage of finished answers waits longer to be freed: memory for
+    steadier delivery, bounded by that pace.
+    """
+    global _heap_frozen
+    if not _heap_frozen:
+        _heap_frozen = True
+        gc.collect()
+        gc.freeze()
+        young, middle, _ = gc.get_threshold()
+        gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
+
+
+def tuned_for_serving(app: FastAPI) -> FastAPI:
+    """``app``, changed so that `freeze_startup_heap` runs once its lifespan has started it
+    (everything long-lived is allocated by then), before it serves a request."""
+    started = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(asgi_app: Any) -> AsyncIterator[Any]:
+        async with started(asgi_app) as state:
+            freeze_startup_heap()
+            yield state
+
+    app.router.lifespan_context = lifespan
+    return app
+
+
+def serving_app() -> FastAPI:
+    """Factory for ``uvicorn --factory unbroken.cli:serving_app``, what ``unbroken chat``
+    serves: `unbroken.chat.app.app_from_env`, `tuned_for_serving`."""
+    from unbroken.chat.app import app_from_env
+
+    return tuned_for_serving(app_from_env())
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -105,7 +170,7 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         "propagate": False,
     }
     uvicorn.run(
-        "unbroken.chat.app:app_from_env",
+        "unbroken.cli:serving_app",
         log_config=log_config,
         factory=True,
         host=args.host,

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Callable
+from contextlib import aclosing
 from types import TracebackType
 from typing import Any, Literal, Self
 
@@ -153,18 +154,19 @@ class ResumableStreamContext:
         skip = skip_characters or 0
         catch_up: list[str] = []
         sent_catch_up = catch_up_below == 0
-        async for item in self.engine.read(stream_id):
-            if isinstance(item, StreamEnd):
-                break
-            text = _skip(item, skip)
-            skip = max(skip - _utf16_len(item.data), 0)
-            if not sent_catch_up:
-                catch_up.append(text)
-                if item.seq < catch_up_below - 1:
-                    continue
-                sent_catch_up = True
-                text = "".join(catch_up)
-            yield text
+        async with aclosing(self.engine.read(stream_id)) as items:
+            async for item in items:
+                if isinstance(item, StreamEnd):
+                    break
+                text = _skip(item, skip)
+                skip = max(skip - _utf16_len(item.data), 0)
+                if not sent_catch_up:
+                    catch_up.append(text)
+                    if item.seq < catch_up_below - 1:
+                        continue
+                    sent_catch_up = True
+                    text = "".join(catch_up)
+                yield text
         if not sent_catch_up:
             yield "".join(catch_up)
 

@@ -1,6 +1,6 @@
 """What only the in-process backend has to get right: memory that a long retention makes
-large. (The contract every backend keeps is tested on both in test_redis_backend.py and
-through the engine in tests/engine.)"""
+large, and leases that lapse by its own clock. (The contract every backend keeps is tested
+through the engine in tests/engine; what only Redis can get wrong, in test_redis_backend.py.)"""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ TIMES = StreamTimes(lease=5.0, active=60.0, retention=600.0)
 async def test_a_finished_streams_log_is_out_of_the_garbage_collectors_sight() -> None:
     """A finished stream is kept for its retention (thousands of answers, in a busy chat
     service): its chunks must not be traversed by every full collection, which pauses every
-    stream of the process (17,000 kept answers of 430 strings in lists: 85 ms each)."""
+    stream of the process for as long as it walks them."""
     backend = MemoryBackend()
     now = time.time()
     texts = [f"chunk {seq} " for seq in range(430)]
@@ -56,3 +56,33 @@ def test_a_sealed_log_takes_no_more_chunks() -> None:
     with pytest.raises(ValueError, match="sealed"):
         log.add("b")
     assert [(c.seq, c.data, c.offset) for c in log.chunks(0, 10)] == [(0, "a", 0)]
+
+
+async def test_finish_only_if_lease_expired() -> None:
+    """A dead producer is detected by its lease lapsing: until then, the stream stays its own."""
+    clock = [1000.0]
+    backend = MemoryBackend(clock=lambda: clock[0])
+    assert await backend.claim("s", token="t", times=TIMES, now=clock[0])
+
+    async def finish_if_expired() -> StreamState | None:
+        return await backend.finish(
+            "s",
+            state=StreamState.INTERRUPTED,
+            error="lost",
+            token=None,
+            times=TIMES,
+            now=clock[0],
+            only_if_lease_expired=True,
+        )
+
+    clock[0] += TIMES.lease - 1
+    assert await finish_if_expired() is StreamState.ACTIVE
+    renewed = await backend.renew_lease("s", token="t", times=TIMES, now=clock[0])
+    assert renewed is StreamState.ACTIVE
+    clock[0] += TIMES.lease - 1  # past the first lease, within the renewed one
+    assert await finish_if_expired() is StreamState.ACTIVE
+    clock[0] += 2
+    assert await finish_if_expired() is StreamState.INTERRUPTED
+    status = await backend.status("s")
+    assert status is not None
+    assert (status.state, status.error) == (StreamState.INTERRUPTED, "lost")

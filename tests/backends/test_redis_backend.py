@@ -29,10 +29,9 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from tests import _services
+from tests._services import delete_redis_keys as delete_prefix
 from tests._services import free_port, port_answers, redis_server_process
 from unbroken._models import Chunk, StreamState
-from unbroken.backends import redis as redis_backend
-from unbroken.backends._keys import log_entry_id, log_entry_seq, stream_keys
 from unbroken.backends.base import (
     Append,
     Appended,
@@ -43,8 +42,9 @@ from unbroken.backends.base import (
     Notification,
     StreamTimes,
 )
-from unbroken.backends.memory import MemoryBackend
-from unbroken.backends.redis import RedisBackend
+from unbroken.backends.redis import RedisBackend, _codec, _pipeliner, _pubsub
+from unbroken.backends.redis._keys import log_entry_id, log_entry_seq, stream_keys
+from unbroken.backends.redis._pipeliner import SCRIPTS
 from unbroken.exceptions import (
     BackendUnavailableError,
     CorruptStreamError,
@@ -55,6 +55,7 @@ from unbroken.exceptions import (
 pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.timeout(60)]
 
 TIMES = StreamTimes(lease=5.0, active=60.0, retention=120.0)
+LONGER = StreamTimes(lease=30.0, active=60.0, retention=120.0)
 WATCHDOG = 10.0  # seconds: nothing below should come close
 
 
@@ -80,6 +81,12 @@ async def append(
     return await backend.append(stream_id, token=token, chunks=batch, times=TIMES, now=time.time())
 
 
+async def renew(
+    backend: RedisBackend, stream_id: str, times: StreamTimes = TIMES, token: str = "tok"
+) -> StreamState | None:
+    return await backend.renew_lease(stream_id, token=token, times=times, now=time.time())
+
+
 async def finish(
     backend: RedisBackend,
     stream_id: str,
@@ -103,16 +110,6 @@ async def finish(
 async def receive(listener: Listener) -> Notification:
     with anyio.fail_after(WATCHDOG):
         return await listener.receive()
-
-
-async def delete_prefix(url: str, prefix: str) -> None:
-    client = aioredis.from_url(url)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"*{prefix}*", count=1000)]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
 
 
 async def subscriber_counts(raw: aioredis.Redis) -> list[int]:
@@ -359,12 +356,13 @@ async def test_finish_first_terminal_state_wins(backend: RedisBackend) -> None:
 
 
 async def test_finish_only_if_lease_expired(backend: RedisBackend, raw: aioredis.Redis) -> None:
+    lease = stream_keys(backend.key_prefix, "s").lease
     await claim(backend, "s")
-    assert await backend.lease_alive("s")
+    assert await raw.exists(lease)
     expired = await finish(backend, "s", StreamState.INTERRUPTED, only_if_lease_expired=True)
     assert expired is StreamState.ACTIVE
-    await raw.delete(stream_keys(backend.key_prefix, "s").lease)  # as when its PX runs out
-    assert not await backend.lease_alive("s")
+    await raw.delete(lease)  # as when its PX runs out
+    assert not await raw.exists(lease)
     state = await finish(
         backend, "s", StreamState.INTERRUPTED, error="lost", only_if_lease_expired=True
     )
@@ -387,7 +385,7 @@ async def test_ttls_while_active_and_after_finish(
     assert 119_000 < await raw.pttl(keys.meta) <= 120_000
     assert 119_000 < await raw.pttl(keys.log) <= 120_000
     assert await raw.pttl(keys.lease) == -2  # gone
-    assert not await backend.lease_alive("s")
+    assert not await raw.exists(keys.lease)
 
 
 async def test_claim_clears_leftovers_of_an_expired_stream(
@@ -475,35 +473,59 @@ async def test_concurrent_streams_share_pipelines_over_few_connections(
 @pytest.fixture
 def pipelines(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """The commands of every pipeline the backends send from now on, in order."""
-    from unbroken.backends import redis as redis_backend
-
     sent: list[list[str]] = []
-    execute = redis_backend._Pipeliner._execute
+    execute = _pipeliner.Pipeliner._execute
 
     async def recording(self: Any, batch: list[Any]) -> list[Any]:
         sent.append([call.script.sha if call.script else call.args[0] for call in batch])
         return await execute(self, batch)
 
-    monkeypatch.setattr(redis_backend._Pipeliner, "_execute", recording)
+    monkeypatch.setattr(_pipeliner.Pipeliner, "_execute", recording)
     return sent
 
 
-async def test_appends_wait_to_share_a_pipeline(
-    redis_url: str, key_prefix: str, pipelines: list[list[str]]
+async def test_lease_renewals_wait_to_share_a_pipeline(
+    redis_url: str, key_prefix: str, raw: aioredis.Redis, pipelines: list[list[str]]
 ) -> None:
-    """A pipeline costs the same CPU however few commands it carries: appends of many
-    streams arriving within ``write_gather`` leave in one."""
+    """A pipeline's cost is mostly fixed, whatever it carries: lease renewals (which nobody
+    waits on) of many streams arriving within ``write_gather`` leave in one."""
     try:
         async with RedisBackend(redis_url, key_prefix=key_prefix, write_gather=0.2) as backend:
             streams = [f"s{index}" for index in range(10)]
             for stream_id in streams:
-                await claim(backend, stream_id)
+                await claim(backend, stream_id, lease=1.0)
+            await raw.script_load(SCRIPTS["renew"].source)
             pipelines.clear()
             with anyio.fail_after(WATCHDOG):
                 async with anyio.create_task_group() as tasks:
                     for stream_id in streams:
-                        tasks.start_soon(append, backend, stream_id, chunks("x"))
+                        tasks.start_soon(renew, backend, stream_id, LONGER)
             assert [len(pipeline) for pipeline in pipelines] == [10]
+            leases = [await raw.pttl(stream_keys(key_prefix, s).lease) for s in streams]
+            assert all(29_000 < lease <= 30_000 for lease in leases)
+    finally:
+        await delete_prefix(redis_url, key_prefix)
+
+
+async def test_appends_leave_at_once_and_share_the_pipelines_in_flight(
+    redis_url: str, key_prefix: str, raw: aioredis.Redis, pipelines: list[list[str]]
+) -> None:
+    """Chunks wait for company only in the engine's gathered appends (`append_many`): one
+    append is sent as soon as a connection is free, whatever ``write_gather`` says, and the
+    appends that arrive while every connection is busy leave together."""
+    try:
+        async with RedisBackend(redis_url, key_prefix=key_prefix, write_gather=1) as backend:
+            streams = [f"s{index}" for index in range(10)]
+            for stream_id in streams:
+                await claim(backend, stream_id)
+            await raw.script_load(SCRIPTS["append"].source)
+            pipelines.clear()
+            with anyio.fail_after(0.5):  # far less than the gathering second
+                async with anyio.create_task_group() as tasks:
+                    for stream_id in streams:
+                        tasks.start_soon(append, backend, stream_id, chunks("x"))
+            # One pipeline per connection (four), then one with every append that waited.
+            assert [len(pipeline) for pipeline in pipelines] == [1, 1, 1, 1, 6]
             statuses = [await backend.status(stream_id) for stream_id in streams]
             assert all(s is not None and s.chunk_count == 1 for s in statuses)
     finally:
@@ -534,77 +556,72 @@ async def test_a_command_someone_waits_on_leaves_from_the_callers_task(
         await delete_prefix(redis_url, key_prefix)
 
 
-async def test_a_command_that_cannot_wait_takes_the_waiting_appends_along(
-    redis_url: str, key_prefix: str, pipelines: list[list[str]]
+async def test_a_command_that_cannot_wait_takes_the_waiting_renewals_along(
+    redis_url: str, key_prefix: str, raw: aioredis.Redis, pipelines: list[list[str]]
 ) -> None:
     try:
         async with RedisBackend(redis_url, key_prefix=key_prefix, write_gather=1) as backend:
             with anyio.fail_after(0.5):  # far less than the gathering second
-                await claim(backend, "s")
+                await claim(backend, "s", lease=1.0)
+            await raw.script_load(SCRIPTS["renew"].source)
             pipelines.clear()
             async with anyio.create_task_group() as tasks:
-                tasks.start_soon(append, backend, "s", chunks("x"))
-                await anyio.sleep(0.05)  # the append is waiting for company
+                tasks.start_soon(renew, backend, "s", LONGER)
+                await anyio.sleep(0.05)  # the renewal is waiting for company
                 with anyio.fail_after(0.5):
                     status = await backend.status("s")
-            # The append went first, in the status's pipeline: the status saw it.
-            assert status is not None and status.chunk_count == 1
+            # The renewal went first, in the status's pipeline.
+            assert status is not None and status.state is StreamState.ACTIVE
+            assert 29_000 < await raw.pttl(stream_keys(key_prefix, "s").lease) <= 30_000
             assert len(pipelines) == 1 and pipelines[0][1] == "HGETALL"
+            assert pipelines[0][0] == SCRIPTS["renew"].sha
     finally:
         await delete_prefix(redis_url, key_prefix)
 
 
-@pytest.mark.parametrize("kind", ["redis", "memory"])
 async def test_append_many_reports_each_stream_on_its_own(
-    backend: RedisBackend, raw: aioredis.Redis, pipelines: list[list[str]], kind: str
+    backend: RedisBackend, raw: aioredis.Redis, pipelines: list[list[str]]
 ) -> None:
-    """One stream's refusal or corruption is that stream's outcome only; with Redis, every
-    append that can be sent goes in one pipeline. ``memory`` runs `Backend.append_many`'s
-    default (one append after another) through the same cases."""
-    store: Backend = backend if kind == "redis" else MemoryBackend()
-    async with AsyncExitStack() as stack:
-        if kind == "memory":
-            await stack.enter_async_context(store)
-        for stream_id in ("ok", "taken", "gap", "ended", "unordered", "wrong"):
-            await claim(store, stream_id)
-        await store.finish(
-            "ended", state=StreamState.DONE, error=None, token="tok", times=TIMES, now=time.time()
-        )
-        if kind == "redis":
-            await raw.delete(stream_keys(backend.key_prefix, "wrong").meta)
-            await raw.set(stream_keys(backend.key_prefix, "wrong").meta, "not a hash")
-            await raw.script_load(redis_backend._SCRIPTS["append_many"].source)
-        pipelines.clear()
+    """One stream's refusal or corruption is that stream's outcome only, and every append
+    that can be sent goes in one pipeline."""
+    for stream_id in ("ok", "taken", "gap", "ended", "unordered", "wrong"):
+        await claim(backend, stream_id)
+    await backend.finish(
+        "ended", state=StreamState.DONE, error=None, token="tok", times=TIMES, now=time.time()
+    )
+    await raw.delete(stream_keys(backend.key_prefix, "wrong").meta)
+    await raw.set(stream_keys(backend.key_prefix, "wrong").meta, "not a hash")
+    await raw.script_load(SCRIPTS["append_many"].source)
+    pipelines.clear()
 
-        def one(stream_id: str, parts: list[Chunk], token: str = "tok") -> Append:
-            return Append(stream_id, token, parts, TIMES, time.time())
+    def one(stream_id: str, parts: list[Chunk], token: str = "tok") -> Append:
+        return Append(stream_id, token, parts, TIMES, time.time())
 
-        unordered = [Chunk(0, "a", 0), Chunk(2, "b", 1)]
-        outcomes = await store.append_many(
-            [
-                one("ok", chunks("a", "b")),
-                one("missing", chunks("a")),
-                one("taken", chunks("a"), token="thief"),
-                one("gap", chunks("a", seq=3, offset=3)),
-                one("ended", chunks("a")),
-                one("unordered", unordered),
-                *([one("wrong", chunks("a"))] if kind == "redis" else []),
-                one("never-claimed", chunks("a")),
-            ]
-        )
-        assert outcomes[:3] == [StreamState.ACTIVE, None, StreamState.INTERRUPTED]
-        assert isinstance(outcomes[3], CorruptStreamError) and "'gap'" in str(outcomes[3])
-        assert outcomes[4] is StreamState.DONE
-        assert isinstance(outcomes[5], CorruptStreamError) and "consecutive" in str(outcomes[5])
-        if kind == "redis":
-            assert isinstance(outcomes[6], CorruptStreamError) and "'wrong'" in str(outcomes[6])
-            # The unordered chunks were refused before sending; the rest went together, in
-            # one pipeline of one script call.
-            assert pipelines == [[redis_backend._SCRIPTS["append_many"].sha]]
-        assert outcomes[-1] is None
-        assert [c.data for c in await store.read("ok", after=-1, limit=10)] == ["a", "b"]
-        for stream_id in ("taken", "gap", "unordered", "ended"):
-            assert await store.read(stream_id, after=-1, limit=10) == []
+    unordered = [Chunk(0, "a", 0), Chunk(2, "b", 1)]
+    outcomes = await backend.append_many(
+        [
+            one("ok", chunks("a", "b")),
+            one("missing", chunks("a")),
+            one("taken", chunks("a"), token="thief"),
+            one("gap", chunks("a", seq=3, offset=3)),
+            one("ended", chunks("a")),
+            one("unordered", unordered),
+            one("wrong", chunks("a")),
+            one("never-claimed", chunks("a")),
+        ]
+    )
+    assert outcomes[:3] == [StreamState.ACTIVE, None, StreamState.INTERRUPTED]
+    assert isinstance(outcomes[3], CorruptStreamError) and "'gap'" in str(outcomes[3])
+    assert outcomes[4] is StreamState.DONE
+    assert isinstance(outcomes[5], CorruptStreamError) and "consecutive" in str(outcomes[5])
+    assert isinstance(outcomes[6], CorruptStreamError) and "'wrong'" in str(outcomes[6])
+    # The unordered chunks were refused before sending; the rest went together, in one
+    # pipeline of one script call.
+    assert pipelines == [[SCRIPTS["append_many"].sha]]
+    assert outcomes[-1] is None
+    assert [c.data for c in await backend.read("ok", after=-1, limit=10)] == ["a", "b"]
+    for stream_id in ("taken", "gap", "unordered", "ended"):
+        assert await backend.read(stream_id, after=-1, limit=10) == []
 
 
 async def test_append_many_splits_its_streams_into_bounded_script_calls(
@@ -615,21 +632,21 @@ async def test_append_many_splits_its_streams_into_bounded_script_calls(
 ) -> None:
     """Redis runs nothing else while a script runs: a big batch of appends goes as several
     script calls (in one pipeline), each stream's outcome in its place."""
-    monkeypatch.setattr(redis_backend, "_STREAMS_PER_CALL", 2)
+    monkeypatch.setattr(_codec, "_STREAMS_PER_CALL", 2)
     streams = [f"s{index}" for index in range(5)]
     for stream_id in streams:
         await claim(backend, stream_id)
-    await raw.script_load(redis_backend._SCRIPTS["append_many"].source)
+    await raw.script_load(SCRIPTS["append_many"].source)
     pipelines.clear()
     outcomes = await backend.append_many(
         [Append(stream_id, "tok", chunks(stream_id), TIMES, time.time()) for stream_id in streams]
         + [Append("missing", "tok", chunks("m"), TIMES, time.time())]
     )
     assert outcomes == [StreamState.ACTIVE] * 5 + [None]
-    assert pipelines == [[redis_backend._SCRIPTS["append_many"].sha] * 3]
+    assert pipelines == [[SCRIPTS["append_many"].sha] * 3]
     # Bounded by chunks too (a stream with more than the bound goes alone): 2 | 2 + 1 | 4.
-    monkeypatch.setattr(redis_backend, "_STREAMS_PER_CALL", 100)
-    monkeypatch.setattr(redis_backend, "_CHUNKS_PER_CALL", 3)
+    monkeypatch.setattr(_codec, "_STREAMS_PER_CALL", 100)
+    monkeypatch.setattr(_codec, "_CHUNKS_PER_CALL", 3)
     pipelines.clear()
     more = {"s0": ["a", "b"], "s1": ["c", "d"], "s2": ["e"], "s3": ["f", "g", "h", "i"]}
     outcomes = await backend.append_many(
@@ -639,7 +656,7 @@ async def test_append_many_splits_its_streams_into_bounded_script_calls(
         ]
     )
     assert outcomes == [StreamState.ACTIVE] * 4
-    assert pipelines == [[redis_backend._SCRIPTS["append_many"].sha] * 3]
+    assert pipelines == [[SCRIPTS["append_many"].sha] * 3]
     for stream_id in streams:
         logged = await backend.read(stream_id, after=-1, limit=10)
         assert [c.data for c in logged] == [stream_id, *more.get(stream_id, [])]
@@ -778,7 +795,7 @@ async def test_redis_restart(caplog: pytest.LogCaptureFixture) -> None:
                 server.wait()
                 for operation in (
                     backend.status("s"),
-                    backend.lease_alive("s"),
+                    backend.renew_lease("s", token="tok", times=TIMES, now=time.time()),
                     backend.read("s", after=-1, limit=10),
                     append(backend, "s", chunks("x")),
                     finish(backend, "s"),
@@ -810,9 +827,9 @@ async def test_unresponsive_redis_is_detected(
 ) -> None:
     # A stopped server keeps its TCP connections open but answers nothing, like a
     # half-open connection: only the router's pings can tell.
-    monkeypatch.setattr(redis_backend, "_POLL", 0.05)
-    monkeypatch.setattr(redis_backend, "_PING_AFTER", 0.1)
-    monkeypatch.setattr(redis_backend, "_DEAD_AFTER", 0.3)
+    monkeypatch.setattr(_pubsub, "_POLL", 0.05)
+    monkeypatch.setattr(_pubsub, "_PING_AFTER", 0.1)
+    monkeypatch.setattr(_pubsub, "_DEAD_AFTER", 0.3)
     with redis_server_process() as (url, server):
         async with RedisBackend(url, key_prefix="hung") as backend:
             await claim(backend, "s")

@@ -73,7 +73,7 @@ class ChatServer:
             "-m",
             "uvicorn",
             "--factory",
-            "unbroken.chat.app:app_from_env",
+            "unbroken.cli:serving_app",  # what `unbroken chat` serves
             "--host",
             "127.0.0.1",
             "--port",

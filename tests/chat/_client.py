@@ -15,6 +15,7 @@ from weakref import WeakKeyDictionary
 
 import httpx
 
+from tests._util import SseParser
 from unbroken.chat.models.demo import compose
 
 _LINES: WeakKeyDictionary[httpx.Response, AsyncIterator[str]] = WeakKeyDictionary()
@@ -89,28 +90,18 @@ async def read_v5(response: httpx.Response, *, stop_after: int | None = None) ->
     if response.status_code != 200:
         await response.aread()
         return result
-    event_id: int | None = None
-    data: list[str] = []
+    parser = SseParser()
     async for line in _lines(response):
-        if line.startswith(":"):
+        event = parser.feed(line)
+        if event is None:
             continue
-        if line.startswith("id:"):
-            event_id = int(line[3:].strip())
-        elif line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
-        elif line == "":
-            if not data:
-                continue
-            payload = "\n".join(data)
-            data = []
-            if payload == "[DONE]":
-                result.done = True
-                break
-            result.events.append(json.loads(payload))
-            result.ids.append(event_id)
-            event_id = None
-            if stop_after is not None and len(result.events) >= stop_after:
-                break
+        if event.data == "[DONE]":
+            result.done = True
+            break
+        result.events.append(json.loads(event.data))
+        result.ids.append(event.id)
+        if stop_after is not None and len(result.events) >= stop_after:
+            break
     return result
 
 

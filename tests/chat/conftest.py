@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import uvicorn
 
-from tests._services import port_answers
+from tests._services import delete_redis_keys, port_answers
 from unbroken.chat.app import create_app
 from unbroken.chat.settings import Settings
 
@@ -52,18 +52,6 @@ async def _admin(base_url: str, sql: str) -> None:
         await conn.execute(sql)
     finally:
         await conn.close()
-
-
-async def delete_redis_keys(url: str, prefix: str) -> None:
-    import redis.asyncio as aioredis
-
-    client = aioredis.from_url(url)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"*{prefix}*", count=1000)]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
 
 
 @contextmanager

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -112,6 +113,56 @@ def test_bad_settings_fail_with_a_message(cli: CLI, tmp_path: Path) -> None:
     result = cli("chat", "--workers", "2", env=env)
     assert result.returncode == 2 and "--workers > 1 needs REDIS_URL" in result.stderr
     assert cli("--version", env={}).stdout.startswith("unbroken ")
+
+
+# Run in a process of its own (the tuning is for the whole process): starts the app of
+# argv[1]'s database as `create_app` makes it, then as `unbroken chat` serves it.
+_GC_WHEN_STARTED = """
+import asyncio, gc, sys
+from unbroken.chat.app import create_app
+from unbroken.chat.settings import Settings
+from unbroken.cli import FULL_COLLECTION_EVERY, tuned_for_serving
+
+def tuned():
+    return gc.get_freeze_count() > 0 and gc.get_threshold()[2] == FULL_COLLECTION_EVERY
+
+async def main():
+    settings = Settings(database_url=sys.argv[1], sweep_interval=0)
+    plain = create_app(settings)
+    async with plain.router.lifespan_context(plain):
+        print("create_app", tuned())
+    served = tuned_for_serving(create_app(settings))
+    async with served.router.lifespan_context(served):
+        print("served", tuned())
+
+asyncio.run(main())
+"""
+
+
+def test_the_cli_tunes_the_garbage_collector_and_the_app_factory_does_not(
+    cli: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Freezing the startup heap and making full collections rarer is a decision for the
+    whole process: ``unbroken chat`` makes it (it serves `serving_app`) once the app has
+    started; `create_app` alone leaves the garbage collector as it is."""
+    import uvicorn
+
+    database_url = f"sqlite+aiosqlite:///{tmp_path / 'gc.sqlite3'}"
+    done = subprocess.run(
+        [sys.executable, "-c", _GC_WHEN_STARTED, database_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["create_app False", "served True"]
+
+    served: list[tuple[str, dict[str, Any]]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.append((app, options)))
+    result = cli("chat", env={"DATABASE_URL": database_url, "REDIS_URL": ""})
+    assert result.returncode == 0, result.stderr
+    [(app, options)] = served
+    assert app == "unbroken.cli:serving_app" and options["factory"] is True
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from unbroken import StreamSourceError
-from unbroken.chat.generation import assemble, ui_chunks
+from unbroken.chat.events import assemble, ui_chunks
 from unbroken.chat.models import (
     Finish,
     ModelError,
@@ -109,7 +109,7 @@ async def test_the_producer_stores_what_the_log_holds() -> None:
     those assemble, not everything produced."""
     import datetime as dt
 
-    from unbroken.chat.generation import Answer, _ProducedAnswer
+    from unbroken.chat.events import AssembledAnswer, ProducedAnswer
     from unbroken.chat.store import StreamRecord
     from unbroken.protocols.ai_sdk import encode_event
 
@@ -123,13 +123,13 @@ async def test_the_producer_stores_what_the_log_holds() -> None:
         Finish("stop"),
     )
     record = StreamRecord("s_1", "c_1", "msg_1", "u_1", dt.datetime.now(dt.UTC))
-    produced = _ProducedAnswer(record)
+    produced = ProducedAnswer(record)
     for event in events:
         produced.add(event, encode_event(event))
-    assert produced.as_logged(len(events)) == Answer.of("msg_1", events)
+    assert produced.as_logged(len(events)) == AssembledAnswer.of("msg_1", events)
     assert produced.as_logged(len(events)).last_type == "finish"
     for kept in (0, 3, len(events) - 2):
-        assert produced.as_logged(kept) == Answer.of("msg_1", events[:kept])
+        assert produced.as_logged(kept) == AssembledAnswer.of("msg_1", events[:kept])
     assert produced.as_logged(3).message != produced.as_logged(len(events)).message
 
 

@@ -5,7 +5,6 @@ later, another user's chat, no stream, stop from a second connection, two worker
 from __future__ import annotations
 
 import random
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,6 +13,7 @@ import anyio
 import httpx
 import pytest
 
+from tests._util import uid
 from tests.chat._client import (
     expected_answer,
     new_client,
@@ -34,10 +34,6 @@ pytestmark = pytest.mark.anyio
 # margin on a loaded machine, and these tests end the answer early anyway (stop, supersede)
 # or take only its first part.
 SLOW_TPS = 100.0
-
-
-def uid(prefix: str = "c") -> str:
-    return f"{prefix}{uuid.uuid4().hex[:16]}"
 
 
 async def settled_chat(client: httpx.AsyncClient, chat_id: str) -> dict[str, Any]:
@@ -215,8 +211,12 @@ async def test_no_stream_is_404_for_v4_and_204_for_v5(server: Server) -> None:
     async with Store.from_url(server.settings.database_url) as store:
         user = await store.create_user(kind="user", name="tester")
         key, _ = await store.create_api_key(user.id)
-        chat = await store.get_or_create_chat(uid(), user.id, title="empty")
-        assert chat is not None
+        # A chat whose only answer could not be started: it has no stream at all.
+        begun = await store.start_answer(uid(), user.id, title="empty", message_id="m1", parts=[])
+        assert isinstance(begun, Started)
+        await store.abandon_generation(begun.record)
+        chat = await store.get_chat(begun.record.chat_id, user.id)
+        assert chat is not None and chat.active_stream_id is None
     headers = {"Authorization": f"Bearer {key}"}
     async with new_client(server.url, headers=headers) as client:
         response = await client.get("/api/chat", params={"chatId": chat.id})
@@ -415,7 +415,7 @@ async def _start_answer(services: Any, chat_id: str, owner: str) -> StreamRecord
     )
     assert isinstance(begun, Started)
     history = [m.to_ui_message() for m in begun.history]
-    await services.generator.start(begun.record, history, owner=owner)
+    await services.answers.start(begun.record, history, owner=owner)
     return begun.record
 
 
@@ -435,8 +435,6 @@ def _record_sql(store: Any) -> list[str]:
 async def test_the_sweep_skips_answers_produced_here_without_a_query(tmp_path: Any) -> None:
     """The sweeper looks for answers whose producer died; an answer this process is
     producing is alive, so it costs the sweep nothing but the listing query."""
-    from unbroken.chat.answers import sweep
-
     # 5 tokens/s: still running while the test looks
     async with _in_process_app(tmp_path, demo_tokens_per_second=5.0, lease_ttl=0.3) as app:
         services = app.state.services
@@ -447,7 +445,7 @@ async def test_the_sweep_skips_answers_produced_here_without_a_query(tmp_path: A
         listed = await store.chats_with_active_stream(older_than=1.0, limit=10)
         assert [c.id for c in listed] == [record.chat_id]  # the sweep will look at it
         statements = _record_sql(store)
-        assert await sweep(services) == 0
+        assert await services.answers.sweep() == 0
         assert len(statements) == 1 and "active_stream_id" in statements[0]  # the listing
         await services.engine.cancel(record.id)
 
@@ -526,7 +524,7 @@ async def test_a_live_answer_is_resumed_from_the_producing_process_without_sql(
         with anyio.fail_after(5):
             while services.engine.produces(record.id):  # noqa: ASYNC110 - no event to wait on
                 await anyio.sleep(0.01)
-        assert services.generator.producing(chat_id, owner.id) is None
+        assert services.answers.producing(chat_id, owner.id) is None
         statements.clear()
         status, _ = await _first_bytes(app, path, owner_key)
         assert status in (200, 204) and statements  # from the database now
@@ -569,7 +567,7 @@ async def test_another_worker_resumes_a_live_answer_without_asking_its_status(
     route asks the backend no status of its own (a round trip fewer before the first byte).
     A stream not there yet (the POST's worker has not claimed it) takes the slow path, which
     waits for the claim as before."""
-    from tests.chat.conftest import delete_redis_keys
+    from tests._services import delete_redis_keys
 
     shared = {"redis_url": redis_url, "redis_key_prefix": key_prefix, "lease_ttl": 1.0}
     try:
@@ -601,7 +599,7 @@ async def test_another_worker_resumes_a_live_answer_without_asking_its_status(
 
             async def claim_later() -> None:
                 await anyio.sleep(0.3)
-                await producer.generator.start(begun.record, history, owner=user.id)
+                await producer.answers.start(begun.record, history, owner=user.id)
 
             async with anyio.create_task_group() as claims:
                 claims.start_soon(claim_later)

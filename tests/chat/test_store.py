@@ -6,7 +6,6 @@ import asyncio
 import sqlite3
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import closing
 from pathlib import Path
@@ -18,8 +17,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
+from tests._util import uid
 from tests.chat.conftest import temporary_postgres_database
-from unbroken.chat.store import Chat, ChatNotFoundError, Started, Store
+from unbroken.chat.store import Chat, ChatNotFoundError, Message, Started, Store
 from unbroken.chat.store.migrate import current_revision, head_revision
 from unbroken.chat.store.tables import metadata
 
@@ -41,10 +41,6 @@ async def store(fresh_database_url: str) -> AsyncIterator[Store]:
     async with Store.from_url(fresh_database_url) as store:
         await store.upgrade()
         yield store
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:16]
 
 
 async def test_migrations_create_exactly_the_declared_schema(fresh_database_url: str) -> None:
@@ -145,21 +141,24 @@ def test_concurrent_upgrades_from_processes_apply_once(tmp_path: Path) -> None:
 
 async def test_streams_belong_to_chats_and_refuse_other_users(store: Store) -> None:
     alice, bob = await store.create_user(), await store.create_user()
-    chat = await store.get_or_create_chat(uid(), alice.id, title="hello")
-    assert chat is not None
-    first = await store.create_stream(chat.id)
-    second = await store.create_stream(chat.id)
-    assert first != second and len(first) >= 32  # unguessable
-    streams = await store.get_streams_by_chat_id(chat.id, alice.id)
-    assert {s.id for s in streams} == {first, second}
-    assert all(s.chat_id == chat.id for s in streams)
+    chat_id = uid()
+    first = (await _start(store, chat_id, alice.id, "m1")).record
+    await store.finalize_message(
+        chat_id, first.message_id, parts=[], status="done", release_stream=first.id
+    )
+    second = (await _start(store, chat_id, alice.id, "m2")).record
+    assert first.id != second.id and len(first.id) >= 32  # unguessable
+    streams = await store.get_streams_by_chat_id(chat_id, alice.id)
+    assert {s.id for s in streams} == {first.id, second.id}
+    assert all(s.chat_id == chat_id for s in streams)
     with pytest.raises(ChatNotFoundError):
-        await store.get_streams_by_chat_id(chat.id, bob.id)
+        await store.get_streams_by_chat_id(chat_id, bob.id)
     with pytest.raises(ChatNotFoundError):
         await store.get_streams_by_chat_id(uid(), alice.id)
     # Bob cannot take over the id either.
-    assert await store.get_or_create_chat(chat.id, bob.id, title="mine now") is None
-    assert await store.get_chat(chat.id, bob.id) is None
+    taken = await store.start_answer(chat_id, bob.id, title="mine now", message_id="m3", parts=[])
+    assert taken is None
+    assert await store.get_chat(chat_id, bob.id) is None
 
 
 async def _start(store: Store, chat_id: str, user_id: str, message_id: str) -> Started:
@@ -168,6 +167,12 @@ async def _start(store: Store, chat_id: str, user_id: str, message_id: str) -> S
     )
     assert isinstance(begun, Started)
     return begun
+
+
+async def _message(store: Store, chat_id: str, message_id: str) -> Message | None:
+    """The chat's message ``message_id``, stored or still being generated."""
+    listed = await store.list_messages(chat_id, include_streaming=True)
+    return next((message for message in listed if message.id == message_id), None)
 
 
 async def test_starting_an_answer_is_compare_and_set(store: Store) -> None:
@@ -196,7 +201,7 @@ async def test_starting_an_answer_is_compare_and_set(store: Store) -> None:
     parts = [{"type": "text", "text": "hello"}]
     assert await store.finalize_message(chat_id, record.message_id, parts=parts, status="stopped")
     assert not await store.finalize_message(chat_id, record.message_id, parts=[], status="done")
-    answer = await store.get_message(chat_id, record.message_id)
+    answer = await _message(store, chat_id, record.message_id)
     assert answer is not None and answer.status == "stopped" and answer.parts == parts
     assert answer.finished_at is not None
 
@@ -287,9 +292,9 @@ async def test_a_key_found_is_trusted_for_a_while_without_a_query(
 
 async def test_storing_an_answer_can_release_its_stream_at_once(store: Store) -> None:
     user = await store.create_user()
-    chat = await store.get_or_create_chat(uid(), user.id, title="t")
-    assert chat is not None and chat == await store.get_chat(chat.id, user.id)
-    record = (await _start(store, chat.id, user.id, "m1")).record
+    record = (await _start(store, uid(), user.id, "m1")).record
+    chat = await store.get_chat(record.chat_id, user.id)
+    assert chat is not None and chat.active_stream_id == record.id
     # Another stream's release changes nothing about this one; the answer is stored.
     assert await store.finalize_message(
         chat.id, record.message_id, parts=[], status="done", release_stream="s_other"
@@ -300,7 +305,7 @@ async def test_storing_an_answer_can_release_its_stream_at_once(store: Store) ->
         chat.id, record.message_id, parts=[], status="stopped", release_stream=record.id
     )
     assert (await store.get_chat(chat.id, user.id)).active_stream_id is None  # type: ignore[union-attr]
-    answer = await store.get_message(chat.id, record.message_id)
+    answer = await _message(store, chat.id, record.message_id)
     assert answer is not None and answer.status == "done"
 
 
@@ -311,11 +316,9 @@ async def test_config_values_are_created_once(store: Store) -> None:
 
 async def test_delete_chat_removes_everything(store: Store) -> None:
     user, other = await store.create_user(), await store.create_user()
-    chat = await store.get_or_create_chat(uid(), user.id, title="t")
-    assert chat is not None
-    await _start(store, chat.id, user.id, "m1")
-    assert not await store.delete_chat(chat.id, other.id)
-    assert await store.delete_chat(chat.id, user.id)
-    assert await store.get_chat(chat.id, user.id) is None
-    assert await store.list_messages(chat.id, include_streaming=True) == []
+    chat_id = (await _start(store, uid(), user.id, "m1")).record.chat_id
+    assert not await store.delete_chat(chat_id, other.id)
+    assert await store.delete_chat(chat_id, user.id)
+    assert await store.get_chat(chat_id, user.id) is None
+    assert await store.list_messages(chat_id, include_streaming=True) == []
     assert await store.list_chats(user.id) == []

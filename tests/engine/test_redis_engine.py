@@ -1,7 +1,7 @@
 """What the engine does only over a backend with round trips (Redis), on real Redis.
 
-Gathered appends (``appends_together``): one engine task appends the new chunks of all its
-streams with one `Backend.append_many` every ``append_gather`` seconds. What must hold: far
+Gathered appends (the `GatheredAppends` capability): one engine task appends the new chunks
+of all its streams with one ``append_many`` every ``append_gather`` seconds. What must hold: far
 fewer round trips than chunks, every chunk exactly once, and a stream whose gathered append
 fails or is still on its way when the stream ends is finished by the stream's own writer
 without repeating or losing a chunk.
@@ -20,12 +20,12 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.engine.conftest import delete_keys
+from tests._services import delete_redis_keys
 from unbroken import StreamEngine, StreamState
-from unbroken.backends import redis as redis_backend
 from unbroken.backends.base import Append, Listener
 from unbroken.backends.redis import RedisBackend
-from unbroken.exceptions import BackendError, BackendUnavailableError
+from unbroken.backends.redis._pipeliner import SCRIPTS, Pipeliner
+from unbroken.exceptions import BackendError, BackendUnavailableError, StreamNotFoundError
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.timeout(60)]
 
@@ -37,7 +37,7 @@ async def redis_engine(redis_url: str, key_prefix: str) -> AsyncIterator[StreamE
         async with StreamEngine(backend, lease_ttl=0.6, drain_timeout=2.0) as engine:
             yield engine
     finally:
-        await delete_keys(redis_url, key_prefix)
+        await delete_redis_keys(redis_url, key_prefix)
 
 
 async def paced(texts: Sequence[str], pause: float) -> AsyncIterator[str]:
@@ -61,8 +61,8 @@ async def test_many_streams_append_in_few_round_trips(
 ) -> None:
     appends_per_pipeline: list[int] = []  # streams appended to, per pipeline
     append_calls = 0
-    execute = redis_backend._Pipeliner._execute
-    one_sha, many_sha = (redis_backend._SCRIPTS[name].sha for name in ("append", "append_many"))
+    execute = Pipeliner._execute
+    one_sha, many_sha = (SCRIPTS[name].sha for name in ("append", "append_many"))
 
     def streams_appended(args: tuple[Any, ...]) -> int:
         if args[1] == many_sha:
@@ -75,7 +75,7 @@ async def test_many_streams_append_in_few_round_trips(
         append_calls += sum(call.args[1] in (one_sha, many_sha) for call in batch)
         return await execute(self, batch)
 
-    monkeypatch.setattr(redis_backend._Pipeliner, "_execute", recording)
+    monkeypatch.setattr(Pipeliner, "_execute", recording)
     streams = [f"s{index}" for index in range(20)]
     texts = [f"t{k} " for k in range(5)]
     for stream_id in streams:
@@ -198,12 +198,12 @@ async def test_a_reader_whose_subscription_is_late_misses_nothing(
     assert got == ["a", "b", "c", "done"]
 
 
-async def test_open_batches_brings_the_state_the_reader_found(
+async def test_open_brings_the_state_the_reader_found(
     redis_engine: StreamEngine, redis_url: str, key_prefix: str
 ) -> None:
-    """`open_batches` in another process: the state and end time come with the reader's
-    first look (no status call of its own), then the batches go on without a gap; a
-    missing stream is None."""
+    """`StreamEngine.open` in another process: the state and end time come with the
+    reader's first look (no status call of its own), then the batches go on without a gap;
+    a missing stream is `StreamNotFoundError`."""
     go = anyio.Event()
 
     async def source() -> AsyncIterator[str]:
@@ -225,19 +225,21 @@ async def test_open_batches_brings_the_state_the_reader_found(
             return await real_status(stream_id)
 
         backend.status = status  # type: ignore[method-assign]
-        assert await other.open_batches("nothing") is None
-        opened = await other.open_batches("s")
-        assert opened is not None
-        assert statuses == ["nothing", "s"]  # the peek's, nothing more before the first batch
-        assert opened.state is StreamState.ACTIVE and opened.finished_at is None
-        assert [c.data for c in opened.first] == ["a"]  # type: ignore[union-attr]
-        go.set()
-        rest = [item async for batch in opened.batches for item in batch]
+        with pytest.raises(StreamNotFoundError):
+            await other.open("nothing")
+        async with other.open("s") as opened:
+            assert statuses == ["nothing", "s"]  # the peek's, nothing more before the first batch
+            assert opened.state is StreamState.ACTIVE and opened.finished_at is None
+            batches = aiter(opened)
+            first = await anext(batches)
+            assert [getattr(item, "data", None) for item in first] == ["a"]
+            go.set()
+            rest = [item async for batch in batches for item in batch]
         assert [getattr(item, "data", None) for item in rest] == ["b", None]
         assert getattr(rest[-1], "state", None) is StreamState.DONE
 
-        ended = await other.open_batches("s", after=0)
-        assert ended is not None and ended.state is StreamState.DONE
-        assert ended.finished_at is not None
-        replay = ended.first + [item async for batch in ended.batches for item in batch]
+        async with other.open("s", after=0) as ended:
+            assert ended.state is StreamState.DONE
+            assert ended.finished_at is not None
+            replay = [item async for batch in ended for item in batch]
         assert [getattr(item, "data", None) for item in replay] == ["b", None]

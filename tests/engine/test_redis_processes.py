@@ -13,8 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from tests._services import free_port, redis_server_process
-from tests.engine.conftest import delete_keys
+from tests._services import delete_redis_keys, free_port, redis_server_process
 from unbroken import Chunk, StreamEnd, StreamEngine, StreamState
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.timeout(60)]
@@ -30,7 +29,7 @@ async def redis_engine(redis_url: str, key_prefix: str) -> AsyncIterator[StreamE
         RedisBackend(redis_url, key_prefix=key_prefix), lease_ttl=0.6
     ) as engine:
         yield engine
-    await delete_keys(redis_url, key_prefix)
+    await delete_redis_keys(redis_url, key_prefix)
 
 
 @pytest.fixture

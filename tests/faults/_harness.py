@@ -29,6 +29,7 @@ import anyio
 import httpx
 
 from tests._services import free_port, port_answers
+from tests._util import SseParser
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "faults-test-secret-key-0123456789"  # shared by every instance (cookies are valid on all)
@@ -298,30 +299,22 @@ async def read_v5_into(
 async def _read_v5(
     response: httpx.Response, transcript: V5Transcript, stop_after: int | None
 ) -> bool:
-    event_id: int | None = None
-    data: list[str] = []
+    parser = SseParser()
     count = 0
     try:
         async for line in response.aiter_lines():
-            if line.startswith(":"):
+            event = parser.feed(line)
+            if event is None:
                 continue
-            if line.startswith("id:"):
-                event_id = int(line[3:].strip())
-            elif line.startswith("data:"):
-                data.append(line[5:].removeprefix(" "))
-            elif line == "" and data:
-                payload = "\n".join(data)
-                data = []
-                if payload == "[DONE]":
-                    transcript.done = True
-                    return True
-                transcript.events.append(json.loads(payload))
-                if event_id is not None:
-                    transcript.ids.append(event_id)
-                event_id = None
-                count += 1
-                if stop_after is not None and count >= stop_after:
-                    return True
+            if event.data == "[DONE]":
+                transcript.done = True
+                return True
+            transcript.events.append(json.loads(event.data))
+            if event.id is not None:
+                transcript.ids.append(event.id)
+            count += 1
+            if stop_after is not None and count >= stop_after:
+                return True
     except (httpx.TransportError, httpx.StreamError):
         return False
     return False  # ended without [DONE]: the server went away

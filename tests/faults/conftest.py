@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.chat.conftest import delete_redis_keys, temporary_postgres_database
+from tests._services import delete_redis_keys
+from tests.chat.conftest import temporary_postgres_database
 from tests.faults._harness import ChatProcess, Deployment, cli_command
 
 

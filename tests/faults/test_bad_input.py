@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from typing import Any
 from urllib.parse import unquote
 
@@ -20,6 +19,7 @@ import httpx
 import pytest
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 
+from tests._util import uid
 from tests.chat._client import v5_body
 from tests.faults._harness import (
     SECRET,
@@ -35,10 +35,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60), pytest.mark.redis, pyt
 
 SESSION_SALT = "unbroken.chat.session"  # unbroken.chat.auth.Sessions
 COOKIE = "unbroken_session"
-
-
-def uid(prefix: str = "c") -> str:
-    return f"{prefix}{uuid.uuid4().hex[:16]}"
 
 
 def raw(

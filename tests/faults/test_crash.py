@@ -10,12 +10,12 @@ the stored assistant message ends up ``interrupted`` with that same partial text
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
 import anyio
 import pytest
 
+from tests._util import uid
 from tests.chat._client import expected_answer, v4_body, v5_body
 from tests.faults._harness import (
     Deployment,
@@ -43,10 +43,6 @@ pytestmark = [
 SLACK = 3.0  # seconds of scheduling slack on a loaded 2-core machine
 
 
-def uid(prefix: str = "c") -> str:
-    return f"{prefix}{uuid.uuid4().hex[:16]}"
-
-
 def detection_bound(lease: float) -> float:
     """How long after a producer dies its readers may take to see ``interrupted``."""
     return lease * 5 / 3
@@ -54,7 +50,7 @@ def detection_bound(lease: float) -> float:
 
 def repair_grace(lease: float) -> float:
     """How long after a stream ended the chat service takes over storing its answer
-    (`unbroken.chat.answers.orphaned`: the producer's own end callback had its chance)."""
+    (`unbroken.chat.answers.Answers.orphaned`: the producer's own end callback had its chance)."""
     return max(1.0, 2 * lease)
 
 

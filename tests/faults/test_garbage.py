@@ -1,7 +1,7 @@
 """Garbage in unbroken's Redis keys and channels, written in the middle of answers.
 
-Formats: `unbroken.backends._keys` (meta hash, log stream ``0-<seq+1>`` with ``data`` and
-``offset``, lease string, ``events``/``ends`` channels with compact JSON notifications).
+Formats: `unbroken.backends.redis._keys` (meta hash, log stream ``0-<seq+1>`` with ``data``
+and ``offset``, lease string, ``events``/``ends`` channels with compact JSON notifications).
 
 What must hold: garbage in one stream's keys gives that stream a clear error (readers end
 with an ``error`` event that says so; the stored answer is not left ``streaming``) and
@@ -12,7 +12,6 @@ is the source of truth); the processes go on serving every other stream.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,6 +20,7 @@ import anyio.lowlevel
 import pytest
 from redis.exceptions import ResponseError
 
+from tests._util import uid
 from tests.chat._client import expected_answer, v5_body
 from tests.faults._harness import (
     Deployment,
@@ -34,7 +34,7 @@ from tests.faults._harness import (
     stored_text,
     wait_until,
 )
-from unbroken.backends._keys import StreamKeys, stream_keys
+from unbroken.backends.redis._keys import StreamKeys, stream_keys
 
 pytestmark = [
     pytest.mark.anyio,
@@ -157,10 +157,6 @@ KEY_GARBAGE: dict[str, Corrupt] = {
     "lease-wrong-type": lease_wrong_type,
 }
 HARMLESS: dict[str, Corrupt] = {"channel-garbage": channel_garbage}
-
-
-def uid(prefix: str = "c") -> str:
-    return f"{prefix}{uuid.uuid4().hex[:16]}"
 
 
 async def test_garbage_in_redis_breaks_only_its_own_stream(
@@ -292,7 +288,7 @@ async def run_cases(
 def test_garbage_payloads_are_what_they_claim() -> None:
     """The channel payloads are garbage to unbroken's parser (a guard against a payload
     that accidentally is a valid notification and would make the test meaningless)."""
-    from unbroken.backends.redis import _parse_notification
+    from unbroken.backends.redis._codec import parse_notification as _parse_notification
 
     for payload in CHANNEL_GARBAGE:
         with pytest.raises((ValueError, TypeError, UnicodeError, json.JSONDecodeError)):

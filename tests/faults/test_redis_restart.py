@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import httpx
 import pytest
 
 from tests._services import free_port, port_answers, redis_server_process
+from tests._util import uid
 from tests.chat._client import expected_answer, v5_body
 from tests.faults._harness import (
     Deployment,
@@ -44,10 +44,6 @@ pytestmark = [
 
 OUTAGE = 2.0  # seconds Redis stays down (two lease periods of the deployment)
 DOWN_PROMPT = "asked while redis is down"
-
-
-def uid(prefix: str = "c") -> str:
-    return f"{prefix}{uuid.uuid4().hex[:16]}"
 
 
 class PrivateRedis:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import signal
 import time
-import uuid
 
 import anyio
 import pytest
 
+from tests._util import uid
 from tests.chat._client import expected_answer, v5_body
 from tests.faults._harness import (
     Deployment,
@@ -42,10 +42,6 @@ GRACEFUL = 5.0  # uvicorn's timeout_graceful_shutdown in the CLI
 DRAIN = 4.0  # UNBROKEN_DRAIN_TIMEOUT of the stopped instances (default 10 s)
 SLACK = 4.0
 CLEAN_EXIT = frozenset({0, -signal.SIGTERM})
-
-
-def uid(prefix: str = "c") -> str:
-    return f"{prefix}{uuid.uuid4().hex[:16]}"
 
 
 async def test_sigterm_mid_answer_finishes_or_interrupts_within_the_drain_deadline(

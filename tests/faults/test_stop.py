@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import random
 import time
-import uuid
 from typing import Any
 
 import anyio
 import httpx
 import pytest
 
+from tests._util import uid
 from tests.chat._client import expected_answer, v4_body, v5_body
 from tests.faults._harness import (
     ChatProcess,
@@ -42,10 +42,6 @@ pytestmark = [
 
 SEED = 1234
 RACES = 40
-
-
-def uid(prefix: str = "c") -> str:
-    return f"{prefix}{uuid.uuid4().hex[:16]}"
 
 
 async def stop(

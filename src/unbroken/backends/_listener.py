@@ -34,6 +34,7 @@ class QueueListener(Listener):
         self._wakeup.set()
 
     def poke(self) -> None:
+        """Queue an `Idle` for the receiver (counted like any notification)."""
         self.push(Idle())
 
     async def receive(self) -> Notification:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import ClassVar, Self
+from typing import Self
 
 from unbroken._models import Chunk, StreamState, StreamStatus
 from unbroken.exceptions import BackendError, CorruptStreamError
@@ -27,7 +27,9 @@ __all__ = [
     "Appended",
     "Backend",
     "Ended",
+    "GatheredAppends",
     "Idle",
+    "InlineAppends",
     "Lagged",
     "Listener",
     "Notification",
@@ -63,7 +65,8 @@ def require_consecutive(stream_id: str, chunks: Sequence[Chunk], first: int) -> 
 
 @dataclass(frozen=True, slots=True)
 class Append:
-    """One stream's part of `Backend.append_many`: the arguments of one `Backend.append`."""
+    """One stream's part of `GatheredAppends.append_many`: the arguments of one
+    `Backend.append`."""
 
     stream_id: str
     token: str
@@ -110,26 +113,26 @@ class Listener(ABC):
     async def receive(self) -> Notification:
         """Wait for the next notification (at most one `Lagged` in a row)."""
 
-    @abstractmethod
-    def poke(self) -> None:
-        """Queue an `Idle` for the receiver, without blocking.
+    def poke(self) -> None:  # noqa: B027 - optional
+        """Optional: queue an `Idle` for the receiver, without blocking.
 
-        One engine-wide timer pokes quiet readers, instead of every reader arming a timeout
-        around every ``receive()`` (a cancel scope per chunk costs more than the chunk).
+        The engine's one liveness timer pokes readers that heard nothing for a while, so no
+        reader arms a timeout around each ``receive()``. The reader of a listener that does
+        not override this waits with a timeout of one liveness tick instead.
         """
+
+    @classmethod
+    def pokeable(cls) -> bool:
+        """Whether this listener class overrides `poke`."""
+        return cls.poke is not Listener.poke
 
 
 class Backend(ABC):
-    """Storage and live notification for streams. Use as ``async with backend:``."""
+    """Storage and live notification for streams. Use as ``async with backend:``.
 
-    #: True for in-process backends whose `append_nowait` works: the engine then appends
-    #: each chunk as the source yields it, instead of waking a writer task per chunk.
-    appends_without_waiting: ClassVar[bool] = False
-    #: True for backends whose `append_many` writes many streams in one round trip: the
-    #: engine then gathers its streams' chunks for ``append_gather`` seconds and writes them
-    #: all with one call from one task, instead of a writer task per stream and a call each.
-    appends_together: ClassVar[bool] = False
-    append_gather: float = 0.0
+    The contract is the abstract methods below. A backend may also offer a capability that
+    makes the engine's writes cheaper: `InlineAppends` or `GatheredAppends`.
+    """
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -170,34 +173,6 @@ class Backend(ABC):
         Raises `CorruptStreamError` if ``seq`` does not continue the log.
         """
 
-    def append_nowait(
-        self, stream_id: str, *, token: str, chunks: Sequence[Chunk], times: StreamTimes, now: float
-    ) -> StreamState | None:
-        """`append`, done before returning, for backends with ``appends_without_waiting``."""
-        raise NotImplementedError(f"{type(self).__name__} appends only with 'await append()'")
-
-    async def append_many(
-        self, appends: Sequence[Append]
-    ) -> list[StreamState | BackendError | None]:
-        """`append` for several streams (each at most once); each stream's outcome, in order:
-        what `append` would return, or the `BackendError` it would raise. One failing append
-        does not stop the others. This default appends one after another; backends with
-        ``appends_together`` do it in one round trip."""
-        outcomes: list[StreamState | BackendError | None] = []
-        for append in appends:
-            try:
-                outcome: StreamState | BackendError | None = await self.append(
-                    append.stream_id,
-                    token=append.token,
-                    chunks=append.chunks,
-                    times=append.times,
-                    now=append.now,
-                )
-            except BackendError as exc:
-                outcome = exc
-            outcomes.append(outcome)
-        return outcomes
-
     @abstractmethod
     async def renew_lease(
         self, stream_id: str, *, token: str, times: StreamTimes, now: float
@@ -235,10 +210,6 @@ class Backend(ABC):
         """The stream's metadata, or None if it does not exist."""
 
     @abstractmethod
-    async def lease_alive(self, stream_id: str) -> bool:
-        """Whether a producer lease currently exists for the stream."""
-
-    @abstractmethod
     async def read(self, stream_id: str, *, after: int, limit: int) -> list[Chunk]:
         """Up to ``limit`` chunks with ``seq > after`` from the log, in order."""
 
@@ -253,3 +224,38 @@ class Backend(ABC):
         delivered: what a producer needs to hear a stop from another process, without
         receiving its own chunks back.
         """
+
+
+class InlineAppends(ABC):
+    """Capability of an in-process backend: an append completes without waiting.
+
+    The engine then appends each chunk in the producer's own task as the source yields it,
+    with no writer task and no task switch per chunk.
+    """
+
+    @abstractmethod
+    def append_nowait(
+        self, stream_id: str, *, token: str, chunks: Sequence[Chunk], times: StreamTimes, now: float
+    ) -> StreamState | None:
+        """`Backend.append`, done before returning."""
+
+
+class GatheredAppends(ABC):
+    """Capability of a backend whose round trips cost more than the work in them: many
+    streams' appends in one call.
+
+    The engine then gathers the new chunks of all its streams for ``append_gather`` seconds
+    and writes them with one `append_many` from one task, instead of a writer task and a
+    call per stream. This is the only place chunks wait for company.
+    """
+
+    #: Seconds the engine gathers chunks before one `append_many` (0: as soon as it can).
+    append_gather: float = 0.0
+
+    @abstractmethod
+    async def append_many(
+        self, appends: Sequence[Append]
+    ) -> list[StreamState | BackendError | None]:
+        """`Backend.append` for several streams (each at most once), in one round trip:
+        each stream's outcome in order, what `append` would return or the `BackendError` it
+        would raise. One failing append does not stop the others."""

@@ -18,6 +18,7 @@ from unbroken.backends.base import (
     Appended,
     Backend,
     Ended,
+    InlineAppends,
     Listener,
     Notification,
     StreamTimes,
@@ -46,11 +47,12 @@ class _Stream:
     log: ChunkLog = field(default_factory=ChunkLog)
 
 
-class MemoryBackend(Backend):
+class MemoryBackend(Backend, InlineAppends):
     """Streams held in this process's memory, with TTLs and leases.
 
-    ``clock`` returns Unix time in seconds (tests may pass their own);
-    ``reader_buffer`` bounds each listener's queue.
+    An append completes before returning (`InlineAppends`): nothing is sent anywhere, so the
+    engine appends each chunk in the producer's own task. ``clock`` returns Unix time in
+    seconds (tests may pass their own); ``reader_buffer`` bounds each listener's queue.
     """
 
     def __init__(
@@ -97,8 +99,6 @@ class MemoryBackend(Backend):
             lease_expires_at=now + times.lease,
         )
         return True
-
-    appends_without_waiting = True
 
     async def append(
         self, stream_id: str, *, token: str, chunks: Sequence[Chunk], times: StreamTimes, now: float
@@ -192,10 +192,6 @@ class MemoryBackend(Backend):
             finished_at=stream.finished_at,
             error=stream.error,
         )
-
-    async def lease_alive(self, stream_id: str) -> bool:
-        stream = self._get(stream_id)
-        return stream is not None and stream.lease_expires_at > self._clock()
 
     async def read(self, stream_id: str, *, after: int, limit: int) -> list[Chunk]:
         stream = self._get(stream_id)

@@ -8,7 +8,6 @@ open, and every answer that ends during shutdown is still stored.
 
 from __future__ import annotations
 
-import gc
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -22,13 +21,11 @@ from starlette.staticfiles import StaticFiles
 import unbroken
 from unbroken import Backend, MemoryBackend, StreamEngine
 from unbroken.asgi import SHUTDOWN_STATE_KEY
-from unbroken.chat import _wire
 from unbroken.chat._signals import on_exit_signal
-from unbroken.chat.answers import sweep_forever
+from unbroken.chat.answers import Answers
 from unbroken.chat.auth import SessionCookieMiddleware, Sessions
 from unbroken.chat.deps import Services
 from unbroken.chat.errors import BodyLimitMiddleware, install_error_handlers
-from unbroken.chat.generation import Generator
 from unbroken.chat.metrics import ChatMetrics
 from unbroken.chat.models import make_model
 from unbroken.chat.routes import router
@@ -48,7 +45,10 @@ MEMORY_NOTE = (
 def make_backend(settings: Settings) -> Backend:
     """RedisBackend when ``REDIS_URL`` is set, else the in-process MemoryBackend."""
     if settings.redis_url:
-        return _wire.redis_backend(
+        # Imported here: the redis extra is needed only when REDIS_URL is set.
+        from unbroken.backends.redis import RedisBackend
+
+        return RedisBackend(
             settings.redis_url,
             key_prefix=settings.redis_key_prefix,
             write_gather=settings.redis_write_gather,
@@ -57,6 +57,7 @@ def make_backend(settings: Settings) -> Backend:
 
 
 def describe_backend(settings: Settings) -> str:
+    """Where streams live, for the startup banner (the Redis password masked)."""
     if settings.redis_url:
         return f"redis {mask_url(settings.redis_url)} (prefix {settings.redis_key_prefix!r})"
     return "memory (this process only)"
@@ -101,15 +102,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 model=model,
                 metrics=metrics,
                 sessions=Sessions(secret),
-                generator=Generator(store=store, engine=engine, model=model, metrics=metrics),
+                answers=Answers(
+                    settings=settings, store=store, engine=engine, model=model, metrics=metrics
+                ),
             )
             app.state.services = services
             shutdown = anyio.Event()
             on_exit_signal(shutdown.set)
             async with anyio.create_task_group() as background:
                 if settings.sweep_interval > 0:
-                    background.start_soon(sweep_forever, services, settings.sweep_interval)
-                _freeze_startup_heap()
+                    background.start_soon(services.answers.sweep_forever, settings.sweep_interval)
                 yield {SHUTDOWN_STATE_KEY: shutdown}
                 background.cancel_scope.cancel()
 
@@ -130,34 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-_heap_frozen = False
-#: A full collection at most once per this many second-generation ones (Python's default:
-#: 10). See `_freeze_startup_heap`.
-FULL_COLLECTION_EVERY = 100
-
-
-def _freeze_startup_heap() -> None:
-    """Once per process, once started: move everything allocated so far (the modules and
-    objects of FastAPI, SQLAlchemy, pydantic, …: most of the heap) out of the garbage
-    collector's reach. They live as long as the process anyway, and without this every full
-    collection scans them all, pausing every stream in the process for tens of milliseconds.
-
-    Then make full collections ten times rarer. Each live answer holds ~400 tracked objects
-    (its tasks, coroutines, cancel scopes, the request's middleware stack), so a full
-    collection takes as long as there are answers running (60–150 ms at 250–400 answers on
-    the benchmark machine) and pauses all of them; at Python's default pace one came every
-    few seconds, often enough to set the p99 delivery delay. The cyclic garbage of finished
-    answers now waits longer to be freed: memory for speed, bounded by that pace.
-    """
-    global _heap_frozen
-    if not _heap_frozen:
-        _heap_frozen = True
-        gc.collect()
-        gc.freeze()
-        young, middle, _ = gc.get_threshold()
-        gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
-
-
 def app_from_env() -> FastAPI:
-    """Factory for ``uvicorn --factory unbroken.chat.app:app_from_env`` (what the CLI runs)."""
+    """Factory for ``uvicorn --factory unbroken.chat.app:app_from_env``: the app for the
+    environment's settings (the CLI serves it, tuned for serving: see `unbroken.cli`)."""
     return create_app(Settings.from_env())

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from fastapi import Depends, Request
 
 from unbroken import StreamEngine
-from unbroken.chat._wire import is_valid_id
+from unbroken.chat.answers import Answers
 from unbroken.chat.auth import Identity, Sessions, identify
 from unbroken.chat.errors import ApiError
 from unbroken.chat.metrics import ChatMetrics
 from unbroken.chat.models import ChatModel
 from unbroken.chat.settings import Settings
 from unbroken.chat.store import Store
-
-if TYPE_CHECKING:
-    from unbroken.chat.generation import Generator
+from unbroken.protocols.ai_sdk import is_valid_id
 
 __all__ = [
     "CurrentIdentity",
@@ -46,19 +44,21 @@ def check_chat_id(value: str, *, status: int = 400, field: str = "chat id") -> s
 
 @dataclass(frozen=True, slots=True)
 class Services:
+    """The app's long-lived parts; `answers` runs every answer's lifecycle."""
+
     settings: Settings
     store: Store
     engine: StreamEngine
     model: ChatModel
     metrics: ChatMetrics
     sessions: Sessions
-    generator: Generator
+    answers: Answers
 
 
 async def get_services(request: Request) -> Services:
     # async, though it never awaits: FastAPI runs a plain `def` dependency in its thread
-    # pool, a round trip through a worker thread on every request (under load, milliseconds
-    # of a resume's latency).
+    # pool, a round trip through a worker thread on every request that a busy server adds
+    # to every resume's first byte.
     services: Services = request.app.state.services
     return services
 

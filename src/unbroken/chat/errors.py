@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,16 +16,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from unbroken.asgi import unavailable_response
+from unbroken.asgi import error_response, unavailable_response
 from unbroken.exceptions import BackendUnavailableError, ProtocolError
 
-__all__ = [
-    "ApiError",
-    "BodyLimitMiddleware",
-    "error_response",
-    "install_error_handlers",
-    "not_found",
-]
+__all__ = ["ApiError", "BodyLimitMiddleware", "install_error_handlers", "not_found"]
 
 logger = logging.getLogger("unbroken.chat")
 
@@ -65,12 +58,14 @@ def not_found(what: str = "chat") -> ApiError:
     return ApiError(404, "not_found", f"{what} not found")
 
 
-def error_response(
+def _error(
     status: int, code: str, message: str, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
-    )
+    """`unbroken.asgi.error_response`, with the extra headers an error carries."""
+    response = error_response(status, code, message)
+    if headers:
+        response.headers.update(headers)
+    return response
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -86,7 +81,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def api_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
+        return _error(exc.status, exc.code, exc.message, exc.headers)
 
     async def http_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
@@ -94,7 +89,7 @@ def install_error_handlers(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         if exc.status_code == 404 and message == "Not Found":
             message = "no such route"
-        return error_response(exc.status_code, code, message.lower(), exc.headers)
+        return _error(exc.status_code, code, message.lower(), exc.headers)
 
     async def validation_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
@@ -167,10 +162,3 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
-
-
-def json_object(value: Any) -> dict[str, Any]:
-    """``value`` if it is a JSON object, else a 400 (bodies must be objects)."""
-    if not isinstance(value, dict):
-        raise ApiError(400, "invalid_request", "the request body must be a JSON object")
-    return value

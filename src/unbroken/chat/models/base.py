@@ -1,7 +1,7 @@
 """What a chat model produces, independent of any provider and of the wire protocols.
 
 A model turns the conversation (AI SDK ``UIMessage`` dicts, oldest first) into an async
-iterator of `ModelEvent`. `unbroken.chat.generation` turns those into UI message chunks.
+iterator of `ModelEvent`. `unbroken.chat.events.ui_chunks` turns those into UI message chunks.
 A model raises `ModelError` with a message safe to show users when the provider fails.
 """
 

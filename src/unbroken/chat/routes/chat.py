@@ -10,18 +10,30 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-import anyio
 from fastapi import APIRouter, Query, Request
 from starlette.responses import JSONResponse, Response
 
-from unbroken import OpenedStream, StreamState
-from unbroken.asgi import Instead
-from unbroken.chat import _wire
-from unbroken.chat.answers import orphaned, repair, seconds_since, stop_stream, stream_status
+from unbroken import StreamState
+from unbroken.asgi import resume_after
+from unbroken.chat.answers import seconds_since
+from unbroken.chat.bodies import json_object, load_json
 from unbroken.chat.deps import CurrentIdentity, CurrentServices, Services, check_chat_id
-from unbroken.chat.errors import ApiError, json_object, not_found
-from unbroken.chat.models import message_text
-from unbroken.chat.store import Chat, Started, StreamRecord
+from unbroken.chat.errors import ApiError, not_found
+from unbroken.chat.store import Chat, StreamRecord
+from unbroken.exceptions import (
+    BackendUnavailableError,
+    InvalidStreamIdError,
+    StreamNotFoundError,
+    UnbrokenError,
+)
+from unbroken.protocols.ai_sdk import (
+    DATA_STREAM_HEADERS,
+    DataStreamResponse,
+    UIMessageStreamResponse,
+    append_message_response,
+    parse_chat_request,
+    ui_message_to_v4,
+)
 
 __all__ = ["router"]
 
@@ -55,78 +67,22 @@ _CHAT_BODY = {
 }
 
 
-def _v5_stream(
-    services: Services, stream_id: str, *, after: int, instead: Instead | None = None
-) -> Response:
-    """The stream as a UI message stream (AI SDK v5+), from sequence number ``after``."""
+def _v5_stream(services: Services, stream_id: str, *, after: int) -> UIMessageStreamResponse:
+    """The stream as a UI message stream (AI SDK v5+), from sequence number ``after``; it
+    opens its reader when it runs."""
     flush = services.settings.flush_interval
-    return _wire.ui_message_stream_response(
-        services.engine, stream_id, after=after, flush_interval=flush, instead=instead
-    )
+    return UIMessageStreamResponse(services.engine, stream_id, after=after, flush_interval=flush)
 
 
-def _v4_stream(services: Services, stream_id: str, *, instead: Instead | None = None) -> Response:
-    """The whole stream as an AI SDK v4 data stream."""
+def _v4_stream(services: Services, stream_id: str) -> DataStreamResponse:
+    """The whole stream as an AI SDK v4 data stream; it opens its reader when it runs."""
     flush = services.settings.flush_interval
-    return _wire.data_stream_response(
-        services.engine, stream_id, after=-1, flush_interval=flush, instead=instead
-    )
+    return DataStreamResponse(services.engine, stream_id, after=-1, flush_interval=flush)
 
 
-def _title(text: str) -> str:
-    words = " ".join(text.split())
-    return (words[:77] + "…" if len(words) > 80 else words) or "New chat"
-
-
-async def _begin(
-    services: Services, chat_id: str, user_id: str, user_message: dict[str, Any], *, trigger: str
-) -> tuple[StreamRecord, bool]:
-    """Start the answer to ``user_message`` in ``user_id``'s chat ``chat_id`` (created on first
-    use), or find the one already being generated.
-
-    Returns (stream, attached). A repeated submit of the message whose answer is running
-    attaches to it (a client retry must not pay for a second generation). Any other running
-    answer in the chat is stopped first, so its partial answer keeps its place before the new
-    message; one whose producer died is stored first (`repair`).
-    """
-    store = services.store
-    title = _title(message_text(user_message))
-    for _ in range(5):
-        begun = await store.start_answer(
-            chat_id,
-            user_id,
-            title=title,
-            message_id=user_message["id"],
-            parts=user_message.get("parts", []),
-            metadata=user_message.get("metadata"),
-        )
-        if begun is None:
-            raise not_found()
-        if isinstance(begun, Started):
-            history = [message.to_ui_message() for message in begun.history]
-            try:
-                await services.generator.start(begun.record, history, owner=user_id)
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await store.abandon_generation(begun.record)
-                raise
-            return begun.record, False
-        # The chat has an active stream: attach to it, or end it and ask again.
-        chat = await repair(services, begun)
-        if chat.active_stream_id is None:
-            continue
-        active = await store.get_stream(chat.active_stream_id)
-        if active is None:
-            await store.clear_active_stream(chat.id, chat.active_stream_id)
-        elif (
-            trigger == "submit-message"
-            and active.user_message_id == user_message["id"]
-            and await stream_status(services, active) is not None
-        ):
-            return active, True
-        else:
-            await stop_stream(services, active)
-    raise ApiError(409, "conflict", "another answer is starting in this chat; try again")
+def _empty_data_stream() -> Response:
+    """v4 "nothing to resume": 200 with an empty body (the v4 client cannot take a 204)."""
+    return Response(b"", headers=dict(DATA_STREAM_HEADERS))
 
 
 @router.post(
@@ -143,7 +99,7 @@ async def post_chat(
     The chat is created on first use, owned by the caller. A v5+ body (with ``trigger``) is
     answered with the UI message stream, a v4 body with the data stream.
     """
-    chat_request = _wire.parse_chat_request(_wire.load_json(await request.body()))
+    chat_request = parse_chat_request(load_json(await request.body()))
     user_message = chat_request.last_user_message
     if user_message is None:
         raise ApiError(400, "invalid_request", "the request has no user message to answer")
@@ -156,8 +112,8 @@ async def post_chat(
             "the last message must be the user's: continuing an assistant message is not "
             "supported by this service",
         )
-    record, attached = await _begin(
-        services, chat_request.chat_id, identity.user.id, user_message, trigger=chat_request.trigger
+    record, attached = await services.answers.begin(
+        chat_request.chat_id, identity.user.id, user_message, trigger=chat_request.trigger
     )
     if attached:
         services.metrics.attaches.inc()
@@ -186,11 +142,13 @@ async def resume_v4(
     identity: CurrentIdentity,
     chat_id: Annotated[str | None, Query(alias="chatId")] = None,
 ) -> Response:
-    """The seed's resume semantics, for ``useChat().experimental_resume()`` (ai 4.x)."""
+    """For ``useChat().experimental_resume()`` (ai 4.x), as the ``resumable-stream`` chatbot
+    example answers it: the chat's latest stream while it runs, else its answer as an
+    ``append-message`` part if it ended within the resume window, else an empty body."""
     if not chat_id:
         raise ApiError(400, "invalid_request", "the chatId query parameter is required")
     check_chat_id(chat_id, field="chatId")
-    live = services.generator.producing(chat_id, identity.user.id)
+    live = services.answers.producing(chat_id, identity.user.id)
     if live is not None:  # answered from memory: this process generates the answer
         services.metrics.resumes.labels("v4", "live").inc()
         return _v4_stream(services, live.id)
@@ -204,31 +162,38 @@ async def resume_v4(
     if chat is None:
         raise not_found()
     recent = streams[-1]
-
-    async def instead(opened: OpenedStream | None) -> Response | None:
-        # Running, as the response's reader found it: no status round trip of our own (see
-        # resume_v5). Anything else takes the slow path, as before.
-        if opened is None or opened.state.is_terminal:
-            return await _resume_v4_slowly(services, chat, recent)
-        services.metrics.resumes.labels("v4", "live").inc()
-        return None
-
-    return _v4_stream(services, recent.id, instead=instead)
+    # Running, as the response's reader finds it: no status round trip of its own (see
+    # resume_v5). Anything else takes the slow path.
+    response = _v4_stream(services, recent.id)
+    try:
+        await response.open()
+    except (StreamNotFoundError, InvalidStreamIdError):
+        return await _resume_v4_slowly(services, chat, recent)
+    except BackendUnavailableError:
+        raise  # the app's 503: try again shortly
+    except UnbrokenError:
+        return response  # it tries again when it runs, and reports the failure in its body
+    if response.reader.state.is_terminal:
+        await response.aclose()
+        return await _resume_v4_slowly(services, chat, recent)
+    services.metrics.resumes.labels("v4", "live").inc()
+    return response
 
 
 async def _resume_v4_slowly(services: Services, chat: Chat, recent: StreamRecord) -> Response:
     """A v4 resume whose latest stream is not simply running: one begun moments ago and not
     claimed yet, one just ended (replayed until its answer is stored), an orphan to store,
     an answer already stored, or nothing."""
-    status = await stream_status(services, recent)
+    answers = services.answers
+    status = await answers.status(recent)
     if status is not None and (
         status.state is StreamState.ACTIVE
-        or (chat.active_stream_id == recent.id and not await orphaned(services, recent))
+        or (chat.active_stream_id == recent.id and not await answers.orphaned(recent))
     ):
         # Running, or just finished and not stored yet: the stream itself is the answer.
         services.metrics.resumes.labels("v4", "live" if not status.is_terminal else "replay").inc()
         return _v4_stream(services, recent.id)
-    chat = await repair(services, chat)
+    chat = await answers.repair(chat)
     last = await services.store.last_message(chat.id)
     if (
         last is not None
@@ -237,9 +202,9 @@ async def _resume_v4_slowly(services: Services, chat: Chat, recent: StreamRecord
     ):
         services.metrics.resumes.labels("v4", "append-message").inc()
         created = last.created_at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        message = _wire.ui_message_to_v4(last.to_ui_message(), created_at=created)
-        return _wire.append_message_response(message)
-    return _wire.empty_data_stream_response()
+        message = ui_message_to_v4(last.to_ui_message(), created_at=created)
+        return append_message_response(message)
+    return _empty_data_stream()
 
 
 @router.get(
@@ -266,8 +231,8 @@ async def resume_v5(
 ) -> Response:
     """For ``useChat({resume: true})`` / ``resumeStream()`` (ai 5, 6, 7)."""
     check_chat_id(chat_id, status=404)
-    position = _wire.resume_position(request)
-    live = services.generator.producing(chat_id, identity.user.id)
+    position = resume_after(request)
+    live = services.answers.producing(chat_id, identity.user.id)
     if live is not None:  # answered from memory: this process generates the answer
         services.metrics.resumes.labels("v5", "live").inc()
         return _v5_stream(services, live.id, after=position)
@@ -277,20 +242,26 @@ async def resume_v5(
     chat, record = found
     if record is None:
         return await _resume_v5_slowly(services, chat, None, position)
-    window = services.settings.resume_window
-
-    async def instead(opened: OpenedStream | None) -> Response | None:
-        # The chat's running answer, as the response's reader found it: no round trip of
-        # our own to ask first (it would be one more, in a busy event loop, on the way to
-        # the first byte). Anything else takes the slow path, as before.
-        if opened is None or (
-            opened.state.is_terminal and seconds_since(opened.finished_at) > window
-        ):
-            return await _resume_v5_slowly(services, chat, record, position)
-        services.metrics.resumes.labels("v5", _resume_kind(opened.state)).inc()
-        return None
-
-    return _v5_stream(services, record.id, after=position, instead=instead)
+    # The chat's running (or just ended) answer, as the response's reader finds it: no
+    # round trip of the route's own to ask first (it would be one more, in a busy event
+    # loop, on the way to the first byte). Anything else takes the slow path.
+    response = _v5_stream(services, record.id, after=position)
+    try:
+        await response.open()
+    except (StreamNotFoundError, InvalidStreamIdError):
+        return await _resume_v5_slowly(services, chat, record, position)
+    except BackendUnavailableError:
+        raise  # the app's 503: try again shortly
+    except UnbrokenError:
+        return response  # it tries again when it runs, and reports the failure in its body
+    reader = response.reader
+    if reader.state.is_terminal and seconds_since(reader.finished_at) > (
+        services.settings.resume_window
+    ):
+        await response.aclose()
+        return await _resume_v5_slowly(services, chat, record, position)
+    services.metrics.resumes.labels("v5", _resume_kind(reader.state)).inc()
+    return response
 
 
 async def _resume_v5_slowly(
@@ -300,13 +271,13 @@ async def _resume_v5_slowly(
     not claimed yet, one whose producer died, an answer already stored, or nothing."""
     window = services.settings.resume_window
     if record is not None:
-        status = await stream_status(services, record)
+        status = await services.answers.status(record)
         if status is not None and (
             not status.is_terminal or seconds_since(status.finished_at) <= window
         ):
             services.metrics.resumes.labels("v5", _resume_kind(status.state)).inc()
             return _v5_stream(services, record.id, after=position)
-    chat = await repair(services, chat)
+    chat = await services.answers.repair(chat)
     last = await services.store.last_message(chat.id)
     if (
         last is not None
@@ -342,7 +313,7 @@ async def stop_chat(
     body = await request.body()
     wanted: dict[str, Any] = {}
     if body.strip():
-        wanted = json_object(_wire.load_json(body))
+        wanted = json_object(load_json(body))
     chat = await services.store.get_chat(chat_id, identity.user.id)
     if chat is None:
         raise not_found()
@@ -360,8 +331,8 @@ async def stop_chat(
     ):
         services.metrics.stops.labels("stale").inc()
         return JSONResponse(result)
-    await stream_status(services, record)  # a stop right after the POST: let it claim
-    state = await stop_stream(services, record)
+    await services.answers.status(record)  # a stop right after the POST: let it claim
+    state = await services.answers.stop(record)
     stopped = state is StreamState.CANCELLED
     services.metrics.stops.labels("stopped" if stopped else "finished").inc()
     result.update(

@@ -7,7 +7,6 @@ from typing import Any
 from fastapi import APIRouter
 from starlette.responses import JSONResponse, Response
 
-from unbroken.chat.answers import repair, stop_stream
 from unbroken.chat.deps import CurrentIdentity, CurrentServices, check_chat_id
 from unbroken.chat.errors import not_found
 from unbroken.chat.store import Chat, Message
@@ -67,7 +66,7 @@ async def get_chat(
     chat = await services.store.get_chat(chat_id, identity.user.id)
     if chat is None:
         raise not_found()
-    chat = await repair(services, chat)
+    chat = await services.answers.repair(chat)
     messages = await services.store.list_messages(chat.id)
     active: dict[str, Any] | None = None
     if chat.active_stream_id is not None:
@@ -99,7 +98,7 @@ async def delete_chat(
     if chat.active_stream_id is not None:
         record = await services.store.get_stream(chat.active_stream_id)
         if record is not None:
-            await stop_stream(services, record)
+            await services.answers.stop(record)
     if not await services.store.delete_chat(chat_id, identity.user.id):
         raise not_found()
     return Response(status_code=204)

@@ -1,13 +1,13 @@
-"""The chat service's SQL store: tables, Alembic migrations and the `Store` queries."""
+"""The chat service's SQL store: tables, Alembic migrations, the records and the `Store` queries."""
 
-from unbroken.chat.store.queries import (
+from unbroken.chat.store.queries import Store
+from unbroken.chat.store.records import (
     ApiKey,
     Chat,
     ChatNotFoundError,
     Message,
     MessageStatus,
     Started,
-    Store,
     StreamRecord,
     User,
     new_id,

@@ -15,64 +15,34 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import secrets
-import sqlite3
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, Self, TypeVar
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
 
-import anyio
-import anyio.to_thread
-from sqlalchemy import (
-    and_,
-    bindparam,
-    create_engine,
-    delete,
-    func,
-    insert,
-    make_url,
-    select,
-    update,
-)
+from sqlalchemy import and_, bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql import Executable
 
-from unbroken.chat.store import migrate
+from unbroken.chat.store._database import Database, Params
+from unbroken.chat.store.records import (
+    ApiKey,
+    Chat,
+    ChatNotFoundError,
+    Message,
+    MessageStatus,
+    Started,
+    StreamRecord,
+    User,
+    as_utc,
+    new_id,
+    utcnow,
+)
 from unbroken.chat.store.tables import api_keys, app_config, chats, messages, streams, users
 
-__all__ = [
-    "ApiKey",
-    "Chat",
-    "ChatNotFoundError",
-    "Message",
-    "MessageStatus",
-    "Started",
-    "Store",
-    "StreamRecord",
-    "User",
-    "new_id",
-    "utcnow",
-]
-
-_T = TypeVar("_T")
-_Params = Mapping[str, Any]
-
-MessageStatus = Literal["streaming", "done", "error", "stopped", "interrupted"]
-Role = Literal["system", "user", "assistant"]
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def new_id(prefix: str = "", nbytes: int = 18) -> str:
-    """An unguessable id (`secrets.token_urlsafe`), optionally prefixed."""
-    return prefix + secrets.token_urlsafe(nbytes)
-
+__all__ = ["Store"]
 
 # How stale an API key's last_used_at may be (seconds) before a request refreshes it.
 _KEY_USE_RESOLUTION = 60.0
@@ -82,251 +52,18 @@ _KEY_CACHE_SECONDS = 30.0
 _KEY_CACHE_SIZE = 10_000
 
 
-def _utc(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes; everything is stored in UTC.
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
 def _hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-class ChatNotFoundError(LookupError):
-    """No chat with that id that the caller may access (missing and foreign look the same)."""
-
-    def __init__(self, chat_id: str) -> None:
-        super().__init__(f"no chat with id {chat_id!r}")
-        self.chat_id = chat_id
-
-
-@dataclass(frozen=True, slots=True)
-class User:
-    id: str
-    kind: str
-    name: str | None
-    created_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class ApiKey:
-    id: str
-    user_id: str
-    name: str | None
-    created_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class Chat:
-    id: str
-    user_id: str
-    title: str
-    visibility: str
-    active_stream_id: str | None
-    created_at: datetime
-    updated_at: datetime
-
-    @classmethod
-    def from_row(cls, row: Row[Any]) -> Self:
-        m = row._mapping
-        return cls(
-            id=m["id"],
-            user_id=m["user_id"],
-            title=m["title"],
-            visibility=m["visibility"],
-            active_stream_id=m["active_stream_id"],
-            created_at=_utc(m["created_at"]),
-            updated_at=_utc(m["updated_at"]),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A stored chat message: an AI SDK ``UIMessage`` plus bookkeeping."""
-
-    id: str
-    chat_id: str
-    role: str
-    parts: list[dict[str, Any]]
-    metadata: dict[str, Any] | None
-    status: MessageStatus
-    error: str | None
-    stream_id: str | None
-    created_at: datetime
-    finished_at: datetime | None
-
-    @classmethod
-    def from_row(cls, row: Row[Any]) -> Self:
-        m = row._mapping
-        finished = m["finished_at"]
-        return cls(
-            id=m["id"],
-            chat_id=m["chat_id"],
-            role=m["role"],
-            parts=list(m["parts"] or []),
-            metadata=m["metadata"],
-            status=m["status"],
-            error=m["error"],
-            stream_id=m["stream_id"],
-            created_at=_utc(m["created_at"]),
-            finished_at=_utc(finished) if finished is not None else None,
-        )
-
-    def to_ui_message(self) -> dict[str, Any]:
-        """The AI SDK v5 ``UIMessage`` (``{id, role, parts, metadata?}``)."""
-        ui: dict[str, Any] = {"id": self.id, "role": self.role, "parts": self.parts}
-        if self.metadata is not None:
-            ui["metadata"] = self.metadata
-        return ui
-
-
-@dataclass(frozen=True, slots=True)
-class StreamRecord:
-    """One generation of one assistant message in a chat (a chat has many)."""
-
-    id: str
-    chat_id: str
-    message_id: str
-    user_message_id: str | None
-    created_at: datetime
-
-    @classmethod
-    def from_row(cls, row: Row[Any]) -> Self:
-        m = row._mapping
-        return cls(
-            id=m["id"],
-            chat_id=m["chat_id"],
-            message_id=m["message_id"],
-            user_message_id=m["user_message_id"],
-            created_at=_utc(m["created_at"]),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Started:
-    """An answer begun by `Store.start_answer`: its stream, and the history it answers (the
-    chat's messages up to the user's, in order)."""
-
-    record: StreamRecord
-    history: list[Message]
-
-
-def _is_sqlite(url: str) -> bool:
-    return url.startswith("sqlite")
-
-
-# How many threads (and connections) run a SQLite store's work at once. SQLite has one
-# writer at a time anyway; a few threads let reads go on beside it, and a writer waiting for
-# another process's lock does not hold up the rest (chat_path_bench: 4 and 8 alike, 1-2 slower).
-_SQLITE_THREADS = 8
-
-
-class Store:
-    """The chat service's SQL store (SQLAlchemy 2 Core). Use as ``async with``.
-
-    Every operation is a function of one connection, run whole where its driver is cheapest:
-
-    - PostgreSQL: on the event loop, through asyncpg (``AsyncConnection.run_sync``);
-    - SQLite: in one of the store's few threads, on a plain `sqlite3` connection. Through
-      aiosqlite, each statement, fetch and commit was its own hop to a thread and back (about
-      47 for one answer): 7 ms of CPU per answer, most of it on the event loop. Run whole, an
-      answer's SQL costs ~2.5 ms, 0.5 of it on the loop (`benchmarks/store_bench.py`).
-
-    `engine` stays the async engine (migrations use it); `sql_engine` is the engine every
-    statement runs on, for event hooks.
-    """
+class Store(Database):
+    """The chat service's SQL store: every query it runs (see `Database` for how they run).
+    Use as ``async with``."""
 
     def __init__(self, engine: AsyncEngine, *, threaded: Engine | None = None) -> None:
-        self.engine = engine
-        self._threaded = threaded
-        self._limiter = anyio.CapacityLimiter(_SQLITE_THREADS)
+        super().__init__(engine, threaded=threaded)
         # key hash -> (when it was looked up, its user); see user_for_api_key
         self._key_users: dict[str, tuple[float, User]] = {}
-
-    @classmethod
-    def from_url(cls, url: str) -> Self:
-        """A store on ``url`` (``sqlite+aiosqlite://…`` or ``postgresql+asyncpg://…``)."""
-        if _is_sqlite(url):
-            engine = create_async_engine(url, connect_args={"timeout": 30})
-            _configure_sqlite(engine.sync_engine)
-            threaded = create_engine(
-                make_url(url).set(drivername="sqlite+pysqlite"),
-                connect_args={"timeout": 30, "check_same_thread": False},
-                pool_size=_SQLITE_THREADS,
-                max_overflow=0,
-            )
-            _configure_sqlite(threaded)
-            return cls(engine, threaded=threaded)
-        engine = create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
-        return cls(engine)
-
-    @property
-    def sql_engine(self) -> Engine:
-        """The engine every statement of the store runs on (for event hooks)."""
-        return self._threaded if self._threaded is not None else self.engine.sync_engine
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        await self.engine.dispose()
-        if self._threaded is not None:
-            self._threaded.dispose()
-
-    async def upgrade(self) -> bool:
-        """Apply pending migrations (see `migrate.upgrade`); returns whether any ran."""
-        return await migrate.upgrade(self.engine)
-
-    async def ping(self) -> None:
-        """Raise if the database cannot be reached."""
-        await self._scalar(select(1))
-
-    # -- running work ------------------------------------------------------------------
-
-    async def _run(self, work: Callable[[Connection], _T], *, write: bool = False) -> _T:
-        """``work`` on one connection; with ``write``, inside a transaction committed when
-        it returns (rolled back if it raises). On SQLite a thread runs it to the end even if
-        the caller is cancelled meanwhile; on PostgreSQL a cancellation rolls it back."""
-        if self._threaded is not None:
-            return await anyio.to_thread.run_sync(
-                self._run_threaded, work, write, limiter=self._limiter
-            )
-        if write:
-            async with self.engine.begin() as conn:
-                return await conn.run_sync(work)
-        async with self.engine.connect() as conn:
-            return await conn.run_sync(work)
-
-    def _run_threaded(self, work: Callable[[Connection], _T], write: bool) -> _T:
-        assert self._threaded is not None
-        if write:
-            with self._threaded.begin() as conn:
-                return work(conn)
-        with self._threaded.connect() as conn:
-            return work(conn)
-
-    async def _first(self, query: Executable, params: _Params | None = None) -> Row[Any] | None:
-        return await self._run(lambda conn: conn.execute(query, params).first())
-
-    async def _all(self, query: Executable) -> list[Row[Any]]:
-        return await self._run(lambda conn: list(conn.execute(query)))
-
-    async def _scalar(self, query: Executable) -> Any:
-        return await self._run(lambda conn: conn.scalar(query))
-
-    async def _write(self, *statements: Executable | tuple[Executable, _Params]) -> list[int]:
-        """Run ``statements`` (each alone or with its parameters) in one transaction; the rows
-        each changed."""
-
-        def work(conn: Connection) -> list[int]:
-            return [
-                (conn.execute(*item) if isinstance(item, tuple) else conn.execute(item)).rowcount
-                for item in statements
-            ]
-
-        return await self._run(work, write=True)
 
     # -- configuration ------------------------------------------------------------------
 
@@ -359,7 +96,7 @@ class Store:
         if row is None:
             return None
         m = row._mapping
-        return User(id=m["id"], kind=m["kind"], name=m["name"], created_at=_utc(m["created_at"]))
+        return User(id=m["id"], kind=m["kind"], name=m["name"], created_at=as_utc(m["created_at"]))
 
     async def create_api_key(self, user_id: str, *, name: str | None = None) -> tuple[str, ApiKey]:
         """A new key for ``user_id``: returns the secret (shown once; only its hash is kept)."""
@@ -381,10 +118,10 @@ class Store:
 
         ``last_used_at`` is refreshed at most once a minute: writing it on every request
         would put a write transaction (and, on SQLite, the database's write lock) in front
-        of every resume. A key found is remembered by this store for 30 s, so most requests
-        (every resume is one) start without a query: under load, each query waits its turn
-        in the event loop several times, which was half a resume's latency. Unknown keys
-        are always looked up.
+        of every resume. A key found is remembered by this store for a while
+        (``_KEY_CACHE_SECONDS``), so most requests (every resume is one) start without a
+        query: under load, each query waits its turn in the event loop several times, on
+        the way to a resume's first byte. Unknown keys are always looked up.
         """
         key_hash = _hash_key(secret)
         cached = self._key_users.get(key_hash)
@@ -400,11 +137,11 @@ class Store:
         m = row._mapping
         now = utcnow()
         last_used = m["last_used_at"]
-        if last_used is None or (now - _utc(last_used)).total_seconds() >= _KEY_USE_RESOLUTION:
+        if last_used is None or (now - as_utc(last_used)).total_seconds() >= _KEY_USE_RESOLUTION:
             await self._write(
                 update(api_keys).where(api_keys.c.key_hash == key_hash).values(last_used_at=now)
             )
-        user = User(id=m["id"], kind=m["kind"], name=m["name"], created_at=_utc(m["created_at"]))
+        user = User(id=m["id"], kind=m["kind"], name=m["name"], created_at=as_utc(m["created_at"]))
         if len(self._key_users) >= _KEY_CACHE_SIZE:
             self._key_users.clear()
         self._key_users[key_hash] = (time.monotonic(), user)
@@ -433,43 +170,9 @@ class Store:
                 chat_id=m["stream_chat_id"],
                 message_id=m["stream_message_id"],
                 user_message_id=m["stream_user_message_id"],
-                created_at=_utc(m["stream_created_at"]),
+                created_at=as_utc(m["stream_created_at"]),
             )
         return Chat.from_row(row), record
-
-    async def get_or_create_chat(self, chat_id: str, user_id: str, *, title: str) -> Chat | None:
-        """The caller's chat ``chat_id``, created (owned by the caller) if the id is free.
-
-        None if the id belongs to another user. Concurrent first uses create it once.
-        """
-        found = await self.get_chat(chat_id, user_id)
-        if found is not None:
-            return found
-        now = utcnow()
-        created = Chat(
-            id=chat_id,
-            user_id=user_id,
-            title=title[:200] or "New chat",
-            visibility="private",
-            active_stream_id=None,
-            created_at=now,
-            updated_at=now,
-        )
-        try:
-            await self._write(
-                insert(chats).values(
-                    id=created.id,
-                    user_id=created.user_id,
-                    title=created.title,
-                    visibility=created.visibility,
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
-        except IntegrityError:
-            # Taken: by this user concurrently (fine) or by someone else (None).
-            return await self.get_chat(chat_id, user_id)
-        return created  # what was just written: no need to read it back
 
     async def list_chats(self, user_id: str, *, limit: int = 100) -> list[Chat]:
         """The user's chats, most recently updated first."""
@@ -534,12 +237,6 @@ class Store:
         )
         return Message.from_row(row) if row is not None else None
 
-    async def get_message(self, chat_id: str, message_id: str) -> Message | None:
-        row = await self._first(
-            select(messages).where(and_(messages.c.chat_id == chat_id, messages.c.id == message_id))
-        )
-        return Message.from_row(row) if row is not None else None
-
     async def finalize_message(
         self,
         chat_id: str,
@@ -575,22 +272,6 @@ class Store:
         return bool(stored)
 
     # -- streams ------------------------------------------------------------------------
-
-    async def create_stream(
-        self, chat_id: str, *, message_id: str | None = None, user_message_id: str | None = None
-    ) -> str:
-        """Record a new stream of ``chat_id``; returns its (unguessable) id."""
-        stream_id = new_id("s_", 24)
-        await self._write(
-            insert(streams).values(
-                id=stream_id,
-                chat_id=chat_id,
-                message_id=message_id or new_id("msg_"),
-                user_message_id=user_message_id,
-                created_at=utcnow(),
-            )
-        )
-        return stream_id
 
     async def start_answer(
         self,
@@ -721,19 +402,9 @@ class Store:
             raise ChatNotFoundError(chat_id)
         return [StreamRecord.from_row(row) for row in rows]
 
-    async def count_streaming(self) -> int:
-        """How many answers are marked as being generated (across all processes)."""
-        return int(
-            await self._scalar(
-                select(func.count()).select_from(messages).where(messages.c.status == "streaming")
-            )
-            or 0
-        )
-
 
 # -- the statements of every answer and resume, built once ---------------------------------
-# Building a statement (and its cache key) per call cost SQLAlchemy four times what running
-# it costs (start_answer's statements: 0.79 ms built per call, 0.18 ms built once), so these
+# Building a statement (and its cache key) costs SQLAlchemy more than running it, so these
 # are made once, with bound parameters named b_* (a name of their own: a column's name is
 # taken by the SET and VALUES clauses).
 
@@ -812,42 +483,6 @@ def _put_user_message(
     )
 
 
-def _release(chat_id: str, stream_id: str) -> tuple[Executable, _Params]:
+def _release(chat_id: str, stream_id: str) -> tuple[Executable, Params]:
     """Clear the chat's ``active_stream_id`` only while it is ``stream_id``."""
     return _RELEASE, {"b_chat": chat_id, "b_stream": stream_id, "b_now": utcnow()}
-
-
-def _configure_sqlite(engine: Engine) -> None:
-    from sqlalchemy import event
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # WAL: readers never block the writer, which matters with several workers on one file.
-        cursor = dbapi_connection.cursor()
-        _enable_wal(cursor)
-        # With WAL, NORMAL syncs at checkpoints instead of on every commit: the database
-        # is never corrupted; a power cut may lose the last commits. Each answer commits a
-        # few times, and an fsync each would cost more than the answer's SQL.
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.close()
-
-
-def _enable_wal(cursor: Any, timeout: float = 30) -> None:
-    """Switch the file to WAL (it stays so), waiting out connections that switch it at once.
-
-    The switch writes the file's header, and SQLite does not apply the busy timeout to it (the
-    statement already holds a read lock when it asks for the write lock), so connections opening
-    one fresh file together, as workers or processes upgrading it at start do, fail at once with
-    'database is locked'. Retry instead: once the file is in WAL, the PRAGMA writes nothing. (The
-    sleep blocks this connection's loop, only while a fresh file is being switched.)
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            cursor.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
-                raise
-        time.sleep(0.01)

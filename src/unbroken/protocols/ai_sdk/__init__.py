@@ -8,6 +8,9 @@ either protocol:
 - `UIMessageStreamEncoder`: AI SDK v5+ UI message stream (SSE, ``id: <seq>`` on each event,
   ``data: [DONE]`` last), fitted to a client version (`ClientTarget`, default ``5.0.0``).
 - `DataStreamEncoder`: AI SDK v4 data stream protocol (``CODE:JSON`` lines).
+- `UIMessageStreamResponse`, `DataStreamResponse` and `append_message_response`: the
+  Starlette/FastAPI responses that write them (extra ``unbroken[fastapi]``; starlette is
+  imported on first use of one of them, not with this package).
 
 How a stream's end is written (unless the stream already ended itself with ``finish``,
 ``error`` or ``abort``):
@@ -34,6 +37,9 @@ Also: `parse_chat_request` (POST bodies of v4, v5 and vercel/ai-chatbot), `UIMes
 (the message a stream builds, as ``readUIMessageStream`` builds it), `ui_message_to_v4`,
 `UIMessageStreamBuilder` and `ui_events_to_chunks` for producers.
 """
+
+from types import FunctionType as _FunctionType
+from typing import TYPE_CHECKING, Any
 
 from unbroken.protocols.ai_sdk._assembler import UIMessageAssembler, parse_partial_json
 from unbroken.protocols.ai_sdk._builder import (
@@ -82,10 +88,16 @@ from unbroken.protocols.ai_sdk._data_stream import (
     DataStreamEncoder,
     append_message_line,
 )
-from unbroken.protocols.ai_sdk._encoding import StreamEncoder
 from unbroken.protocols.ai_sdk._request import ChatRequest, is_valid_id, parse_chat_request
 from unbroken.protocols.ai_sdk._targets import KNOWN_CHUNK_TYPES, ClientTarget
 from unbroken.protocols.ai_sdk._ui_stream import UI_MESSAGE_STREAM_HEADERS, UIMessageStreamEncoder
+
+if TYPE_CHECKING:
+    from unbroken.protocols.ai_sdk._responses import (
+        DataStreamResponse,
+        UIMessageStreamResponse,
+        append_message_response,
+    )
 
 __all__ = [
     "DATA_STREAM_HEADERS",
@@ -97,6 +109,7 @@ __all__ = [
     "ClientTarget",
     "DataChunk",
     "DataStreamEncoder",
+    "DataStreamResponse",
     "ErrorChunk",
     "FileChunk",
     "FinishChunk",
@@ -110,7 +123,6 @@ __all__ = [
     "SourceUrlChunk",
     "StartChunk",
     "StartStepChunk",
-    "StreamEncoder",
     "TextDeltaChunk",
     "TextEndChunk",
     "TextStartChunk",
@@ -127,7 +139,9 @@ __all__ = [
     "UIMessageChunk",
     "UIMessageStreamBuilder",
     "UIMessageStreamEncoder",
+    "UIMessageStreamResponse",
     "append_message_line",
+    "append_message_response",
     "chunk_from_dict",
     "decode_event",
     "encode_event",
@@ -140,3 +154,35 @@ __all__ = [
     "ui_message_to_v4",
     "v4_message_to_ui",
 ]
+
+# The responses need starlette, which this package must not load: they are imported on first
+# use (a missing starlette then raises MissingDependencyError naming the extra).
+_RESPONSES = frozenset({"DataStreamResponse", "UIMessageStreamResponse", "append_message_response"})
+
+
+def _show_here(member: object) -> None:
+    # Exported names report this module (`unbroken.protocols.ai_sdk.UIMessageChunk`), not
+    # the private one that defines them: it is the name users import.
+    if isinstance(member, type | _FunctionType):
+        member.__module__ = __name__
+
+
+for _name in __all__:
+    if _name not in _RESPONSES:
+        _show_here(globals()[_name])
+del _name
+
+
+def __getattr__(name: str) -> Any:
+    if name in _RESPONSES:
+        from unbroken.protocols.ai_sdk import _responses
+
+        value = getattr(_responses, name)
+        _show_here(value)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_RESPONSES})

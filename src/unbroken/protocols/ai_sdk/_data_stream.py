@@ -43,7 +43,7 @@ from typing import Any
 
 from unbroken._json import compact_json
 from unbroken.protocols.ai_sdk._chunks import UIEvent
-from unbroken.protocols.ai_sdk._encoding import StreamEncoder
+from unbroken.protocols.ai_sdk._encoding import UIEventStreamEncoder
 
 __all__ = ["DATA_STREAM_HEADERS", "DataStreamEncoder", "append_message_line"]
 
@@ -62,7 +62,7 @@ _DATA_URL_RE = re.compile(r"^data:([^;,]*)(?:;[^,]*)?;base64,(.*)$", re.S)
 Line = tuple[str, Any]
 
 
-class DataStreamEncoder(StreamEncoder[Line]):
+class DataStreamEncoder(UIEventStreamEncoder[Line]):
     """Engine items (v5 events) -> v4 data stream lines."""
 
     headers = DATA_STREAM_HEADERS

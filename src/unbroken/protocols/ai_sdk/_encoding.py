@@ -1,23 +1,24 @@
 """What both AI SDK encoders share: decoding stored events, merging replays, ending streams.
 
-An encoder is a pure transform from engine items (`Chunk` of one JSON event each, then one
-`StreamEnd`) to wire text. It is fed in batches; consecutive deltas of one part inside a
-batch may be merged into one frame, so a catch-up (which arrives as large batches) replays in
-few frames while live chunks (batches of one) go out as they come.
+Both are `StreamEncoder`s over streams whose chunks are one UI event each (compact JSON):
+a pure transform from engine items to wire text. They are fed in batches; consecutive deltas
+of one part inside a batch may be merged into one frame, so a catch-up (which arrives as
+large batches) replays in few frames while live chunks (batches of one) go out as they come.
 """
 
 from __future__ import annotations
 
 import logging
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Iterable
 from typing import Any, Generic, TypeVar
 
 from unbroken._models import Chunk, StreamEnd, StreamState
 from unbroken.exceptions import ProtocolError
+from unbroken.protocols._encoder import StreamEncoder
 from unbroken.protocols.ai_sdk._chunks import UIEvent, decode_event
 
-__all__ = ["ERROR_TEXT", "INTERRUPTED_TEXT", "TERMINAL_TYPES", "StreamEncoder"]
+__all__ = ["ERROR_TEXT", "INTERRUPTED_TEXT", "TERMINAL_TYPES", "UIEventStreamEncoder"]
 
 logger = logging.getLogger("unbroken")
 
@@ -33,15 +34,13 @@ Item = TypeVar("Item")
 _Pending = tuple[int, Item, str | None]
 
 
-class StreamEncoder(ABC, Generic[Item]):
-    """Turns engine items into protocol text. One encoder per response; not reusable."""
-
-    #: Response headers of this protocol.
-    headers: dict[str, str]
+class UIEventStreamEncoder(StreamEncoder, Generic[Item]):
+    """A `StreamEncoder` for streams of UI events, in one AI SDK protocol whose wire items
+    are ``Item``. One encoder per response; not reusable."""
 
     def __init__(self, *, merge: bool = True) -> None:
+        super().__init__()
         self.merge = merge
-        self.finished = False
         self._last_type: str | None = None
 
     # -- public ------------------------------------------------------------------------
@@ -107,10 +106,6 @@ class StreamEncoder(ABC, Generic[Item]):
         """End the response in error when the stream itself cannot be read any more."""
         self._last_type = None
         return self.end(StreamEnd(StreamState.ERROR, message, 0, 0))
-
-    @abstractmethod
-    def keepalive(self) -> str:
-        """Text a client ignores, sent while the stream is idle."""
 
     # -- per protocol ------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from typing import Any
 from unbroken._json import compact_json
 from unbroken._sse import sse_comment, sse_event
 from unbroken.protocols.ai_sdk._chunks import UIEvent
-from unbroken.protocols.ai_sdk._encoding import StreamEncoder
+from unbroken.protocols.ai_sdk._encoding import UIEventStreamEncoder
 from unbroken.protocols.ai_sdk._targets import ClientTarget
 
 __all__ = ["UI_MESSAGE_STREAM_HEADERS", "UIMessageStreamEncoder"]
@@ -28,7 +28,7 @@ UI_MESSAGE_STREAM_HEADERS: dict[str, str] = {
 _DELTA_FIELD = {"text-delta": "delta", "reasoning-delta": "delta"}
 
 
-class UIMessageStreamEncoder(StreamEncoder[UIEvent]):
+class UIMessageStreamEncoder(UIEventStreamEncoder[UIEvent]):
     """Engine items -> UI message stream SSE text, fitted to one client version.
 
     ``target`` is the oldest ``ai`` version the client may run (default ``"5.0.0"``, the

@@ -1,0 +1,334 @@
+"""`RedisBackend`: the backend contract over the pipeliner, the scripts and the router."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from unbroken._models import Chunk, StreamState, StreamStatus
+from unbroken.backends.base import Append, Backend, GatheredAppends, Listener, StreamTimes
+from unbroken.backends.redis._codec import (
+    PackedAppend,
+    append_args,
+    append_many_command,
+    encode,
+    ended_payload,
+    ms,
+    parse_log,
+    parse_state,
+    parse_status,
+    script_calls,
+)
+from unbroken.backends.redis._errors import corrupt, translated
+from unbroken.backends.redis._keys import StreamKeys, log_entry_id, stream_keys
+from unbroken.backends.redis._pipeliner import DEFERRABLE_SCRIPTS, SCRIPTS, Pipeliner
+from unbroken.backends.redis._pubsub import HAS_SHARDED_PUBSUB, RedisListener, Router
+from unbroken.exceptions import (
+    BackendError,
+    CorruptStreamError,
+    EngineClosedError,
+    MissingDependencyError,
+)
+
+__all__ = ["RedisBackend"]
+
+_DEFAULT_URL = "redis://localhost:6379/0"
+
+
+class RedisBackend(Backend, GatheredAppends):
+    """Streams in Redis, shared by every process using the same Redis and ``key_prefix``.
+
+    Give either ``url`` (the backend creates, owns and closes the client) or ``client`` (yours;
+    it is never closed here). Neither means ``redis://localhost:6379/0``. ``cluster=True``
+    targets Redis Cluster (with ``url``: a `RedisCluster` is created) and uses sharded pub/sub.
+    ``reader_buffer`` bounds each listener's queue; overflow gives it one `Lagged`.
+    ``write_gather`` (seconds, the engine's `append_gather`): how long the engine gathers the
+    chunks of all its streams before appending them with one `append_many`, and how long a
+    lease renewal waits for other commands to share its pipeline. A pipeline's cost is mostly
+    fixed, so at one chunk per append, sharing is most of a Redis-backed chunk's cost. Readers
+    see a chunk up to that much later. 0 sends as soon as a connection is free.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: Redis | RedisCluster | None = None,
+        key_prefix: str = "unbroken",
+        cluster: bool = False,
+        reader_buffer: int = 1024,
+        write_gather: float = 0.002,
+    ) -> None:
+        if url is not None and client is not None:
+            raise ValueError("pass either url or client, not both")
+        if reader_buffer < 1:
+            raise ValueError("reader_buffer must be at least 1")
+        if not 0 <= write_gather <= 1:
+            raise ValueError("write_gather must be between 0 and 1 second")
+        if not key_prefix or "{" in key_prefix or "}" in key_prefix:
+            raise ValueError("key_prefix must be non-empty and without braces")
+        self.key_prefix = key_prefix
+        self.cluster = cluster or isinstance(client, RedisCluster)
+        if self.cluster and not HAS_SHARDED_PUBSUB:
+            raise MissingDependencyError("redis>=8.0 (sharded pub/sub, for cluster=True)", "redis")
+        if url is None and client is None:
+            url = _DEFAULT_URL
+        self._url = url
+        self._given_client = client
+        self._reader_buffer = reader_buffer
+        self._write_gather = self.append_gather = write_gather
+        self._client: Redis | RedisCluster | None = None
+        self._pipeliner: Pipeliner | None = None
+        self._router: Router | None = None
+        self._task_group: TaskGroup | None = None
+
+    # -- lifecycle --
+
+    async def open(self) -> None:
+        """Start the command pipeliner and the pub/sub router (connections are made as
+        needed, so this works while Redis is down). Idempotent.
+
+        The tasks live in a task group entered here and exited by `close`, so call `close`
+        from the same task at the same cancel-scope nesting (``async with backend:`` does).
+        """
+        if self._task_group is not None:
+            return
+        client = self._given_client or self._new_client()
+        pipeliner = Pipeliner(client, gather=self._write_gather)
+        router = Router(client, sharded=self.cluster)
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        task_group.start_soon(pipeliner.run, name="unbroken-redis-pipeliner")
+        task_group.start_soon(router.run, name="unbroken-redis-router")
+        self._client, self._task_group = client, task_group
+        self._pipeliner, self._router = pipeliner, router
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        if getattr(self, "_task_group", None) is not None:  # None too if __init__ raised
+            _warn(f"unclosed {self!r}: use 'async with backend:'", ResourceWarning, source=self)
+
+    def _new_client(self) -> Redis | RedisCluster:
+        assert self._url is not None
+        if self.cluster:
+            # redis-py's own cluster retries follow MOVED/ASK and failovers: keep them.
+            return RedisCluster.from_url(self._url, socket_connect_timeout=5)
+        # One quick retry: a pooled connection may have died with a Redis restart, and the
+        # retry on a fresh connection then succeeds. A Redis that is down fails fast, and the
+        # engine decides about retrying, with its own backoff. Every command here is short,
+        # so a reply that takes 10 s means a hung server or network, not a slow command.
+        return Redis.from_url(
+            self._url, retry=Retry(NoBackoff(), 1), socket_connect_timeout=5, socket_timeout=10
+        )
+
+    async def close(self) -> None:
+        """Stop the router, wake every listener (their next receive raises), close the
+        client if this backend created it. Idempotent."""
+        task_group, client = self._task_group, self._client
+        pipeliner, router = self._pipeliner, self._router
+        if task_group is None or client is None or pipeliner is None or router is None:
+            return
+        self._task_group = self._client = self._pipeliner = self._router = None
+        # Only the tasks' own scopes are cancelled, never the task group's: that one also
+        # covers the caller's task, which must not be cancelled by closing a backend.
+        pipeliner.close()
+        router.close()
+        try:
+            await task_group.__aexit__(None, None, None)
+        except RuntimeError as exc:
+            raise RuntimeError(
+                "RedisBackend.close() must run in the task and cancel-scope nesting that "
+                "open() ran in (not inside another CancelScope; it shields its own cleanup)"
+            ) from exc
+        finally:
+            if self._given_client is None:
+                with anyio.CancelScope(shield=True):
+                    await client.aclose()
+
+    # -- commands --
+
+    def _keys(self, stream_id: str) -> StreamKeys:
+        return stream_keys(self.key_prefix, stream_id)
+
+    def _open_pipeliner(self) -> Pipeliner:
+        if self._pipeliner is None:
+            raise EngineClosedError("backend is closed")
+        return self._pipeliner
+
+    async def _call(self, stream_id: str, *args: Any) -> Any:
+        """One command for ``stream_id``, with driver errors translated."""
+        pipeliner = self._open_pipeliner()
+        with translated(stream_id):
+            return await pipeliner.call(*args)
+
+    async def _run_script(
+        self,
+        name: str,
+        stream_id: str,
+        args: Sequence[str | bytes | int],
+        keys: StreamKeys | None = None,
+    ) -> Any:
+        """Script ``name`` on the stream's keys, with driver errors translated."""
+        pipeliner = self._open_pipeliner()
+        script_keys = (keys or self._keys(stream_id)).script_keys
+        with translated(stream_id):
+            return await pipeliner.call(
+                len(script_keys),
+                *script_keys,
+                *args,
+                script=SCRIPTS[name],
+                deferrable=name in DEFERRABLE_SCRIPTS,
+            )
+
+    # -- writes --
+
+    async def claim(self, stream_id: str, *, token: str, times: StreamTimes, now: float) -> bool:
+        args: list[str | bytes | int] = [
+            encode(token),
+            repr(float(now)),
+            ms(times.lease),
+            ms(times.active),
+        ]
+        return bool(await self._run_script("claim", stream_id, args))
+
+    async def append(
+        self, stream_id: str, *, token: str, chunks: Sequence[Chunk], times: StreamTimes, now: float
+    ) -> StreamState | None:
+        """`Backend.append`, sent as soon as a connection is free (chunks that should share
+        a round trip come through `append_many`)."""
+        keys = self._keys(stream_id)
+        args = append_args(Append(stream_id, token, chunks, times, now), keys, sharded=self.cluster)
+        reply = await self._run_script("append", stream_id, args, keys)
+        return parse_state(stream_id, reply)
+
+    async def append_many(
+        self, appends: Sequence[Append]
+    ) -> list[StreamState | BackendError | None]:
+        """Every append in one pipeline, sent at once (the engine gathered them already).
+
+        Outside a cluster, several streams share one script call (up to a bound, so that one
+        call stays short): for redis-py one command to pack and one reply to parse, for Redis
+        one script run, instead of one each per stream. In a cluster the streams' keys live in
+        different slots, so each stream is a call of its own.
+        """
+        pipeliner = self._open_pipeliner()
+        outcomes: list[StreamState | BackendError | None] = [None] * len(appends)
+        sendable: list[PackedAppend] = []
+        for index, append in enumerate(appends):
+            keys = self._keys(append.stream_id)
+            try:
+                args = append_args(append, keys, sharded=self.cluster)
+            except CorruptStreamError as exc:  # not sent: the chunks are not consecutive
+                outcomes[index] = exc
+                continue
+            sendable.append(PackedAppend(index, append.stream_id, keys, args, len(append.chunks)))
+        calls = [[append] for append in sendable] if self.cluster else script_calls(sendable)
+        replies = await pipeliner.call_many(
+            [append_many_command(call) for call in calls], script=SCRIPTS["append_many"]
+        )
+        for call, (reply, error) in zip(calls, replies, strict=True):
+            if error is None and not (isinstance(reply, list) and len(reply) == len(call)):
+                error = redis_errors.ResponseError(f"UNBROKEN_CORRUPT script replied {reply!r}")
+            for position, (index, stream_id, *_) in enumerate(call):
+                try:
+                    with translated(stream_id):
+                        if error is not None:
+                            raise error
+                        outcome = reply[position]
+                        if isinstance(outcome, Exception):
+                            raise outcome
+                    outcomes[index] = parse_state(stream_id, outcome)
+                except BackendError as exc:
+                    outcomes[index] = exc
+        return outcomes
+
+    async def renew_lease(
+        self, stream_id: str, *, token: str, times: StreamTimes, now: float
+    ) -> StreamState | None:
+        """`Backend.renew_lease`; it may wait up to ``write_gather`` to share a pipeline."""
+        args: list[str | bytes | int] = [encode(token), ms(times.lease), ms(times.active)]
+        return parse_state(stream_id, await self._run_script("renew", stream_id, args))
+
+    async def finish(
+        self,
+        stream_id: str,
+        *,
+        state: StreamState,
+        error: str | None,
+        token: str | None,
+        times: StreamTimes,
+        now: float,
+        only_if_lease_expired: bool = False,
+    ) -> StreamState | None:
+        if not state.is_terminal:
+            raise ValueError("finish needs a terminal state")
+        keys = self._keys(stream_id)
+        args: list[str | bytes | int] = [
+            state.value,
+            "0" if error is None else "1",
+            encode(error or ""),
+            "0" if token is None else "1",
+            encode(token or ""),
+            "1" if only_if_lease_expired else "0",
+            repr(float(now)),
+            ms(times.retention),
+            "1" if self.cluster else "0",
+            keys.channel,
+            keys.ends_channel,
+            ended_payload(state),
+        ]
+        return parse_state(stream_id, await self._run_script("finish", stream_id, args, keys))
+
+    # -- reads --
+
+    async def status(self, stream_id: str) -> StreamStatus | None:
+        raw = await self._call(stream_id, "HGETALL", self._keys(stream_id).meta)
+        if not raw:
+            return None
+        if not isinstance(raw, Mapping):
+            corrupt(stream_id, "metadata is not a hash")
+        return parse_status(stream_id, raw)
+
+    async def read(self, stream_id: str, *, after: int, limit: int) -> list[Chunk]:
+        self._open_pipeliner()
+        after = max(after, -1)
+        if limit <= 0 or after >= 2**62:
+            return []
+        log = self._keys(stream_id).log
+        start = log_entry_id(after + 1)
+        entries = await self._call(stream_id, "XRANGE", log, start, "+", "COUNT", limit)
+        return parse_log(stream_id, entries, after)
+
+    # -- live --
+
+    def listen(
+        self, stream_id: str, *, ends_only: bool = False
+    ) -> AbstractAsyncContextManager[Listener]:
+        """Subscribe to the stream's notifications through this backend's one pub/sub
+        connection. Entering returns once Redis confirmed the subscription; raises
+        `BackendUnavailableError` if it cannot (Redis down or not confirming in time).
+        ``ends_only`` listens on the stream's end channel, which carries no chunks."""
+        return self._listen(stream_id, ends_only)
+
+    @asynccontextmanager
+    async def _listen(self, stream_id: str, ends_only: bool) -> AsyncIterator[Listener]:
+        router = self._router
+        if router is None:
+            raise EngineClosedError("backend is closed")
+        keys = self._keys(stream_id)
+        channel = keys.ends_channel if ends_only else keys.channel
+        listener = RedisListener(self._reader_buffer)
+        await router.subscribe(channel, listener)
+        try:
+            yield listener
+        finally:
+            router.unsubscribe(channel, listener)

@@ -1,0 +1,244 @@
+"""What goes to Redis and what comes back: text, script arguments, replies, notifications.
+
+Text goes to Redis as UTF-8 bytes encoded here, with "surrogatepass": any Python str
+round-trips exactly, and a caller-owned client's encoding settings cannot interfere. Replies
+are read whether or not that client decodes responses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+from unbroken._json import compact_json
+from unbroken._models import Chunk, StreamState, StreamStatus
+from unbroken.backends.base import Append, Appended, Ended, Notification, require_consecutive
+from unbroken.backends.redis import _keys
+from unbroken.backends.redis._errors import corrupt
+from unbroken.backends.redis._keys import StreamKeys, log_entry_id, log_entry_seq
+
+__all__ = [
+    "PackedAppend",
+    "append_args",
+    "append_many_command",
+    "encode",
+    "ended_payload",
+    "ms",
+    "parse_log",
+    "parse_notification",
+    "parse_state",
+    "parse_status",
+    "script_calls",
+    "text",
+]
+
+_MAX_TTL_MS = 10 * 365 * 24 * 3600 * 1000  # TTLs are capped (Redis rejects overflowing ones)
+_INT = re.compile(r"[0-9]{1,18}")
+
+# At most this many streams, and (unless one stream has more) chunks, per append_many.lua
+# call: Redis runs nothing else while a script runs, so one call must stay short however
+# many streams the engine gathered.
+_STREAMS_PER_CALL = 100
+_CHUNKS_PER_CALL = 1000
+
+
+# -- values ---------------------------------------------------------------------------------
+
+
+def encode(value: str) -> bytes:
+    """``value`` as the bytes Redis stores (any str, lone surrogates included)."""
+    return value.encode("utf-8", "surrogatepass")
+
+
+def text(value: object) -> str:
+    """A reply value as str, whether the client decodes responses or not."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogatepass")
+    if isinstance(value, str):
+        return value
+    raise ValueError(f"expected a string, got {type(value).__name__}")
+
+
+def _count(value: object) -> int:
+    digits = text(value)
+    if not _INT.fullmatch(digits):
+        raise ValueError(f"not a non-negative integer: {digits!r}")
+    return int(digits)
+
+
+def _timestamp(value: object) -> float:
+    number = float(text(value))
+    if not math.isfinite(number):
+        raise ValueError(f"not a finite time: {number!r}")
+    return number
+
+
+def ms(seconds: float) -> int:
+    """A TTL in whole milliseconds, at least 1 (0 would delete the key at once)."""
+    if not math.isfinite(seconds) or seconds * 1000 >= _MAX_TTL_MS:
+        return _MAX_TTL_MS
+    return max(1, math.ceil(seconds * 1000))
+
+
+# -- writes ---------------------------------------------------------------------------------
+
+
+def _appended_payload(chunks: Sequence[Chunk]) -> bytes:
+    rows = [[chunk.seq, chunk.offset, chunk.data] for chunk in chunks]
+    return encode(compact_json({_keys.NOTE_APPENDED: rows}))
+
+
+def ended_payload(state: StreamState) -> bytes:
+    """The notification `finish.lua` publishes when the stream ends in ``state``."""
+    return encode(compact_json({_keys.NOTE_ENDED: state.value}))
+
+
+def append_args(append: Append, keys: StreamKeys, *, sharded: bool) -> list[str | bytes | int]:
+    """The arguments of ``append_to`` (``_lua/_append.lua``) for one stream's append.
+
+    Raises `CorruptStreamError` (before anything is sent) unless the chunks are consecutive.
+    """
+    chunks = append.chunks
+    first = chunks[0].seq if chunks else 0
+    require_consecutive(append.stream_id, chunks, first)
+    args: list[str | bytes | int] = [
+        encode(append.token),
+        repr(float(append.now)),
+        ms(append.times.lease),
+        ms(append.times.active),
+        first,
+        sum(len(chunk.data) for chunk in chunks),
+        "1" if sharded else "0",
+        keys.channel,
+        _appended_payload(chunks) if chunks else b"",
+    ]
+    for chunk in chunks:
+        args += [log_entry_id(chunk.seq), encode(chunk.data), chunk.offset]
+    return args
+
+
+class PackedAppend(NamedTuple):
+    """One stream's append, ready for ``append_many.lua``; ``place``: its index in the batch."""
+
+    place: int
+    stream_id: str
+    keys: StreamKeys
+    args: list[str | bytes | int]
+    chunks: int
+
+
+def script_calls(appends: list[PackedAppend]) -> list[list[PackedAppend]]:
+    """``appends`` in order, cut into append_many.lua calls of bounded size."""
+    calls: list[list[PackedAppend]] = []
+    call: list[PackedAppend] = []
+    chunks = 0
+    for append in appends:
+        if call and (len(call) == _STREAMS_PER_CALL or chunks + append.chunks > _CHUNKS_PER_CALL):
+            calls.append(call)
+            call, chunks = [], 0
+        call.append(append)
+        chunks += append.chunks
+    if call:
+        calls.append(call)
+    return calls
+
+
+def append_many_command(appends: Sequence[PackedAppend]) -> tuple[Any, ...]:
+    """The arguments of one ``append_many.lua`` call: every stream's keys, then each
+    stream's argument count and arguments."""
+    keys = [key for append in appends for key in append.keys.script_keys]
+    args: list[str | bytes | int] = []
+    for append in appends:
+        args.append(len(append.args))
+        args += append.args
+    return (len(keys), *keys, *args)
+
+
+# -- replies --------------------------------------------------------------------------------
+
+
+def parse_state(stream_id: str, reply: object) -> StreamState | None:
+    """A script's reply: the stream's state, or None (no such stream)."""
+    if reply is None:
+        return None
+    try:
+        return StreamState(text(reply))
+    except ValueError:
+        corrupt(stream_id, f"unexpected script reply {reply!r}")
+
+
+def parse_status(stream_id: str, raw: Mapping[Any, Any]) -> StreamStatus:
+    """The metadata hash (HGETALL) as a `StreamStatus`."""
+    try:
+        fields = {text(key): value for key, value in raw.items()}
+        finished = fields.get(_keys.META_FINISHED)
+        error = fields.get(_keys.META_ERROR)
+        return StreamStatus(
+            stream_id=stream_id,
+            state=StreamState(text(fields[_keys.META_STATE])),
+            chunk_count=_count(fields[_keys.META_CHUNKS]),
+            char_count=_count(fields[_keys.META_CHARS]),
+            byte_count=_count(fields[_keys.META_BYTES]),
+            created_at=_timestamp(fields[_keys.META_CREATED]),
+            updated_at=_timestamp(fields[_keys.META_UPDATED]),
+            finished_at=None if finished is None else _timestamp(finished),
+            error=None if error is None else text(error),
+        )
+    except (KeyError, ValueError) as exc:
+        corrupt(stream_id, f"metadata: {exc!r}")
+
+
+def parse_log(stream_id: str, entries: object, after: int) -> list[Chunk]:
+    """XRANGE entries as chunks; the log must hold exactly seq after+1, after+2, ..."""
+    if not isinstance(entries, list):
+        corrupt(stream_id, "log reply is not a list")
+    chunks: list[Chunk] = []
+    for entry in entries:
+        try:
+            entry_id, fields = entry
+            seq = log_entry_seq(text(entry_id))
+            values = {text(key): value for key, value in fields.items()}
+            data = text(values[_keys.LOG_DATA])
+            offset = _count(values[_keys.LOG_OFFSET])
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            corrupt(stream_id, f"log entry: {exc!r}")
+        if seq != after + 1 + len(chunks):
+            corrupt(stream_id, f"log has seq {seq} where {after + 1 + len(chunks)} belongs")
+        chunks.append(Chunk(seq=seq, data=data, offset=offset))
+    return chunks
+
+
+# -- notifications --------------------------------------------------------------------------
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def parse_notification(raw: object) -> Notification:
+    """A notification payload as published by the scripts; ValueError if it is not one."""
+    note = json.loads(text(raw))
+    if not isinstance(note, dict) or len(note) != 1:
+        raise ValueError("not a one-key object")
+    if _keys.NOTE_ENDED in note:
+        state = StreamState(note[_keys.NOTE_ENDED])
+        if not state.is_terminal:
+            raise ValueError("an end notification with a non-terminal state")
+        return Ended(state)
+    rows = note.get(_keys.NOTE_APPENDED)
+    if not isinstance(rows, list) or not rows:
+        raise ValueError("no chunks")
+    chunks: list[Chunk] = []
+    for row in rows:
+        if not (isinstance(row, list) and len(row) == 3):
+            raise ValueError("a chunk is not [seq, offset, data]")
+        seq, offset, data = row
+        if not (_is_int(seq) and _is_int(offset) and isinstance(data, str)):
+            raise ValueError("a chunk has bad types")
+        if chunks and seq != chunks[-1].seq + 1:
+            raise ValueError("chunk sequence numbers are not consecutive")
+        chunks.append(Chunk(seq=seq, data=data, offset=offset))
+    return Appended(tuple(chunks))
