@@ -7,7 +7,10 @@
     unbroken db current                                           print its schema revision
     unbroken users create-key [--name NAME] [--user-id ID]        make an API key
 
-Configuration comes from the environment (see `unbroken.chat.settings`). The chat service
+Configuration comes from the environment (see `unbroken.chat.settings`); ``REDIS_URL`` may
+name one server (``redis://``, ``rediss://``), a Redis Cluster
+(``redis+cluster://host:port,host:port``) or a Sentinel service
+(``redis+sentinel://host:port,host:port/<service>[/db]``). The chat service
 needs the ``chat`` extra (``pip install 'unbroken[chat]'``); without it these commands say so
 instead of failing with an import error.
 
@@ -131,6 +134,14 @@ async def _prepare(settings: Settings) -> tuple[str | None, str | None]:
     return before, after
 
 
+async def _found_streams(settings: Settings) -> str:
+    """What ``REDIS_URL`` leads to now (a server, a cluster's masters, a Sentinel master)."""
+    from unbroken.chat.app import found_backend, make_backend
+
+    async with make_backend(settings) as backend:
+        return await found_backend(backend) or "?"
+
+
 def _cmd_chat(args: argparse.Namespace) -> int:
     _require_chat_extra()
     import uvicorn
@@ -160,6 +171,8 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     print(f"unbroken chat {__version__} on http://{host}:{args.port}", flush=True)
     print(f"  store:   {mask_url(settings.database_url)}", flush=True)
     print(f"  streams: {describe_backend(settings)}", flush=True)
+    if settings.redis_url:
+        print(f"  found:   {asyncio.run(_found_streams(settings))}", flush=True)
     print(f"  model:   {model}", flush=True)
     print(f"  workers: {args.workers}", flush=True)
     # uvicorn's own logging, plus unbroken's loggers through the same handler and format.
@@ -252,7 +265,12 @@ def _parser() -> argparse.ArgumentParser:
     chat = commands.add_parser("chat", help="run the reference chat service")
     chat.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     chat.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
-    chat.add_argument("--workers", type=int, default=1, help="worker processes (needs REDIS_URL)")
+    chat.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes (needs REDIS_URL: redis://, redis+cluster:// or redis+sentinel://)",
+    )
     chat.add_argument(
         "--log-level",
         default="info",

@@ -29,10 +29,10 @@ from unbroken.chat.errors import BodyLimitMiddleware, install_error_handlers
 from unbroken.chat.metrics import ChatMetrics
 from unbroken.chat.models import make_model
 from unbroken.chat.routes import router
-from unbroken.chat.settings import Settings, mask_url
+from unbroken.chat.settings import Settings
 from unbroken.chat.store import Store
 
-__all__ = ["app_from_env", "create_app", "describe_backend", "make_backend"]
+__all__ = ["app_from_env", "create_app", "describe_backend", "found_backend", "make_backend"]
 
 logger = logging.getLogger("unbroken.chat")
 
@@ -57,10 +57,21 @@ def make_backend(settings: Settings) -> Backend:
 
 
 def describe_backend(settings: Settings) -> str:
-    """Where streams live, for the startup banner (the Redis password masked)."""
+    """Where streams live, for the startup banner: what ``REDIS_URL`` names (one server, a
+    cluster, a Sentinel service), without its password."""
     if settings.redis_url:
-        return f"redis {mask_url(settings.redis_url)} (prefix {settings.redis_key_prefix!r})"
+        from unbroken.backends.redis._url import parse_redis_url
+
+        named = parse_redis_url(settings.redis_url).describe()
+        return f"{named} (prefix {settings.redis_key_prefix!r})"
     return "memory (this process only)"
+
+
+async def found_backend(backend: Backend) -> str | None:
+    """What a Redis backend finds at start (standalone, a cluster with N masters, a Sentinel
+    service at its master's address), for the log; None for another backend."""
+    describe = getattr(backend, "describe", None)
+    return await describe() if describe is not None else None
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -87,14 +98,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             stack.push_async_callback(model.aclose)
             if not settings.redis_url:
                 logger.warning(MEMORY_NOTE)
+            backend = make_backend(settings)
             engine = await stack.enter_async_context(
                 StreamEngine(
-                    make_backend(settings),
+                    backend,
                     lease_ttl=settings.lease_ttl,
                     retention=settings.retention,
                     drain_timeout=settings.drain_timeout,
                 )
             )
+            if settings.redis_url:
+                logger.info("streams: %s", await found_backend(backend))
             services = Services(
                 settings=settings,
                 store=store,

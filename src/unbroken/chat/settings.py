@@ -35,6 +35,8 @@ class Settings:
     model: str = "demo"
     openai_api_key: str | None = None
     openai_base_url: str | None = None
+    anthropic_api_key: str | None = None
+    anthropic_base_url: str | None = None
     demo_tokens_per_second: float = 20.0
     #: How long a producer's lease lives without renewal (crash detection), seconds.
     lease_ttl: float = 3.0
@@ -68,7 +70,8 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
-        """Read the ``DATABASE_URL``, ``REDIS_URL``, ``UNBROKEN_*`` and ``OPENAI_*`` variables."""
+        """Read ``DATABASE_URL``, ``REDIS_URL`` and the ``UNBROKEN_*``, ``OPENAI_*`` and
+        ``ANTHROPIC_*`` variables."""
         env = os.environ if environ is None else environ
 
         def text(name: str) -> str | None:
@@ -83,6 +86,8 @@ class Settings:
             model=text("UNBROKEN_MODEL") or "demo",
             openai_api_key=text("OPENAI_API_KEY"),
             openai_base_url=text("OPENAI_BASE_URL"),
+            anthropic_api_key=text("ANTHROPIC_API_KEY"),
+            anthropic_base_url=text("ANTHROPIC_BASE_URL"),
             demo_tokens_per_second=_number(env, "UNBROKEN_DEMO_TOKENS_PER_SECOND", 20.0),
             lease_ttl=_number(env, "UNBROKEN_LEASE_TTL", 3.0),
             retention=_number(env, "UNBROKEN_RETENTION", 600.0),
@@ -109,16 +114,23 @@ class Settings:
     def validate(self) -> None:
         """Raise `SettingsError` for a value the service cannot run with."""
         normalize_database_url(self.database_url)
-        if self.redis_url is not None and urlsplit(self.redis_url).scheme not in {
-            "redis",
-            "rediss",
-            "unix",
-        }:
-            raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix://")
-        if self.model != "demo" and not self.openai_api_key and not self.openai_base_url:
+        if self.redis_url is not None:
+            _check_redis_url(self.redis_url)
+        provider, model = self.model_provider
+        if not model:
+            raise SettingsError(
+                f"UNBROKEN_MODEL={self.model!r} names no model: use demo, <model>, "
+                "openai:<model> or anthropic:<model>"
+            )
+        if provider == "openai" and not self.openai_api_key and not self.openai_base_url:
             raise SettingsError(
                 f"UNBROKEN_MODEL={self.model!r} needs OPENAI_API_KEY (or OPENAI_BASE_URL for a "
                 "local OpenAI-compatible server); use UNBROKEN_MODEL=demo to run offline"
+            )
+        if provider == "anthropic" and not self.anthropic_api_key and not self.anthropic_base_url:
+            raise SettingsError(
+                f"UNBROKEN_MODEL={self.model!r} needs ANTHROPIC_API_KEY (or ANTHROPIC_BASE_URL "
+                "for a compatible server); use UNBROKEN_MODEL=demo to run offline"
             )
         if self.secret_key is not None and len(self.secret_key) < 16:
             raise SettingsError("UNBROKEN_SECRET_KEY must be at least 16 characters long")
@@ -149,6 +161,18 @@ class Settings:
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 
+    @property
+    def model_provider(self) -> tuple[str, str]:
+        """Who serves `model`, and the model's name there: ``("demo", "demo")``,
+        ``("anthropic", <model>)`` for ``anthropic:<model>``, else ``("openai", <model>)``
+        (``openai:`` is optional: any other name goes to the OpenAI-compatible endpoint)."""
+        if self.model == "demo":
+            return "demo", "demo"
+        provider, sep, name = self.model.partition(":")
+        if sep and provider in ("openai", "anthropic"):
+            return provider, name.strip()
+        return "openai", self.model
+
 
 def normalize_database_url(url: str) -> str:
     """The async driver form of a database URL: ``sqlite+aiosqlite`` or ``postgresql+asyncpg``.
@@ -175,6 +199,20 @@ def normalize_database_url(url: str) -> str:
             "postgresql+asyncpg://"
         )
     return f"{aliases[scheme]}://{rest}"
+
+
+def _check_redis_url(url: str) -> None:
+    """Raise `SettingsError` unless ``url`` is a Redis URL the backend can use: one server,
+    ``redis+cluster://`` or ``redis+sentinel://`` (checked here, so a typo fails at start)."""
+    try:
+        # Imported here: the redis extra is needed only when REDIS_URL is set.
+        from unbroken.backends.redis._url import parse_redis_url
+    except ImportError as exc:
+        raise SettingsError(f"REDIS_URL is set: {exc}") from None
+    try:
+        parse_redis_url(url)
+    except ValueError as exc:
+        raise SettingsError(f"REDIS_URL: {exc}") from None
 
 
 def _number(env: Mapping[str, str], name: str, default: float) -> float:

@@ -33,6 +33,7 @@ from unbroken.backends.redis._errors import corrupt, translated
 from unbroken.backends.redis._keys import StreamKeys, log_entry_id, stream_keys
 from unbroken.backends.redis._pipeliner import DEFERRABLE_SCRIPTS, SCRIPTS, Pipeliner
 from unbroken.backends.redis._pubsub import HAS_SHARDED_PUBSUB, RedisListener, Router
+from unbroken.backends.redis._url import OwnedClient, describe_client, parse_redis_url
 from unbroken.exceptions import (
     BackendError,
     CorruptStreamError,
@@ -49,7 +50,11 @@ class RedisBackend(Backend, GatheredAppends):
     """Streams in Redis, shared by every process using the same Redis and ``key_prefix``.
 
     Give either ``url`` (the backend creates, owns and closes the client) or ``client`` (yours;
-    it is never closed here). Neither means ``redis://localhost:6379/0``. ``cluster=True``
+    it is never closed here). Neither means ``redis://localhost:6379/0``. The URL may name one
+    server (``redis://``, ``rediss://``, ``unix://``), a Redis Cluster
+    (``redis+cluster://host:port,host:port``) or a Sentinel service
+    (``redis+sentinel://host:port,host:port/<service>[/db]``); see ``_url.py`` for the forms.
+    A URL it cannot use raises `ValueError` here, not at the first command. ``cluster=True``
     targets Redis Cluster (with ``url``: a `RedisCluster` is created) and uses sharded pub/sub.
     ``reader_buffer`` bounds each listener's queue; overflow gives it one `Lagged`.
     ``write_gather`` (seconds, the engine's `append_gather`): how long the engine gathers the
@@ -78,13 +83,20 @@ class RedisBackend(Backend, GatheredAppends):
         if not key_prefix or "{" in key_prefix or "}" in key_prefix:
             raise ValueError("key_prefix must be non-empty and without braces")
         self.key_prefix = key_prefix
-        self.cluster = cluster or isinstance(client, RedisCluster)
-        if self.cluster and not HAS_SHARDED_PUBSUB:
-            raise MissingDependencyError("redis>=8.0 (sharded pub/sub, for cluster=True)", "redis")
         if url is None and client is None:
             url = _DEFAULT_URL
-        self._url = url
+        self._topology = parse_redis_url(url) if url is not None else None
+        self.cluster = (
+            cluster
+            or isinstance(client, RedisCluster)
+            or (self._topology is not None and self._topology.kind == "cluster")
+        )
+        if self.cluster and self._topology is not None and self._topology.kind == "sentinel":
+            raise ValueError("a redis+sentinel:// url cannot be used with cluster=True")
+        if self.cluster and not HAS_SHARDED_PUBSUB:
+            raise MissingDependencyError("redis>=8.0 (sharded pub/sub, for cluster=True)", "redis")
         self._given_client = client
+        self._owned: OwnedClient | None = None
         self._reader_buffer = reader_buffer
         self._write_gather = self.append_gather = write_gather
         self._client: Redis | RedisCluster | None = None
@@ -118,17 +130,29 @@ class RedisBackend(Backend, GatheredAppends):
             _warn(f"unclosed {self!r}: use 'async with backend:'", ResourceWarning, source=self)
 
     def _new_client(self) -> Redis | RedisCluster:
-        assert self._url is not None
-        if self.cluster:
-            # redis-py's own cluster retries follow MOVED/ASK and failovers: keep them.
-            return RedisCluster.from_url(self._url, socket_connect_timeout=5)
-        # One quick retry: a pooled connection may have died with a Redis restart, and the
-        # retry on a fresh connection then succeeds. A Redis that is down fails fast, and the
-        # engine decides about retrying, with its own backoff. Every command here is short,
-        # so a reply that takes 10 s means a hung server or network, not a slow command.
-        return Redis.from_url(
-            self._url, retry=Retry(NoBackoff(), 1), socket_connect_timeout=5, socket_timeout=10
+        assert self._topology is not None
+        # One quick retry: a pooled connection may have died with a Redis restart (or a
+        # failover), and the retry on a fresh connection then succeeds. A Redis that is down
+        # fails fast, and the engine decides about retrying, with its own backoff. Every
+        # command here is short, so a reply that takes 10 s means a hung server or network,
+        # not a slow command. (A cluster keeps only the connect timeout: see `OwnedClient`.)
+        self._owned = OwnedClient(
+            self._topology,
+            cluster=self.cluster,
+            retry=Retry(NoBackoff(), 1),
+            socket_connect_timeout=5,
+            socket_timeout=10,
         )
+        return self._owned.client
+
+    async def describe(self) -> str:
+        """Where this backend's streams live, as found now: ``standalone redis at host:port``,
+        ``redis cluster with N masters`` or ``redis sentinel service 'name' at master
+        host:port``; an unreachable deployment says so (for a start-up line: never raises)."""
+        client = self._client or self._given_client
+        if client is None:
+            raise EngineClosedError("backend is not open")
+        return await describe_client(client)
 
     async def close(self) -> None:
         """Stop the router, wake every listener (their next receive raises), close the
@@ -150,9 +174,10 @@ class RedisBackend(Backend, GatheredAppends):
                 "open() ran in (not inside another CancelScope; it shields its own cleanup)"
             ) from exc
         finally:
-            if self._given_client is None:
+            owned, self._owned = self._owned, None
+            if owned is not None:
                 with anyio.CancelScope(shield=True):
-                    await client.aclose()
+                    await owned.aclose()
 
     # -- commands --
 
