@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,9 +127,19 @@ class SentinelSet:
 
 
 @contextmanager
-def sentinel_set(replicas: int = 1, *, down_after_ms: int = 600) -> Iterator[SentinelSet]:
+def sentinel_set(
+    replicas: int = 1,
+    *,
+    down_after_ms: int = 600,
+    replicate_from: Callable[[int], int] | None = None,
+) -> Iterator[SentinelSet]:
     """Start a primary, ``replicas`` replicas and three sentinels (quorum 2); yields once
-    the replicas are in sync and every sentinel sees them."""
+    the replicas are in sync and every sentinel sees them.
+
+    ``replicate_from(primary_port)``: the port the replicas replicate from instead (a fault
+    proxy's). The sentinels then see replicas of another address; they would point them
+    back at the primary after ``failover-timeout``, so that is long here.
+    """
     binary = redis_7_binary()
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="unbroken-sent-")))
@@ -148,12 +158,13 @@ def sentinel_set(replicas: int = 1, *, down_after_ms: int = 600) -> Iterator[Sen
         primary_port = free_port()
         primary = node(_server_args(binary, primary_port, data_dir("primary")), primary_port)
         primary.wait_ready()
+        source = replicate_from(primary_port) if replicate_from is not None else primary_port
         copies = []
         for index in range(replicas):
             port = free_port()
             args = _server_args(
                 binary, port, data_dir(f"replica{index}"), "--replicaof", "127.0.0.1",
-                str(primary_port),
+                str(source),
             )  # fmt: skip
             copies.append(node(args, port))
         sentinels = []
@@ -164,7 +175,7 @@ def sentinel_set(replicas: int = 1, *, down_after_ms: int = 600) -> Iterator[Sen
                 f"port {port}\nbind 127.0.0.1\ndir {workdir}\n"
                 f"sentinel monitor {SERVICE} 127.0.0.1 {primary_port} 2\n"
                 f"sentinel down-after-milliseconds {SERVICE} {down_after_ms}\n"
-                f"sentinel failover-timeout {SERVICE} 4000\n"
+                f"sentinel failover-timeout {SERVICE} 60000\n"
                 f"sentinel parallel-syncs {SERVICE} 1\n"
             )
             sentinels.append(node([binary, str(conf), "--sentinel"], port))

@@ -127,7 +127,26 @@ async def _resync(backend: Backend, local: LocalStream, *, owned: bool = False) 
     if status is None or not status.chunk_count <= len(local.log):
         return False
     if not owned and status.chunk_count <= local.durable:
-        return False
+        if status.chunk_count == local.durable or status.state is not StreamState.ACTIVE:
+            return False
+        # Fewer chunks than the backend acknowledged: a failover to a replica that had not
+        # received the newest writes yet (replication is asynchronous). If the stream is
+        # still ours, write them again; readers drop what they already have by seq.
+        try:
+            ours = await backend.renew_lease(
+                local.stream_id, token=local.token, times=local.times, now=time.time()
+            )
+        except BackendUnavailableError:
+            return None
+        except BackendError:
+            return False
+        if ours is not StreamState.ACTIVE:
+            return False
+        logger.warning(
+            "stream %r: the backend lost its last %d chunks (a failover?); writing them again",
+            local.stream_id,
+            local.durable - status.chunk_count,
+        )
     local.durable = status.chunk_count
     local.wake_readers()
     return True
