@@ -192,3 +192,31 @@ def test_openai_messages_carry_text_and_completed_tool_calls() -> None:
         {"role": "tool", "tool_call_id": "call_1", "content": '{"temp": 20}'},
         {"role": "user", "content": "and tomorrow?"},
     ]
+
+
+async def test_the_model_setting_names_the_provider() -> None:
+    from unbroken.chat.models import make_model
+    from unbroken.chat.models.anthropic import AnthropicModel
+    from unbroken.chat.models.openai import OpenAIModel
+    from unbroken.chat.settings import Settings, SettingsError
+
+    env = {"ANTHROPIC_API_KEY": "sk-ant", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
+    claude = Settings.from_env({**env, "UNBROKEN_MODEL": "anthropic:claude-sonnet-4-5"})
+    assert claude.model_provider == ("anthropic", "claude-sonnet-4-5")
+    assert claude.anthropic_api_key == "sk-ant"
+    for name in ("gpt-4o-mini", "openai:gpt-4o-mini"):
+        assert Settings.from_env({**env, "UNBROKEN_MODEL": name}).model_provider == (
+            "openai",
+            "gpt-4o-mini",
+        )
+    models = [make_model(claude), make_model(claude.replace(model="openai:gpt-4o-mini"))]
+    try:
+        assert isinstance(models[0], AnthropicModel) and models[0].name == "claude-sonnet-4-5"
+        assert isinstance(models[1], OpenAIModel) and models[1].name == "gpt-4o-mini"
+    finally:
+        for model in models:
+            await model.aclose()
+    with pytest.raises(SettingsError, match="ANTHROPIC_API_KEY"):
+        Settings.from_env({"UNBROKEN_MODEL": "anthropic:claude-sonnet-4-5"})
+    with pytest.raises(SettingsError, match="names no model"):
+        Settings.from_env({**env, "UNBROKEN_MODEL": "anthropic:"})

@@ -1,4 +1,4 @@
-"""Chat models: ``demo`` (offline, deterministic) and OpenAI-compatible endpoints."""
+"""Chat models: ``demo`` (offline, deterministic), OpenAI-compatible endpoints and Anthropic."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from unbroken.chat.models.base import (
     ToolCallEnd,
     ToolCallStart,
     message_text,
+    model_events,
 )
 from unbroken.chat.settings import Settings
 
@@ -28,17 +29,24 @@ __all__ = [
     "ToolCallStart",
     "make_model",
     "message_text",
+    "model_events",
 ]
 
 
 def make_model(settings: Settings) -> ChatModel:
-    """The model the settings name: ``demo``, or an OpenAI-compatible model."""
-    if settings.model == "demo":
+    """The model the settings name: ``demo``, ``anthropic:<model>``, or an OpenAI-compatible
+    model (``<model>`` or ``openai:<model>``)."""
+    provider, model = settings.model_provider
+    if provider == "demo":
         from unbroken.chat.models.demo import DemoModel
 
         return DemoModel(tokens_per_second=settings.demo_tokens_per_second)
+    if provider == "anthropic":
+        from unbroken.chat.models.anthropic import AnthropicModel
+
+        return AnthropicModel(
+            model, api_key=settings.anthropic_api_key, base_url=settings.anthropic_base_url
+        )
     from unbroken.chat.models.openai import OpenAIModel
 
-    return OpenAIModel(
-        settings.model, api_key=settings.openai_api_key, base_url=settings.openai_base_url
-    )
+    return OpenAIModel(model, api_key=settings.openai_api_key, base_url=settings.openai_base_url)

@@ -3,11 +3,13 @@
 A model turns the conversation (AI SDK ``UIMessage`` dicts, oldest first) into an async
 iterator of `ModelEvent`. `unbroken.chat.events.ui_chunks` turns those into UI message chunks.
 A model raises `ModelError` with a message safe to show users when the provider fails.
+Provider models read their SDK's stream through the `unbroken.integrations` adapters and turn
+the UI message chunks those make back into events with `model_events`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -22,6 +24,7 @@ __all__ = [
     "ToolCallEnd",
     "ToolCallStart",
     "message_text",
+    "model_events",
 ]
 
 
@@ -100,3 +103,34 @@ def message_text(message: dict[str, Any]) -> str:
             return "".join(texts)
     content = message.get("content")
     return content if isinstance(content, str) else ""
+
+
+async def model_events(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[ModelEvent]:
+    """The model events that an adapter's UI message ``chunks`` carry.
+
+    Text, reasoning and tool-call chunks become their events, ``finish`` a `Finish`, and an
+    ``error`` chunk a `ModelError` with its (safe) text; the structure chunks are left to
+    `unbroken.chat.events.ui_chunks`, which makes them again. ``chunks`` is closed when this
+    is, so a stopped answer closes the provider's stream.
+    """
+    try:
+        async for chunk in chunks:
+            kind = chunk.get("type")
+            if kind == "text-delta":
+                yield TextDelta(chunk["delta"])
+            elif kind == "reasoning-delta":
+                yield ReasoningDelta(chunk["delta"])
+            elif kind == "tool-input-start":
+                yield ToolCallStart(chunk["toolCallId"], chunk["toolName"])
+            elif kind == "tool-input-delta":
+                yield ToolCallDelta(chunk["toolCallId"], chunk["inputTextDelta"])
+            elif kind == "tool-input-available":
+                yield ToolCallEnd(chunk["toolCallId"], chunk["toolName"], chunk["input"])
+            elif kind == "finish":
+                yield Finish(chunk.get("finishReason") or "stop")
+                return
+            elif kind == "error":
+                raise ModelError(chunk["errorText"])
+    finally:
+        if isinstance(chunks, AsyncGenerator):
+            await chunks.aclose()
