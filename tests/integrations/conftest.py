@@ -24,6 +24,7 @@ import pytest
 import uvicorn
 
 from tests._services import free_port, port_answers
+from tests.conformance._node import NodeToolchain, NodeUnavailable, find_toolchain
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -114,3 +115,12 @@ def start_worker() -> Iterator[Callable[[dict[str, str]], Worker]]:
                 except subprocess.TimeoutExpired:
                     worker.process.kill()
                     worker.process.wait()
+
+
+@pytest.fixture(scope="session")
+def node_toolchain() -> NodeToolchain:
+    """Node.js and npm for the real AI SDK clients (skips, saying why, without them)."""
+    try:
+        return find_toolchain()
+    except NodeUnavailable as exc:
+        pytest.skip(str(exc))

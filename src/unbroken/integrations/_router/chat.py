@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any, Unpack
 
@@ -15,6 +15,7 @@ import anyio
 from anyio.abc import TaskGroup
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from unbroken import Backend, MemoryBackend, StreamEngine, StreamState
 from unbroken.asgi import EngineStreamResponse, ResponseOptions, resume_after
@@ -304,7 +305,9 @@ class ResumableChat:
         return False
 
     def _ended_long_ago(self, finished_at: float | None) -> bool:
-        return finished_at is None or time.time() - finished_at > self.resume_window
+        if self.resume_window == 0 or finished_at is None:
+            return True
+        return time.time() - finished_at > self.resume_window
 
     async def _open(self, response: EngineStreamResponse) -> EngineStreamResponse | None:
         """The response with its reader open, or None if its stream is gone."""
@@ -330,7 +333,28 @@ class ResumableChat:
             if self._ended_long_ago(reader.finished_at):
                 await response.aclose()
                 return Response(status_code=204)
-        return response
+            return response
+        return self._watched(chat_id, pointer, response)
+
+    def _watched(
+        self, chat_id: str, pointer: ChatPointer, response: EngineStreamResponse
+    ) -> Response:
+        """``response``, and once it has run, a look at how its stream ended: a reader in
+        another process is often the first to learn that the producer died."""
+        stream_id = pointer.stream_id
+        if self._answers.on_finish is None or stream_id is None:
+            return response
+        if self.engine.produces(stream_id):
+            return response  # its own producer reports it
+
+        async def after_it_ran() -> None:
+            if response.outcome != "end":
+                return
+            status = await self.engine.status(stream_id)
+            if status is not None:
+                self._maybe_report(chat_id, pointer, status.state, status.finished_at)
+
+        return _ThenRun(response, after_it_ran)
 
     def _maybe_report(
         self, chat_id: str, pointer: ChatPointer, state: StreamState, finished_at: float | None
@@ -353,7 +377,7 @@ class ResumableChat:
             return _empty_data_stream()
         reader = response.reader
         if not reader.state.is_terminal:
-            return response
+            return self._watched(chat_id, pointer, response)
         await response.aclose()
         self._maybe_report(chat_id, pointer, reader.state, reader.finished_at)
         if self._ended_long_ago(reader.finished_at):
@@ -409,6 +433,24 @@ class ResumableChat:
     def _require_running(self) -> None:
         if self._background is None:
             raise EngineClosedError("the chat is not running")
+
+
+class _ThenRun(Response):
+    """Sends ``response``, then runs ``then`` (errors logged: the response is sent)."""
+
+    def __init__(self, response: Response, then: Callable[[], Awaitable[None]]) -> None:
+        self.response = response
+        self.then = then
+        self.status_code = response.status_code
+        self.background = None
+        self.raw_headers = response.raw_headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.response(scope, receive, send)
+        try:
+            await self.then()
+        except Exception:
+            logger.exception("checking how a resumed stream ended failed")
 
 
 def _owner_id(value: Any) -> str:
