@@ -56,7 +56,10 @@ def create_resumable_stream_context(
 ) -> ResumableStreamContext:
     """Build a context like the npm ``createResumableStreamContext``.
 
-    The Redis URL is ``redis_url``, else ``REDIS_URL``, else ``KV_URL``. Without one, streams
+    The Redis URL is ``redis_url``, else ``REDIS_URL``, else ``KV_URL``: one server
+    (``redis://``, ``rediss://``), ``redis+cluster://h:p,h:p`` or
+    ``redis+sentinel://h:p,h:p/<service>[/db]``; a URL that cannot work raises `ValueError`
+    here. Without one, streams
     live in this process's memory (resumption then works within this process only). Keys use
     ``key_prefix`` (default ``"resumable-stream"``) + ``":rs"`` like the npm package. Pass
     ``engine`` to use an engine you manage yourself. Use the context as ``async with``.
