@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from unbroken.exceptions import MissingDependencyError as _MissingDependencyError
 
@@ -52,6 +52,9 @@ from unbroken.integrations._providers import (
     parse_arguments,
 )
 from unbroken.protocols.ai_sdk import UIEvent, UIMessageStreamBuilder
+
+if TYPE_CHECKING:
+    from anthropic.types import MessageParam
 
 __all__ = ["MessageSource", "message_chunks", "system_prompt", "to_anthropic_messages"]
 
@@ -186,7 +189,7 @@ def system_prompt(messages: Sequence[dict[str, Any]]) -> str:
     return "\n\n".join(turn.text for turn in history(messages) if turn.role == "system")
 
 
-def to_anthropic_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def to_anthropic_messages(messages: Sequence[dict[str, Any]]) -> list[MessageParam]:
     """The conversation (AI SDK UI messages) as Messages API ``messages``.
 
     User text; each model call of an answer as an assistant message with its text and
@@ -234,4 +237,4 @@ def to_anthropic_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, 
                         for tool in step.tools
                     ],
                 )
-    return out
+    return cast("list[MessageParam]", out)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from unbroken.exceptions import MissingDependencyError as _MissingDependencyError
 
@@ -51,6 +51,10 @@ from unbroken.integrations._providers import (
     safe_code,
 )
 from unbroken.protocols.ai_sdk import UIEvent, UIMessageStreamBuilder
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
+    from openai.types.responses import ResponseInputParam
 
 __all__ = [
     "ChatCompletionSource",
@@ -166,7 +170,7 @@ def _chat_delta(
     return events
 
 
-def to_chat_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def to_chat_messages(messages: Sequence[dict[str, Any]]) -> list[ChatCompletionMessageParam]:
     """The conversation (AI SDK UI messages) as Chat Completions ``messages``.
 
     System and user text; each model call of an answer as an assistant message with its text
@@ -195,7 +199,7 @@ def to_chat_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
                 {"role": "tool", "tool_call_id": tool.tool_call_id, "content": tool.output_text}
                 for tool in step.tools
             )
-    return out
+    return cast("list[ChatCompletionMessageParam]", out)
 
 
 # -- Responses API -------------------------------------------------------------------------------
@@ -324,7 +328,7 @@ async def responses_chunks(
         await source.aclose()
 
 
-def to_responses_input(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def to_responses_input(messages: Sequence[dict[str, Any]]) -> ResponseInputParam:
     """The conversation (AI SDK UI messages) as Responses API ``input`` items.
 
     System, user and assistant text as messages; finished tool calls as ``function_call``
@@ -354,4 +358,4 @@ def to_responses_input(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any
                         "output": tool.output_text,
                     }
                 )
-    return out
+    return cast("ResponseInputParam", out)

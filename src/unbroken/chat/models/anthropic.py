@@ -10,10 +10,9 @@ the response body or the key).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, cast
+from typing import Any
 
 from anthropic import AsyncAnthropic, omit
-from anthropic.types import MessageParam
 
 from unbroken.chat.models.base import ModelEvent, model_events
 from unbroken.integrations.anthropic import message_chunks, system_prompt, to_anthropic_messages
@@ -53,7 +52,7 @@ class AnthropicModel:
         request = self.client.messages.stream(
             model=self.model,
             max_tokens=self.max_tokens,
-            messages=cast("list[MessageParam]", to_anthropic_messages(messages)),
+            messages=to_anthropic_messages(messages),
             system=system or omit,
         )
         return model_events(message_chunks(request))

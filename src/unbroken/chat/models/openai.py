@@ -10,10 +10,9 @@ HTTP status, never the response body or the key).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, cast
+from typing import Any
 
 from openai import AsyncOpenAI
-from openai.types.chat import ChatCompletionMessageParam
 
 from unbroken.chat.models.base import ModelEvent, model_events
 from unbroken.integrations.openai import chat_completion_chunks, to_chat_messages
@@ -52,7 +51,7 @@ class OpenAIModel:
     def stream(self, messages: Sequence[dict[str, Any]]) -> AsyncIterator[ModelEvent]:
         request = self.client.chat.completions.create(
             model=self.model,
-            messages=cast("list[ChatCompletionMessageParam]", to_chat_messages(messages)),
+            messages=to_chat_messages(messages),
             stream=True,
         )
         return model_events(chat_completion_chunks(request))
