@@ -154,7 +154,13 @@ class Answers:
     # -- starting --------------------------------------------------------------------------
 
     async def begin(
-        self, chat_id: str, user_id: str, user_message: dict[str, Any], *, trigger: str
+        self,
+        chat_id: str,
+        user_id: str,
+        user_message: dict[str, Any],
+        *,
+        trigger: str,
+        guest: bool = False,
     ) -> tuple[StreamRecord, bool]:
         """Start the answer to ``user_message`` in ``user_id``'s chat ``chat_id`` (created on
         first use), or find the one already being generated.
@@ -163,7 +169,8 @@ class Answers:
         attaches to it (a client retry must not pay for a second generation). Any other
         running answer in the chat is stopped first, so its partial answer keeps its place
         before the new message; one whose producer died is stored first (`repair`). Raises
-        the 404 `ApiError` for another user's chat, a 409 if the chat stays busy.
+        the 404 `ApiError` for another user's chat, a 409 if the chat stays busy. A
+        ``guest`` is stored with its first chat.
         """
         store = self.store
         title = _title(message_text(user_message))
@@ -175,6 +182,7 @@ class Answers:
                 message_id=user_message["id"],
                 parts=user_message.get("parts", []),
                 metadata=user_message.get("metadata"),
+                guest=guest,
             )
             if begun is None:
                 raise not_found()

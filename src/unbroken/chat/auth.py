@@ -1,7 +1,9 @@
 """Who is calling: a signed guest-session cookie, or an API key.
 
-- Browsers: the first request without a valid session cookie creates a guest user and sets
+- Browsers: the first request without a valid session cookie gets a new guest id in
   ``unbroken_session`` (signed with itsdangerous, HttpOnly, SameSite=Lax, Secure over HTTPS).
+  Nothing is stored for it: the guest's user row is written with its first chat (see
+  `Store.start_answer`), so crawlers and health checks that never post leave no trace.
 - Programs: ``Authorization: Bearer <key>`` (keys from ``unbroken users create-key``). A
   malformed or unknown key is a 401, never a silent fallback to a guest.
 - Cookie-authenticated requests that change state (POST, PUT, PATCH, DELETE) must come from
@@ -22,7 +24,7 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from unbroken.chat.errors import ApiError
-from unbroken.chat.store import Store, User
+from unbroken.chat.store import Store, User, new_id, utcnow
 
 __all__ = ["COOKIE_NAME", "Identity", "SessionCookieMiddleware", "Sessions", "identify"]
 
@@ -34,8 +36,14 @@ _UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 @dataclass(frozen=True, slots=True)
 class Identity:
+    """The caller: a guest (``cookie``, stored only once it has a chat) or a key's user."""
+
     user: User
     via: Literal["cookie", "key"]
+
+    @property
+    def is_guest(self) -> bool:
+        return self.via == "cookie"
 
 
 class Sessions:
@@ -49,12 +57,22 @@ class Sessions:
 
     def verify(self, value: str) -> str | None:
         """The user id in a valid, unexpired cookie value; None otherwise."""
+        guest = self.guest(value)
+        return guest.id if guest is not None else None
+
+    def guest(self, value: str) -> User | None:
+        """The guest a valid, unexpired cookie value names (created when it was signed);
+        None otherwise."""
         try:
-            data = self._serializer.loads(value, max_age=COOKIE_MAX_AGE)
+            data, signed_at = self._serializer.loads(
+                value, max_age=COOKIE_MAX_AGE, return_timestamp=True
+            )
         except BadSignature:
             return None
         uid = data.get("uid") if isinstance(data, dict) else None
-        return uid if isinstance(uid, str) else None
+        if not isinstance(uid, str):
+            return None
+        return User(id=uid, kind="guest", name=None, created_at=signed_at)
 
 
 def _same_origin(conn: HTTPConnection, allowed: tuple[str, ...] = ()) -> bool:
@@ -85,7 +103,9 @@ async def identify(
     *,
     allowed_origins: tuple[str, ...] = (),
 ) -> Identity:
-    """The caller; creates a guest (and arranges its cookie) on a first cookie-less visit.
+    """The caller; a new guest (with its cookie arranged) on a first cookie-less visit.
+
+    A guest's id comes from its signed cookie alone: no query, and no row until it writes.
 
     ``allowed_origins``: origins accepted besides the one ``Host`` names.
     """
@@ -111,13 +131,9 @@ async def identify(
         raise ApiError(403, "forbidden", "cross-origin requests are not allowed")
 
     cookie = conn.cookies.get(COOKIE_NAME)
-    if cookie:
-        user_id = cookie and sessions.verify(cookie)
-        if user_id:
-            user = await store.get_user(user_id)
-            if user is not None:
-                return Identity(user, "cookie")
-    user = await store.create_user(kind="guest")
+    if cookie and (guest := sessions.guest(cookie)) is not None:
+        return Identity(guest, "cookie")
+    user = User(id=new_id("u_"), kind="guest", name=None, created_at=utcnow())
     conn.scope.setdefault("state", {})[_SET_COOKIE] = sessions.sign(user.id)
     return Identity(user, "cookie")
 

@@ -113,7 +113,11 @@ async def post_chat(
             "supported by this service",
         )
     record, attached = await services.answers.begin(
-        chat_request.chat_id, identity.user.id, user_message, trigger=chat_request.trigger
+        chat_request.chat_id,
+        identity.user.id,
+        user_message,
+        trigger=chat_request.trigger,
+        guest=identity.is_guest,
     )
     if attached:
         services.metrics.attaches.inc()

@@ -21,6 +21,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -282,10 +284,12 @@ class Store(Database):
         message_id: str,
         parts: Sequence[Mapping[str, Any]],
         metadata: Mapping[str, Any] | None = None,
+        guest: bool = False,
     ) -> Started | Chat | None:
         """Begin the answer to the user's message ``message_id``, in one transaction.
 
-        The chat is created (owned by ``user_id``, called ``title``) if the id is free. If it
+        The chat is created (owned by ``user_id``, called ``title``) if the id is free; with
+        ``guest``, the guest user ``user_id`` is stored with it unless it is already. If it
         has no active stream, a new stream is made its active one (compare-and-set) and
         recorded, the user message is stored (or, if the chat already has it, every message
         after it is deleted: the client asked again from that point, a retry, ``regenerate``
@@ -310,6 +314,8 @@ class Store(Database):
             if row is None:
                 if not create:
                     return None
+                if guest:
+                    _store_guest(conn, user_id, now)
                 conn.execute(
                     _INSERT_CHAT,
                     {
@@ -453,6 +459,13 @@ def _claim(conn: Connection, chat_id: str, stream_id: str, now: datetime) -> boo
     """Compare-and-set: make ``stream_id`` the chat's active stream if it has none."""
     claimed = conn.execute(_CLAIM, {"b_chat": chat_id, "b_stream": stream_id, "b_now": now})
     return bool(claimed.rowcount)
+
+
+def _store_guest(conn: Connection, user_id: str, now: datetime) -> None:
+    """Insert the guest user ``user_id`` unless it exists (two first posts may race)."""
+    insert_into = sqlite_insert if conn.dialect.name == "sqlite" else postgresql_insert
+    values = {"id": user_id, "kind": "guest", "name": None, "created_at": now}
+    conn.execute(insert_into(users).values(values).on_conflict_do_nothing(index_elements=["id"]))
 
 
 def _put_user_message(
