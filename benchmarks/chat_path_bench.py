@@ -182,6 +182,8 @@ async def chat_app(tokens_per_second: float) -> AsyncIterator[tuple[Any, str]]:
             database_url=f"sqlite+aiosqlite:///{workdir}/chat.sqlite3",
             demo_tokens_per_second=tokens_per_second,
             sweep_interval=0,
+            max_concurrent_answers=0,  # every answer is one user's: no per-user limits
+            answers_per_minute=0,
         )
         app = tuned_for_serving(create_app(settings))
         async with app.router.lifespan_context(app):

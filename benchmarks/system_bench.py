@@ -171,6 +171,9 @@ class Server:
         }
         env.update(
             UNBROKEN_MODEL="demo",
+            # Every client is one user here: no per-user answer limits.
+            UNBROKEN_MAX_CONCURRENT_ANSWERS="0",
+            UNBROKEN_ANSWERS_PER_MINUTE="0",
             UNBROKEN_DEMO_TOKENS_PER_SECOND=str(TOKENS_PER_SECOND),
             UNBROKEN_SECRET_KEY="benchmark-secret-" + uuid.uuid4().hex,
             UNBROKEN_BENCH_STAMPS=str(self.stamps),

@@ -145,6 +145,9 @@ def make_settings(
             demo_tokens_per_second=FAST_TPS,
             lease_ttl=1.0,
             retention=600.0,
+            # Tests post many answers as one user; test_limits turns the limits on.
+            max_concurrent_answers=0,
+            answers_per_minute=0,
         )
         return base.replace(**changes) if changes else base
 

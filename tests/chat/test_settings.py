@@ -13,6 +13,7 @@ def test_defaults_run_offline() -> None:
     assert settings.database_url == DEFAULT_DATABASE_URL == "sqlite+aiosqlite:///./unbroken.sqlite3"
     assert settings.redis_url is None and settings.secret_key is None
     assert settings.model == "demo" and settings.demo_tokens_per_second == 20.0
+    assert settings.max_concurrent_answers == 3 and settings.answers_per_minute == 20
     assert settings.is_sqlite
 
 
@@ -55,6 +56,8 @@ def test_values_from_the_environment() -> None:
         ({"UNBROKEN_FLUSH_INTERVAL": "nan"}, "UNBROKEN_FLUSH_INTERVAL"),
         ({"UNBROKEN_REDIS_WRITE_GATHER": "-1"}, "UNBROKEN_REDIS_WRITE_GATHER"),
         ({"UNBROKEN_REDIS_WRITE_GATHER": "2"}, "UNBROKEN_REDIS_WRITE_GATHER"),
+        ({"UNBROKEN_MAX_CONCURRENT_ANSWERS": "-1"}, "UNBROKEN_MAX_CONCURRENT_ANSWERS"),
+        ({"UNBROKEN_ANSWERS_PER_MINUTE": "1.5"}, "UNBROKEN_ANSWERS_PER_MINUTE"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], names: str) -> None:

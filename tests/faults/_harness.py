@@ -194,6 +194,9 @@ class Deployment:
             UNBROKEN_REDIS_PREFIX=self.prefix,
             UNBROKEN_SECRET_KEY=SECRET,
             UNBROKEN_MODEL="demo",
+            # One browser or key posts many answers here: no per-user answer limits.
+            UNBROKEN_MAX_CONCURRENT_ANSWERS="0",
+            UNBROKEN_ANSWERS_PER_MINUTE="0",
         )
         if self.redis_url:
             env["REDIS_URL"] = self.redis_url

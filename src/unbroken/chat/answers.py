@@ -38,6 +38,7 @@ import anyio
 from unbroken import Chunk, StreamEnd, StreamEngine, StreamState, StreamStatus
 from unbroken.chat.errors import ApiError, not_found
 from unbroken.chat.events import AssembledAnswer, ProducedAnswer, decode_events, ui_chunks
+from unbroken.chat.limits import AnswerLimits, Slot
 from unbroken.chat.metrics import ChatMetrics
 from unbroken.chat.models import ChatModel, message_text
 from unbroken.chat.settings import Settings
@@ -109,12 +110,14 @@ class Answers:
         engine: StreamEngine,
         model: ChatModel,
         metrics: ChatMetrics,
+        limits: AnswerLimits | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.engine = engine
         self.model = model
         self.metrics = metrics
+        self.limits = limits if limits is not None else AnswerLimits()
         # The answers this process produces now: by chat id until each ends (for resumes),
         # by stream id until each is stored (for stops).
         self._producing: dict[str, _Production] = {}
@@ -169,9 +172,30 @@ class Answers:
         attaches to it (a client retry must not pay for a second generation). Any other
         running answer in the chat is stopped first, so its partial answer keeps its place
         before the new message; one whose producer died is stored first (`repair`). Raises
-        the 404 `ApiError` for another user's chat, a 409 if the chat stays busy. A
-        ``guest`` is stored with its first chat.
+        the 404 `ApiError` for another user's chat, a 409 if the chat stays busy, the 429
+        of `AnswerLimits` (before anything is stored) when the user may not start one now.
+        A ``guest`` is stored with its first chat.
         """
+        slot = await self.limits.acquire(user_id)
+        try:
+            begun = await self._begin(chat_id, user_id, user_message, trigger, guest, slot)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.limits.release(slot, refund=True)
+            raise
+        if begun[1]:  # attached: nothing new was started
+            await self.limits.release(slot, refund=True)
+        return begun
+
+    async def _begin(
+        self,
+        chat_id: str,
+        user_id: str,
+        user_message: dict[str, Any],
+        trigger: str,
+        guest: bool,
+        slot: Slot,
+    ) -> tuple[StreamRecord, bool]:
         store = self.store
         title = _title(message_text(user_message))
         for _ in range(_BEGIN_ATTEMPTS):
@@ -189,7 +213,7 @@ class Answers:
             if isinstance(begun, Started):
                 history = [message.to_ui_message() for message in begun.history]
                 try:
-                    await self.start(begun.record, history, owner=user_id)
+                    await self.start(begun.record, history, owner=user_id, slot=slot)
                 except BaseException:
                     with anyio.CancelScope(shield=True):
                         await store.abandon_generation(begun.record)
@@ -213,11 +237,17 @@ class Answers:
         raise ApiError(409, "conflict", "another answer is starting in this chat; try again")
 
     async def start(
-        self, record: StreamRecord, history: Sequence[dict[str, Any]], *, owner: str
+        self,
+        record: StreamRecord,
+        history: Sequence[dict[str, Any]],
+        *,
+        owner: str,
+        slot: Slot | None = None,
     ) -> None:
         """Start generating the answer ``record`` stands for, in ``owner``'s chat. Returns
         once the stream is claimed (readers may attach); the generation then runs in the
-        engine, and its end callback stores the answer however it ends."""
+        engine, and its end callback stores the answer however it ends, then gives back
+        its ``slot`` in the user's limits."""
         started = time.monotonic()
         produced = ProducedAnswer(record)
         production = _Production(owner, record)
@@ -237,6 +267,8 @@ class Answers:
                 production.state = await self.finalize(record, end.state, end.error, answer=answer)
             finally:
                 self._storing.pop(record.id, None)
+                if slot is not None:  # before a stop waiting for the answer hears it ended
+                    await self.limits.release(slot)
                 production.stored.set()
 
         self.metrics.active_streams.inc()

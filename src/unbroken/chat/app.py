@@ -26,6 +26,7 @@ from unbroken.chat.answers import Answers
 from unbroken.chat.auth import SessionCookieMiddleware, Sessions
 from unbroken.chat.deps import Services
 from unbroken.chat.errors import BodyLimitMiddleware, install_error_handlers
+from unbroken.chat.limits import make_limits
 from unbroken.chat.metrics import ChatMetrics
 from unbroken.chat.models import make_model
 from unbroken.chat.routes import router
@@ -96,6 +97,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             model = make_model(settings)
             stack.push_async_callback(model.aclose)
+            limits = make_limits(
+                redis_url=settings.redis_url,
+                key_prefix=settings.redis_key_prefix,
+                concurrent=settings.max_concurrent_answers,
+                per_minute=settings.answers_per_minute,
+            )
+            stack.push_async_callback(limits.aclose)
             if not settings.redis_url:
                 logger.warning(MEMORY_NOTE)
             backend = make_backend(settings)
@@ -117,7 +125,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 metrics=metrics,
                 sessions=Sessions(secret),
                 answers=Answers(
-                    settings=settings, store=store, engine=engine, model=model, metrics=metrics
+                    settings=settings,
+                    store=store,
+                    engine=engine,
+                    model=model,
+                    metrics=metrics,
+                    limits=limits,
                 ),
             )
             app.state.services = services
@@ -126,6 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             async with anyio.create_task_group() as background:
                 if settings.sweep_interval > 0:
                     background.start_soon(services.answers.sweep_forever, settings.sweep_interval)
+                background.start_soon(limits.run)
                 yield {SHUTDOWN_STATE_KEY: shutdown}
                 background.cancel_scope.cancel()
 

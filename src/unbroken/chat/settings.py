@@ -58,6 +58,10 @@ class Settings:
     redis_write_gather: float = 0.002
     #: Largest accepted request body, bytes (413 above).
     max_body_bytes: int = 1024 * 1024
+    #: Answers one user may have generating at once (429 above; 0: no limit).
+    max_concurrent_answers: int = 3
+    #: Answers one user may start in any 60 s (429 above; 0: no limit).
+    answers_per_minute: int = 20
     #: Every this many seconds each instance looks for answers whose producer died and stores
     #: them as interrupted (0: only when someone opens the chat).
     sweep_interval: float = 10.0
@@ -96,6 +100,8 @@ class Settings:
             flush_interval=_number(env, "UNBROKEN_FLUSH_INTERVAL", 0.0),
             redis_write_gather=_number(env, "UNBROKEN_REDIS_WRITE_GATHER", 0.002),
             max_body_bytes=int(_number(env, "UNBROKEN_MAX_BODY_BYTES", 1024 * 1024)),
+            max_concurrent_answers=_count(env, "UNBROKEN_MAX_CONCURRENT_ANSWERS", 3),
+            answers_per_minute=_count(env, "UNBROKEN_ANSWERS_PER_MINUTE", 20),
             allowed_origins=tuple(
                 origin.strip().rstrip("/")
                 for origin in env.get("UNBROKEN_ALLOWED_ORIGINS", "").split(",")
@@ -156,6 +162,11 @@ class Settings:
             raise SettingsError("UNBROKEN_REDIS_WRITE_GATHER must be between 0 and 1 (seconds)")
         if self.max_body_bytes < 1024:
             raise SettingsError("UNBROKEN_MAX_BODY_BYTES must be at least 1024")
+        if self.max_concurrent_answers < 0 or self.answers_per_minute < 0:
+            raise SettingsError(
+                "UNBROKEN_MAX_CONCURRENT_ANSWERS and UNBROKEN_ANSWERS_PER_MINUTE must not be "
+                "negative (0: no limit)"
+            )
 
     @property
     def is_sqlite(self) -> bool:
@@ -223,6 +234,16 @@ def _number(env: Mapping[str, str], name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a number, not {raw!r}") from None
+
+
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, not {raw!r}") from None
 
 
 def mask_url(url: str) -> str:
