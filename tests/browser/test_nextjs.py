@@ -128,8 +128,8 @@ def deployment(
 
 
 def _warm_up(url: str) -> tuple[httpx.Cookies, str, float]:
-    """One answer begun and stopped through Next.js, so every route handler is loaded before
-    anything is measured."""
+    """One answer begun and stopped through Next.js, so that its routes are loaded and its
+    connections to the service open before anything is measured."""
     chat_id = f"warm-{uuid.uuid4().hex[:8]}"
     with httpx.Client(base_url=url, timeout=15) as client:
         client.get("/api/chats").raise_for_status()
