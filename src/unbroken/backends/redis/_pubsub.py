@@ -32,6 +32,7 @@ __all__ = ["HAS_SHARDED_PUBSUB", "RedisListener", "Router"]
 # Sharded pub/sub in redis.asyncio (and its ClusterPubSub) arrived in redis-py 8.0; the rest
 # of the backend works with redis-py >= 5.0.1.
 HAS_SHARDED_PUBSUB = hasattr(PubSub, "ssubscribe")
+_NODE_RETRY = 0.005  # how soon a node reader looks again at a connection being made
 
 logger = logging.getLogger("unbroken.redis")
 
@@ -219,8 +220,14 @@ class _Link:
     async def _read_node(self, name: str, node: Any) -> None:
         """Forward one node's messages until ClusterPubSub drops that node's connection
         (it does once its last channel there is unsubscribed)."""
+        mapping = self.pubsub.node_pubsub_mapping
         try:
-            while name in self.pubsub.node_pubsub_mapping:
+            while (current := mapping.get(name)) is not None:
+                if current.connection is None:
+                    # ClusterPubSub dropped this node's last channel and is subscribing a new
+                    # one from the writer task: its new connection is on its way.
+                    await anyio.sleep(_NODE_RETRY)
+                    continue
                 message = await self.pubsub.get_sharded_message(timeout=_POLL, target_node=node)
                 if message is not None:
                     await self._inbox_in.send(message)
