@@ -254,6 +254,13 @@ def _cmd_users(args: argparse.Namespace) -> int:
     return 0
 
 
+def _environment_help() -> str:
+    """The chat service's environment variables (empty without the chat extra's modules)."""
+    from unbroken.chat.environment import help_text
+
+    return help_text()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unbroken", description="Resumable LLM answer streams: the reference chat service."
@@ -262,7 +269,13 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
-    chat = commands.add_parser("chat", help="run the reference chat service")
+    chat = commands.add_parser(
+        "chat",
+        help="run the reference chat service",
+        description="Run the reference chat service.",
+        epilog=_environment_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     chat.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     chat.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
     chat.add_argument(

@@ -62,6 +62,8 @@ class Settings:
     max_concurrent_answers: int = 3
     #: Answers one user may start in any 60 s (429 above; 0: no limit).
     answers_per_minute: int = 20
+    #: When set, ``/metrics`` answers only ``Authorization: Bearer <metrics_token>``.
+    metrics_token: str | None = None
     #: Every this many seconds each instance looks for answers whose producer died and stores
     #: them as interrupted (0: only when someone opens the chat).
     sweep_interval: float = 10.0
@@ -102,6 +104,7 @@ class Settings:
             max_body_bytes=int(_number(env, "UNBROKEN_MAX_BODY_BYTES", 1024 * 1024)),
             max_concurrent_answers=_count(env, "UNBROKEN_MAX_CONCURRENT_ANSWERS", 3),
             answers_per_minute=_count(env, "UNBROKEN_ANSWERS_PER_MINUTE", 20),
+            metrics_token=text("UNBROKEN_METRICS_TOKEN"),
             allowed_origins=tuple(
                 origin.strip().rstrip("/")
                 for origin in env.get("UNBROKEN_ALLOWED_ORIGINS", "").split(",")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 
 import anyio
@@ -10,6 +11,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 
 from unbroken.chat.auth import identify
 from unbroken.chat.deps import CurrentServices
+from unbroken.chat.errors import ApiError
 from unbroken.chat.metrics import CONTENT_TYPE_LATEST
 
 __all__ = ["router"]
@@ -38,7 +40,21 @@ async def healthz(services: CurrentServices) -> JSONResponse:
 
 
 @router.get("/metrics", tags=["system"], summary="Prometheus metrics")
-async def metrics(services: CurrentServices) -> Response:
+async def metrics(request: Request, services: CurrentServices) -> Response:
+    """This process's metrics in the Prometheus text format. With ``UNBROKEN_METRICS_TOKEN``
+    set, only for ``Authorization: Bearer <that token>`` (401 otherwise)."""
+    token = services.settings.metrics_token
+    if token is not None:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), token.encode()
+        ):
+            raise ApiError(
+                401,
+                "unauthorized",
+                "the metrics need 'Authorization: Bearer <metrics token>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
     return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
