@@ -145,14 +145,20 @@ class RedisBackend(Backend, GatheredAppends):
         )
         return self._owned.client
 
+    @property
+    def client(self) -> Redis | RedisCluster:
+        """The redis-py client this backend talks through (yours if you passed one), for
+        keys of your own next to the streams'. Raises `EngineClosedError` before `open`."""
+        client = self._client or self._given_client
+        if client is None:
+            raise EngineClosedError("backend is not open")
+        return client
+
     async def describe(self) -> str:
         """Where this backend's streams live, as found now: ``standalone redis at host:port``,
         ``redis cluster with N masters`` or ``redis sentinel service 'name' at master
         host:port``; an unreachable deployment says so (for a start-up line: never raises)."""
-        client = self._client or self._given_client
-        if client is None:
-            raise EngineClosedError("backend is not open")
-        return await describe_client(client)
+        return await describe_client(self.client)
 
     async def close(self) -> None:
         """Stop the router, wake every listener (their next receive raises), close the

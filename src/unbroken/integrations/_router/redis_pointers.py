@@ -12,7 +12,7 @@ from __future__ import annotations
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
-from unbroken.exceptions import EngineClosedError, MissingDependencyError
+from unbroken.exceptions import MissingDependencyError
 from unbroken.integrations._router.pointers import ChatPointer, ChatPointers, Replaced
 
 try:
@@ -71,10 +71,7 @@ class RedisChatPointers(ChatPointers):
             return self._client
         assert self._backend is not None
         # The backend's own client, made when the engine opened it.
-        client: Redis | RedisCluster | None = self._backend._client or self._backend._given_client
-        if client is None:
-            raise EngineClosedError("the Redis backend is not open")
-        return client
+        return self._backend.client
 
     async def _run(self, name: str, chat_id: str, *args: str | int) -> Any:
         client = self._redis()
