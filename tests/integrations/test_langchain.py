@@ -179,17 +179,7 @@ async def test_an_error_ends_with_a_safe_message() -> None:
 
 @pytest.mark.parametrize(
     "mode",
-    [
-        "events",
-        pytest.param(
-            "messages",
-            marks=pytest.mark.xfail(
-                reason="known gap: closing graph.astream(stream_mode='messages') under the "
-                "engine's stop leaves the running tool to be cancelled only later",
-                raises=TimeoutError,
-            ),
-        ),
-    ],
+    ["events", "messages"],
 )
 async def test_a_stop_cancels_the_running_tool(mode: str) -> None:
     running, cancelled = anyio.Event(), anyio.Event()

@@ -46,10 +46,11 @@ LangChain stream, which cancels the graph's running nodes, model calls and tools
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from contextlib import aclosing
 from typing import Any
 
 from unbroken.exceptions import MissingDependencyError, StreamSourceError
-from unbroken.integrations._frameworks import close_shielded, logger
+from unbroken.integrations._frameworks import close_shielded, iterate_apart, logger
 from unbroken.integrations._providers import history
 from unbroken.protocols.ai_sdk import UIEvent, UIMessageStreamBuilder
 
@@ -130,9 +131,10 @@ async def event_chunks(
     try:
         yield translator.builder.start()[0]
         try:
-            async for event in iterator:
-                for chunk in translator.stream_event(event):
-                    yield chunk
+            async with aclosing(iterate_apart(iterator)) as events_apart:
+                async for event in events_apart:
+                    for chunk in translator.stream_event(event):
+                        yield chunk
         except Exception as exc:
             for chunk in translator.failed(exc):
                 yield chunk
@@ -155,11 +157,12 @@ async def message_chunks(
     try:
         yield translator.builder.start()[0]
         try:
-            async for item in iterator:
-                message = _streamed_message(item)
-                if message is not None:
-                    for chunk in translator.message(message):
-                        yield chunk
+            async with aclosing(iterate_apart(iterator)) as items:
+                async for item in items:
+                    message = _streamed_message(item)
+                    if message is not None:
+                        for chunk in translator.message(message):
+                            yield chunk
         except Exception as exc:
             for chunk in translator.failed(exc):
                 yield chunk
