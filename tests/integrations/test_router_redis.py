@@ -143,3 +143,27 @@ async def test_redis_pointers_compare_and_set(redis_url: str, key_prefix: str) -
     finally:
         await client.aclose()
         await delete_redis_keys(redis_url, key_prefix)
+
+
+async def test_a_server_shutting_down_ends_open_streams_at_once(
+    start_worker: Callable[[dict[str, str]], Worker],
+) -> None:
+    """With ``chat.lifespan``, the server's shutdown signal ends open answer streams within an
+    engine tick, without a terminal event (the client resumes elsewhere), instead of holding
+    the server until the answer is over."""
+    worker = start_worker({"ROUTER_TEST_DELAY": "0.5", "ROUTER_TEST_LEASE_TTL": "0.6"})
+    body = v5_body(uid(), uid("m"), "hello")
+    async with httpx.AsyncClient(base_url=worker.url, timeout=httpx.Timeout(20.0)) as client:
+        with anyio.fail_after(WATCHDOG):
+            async with client.stream("POST", "/api/chat", json=body) as response:
+                assert response.status_code == 200
+                received = ""
+                lines = response.aiter_lines()
+                while "text-delta" not in received:
+                    received += await anext(lines) + "\n"
+                worker.process.send_signal(signal.SIGTERM)
+                with anyio.fail_after(5):  # the answer itself would take 20 s more
+                    async for line in lines:
+                        received += line + "\n"
+    assert '"type":"finish"' not in received and "[DONE]" not in received
+    assert received.count("text-delta") < 10

@@ -20,8 +20,8 @@ from starlette.staticfiles import StaticFiles
 
 import unbroken
 from unbroken import Backend, MemoryBackend, StreamEngine
+from unbroken._signals import on_exit_signal
 from unbroken.asgi import SHUTDOWN_STATE_KEY
-from unbroken.chat._signals import on_exit_signal
 from unbroken.chat.answers import Answers
 from unbroken.chat.auth import SessionCookieMiddleware, Sessions
 from unbroken.chat.deps import Services

@@ -18,7 +18,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from unbroken import Backend, MemoryBackend, StreamEngine, StreamState
-from unbroken.asgi import EngineStreamResponse, ResponseOptions, resume_after
+from unbroken._signals import on_exit_signal
+from unbroken.asgi import SHUTDOWN_STATE_KEY, EngineStreamResponse, ResponseOptions, resume_after
 from unbroken.exceptions import (
     EngineClosedError,
     InvalidStreamIdError,
@@ -135,14 +136,20 @@ class ResumableChat:
                 self._background = None
                 background.cancel_scope.cancel()
 
-    def lifespan(self, app: FastAPI) -> AbstractAsyncContextManager[None]:
-        """``FastAPI(lifespan=chat.lifespan)``: `running` as a lifespan of its own."""
+    def lifespan(self, app: FastAPI) -> AbstractAsyncContextManager[dict[str, Any]]:
+        """``FastAPI(lifespan=chat.lifespan)``: `running` as a lifespan of its own. It also
+        hears the server's shutdown signal, so open answer streams end at once (without a
+        terminal event: clients resume on another instance) instead of holding the server
+        until its graceful timeout. In a lifespan of your own, do the same by yielding
+        ``{unbroken.asgi.SHUTDOWN_STATE_KEY: event}`` and setting the event on shutdown."""
         return self._lifespan()
 
     @asynccontextmanager
-    async def _lifespan(self) -> AsyncIterator[None]:
+    async def _lifespan(self) -> AsyncIterator[dict[str, Any]]:
+        shutdown = anyio.Event()
+        on_exit_signal(shutdown.set)
         async with self.running():
-            yield
+            yield {SHUTDOWN_STATE_KEY: shutdown}
 
     # -- routes ------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from types import FrameType
 
 __all__ = ["on_exit_signal"]
 
-logger = logging.getLogger("unbroken.chat")
+logger = logging.getLogger("unbroken")
 
 
 def on_exit_signal(callback: Callable[[], None]) -> bool:
