@@ -1,6 +1,7 @@
 """Fuzz the chat service's HTTP API from its own OpenAPI document (schemathesis), against a
 live ``unbroken chat`` process (Redis + PostgreSQL), with a bounded number of examples per
-operation: no 5xx, no traceback in any response, and every 4xx in the JSON error shape.
+operation: no 5xx, no traceback in any response, every 4xx in the JSON error shape, and
+every answer as the document describes it (its status, content type, headers and schema).
 
 Requests carry an API key, so generated chats, resumes and stops reach real data.
 """
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, Phase, settings
+from openapi_spec_validator import validate
 
 from tests.faults.conftest import ApiServer
 
@@ -33,6 +35,14 @@ def openapi_document() -> dict[str, Any]:
 
 
 schema = schemathesis.openapi.from_dict(openapi_document())
+#: What must hold of every answer, as the document says it.
+CONFORMANCE = [
+    schemathesis.checks.not_a_server_error,
+    schemathesis.checks.status_code_conformance,
+    schemathesis.checks.content_type_conformance,
+    schemathesis.checks.response_headers_conformance,
+    schemathesis.checks.response_schema_conformance,
+]
 
 
 @schema.parametrize()
@@ -60,6 +70,11 @@ def test_api_fuzz(case: Any, api_server: ApiServer) -> None:
         assert set(document) == {"error"}, where
         assert isinstance(document["error"].get("code"), str), where
         assert isinstance(document["error"].get("message"), str), where
+    case.validate_response(response, checks=CONFORMANCE)
+
+
+def test_the_document_is_valid_openapi() -> None:
+    validate(openapi_document())
 
 
 def test_the_served_document_is_the_one_fuzzed(api_server: ApiServer) -> None:

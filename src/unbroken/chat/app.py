@@ -29,6 +29,7 @@ from unbroken.chat.errors import BodyLimitMiddleware, install_error_handlers
 from unbroken.chat.limits import make_limits
 from unbroken.chat.metrics import ChatMetrics
 from unbroken.chat.models import make_model
+from unbroken.chat.openapi import install_docs
 from unbroken.chat.routes import router
 from unbroken.chat.settings import Settings
 from unbroken.chat.store import Store
@@ -150,7 +151,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         # A trailing slash is a 404 with the JSON error body, not a redirect.
         redirect_slashes=False,
+        docs_url=None,  # served by install_docs, from local files
+        redoc_url=None,
     )
+    install_docs(app)
     install_error_handlers(app)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")

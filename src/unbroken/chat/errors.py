@@ -7,11 +7,13 @@ too large, a chat that is not theirs) gets a 4xx with a stable ``code``; anythin
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -19,7 +21,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from unbroken.asgi import error_response, unavailable_response
 from unbroken.exceptions import BackendUnavailableError, ProtocolError
 
-__all__ = ["ApiError", "BodyLimitMiddleware", "install_error_handlers", "not_found"]
+__all__ = [
+    "ApiError",
+    "BodyLimitMiddleware",
+    "database_unreachable",
+    "install_error_handlers",
+    "not_found",
+]
 
 logger = logging.getLogger("unbroken.chat")
 
@@ -68,6 +76,31 @@ def _error(
     return response
 
 
+def _connect_error_types() -> tuple[type[Exception], ...]:
+    """What the driver raises, unwrapped, when it cannot connect (see `database_unreachable`)."""
+    try:
+        driver = importlib.import_module("asyncpg.exceptions")
+    except ImportError:  # pragma: no cover - asyncpg comes with the chat extra
+        return (OSError,)
+    return (OSError, driver.PostgresError)
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the SQL database cannot be reached right now (connection refused
+    or cut, the server shutting down or starting up), not that a statement was wrong: the
+    request is worth trying again shortly."""
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError)):
+            return True
+        return exc.orig is not None and database_unreachable(exc.orig)
+    if isinstance(exc, OSError):
+        return True
+    # PostgreSQL's SQLSTATE classes 08 (connection exception) and 57P (shutting down,
+    # starting up), raised by the driver itself while connecting.
+    sqlstate = getattr(exc, "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate.startswith(("08", "57P"))
+
+
 def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for error in exc.errors()[:5]:
@@ -93,7 +126,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def validation_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        return error_response(422, "invalid_request", _validation_message(exc))
+        return error_response(400, "invalid_request", _validation_message(exc))
 
     async def protocol_error(_: Request, exc: Exception) -> Response:
         return error_response(400, "invalid_request", str(exc) or "the request body is invalid")
@@ -106,11 +139,24 @@ def install_error_handlers(app: FastAPI) -> None:
         logger.exception("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
         return error_response(500, "internal_error", "the server failed; the error was logged")
 
+    async def database_error(request: Request, exc: Exception) -> Response:
+        if not database_unreachable(exc):
+            return await internal_error(request, exc)
+        logger.warning("database unavailable: %s", exc)
+        response = error_response(
+            503, "unavailable", "the database is unavailable; try again shortly"
+        )
+        response.headers["Retry-After"] = "1"
+        return response
+
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(ProtocolError, protocol_error)
     app.add_exception_handler(BackendUnavailableError, backend_unavailable)
+    handled: tuple[type[Exception], ...] = (DBAPIError, *_connect_error_types())
+    for raised in handled:
+        app.add_exception_handler(raised, database_error)
     app.add_exception_handler(Exception, internal_error)
 
 

@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from unbroken import StreamState
 from unbroken.asgi import resume_after
 from unbroken.chat.answers import seconds_since
+from unbroken.chat.api_models import StopResult
 from unbroken.chat.bodies import json_object, load_json
 from unbroken.chat.deps import CurrentIdentity, CurrentServices, Services, check_chat_id
 from unbroken.chat.errors import ApiError, not_found
@@ -42,27 +43,10 @@ router = APIRouter(tags=["chat"])
 
 _STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "The answer: an AI SDK v5+ UI message stream (SSE) for a body with "
-        "`trigger`, else an AI SDK v4 data stream.",
+        "description": "The answer as it is generated: an AI SDK 5+ UI message stream "
+        "(server-sent events, each with an `id:` to resume after) for a body with `trigger`, "
+        "else an AI SDK 4 data stream.",
         "content": {"text/event-stream": {}, "text/plain": {}},
-    },
-}
-_CHAT_BODY = {
-    "required": True,
-    "content": {
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "required": ["id"],
-                "properties": {
-                    "id": {"type": "string", "description": "The chat id (created on first use)."},
-                    "messages": {"type": "array", "items": {"type": "object"}},
-                    "message": {"type": "object", "description": "Only the new message."},
-                    "trigger": {"enum": ["submit-message", "regenerate-message"]},
-                    "messageId": {"type": "string"},
-                },
-            }
-        }
     },
 }
 
@@ -89,15 +73,17 @@ def _empty_data_stream() -> Response:
     "/api/chat",
     summary="Send a message and stream the answer",
     responses=_STREAM_RESPONSES,
-    openapi_extra={"requestBody": _CHAT_BODY},
 )
 async def post_chat(
     request: Request, services: CurrentServices, identity: CurrentIdentity
 ) -> Response:
-    """Store the user's message, start the answer in the engine and stream it.
+    """Store the user's message, start the answer and stream it.
 
-    The chat is created on first use, owned by the caller. A v5+ body (with ``trigger``) is
-    answered with the UI message stream, a v4 body with the data stream.
+    The chat is created on first use, owned by the caller. The answer is generated on the
+    server whatever happens to this connection: resume it after a cut (`GET
+    /api/chat/{chat_id}/stream`), stop it with `POST /api/chat/{chat_id}/stop`. A body whose
+    last message is already stored replaces it and drops every later message (an edit, a
+    regenerate). Sending the same message again while its answer runs returns that answer.
     """
     chat_request = parse_chat_request(load_json(await request.body()))
     user_message = chat_request.last_user_message
@@ -138,7 +124,6 @@ async def post_chat(
             "empty body (nothing to resume).",
             "content": {"text/plain": {}},
         },
-        404: {"description": "No such chat (or not yours), or the chat has no stream."},
     },
 )
 async def resume_v4(
@@ -146,9 +131,9 @@ async def resume_v4(
     identity: CurrentIdentity,
     chat_id: Annotated[str | None, Query(alias="chatId")] = None,
 ) -> Response:
-    """For ``useChat().experimental_resume()`` (ai 4.x), as the ``resumable-stream`` chatbot
-    example answers it: the chat's latest stream while it runs, else its answer as an
-    ``append-message`` part if it ended within the resume window, else an empty body."""
+    """For ``useChat().experimental_resume()`` (AI SDK 4): the answer being generated, from
+    its start; an answer that ended in the last seconds as one ``append-message`` part; else
+    an empty body."""
     if not chat_id:
         raise ApiError(400, "invalid_request", "the chatId query parameter is required")
     check_chat_id(chat_id, field="chatId")
@@ -221,7 +206,6 @@ async def _resume_v4_slowly(services: Services, chat: Chat, recent: StreamRecord
             "content": {"text/event-stream": {}},
         },
         204: {"description": "Nothing to resume."},
-        404: {"description": "No such chat (or not yours)."},
     },
 )
 async def resume_v5(
@@ -233,7 +217,9 @@ async def resume_v5(
         str | None, Query(description="Resume after this event id (or send Last-Event-ID).")
     ] = None,
 ) -> Response:
-    """For ``useChat({resume: true})`` / ``resumeStream()`` (ai 5, 6, 7)."""
+    """For ``useChat({resume: true})`` and ``resumeStream()`` (AI SDK 5 and later): the answer
+    being generated, after the given event id (without one: from its start), then live until
+    it ends. An answer that ended in the last seconds is replayed; otherwise 204."""
     check_chat_id(chat_id, status=404)
     position = resume_after(request)
     live = services.answers.producing(chat_id, identity.user.id)
@@ -302,7 +288,7 @@ def _resume_kind(state: StreamState) -> str:
 @router.post(
     "/api/chat/{chat_id}/stop",
     summary="Stop the answer being generated",
-    responses={404: {"description": "No such chat (or not yours)."}},
+    responses={200: {"model": StopResult}},
 )
 async def stop_chat(
     chat_id: str, request: Request, services: CurrentServices, identity: CurrentIdentity

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from starlette.responses import JSONResponse, Response
 
+from unbroken.chat.api_models import ChatDetail, ChatList
 from unbroken.chat.deps import CurrentIdentity, CurrentServices, check_chat_id
 from unbroken.chat.errors import not_found
 from unbroken.chat.store import Chat, Message
@@ -46,14 +47,14 @@ def message_json(message: Message) -> dict[str, Any]:
     return out
 
 
-@router.get("/api/chats", summary="List my chats")
+@router.get("/api/chats", summary="List my chats", responses={200: {"model": ChatList}})
 async def list_chats(services: CurrentServices, identity: CurrentIdentity) -> JSONResponse:
     """The caller's chats, most recently updated first (at most 100)."""
     chats = await services.store.list_chats(identity.user.id)
     return JSONResponse({"chats": [chat_json(chat) for chat in chats]})
 
 
-@router.get("/api/chats/{chat_id}", summary="Read a chat", responses={404: {}})
+@router.get("/api/chats/{chat_id}", summary="Read a chat", responses={200: {"model": ChatDetail}})
 async def get_chat(
     chat_id: str, services: CurrentServices, identity: CurrentIdentity
 ) -> JSONResponse:
@@ -84,9 +85,7 @@ async def get_chat(
     return JSONResponse(body)
 
 
-@router.delete(
-    "/api/chats/{chat_id}", summary="Delete a chat", status_code=204, responses={404: {}}
-)
+@router.delete("/api/chats/{chat_id}", summary="Delete a chat", status_code=204)
 async def delete_chat(
     chat_id: str, services: CurrentServices, identity: CurrentIdentity
 ) -> Response:

@@ -9,6 +9,7 @@ import anyio
 from fastapi import APIRouter, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
+from unbroken.chat.api_models import Health
 from unbroken.chat.auth import identify
 from unbroken.chat.deps import CurrentServices
 from unbroken.chat.errors import ApiError
@@ -20,7 +21,15 @@ logger = logging.getLogger("unbroken.chat")
 router = APIRouter()
 
 
-@router.get("/healthz", tags=["system"], summary="Health check")
+@router.get(
+    "/healthz",
+    tags=["system"],
+    summary="Health check",
+    responses={
+        200: {"model": Health},
+        503: {"model": Health, "description": "The database cannot be reached."},
+    },
+)
 async def healthz(services: CurrentServices) -> JSONResponse:
     """200 when the database answers (within 2 s), else 503."""
     ok = False
@@ -39,7 +48,12 @@ async def healthz(services: CurrentServices) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
-@router.get("/metrics", tags=["system"], summary="Prometheus metrics")
+@router.get(
+    "/metrics",
+    tags=["system"],
+    summary="Prometheus metrics",
+    responses={200: {"content": {"text/plain": {}}, "description": "The metrics."}},
+)
 async def metrics(request: Request, services: CurrentServices) -> Response:
     """This process's metrics in the Prometheus text format. With ``UNBROKEN_METRICS_TOKEN``
     set, only for ``Authorization: Bearer <that token>`` (401 otherwise)."""

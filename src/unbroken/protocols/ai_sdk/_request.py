@@ -35,7 +35,7 @@ MAX_PARTS = 10_000
 def is_valid_id(value: object) -> bool:
     """Ids unbroken accepts for chats and messages: 1-128 characters of ``A-Z a-z 0-9 . _ :
     ~ -``, starting with a letter or digit (what ``generateId`` and UUIDs produce)."""
-    return isinstance(value, str) and _ID_RE.match(value) is not None
+    return isinstance(value, str) and _ID_RE.fullmatch(value) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +84,7 @@ def parse_chat_request(body: bytes | str | Mapping[str, Any]) -> ChatRequest:
 
     if "trigger" in data:
         trigger = data["trigger"]
-        if trigger not in _TRIGGERS:
+        if not isinstance(trigger, str) or trigger not in _TRIGGERS:
             raise ProtocolError("'trigger' must be 'submit-message' or 'regenerate-message'")
         raw = _message_list(data.get("messages"))
         messages = [_ui_message(message, index) for index, message in enumerate(raw)]
