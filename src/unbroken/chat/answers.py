@@ -36,7 +36,7 @@ from typing import Any
 import anyio
 
 from unbroken import Chunk, StreamEnd, StreamEngine, StreamState, StreamStatus
-from unbroken.chat.errors import ApiError, not_found
+from unbroken.chat.errors import ApiError, database_unreachable, not_found
 from unbroken.chat.events import AssembledAnswer, ProducedAnswer, decode_events, ui_chunks
 from unbroken.chat.limits import AnswerLimits, Slot
 from unbroken.chat.metrics import ChatMetrics
@@ -64,6 +64,10 @@ _CHUNKS_COUNTED_EVERY = 32
 _CLAIM_GRACE = 5.0
 #: How often `Answers.begin` asks the store again after ending the chat's running answer.
 _BEGIN_ATTEMPTS = 5
+#: How long the producing process keeps trying to store an ended answer while the database
+#: cannot be reached (a restart, a failover); after that the sweep stores it from the log.
+_STORE_RETRY_FOR = 30.0
+_STORE_RETRY_PAUSE = (0.1, 2.0)  # the first pause between attempts, and the longest
 
 
 def seconds_since(moment: dt.datetime | float | None) -> float:
@@ -264,7 +268,7 @@ class Answers:
                 # The log is the first `chunk_count` events produced (each event is one
                 # chunk, in order): no need to read it back and decode it.
                 answer = produced.as_logged(end.chunk_count)
-                production.state = await self.finalize(record, end.state, end.error, answer=answer)
+                production.state = await self._store_end(record, end, answer)
             finally:
                 self._storing.pop(record.id, None)
                 if slot is not None:  # before a stop waiting for the answer hears it ended
@@ -283,6 +287,27 @@ class Answers:
             self._storing.pop(record.id, None)
             self.metrics.active_streams.dec()
             raise
+
+    async def _store_end(
+        self, record: StreamRecord, end: StreamEnd, answer: AssembledAnswer
+    ) -> StreamState:
+        """`finalize` the ended answer; while the database cannot be reached, again after a
+        pause that doubles each time, for up to ``_STORE_RETRY_FOR`` seconds (then raises).
+        Meanwhile the stream stays readable, and resumes that need the database get a 503."""
+        pause, longest = _STORE_RETRY_PAUSE
+        deadline = time.monotonic() + _STORE_RETRY_FOR
+        while True:
+            try:
+                return await self.finalize(record, end.state, end.error, answer=answer)
+            except Exception as exc:
+                if not database_unreachable(exc) or time.monotonic() + pause > deadline:
+                    raise
+                logger.warning(
+                    "storing the answer of stream %r failed (%s); trying again in %.1f s",
+                    record.id, exc, pause,
+                )  # fmt: skip
+            await anyio.sleep(pause)
+            pause = min(2 * pause, longest)
 
     async def _source(
         self,
