@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from typing import Any
 
 import anyio
@@ -170,6 +171,35 @@ async def test_stop_cancels_the_answer_and_on_finish_sees_it(client: httpx.Async
     (finished,) = await finished_of(client, chat_id)
     assert finished["state"] == "cancelled"
     assert TEXT.startswith(finished["message"]["parts"][-1]["text"])
+
+
+class SlowClaims(MemoryBackend):
+    """The memory backend, with each claim landing ``delay`` seconds late: the moment
+    between a chat's pointer being set and its answer's stream existing, made wide."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+
+    async def claim(self, stream_id: str, **kwargs: Any) -> bool:
+        await anyio.sleep(self.delay)
+        return await super().claim(stream_id, **kwargs)
+
+
+async def test_a_stop_right_after_the_post_stops_the_answer() -> None:
+    """A stop that comes before the answer's stream is claimed waits for the claim."""
+    chat_id = uid()
+    with serve(create_app(SlowClaims(0.3), delay=0.05)) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(20.0)) as http:
+            with anyio.fail_after(WATCHDOG):
+                async with anyio.create_task_group() as posting:
+                    body = v5_body(chat_id, "u1", "hi")
+                    posting.start_soon(partial(http.post, "/api/chat", json=body))
+                    await anyio.sleep(0.1)  # the pointer is set, the claim is not
+                    stop = await http.post(f"/api/chat/{chat_id}/stop")
+            (finished,) = await finished_of(http, chat_id)
+    assert stop.json()["stopped"] is True and stop.json()["state"] == "cancelled"
+    assert finished["state"] == "cancelled"
 
 
 async def test_nothing_to_resume(client: httpx.AsyncClient) -> None:

@@ -54,6 +54,8 @@ from unbroken.protocols.ai_sdk import (
 __all__ = ["STREAM_ID_HEADER", "ResumableChat"]
 
 logger = logging.getLogger("unbroken")
+# How long a stop waits for the claim of an answer that was just posted.
+_CLAIM_GRACE, _CLAIM_POLL = 2.0, 0.02
 
 Owner = Callable[..., Any]
 
@@ -414,13 +416,25 @@ class ResumableChat:
         stream_id = pointer.stream_id
         if stream_id is None or wanted not in (None, stream_id):
             return JSONResponse(result)  # nothing running, or a stale stop of an older answer
-        state = await self.engine.cancel(stream_id)
+        state = await self._cancel_once_claimed(stream_id)
         result.update(
             stopped=state is StreamState.CANCELLED,
             streamId=stream_id,
             state=state.value if state is not None else None,
         )
         return JSONResponse(result)
+
+    async def _cancel_once_claimed(self, stream_id: str) -> StreamState | None:
+        """Cancel the stream; one that is not claimed yet (the pointer is set just before the
+        engine claims the stream, so a stop right after a POST can come first) is waited for,
+        up to `_CLAIM_GRACE` seconds."""
+        for _ in range(round(_CLAIM_GRACE / _CLAIM_POLL)):
+            state = await self.engine.cancel(stream_id)
+            if state is not None:
+                return state
+            # The claim may come from any process: polling is the one way to see it.
+            await anyio.sleep(_CLAIM_POLL)
+        return None
 
     async def _stop_body(self, request: Request) -> str | None:
         body = await read_body(request, self.max_body_bytes)
