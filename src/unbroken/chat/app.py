@@ -29,8 +29,9 @@ from unbroken.chat.errors import BodyLimitMiddleware, install_error_handlers
 from unbroken.chat.limits import make_limits
 from unbroken.chat.metrics import ChatMetrics
 from unbroken.chat.models import make_model
-from unbroken.chat.openapi import install_docs
+from unbroken.chat.openapi import DOCS_PATHS, install_docs
 from unbroken.chat.routes import router
+from unbroken.chat.security import SecurityHeadersMiddleware
 from unbroken.chat.settings import Settings
 from unbroken.chat.store import Store
 
@@ -158,9 +159,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
-    # The last one added runs first: the body limit applies before anything reads the body.
+    # The last one added runs first: the body limit applies before anything reads the body,
+    # and every response, its 413 included, gets the security headers.
     app.add_middleware(SessionCookieMiddleware)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(SecurityHeadersMiddleware, docs_paths=DOCS_PATHS)
     return app
 
 

@@ -177,6 +177,7 @@ _SWAGGER_PAGE = """<!doctype html>
 <head>
   <meta charset="utf-8">
   <title>{title} · API</title>
+  <link rel="icon" href="{assets}/favicon.png">
   <link rel="stylesheet" href="{assets}/swagger-ui.css">
 </head>
 <body>
@@ -191,6 +192,7 @@ _REDOC_PAGE = """<!doctype html>
 <head>
   <meta charset="utf-8">
   <title>{title} · API</title>
+  <link rel="icon" href="{assets}/favicon.png">
 </head>
 <body>
   <redoc spec-url="/openapi.json"></redoc>
