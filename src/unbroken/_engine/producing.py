@@ -27,7 +27,12 @@ from unbroken._engine.wakeups import EventWakeups, Wakeups
 from unbroken._engine.writing import Writes
 from unbroken._models import StreamEnd, StreamState
 from unbroken.backends.base import Backend, Ended, StreamTimes
-from unbroken.exceptions import BackendError, BackendUnavailableError, StreamExistsError
+from unbroken.exceptions import (
+    BackendError,
+    BackendUnavailableError,
+    StreamExistsError,
+    StreamSourceError,
+)
 
 __all__ = ["OnEnd", "Producers"]
 
@@ -139,6 +144,12 @@ class Producers:
                         state, error = StreamState.ERROR, TOO_LARGE
                         break
                     self.writes.added(local, local.add(data))
+        except StreamSourceError as exc:
+            # A failure the source described (a model that could not answer): one line says
+            # it; the traceback is for debugging only.
+            logger.warning("source of stream %r failed: %s", local.stream_id, exc)
+            logger.debug("source of stream %r failed", local.stream_id, exc_info=True)
+            state, error = StreamState.ERROR, safe_message(exc)
         except Exception as exc:
             logger.exception("source of stream %r failed", local.stream_id)
             state, error = StreamState.ERROR, safe_message(exc)

@@ -37,7 +37,13 @@ import anyio
 
 from unbroken import Chunk, StreamEnd, StreamEngine, StreamState, StreamStatus
 from unbroken.chat.errors import ApiError, database_unreachable, not_found
-from unbroken.chat.events import AssembledAnswer, ProducedAnswer, decode_events, ui_chunks
+from unbroken.chat.events import (
+    AssembledAnswer,
+    ProducedAnswer,
+    decode_events,
+    settled,
+    ui_chunks,
+)
 from unbroken.chat.limits import AnswerLimits, Slot
 from unbroken.chat.metrics import ChatMetrics
 from unbroken.chat.models import ChatModel, message_text
@@ -432,7 +438,7 @@ class Answers:
             # A stop that lost the race with the end: the answer is complete, and every
             # reader was sent its own `finish`, so store what they saw.
             state, error = StreamState.DONE, None
-        message = answer.message
+        message = settled(answer.message)
         await self.store.finalize_message(
             record.chat_id,
             record.message_id,

@@ -28,7 +28,14 @@ from unbroken.chat.store import StreamRecord
 from unbroken.exceptions import UnbrokenError
 from unbroken.protocols.ai_sdk import UIMessageAssembler, decode_event
 
-__all__ = ["AssembledAnswer", "ProducedAnswer", "assemble", "decode_events", "ui_chunks"]
+__all__ = [
+    "AssembledAnswer",
+    "ProducedAnswer",
+    "assemble",
+    "decode_events",
+    "settled",
+    "ui_chunks",
+]
 
 logger = logging.getLogger("unbroken.chat")
 
@@ -130,6 +137,26 @@ class AssembledAnswer:
         message["id"] = message_id
         last = events[-1].get("type") if events else None
         return cls(message, last if isinstance(last, str) else None)
+
+
+def settled(message: dict[str, Any]) -> dict[str, Any]:
+    """``message`` as it is stored once its answer ended: a text or reasoning part cut off
+    by a stop, an error or a lost worker is ``done`` (nothing more will come), not
+    ``streaming``."""
+    parts = message.get("parts")
+    if not isinstance(parts, list) or not any(
+        isinstance(part, dict) and part.get("state") == "streaming" for part in parts
+    ):
+        return message
+    fixed = [
+        {**part, "state": "done"}
+        if isinstance(part, dict)
+        and part.get("state") == "streaming"
+        and part.get("type") in ("text", "reasoning")
+        else part
+        for part in parts
+    ]
+    return {**message, "parts": fixed}
 
 
 def _assembler(message_id: str) -> UIMessageAssembler:
