@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import anyio
 import pytest
 
 from tests._services import delete_redis_keys
-from unbroken import StreamExistsError
-from unbroken.compat import create_resumable_stream_context, utf16_skip
+from unbroken import MemoryBackend, StreamEngine, StreamExistsError
+from unbroken.compat import (
+    ResumableStreamContext,
+    create_resumable_stream_context,
+    utf16_skip,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
@@ -109,3 +114,69 @@ async def test_create_or_resume(
         assert "".join(await drain(fresh)) == "Hello world 😀!"
     if "redis_url" not in context_kwargs:
         assert "REDIS_URL is not set" in caplog.text
+
+
+@asynccontextmanager
+async def two_processes(
+    context_kwargs: dict[str, str],
+) -> AsyncIterator[tuple[ResumableStreamContext, ResumableStreamContext]]:
+    """Two contexts sharing one backend, as two worker processes would."""
+    if "redis_url" in context_kwargs:
+        async with (
+            create_resumable_stream_context(**context_kwargs) as first,
+            create_resumable_stream_context(**context_kwargs) as second,
+        ):
+            yield first, second
+        return
+    backend = MemoryBackend()
+    async with StreamEngine(backend) as one, StreamEngine(backend) as other:
+        yield (
+            create_resumable_stream_context(engine=one),
+            create_resumable_stream_context(engine=other),
+        )
+
+
+@pytest.mark.parametrize(("context_backend", "anyio_backend"), CONTEXTS)
+async def test_resume_catches_up_in_one_chunk_past_a_page(context_kwargs: dict[str, str]) -> None:
+    # More chunks than one page of the log: the resumer still gets them as one catch-up.
+    pieces = [f"{i:04d} " for i in range(1200)]
+    gate = anyio.Event()
+
+    async def long_then_gate() -> AsyncIterator[str]:
+        for piece in pieces:
+            yield piece
+        await gate.wait()
+        yield "end"
+
+    async with two_processes(context_kwargs) as (producing, resuming):
+        own = await producing.create_new_resumable_stream("long", long_then_gate)
+        with anyio.fail_after(5):
+            while (status := await resuming.engine.status("long")) is None or (  # noqa: ASYNC110
+                status.chunk_count < len(pieces)
+            ):
+                await anyio.sleep(0.01)
+        resumed = await resuming.resume_existing_stream("long", skip_characters=5)
+        assert resumed is not None
+        first = await anext(resumed)
+        assert first == "".join(pieces)[5:]
+        gate.set()
+        assert [text async for text in resumed] == ["end"]
+        assert "".join(await drain(own)) == "".join(pieces) + "end"
+        assert await resuming.resume_existing_stream("long") is None  # finished
+        assert await resuming.resume_existing_stream("no-such-stream") is None
+
+
+@pytest.mark.parametrize(("context_backend", "anyio_backend"), CONTEXTS)
+async def test_a_resumed_stream_closed_unread_lets_go(context_kwargs: dict[str, str]) -> None:
+    gate = anyio.Event()
+    async with create_resumable_stream_context(**context_kwargs) as ctx:
+        own = await ctx.create_new_resumable_stream("idle", lambda: words(["a", "b", "c"], gate))
+        resumed = [await ctx.resume_existing_stream("idle") for _ in range(3)]
+        for stream in resumed:
+            assert stream is not None
+            await stream.aclose()  # never iterated: its reader is released all the same
+            await stream.aclose()
+            with pytest.raises(StopAsyncIteration):
+                await anext(stream)
+        gate.set()
+        assert "".join(await drain(own)) == "abc"

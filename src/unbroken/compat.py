@@ -29,18 +29,24 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Callable
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from types import TracebackType
 from typing import Any, Literal, Self
 
-from unbroken._engine import StreamEngine
-from unbroken._models import Chunk, StreamEnd, StreamState
+import anyio
+
+from unbroken._engine import StreamEngine, StreamReader
+from unbroken._models import Chunk, StreamEnd, StreamState, StreamStatus
 from unbroken.backends.base import Backend
 from unbroken.backends.memory import MemoryBackend
-from unbroken.exceptions import StreamExistsError
+from unbroken.exceptions import StreamExistsError, StreamNotFoundError
 
-__all__ = ["ResumableStreamContext", "create_resumable_stream_context", "utf16_skip"]
+__all__ = [
+    "ResumableStreamContext",
+    "TextStream",
+    "create_resumable_stream_context",
+    "utf16_skip",
+]
 
 logger = logging.getLogger("unbroken.compat")
 
@@ -122,14 +128,14 @@ class ResumableStreamContext:
             await self.engine.start(stream_id, _deferred(make_stream))
         except StreamExistsError:
             return await self.resume_existing_stream(stream_id, skip_characters)
-        return self._text(stream_id, skip_characters, catch_up_below=0)
+        return await self._produced(stream_id, skip_characters)
 
     async def create_new_resumable_stream(
         self, stream_id: str, make_stream: MakeStream, skip_characters: int | None = None
     ) -> AsyncIterator[str]:
         """Always become the producer; raises `StreamExistsError` if the id is taken."""
         await self.engine.start(stream_id, _deferred(make_stream))
-        return self._text(stream_id, skip_characters, catch_up_below=0)
+        return await self._produced(stream_id, skip_characters)
 
     async def resume_existing_stream(
         self, stream_id: str, skip_characters: int | None = None
@@ -138,10 +144,37 @@ class ResumableStreamContext:
 
         None if the stream is unknown or already finished.
         """
-        status = await self.engine.status(stream_id)
-        if status is None or status.state is not StreamState.ACTIVE:
+        # The reader's first look and the status (for the catch-up's length) go out
+        # together, so the first chunk is one round trip away, not two.
+        status: StreamStatus | None = None
+        failures: list[Exception] = []
+        reader: StreamReader | None = None
+
+        async def look_up() -> None:
+            nonlocal status
+            try:
+                status = await self.engine.status(stream_id)
+            except Exception as exc:  # raised below, unwrapped (a task group would group it)
+                failures.append(exc)
+
+        async with anyio.create_task_group() as looks:
+            looks.start_soon(look_up)
+            try:
+                reader = await self.engine.open(stream_id)
+            except Exception as exc:
+                failures.insert(0, exc)
+        if failures:
+            if reader is not None:
+                await reader.aclose()
+            if isinstance(failures[0], StreamNotFoundError):
+                return None
+            raise failures[0]
+        assert reader is not None
+        if reader.state is not StreamState.ACTIVE:
+            await reader.aclose()
             return None
-        return self._text(stream_id, skip_characters, catch_up_below=status.chunk_count)
+        catch_up_below = status.chunk_count if status is not None else 0
+        return TextStream(reader, skip_characters or 0, catch_up_below)
 
     async def has_existing_stream(self, stream_id: str) -> Literal[True, "DONE"] | None:
         """None if unknown, ``True`` while active, ``"DONE"`` once finished."""
@@ -150,15 +183,42 @@ class ResumableStreamContext:
             return None
         return "DONE" if status.is_terminal else True
 
-    async def _text(
-        self, stream_id: str, skip_characters: int | None, *, catch_up_below: int
-    ) -> AsyncIterator[str]:
-        """The stream as text: chunks with ``seq < catch_up_below`` joined into one."""
-        skip = skip_characters or 0
-        catch_up: list[str] = []
-        sent_catch_up = catch_up_below == 0
-        async with aclosing(self.engine.read(stream_id)) as items:
-            async for item in items:
+    async def _produced(self, stream_id: str, skip_characters: int | None) -> TextStream:
+        # This process produces the stream: the reader reads its chunks from memory.
+        return TextStream(await self.engine.open(stream_id), skip_characters or 0, 0)
+
+
+class TextStream:
+    """A stream's text as `resumable_stream` and friends return it: an async iterator of
+    strings, chunks with ``seq < catch_up_below`` joined into one catch-up chunk.
+
+    It holds an open reader: iterate it to the end, or close it with `aclose`.
+    """
+
+    __slots__ = ("_reader", "_texts")
+
+    def __init__(self, reader: StreamReader, skip: int, catch_up_below: int) -> None:
+        self._reader = reader
+        self._texts = _texts(reader, skip, catch_up_below)
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> str:
+        return await anext(self._texts)
+
+    async def aclose(self) -> None:
+        """Stop reading and release the reader (its subscription). Idempotent."""
+        await self._texts.aclose()
+        await self._reader.aclose()
+
+
+async def _texts(reader: StreamReader, skip: int, catch_up_below: int) -> AsyncGenerator[str, None]:
+    catch_up: list[str] = []
+    sent_catch_up = catch_up_below == 0
+    try:
+        async for batch in reader:
+            for item in batch:
                 if isinstance(item, StreamEnd):
                     break
                 text = _skip(item, skip)
@@ -172,6 +232,8 @@ class ResumableStreamContext:
                 yield text
         if not sent_catch_up:
             yield "".join(catch_up)
+    finally:
+        await reader.aclose()
 
 
 def _utf16_len(text: str) -> int:
