@@ -113,7 +113,10 @@ def render(page: Page, markdown: str) -> str:
         ("- a\n  - nested", "<ul><li>a<ul><li>nested</li></ul></li></ul>"),
         (
             "```js\nlet a = '<b>';\n```",
-            '<pre data-lang="js"><code data-lang="js">let a = \'&lt;b&gt;\';</code></pre>',
+            '<pre data-lang="js"><code data-lang="js" class="language-js">'
+            '<span class="tok-keyword">let</span> a = '
+            "<span class=\"tok-string\">'&lt;b&gt;'</span>;"
+            "</code></pre>",
         ),
         ("```\nstill streaming", "<pre><code>still streaming</code></pre>"),
         (
@@ -147,6 +150,8 @@ def test_formatting(blank: Page, markdown: str, html: str) -> None:
         "`<svg onload=window.__pwned=1>`",
         "- <iframe src=javascript:window.__pwned=1>",
         "**<b onmouseover=window.__pwned=1>x</b>**",
+        "```python\n'<img src=x onerror=window.__pwned=1>'\n# <script>window.__pwned=1</script>",
+        "| <img src=x onerror=window.__pwned=1> |\n|---|\n| <script>window.__pwned=1</script> |",
     ],
 )
 def test_hostile_output_is_text(blank: Page, hostile: str) -> None:
@@ -166,8 +171,138 @@ def test_hostile_output_is_text(blank: Page, hostile: str) -> None:
         hostile,
     )
     allowed_tags = {"p", "br", "ul", "ol", "li", "pre", "code", "strong", "em", "a", "blockquote"}
+    allowed_tags |= {"span", "div", "table", "thead", "tbody", "tr", "th", "td"}
     assert set(found["tags"]) <= allowed_tags, found
     assert not [a for a in found["attrs"] if a.startswith("on") or a in ("src", "style")], found
     assert all(h.startswith(("http:", "https:", "mailto:")) for h in found["hrefs"]), found
     assert found["pwned"] is None
     assert "pwned" in found["text"]  # shown, as text
+
+
+@pytest.mark.parametrize(
+    ("markdown", "html"),
+    [
+        (
+            "| a | b |\n|:--|--:|\n| **x** | 1 \\| 2 |",
+            '<div class="table-wrap"><table><thead><tr><th>a</th>'
+            '<th class="align-right">b</th></tr></thead><tbody><tr><td>'
+            '<strong>x</strong></td><td class="align-right">1 | 2</td></tr></tbody></table></div>',
+        ),
+        (  # no outer pipes; a short row is padded, a long one cut
+            "a | b\n--- | :-:\nonly\n1 | 2 | 3",
+            '<div class="table-wrap"><table><thead><tr><th>a</th><th class="align-center">b</th>'
+            '</tr></thead><tbody><tr><td>only</td><td class="align-center"></td></tr><tr>'
+            '<td>1</td><td class="align-center">2</td></tr></tbody></table></div>',
+        ),
+        # Not (yet) a table: a streaming header with no delimiter row, or a mismatched one.
+        ("| a | b |", "<p>| a | b |</p>"),
+        ("| a | b |\n|---|", "<p>| a | b |<br>|---|</p>"),
+        (
+            "text\n| a | b |\n|---|---|",
+            '<p>text</p><div class="table-wrap"><table><thead><tr>'
+            "<th>a</th><th>b</th></tr></thead><tbody></tbody></table></div>",
+        ),
+    ],
+)
+def test_tables(blank: Page, markdown: str, html: str) -> None:
+    assert render(blank, markdown) == html
+
+
+HIGHLIGHT = """async ([code, lang]) => {
+  const { highlight, languageOf } = await import('/static/js/highlight.js');
+  const div = document.createElement('div');
+  div.append(highlight(code, languageOf(lang)));
+  return { text: div.textContent,
+           tokens: [...div.children].map((n) => [n.className.slice(4), n.textContent]) };
+}"""
+
+
+@pytest.mark.parametrize(
+    ("lang", "code", "expected"),
+    [
+        (
+            "py",
+            'def f(x=1.5):  # hi\n    return f"{x}" if x else None',
+            [
+                ["keyword", "def"],
+                ["function", "f"],
+                ["number", "1.5"],
+                ["comment", "# hi"],
+                ["keyword", "return"],
+                ["string", 'f"{x}"'],
+                ["keyword", "if"],
+                ["keyword", "else"],
+                ["literal", "None"],
+            ],
+        ),
+        (
+            "python",
+            "s = '''multi\nline'''\nx_1 = 0x1F",
+            [["string", "'''multi\nline'''"], ["number", "0x1F"]],
+        ),
+        (
+            "ts",
+            "const a = `t${b}` /* c */ // d\nawait g(null)",
+            [
+                ["keyword", "const"],
+                ["string", "`t${b}`"],
+                ["comment", "/* c */"],
+                ["comment", "// d"],
+                ["keyword", "await"],
+                ["function", "g"],
+                ["literal", "null"],
+            ],
+        ),
+        (
+            "json",
+            '{"a": [1, true, null]}',
+            [["string", '"a"'], ["number", "1"], ["literal", "true"], ["literal", "null"]],
+        ),
+        (
+            "sh",
+            'echo "$HOME" $USER # x',
+            [["keyword", "echo"], ["string", '"$HOME"'], ["variable", "$USER"], ["comment", "# x"]],
+        ),
+        (
+            "SQL",
+            "SELECT id FROM t -- c",
+            [["keyword", "SELECT"], ["keyword", "FROM"], ["comment", "-- c"]],
+        ),
+        (
+            "go",
+            "func main() { return nil }",
+            [["keyword", "func"], ["function", "main"], ["keyword", "return"], ["literal", "nil"]],
+        ),
+        ("py", "x = 'unclosed\ny = 2", [["string", "'unclosed"], ["number", "2"]]),
+        ("js", "/* never closed", [["comment", "/* never closed"]]),
+        ("", "def x(): pass", []),  # no language named: plain text
+    ],
+)
+def test_highlighting(blank: Page, lang: str, code: str, expected: list[list[str]]) -> None:
+    found = blank.evaluate(HIGHLIGHT, [code, lang])
+    assert found["tokens"] == expected
+    assert found["text"] == code  # highlighting never changes the text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Tell me about streams\nin two lines",
+        "\n\n  ## A *heading*  \n",
+        "```python\nprint(1)\n```",
+        "> a quote with [a link](https://example.com) and `code`",
+        "   ",
+        "Explain how resumable streams survive a page refresh and a crashed worker please",
+        "x" * 100,
+        "é" * 70 + " ü",
+        "1. first, then - second; **bold** __under__ ~~gone~~",
+        '<img src=x onerror="window.__pwned=1"><b id="injected">bold</b><script>x</script>',
+    ],
+)
+def test_page_titles_match_the_server(blank: Page, text: str) -> None:
+    from unbroken.chat.answers import title_of
+
+    shown = blank.evaluate(
+        "async (text) => (await import('/static/js/title.js')).titleOf(text)", text
+    )
+    assert shown == title_of(text)

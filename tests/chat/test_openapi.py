@@ -68,15 +68,15 @@ def check(doc: dict[str, Any], name: str, value: Any) -> None:
     jsonschema.validate(value, resolver, cls=jsonschema.Draft202012Validator)
 
 
-async def test_answers_match_their_schemas(
-    client: httpx.AsyncClient, tmp_path: Path
-) -> None:
+async def test_answers_match_their_schemas(client: httpx.AsyncClient, tmp_path: Path) -> None:
     doc = document(tmp_path)
     chat_id = uuid.uuid4().hex
     await post_v5(client, v5_body(chat_id, "m1", "describe me"))
     check(doc, "ChatList", (await client.get("/api/chats")).json())
     check(doc, "ChatDetail", (await client.get(f"/api/chats/{chat_id}")).json())
     check(doc, "StopResult", (await client.post(f"/api/chat/{chat_id}/stop")).json())
+    renamed = await client.patch(f"/api/chats/{chat_id}", json={"title": "described"})
+    check(doc, "ChatSummary", renamed.json())
     check(doc, "Health", (await client.get("/healthz")).json())
     check(doc, "ApiErrorBody", (await client.get("/api/chats/nope")).json())
     bad = await client.get(f"/api/chat/{chat_id}/stream", params={"after": "x"})

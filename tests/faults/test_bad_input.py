@@ -112,7 +112,8 @@ PATH_TRICKS = [
     ("GET", "/static/%00", 404),
     ("GET", "/nope/../api/chats", 404),
     ("PUT", "/api/chat", 405),
-    ("PATCH", f"/api/chats/{uid()}", 405),
+    ("PUT", f"/api/chats/{uid()}", 405),
+    ("PATCH", f"/api/chats/{uid()}", 400),  # a rename needs a body
 ]
 
 

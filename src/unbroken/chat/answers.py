@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -85,9 +86,32 @@ def seconds_since(moment: dt.datetime | float | None) -> float:
     return utcnow().timestamp() - moment
 
 
-def _title(text: str) -> str:
-    words = " ".join(text.split())
-    return (words[:77] + "…" if len(words) > 80 else words) or "New chat"
+#: A title is cut (at a word) to at most this many characters.
+TITLE_CHARS = 60
+_MARKUP_START = re.compile(r"^(?:#{1,6}\s+|>\s*|[-*+]\s+|\d{1,9}[.)]\s+)+")
+_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
+_MARKERS = re.compile(r"`+|\*\*|__|~~")
+
+
+def title_of(text: str) -> str:
+    """A chat's title from its first message: the first line that says something, without
+    markdown markers, cut at a word to `TITLE_CHARS` (the page makes the same one)."""
+    for line in text.splitlines():
+        if line.lstrip().startswith(("```", "~~~")):
+            continue
+        cleaned = _MARKERS.sub("", _LINK.sub(r"\1", _MARKUP_START.sub("", line.strip())))
+        cleaned = " ".join(cleaned.split())
+        if cleaned:
+            break
+    else:
+        return "New chat"
+    if len(cleaned) <= TITLE_CHARS:
+        return cleaned
+    cut = cleaned[: TITLE_CHARS - 1]
+    space = cut.rfind(" ")
+    if space >= TITLE_CHARS // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,.;:-") + "…"
 
 
 @dataclass(eq=False)
@@ -207,7 +231,7 @@ class Answers:
         slot: Slot,
     ) -> tuple[StreamRecord, bool]:
         store = self.store
-        title = _title(message_text(user_message))
+        title = title_of(message_text(user_message))
         for _ in range(_BEGIN_ATTEMPTS):
             begun = await store.start_answer(
                 chat_id,

@@ -21,6 +21,7 @@ __all__ = [
     "ChatSummary",
     "Health",
     "MessagePart",
+    "RenameRequest",
     "StopRequest",
     "StopResult",
     "StoredMessage",
@@ -28,6 +29,7 @@ __all__ = [
 ]
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:~-]{0,127}$"
+MAX_TITLE = 200
 _ID = Field(pattern=ID_PATTERN, description="1-128 letters, digits or `._:~-`.")
 
 
@@ -104,6 +106,17 @@ class StopResult(BaseModel):
     messageId: str | None = None
     state: str | None = Field(
         None, description="How that answer ended: `cancelled`, or `done` if it finished first."
+    )
+
+
+class RenameRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    title: str = Field(
+        min_length=1,
+        max_length=MAX_TITLE,
+        pattern=r"\S",
+        description="The new title (spaces are collapsed).",
     )
 
 

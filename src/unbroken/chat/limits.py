@@ -59,8 +59,8 @@ def too_many_running(limit: int) -> ApiError:
     return ApiError(
         429,
         "too_many_answers",
-        f"you already have {limit} answers being generated; wait for one to finish "
-        "(or stop one), then try again",
+        f"you already have {limit} answer{'s' if limit != 1 else ''} being generated; wait for "
+        "one to finish (or stop one), then try again",
         headers={"Retry-After": str(BUSY_RETRY_AFTER)},
     )
 
@@ -70,7 +70,8 @@ def too_many_per_minute(limit: int, retry_after: float) -> ApiError:
     return ApiError(
         429,
         "rate_limited",
-        f"you started {limit} answers in the last minute; try again in {seconds} s",
+        f"you started {limit} answer{'s' if limit != 1 else ''} in the last minute; try again "
+        f"in {seconds} s",
         headers={"Retry-After": str(seconds)},
     )
 

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.staticfiles import StaticFiles
 
-from unbroken.chat.api_models import ApiErrorBody, ChatRequest, StopRequest
+from unbroken.chat.api_models import ApiErrorBody, ChatRequest, RenameRequest, StopRequest
 
 __all__ = ["DOCS_ASSETS", "DOCS_PATHS", "describe", "install_docs"]
 
@@ -51,12 +51,14 @@ _ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/api/chat/{chat_id}/stop"): (400, 401, 403, 404, 413, 503),
     ("get", "/api/chats"): (401,),
     ("get", "/api/chats/{chat_id}"): (401, 404, 503),
+    ("patch", "/api/chats/{chat_id}"): (400, 401, 403, 404, 413),
     ("delete", "/api/chats/{chat_id}"): (401, 403, 404, 503),
     ("get", "/metrics"): (401,),
 }
 _BODIES = {
     ("post", "/api/chat"): ("ChatRequest", True),
     ("post", "/api/chat/{chat_id}/stop"): ("StopRequest", False),
+    ("patch", "/api/chats/{chat_id}"): ("RenameRequest", True),
 }
 _SECURITY_SCHEMES = {
     "apiKey": {
@@ -119,7 +121,10 @@ def describe(app: FastAPI) -> dict[str, Any]:
     for name in ("ValidationError", "HTTPValidationError"):
         schemas.pop(name, None)
     _, defs = models_json_schema(
-        [(ChatRequest, "validation"), (StopRequest, "validation"), (ApiErrorBody, "validation")],
+        [
+            (model, "validation")
+            for model in (ChatRequest, StopRequest, RenameRequest, ApiErrorBody)
+        ],
         ref_template="#/components/schemas/{model}",
     )
     schemas.update(defs["$defs"])

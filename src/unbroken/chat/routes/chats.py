@@ -1,15 +1,16 @@
-"""The caller's chats: list, read (messages and the running answer), delete."""
+"""The caller's chats: list, read (messages and the running answer), rename, delete."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
-from unbroken.chat.api_models import ChatDetail, ChatList
+from unbroken.chat.api_models import MAX_TITLE, ChatDetail, ChatList, ChatSummary
+from unbroken.chat.bodies import json_object, load_json
 from unbroken.chat.deps import CurrentIdentity, CurrentServices, check_chat_id
-from unbroken.chat.errors import not_found
+from unbroken.chat.errors import ApiError, not_found
 from unbroken.chat.store import Chat, Message
 
 __all__ = ["router"]
@@ -83,6 +84,26 @@ async def get_chat(
     body = chat_json(chat)
     body.update(messages=[message_json(m) for m in messages], activeStream=active)
     return JSONResponse(body)
+
+
+@router.patch(
+    "/api/chats/{chat_id}", summary="Rename a chat", responses={200: {"model": ChatSummary}}
+)
+async def rename_chat(
+    chat_id: str, request: Request, services: CurrentServices, identity: CurrentIdentity
+) -> JSONResponse:
+    """Give the chat a new title (``{"title": …}``, spaces collapsed, at most 200 characters)."""
+    check_chat_id(chat_id, status=404)
+    title = json_object(load_json(await request.body())).get("title")
+    if not isinstance(title, str) or not title.strip():
+        raise ApiError(400, "invalid_request", "'title' must be a string with some text")
+    title = " ".join(title.split())
+    if len(title) > MAX_TITLE:
+        raise ApiError(400, "invalid_request", f"'title' must be at most {MAX_TITLE} characters")
+    chat = await services.store.rename_chat(chat_id, identity.user.id, title)
+    if chat is None:
+        raise not_found()
+    return JSONResponse(chat_json(chat))
 
 
 @router.delete("/api/chats/{chat_id}", summary="Delete a chat", status_code=204)

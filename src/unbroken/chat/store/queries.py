@@ -200,6 +200,15 @@ class Store(Database):
 
         return await self._run(work, write=True)
 
+    async def rename_chat(self, chat_id: str, user_id: str, title: str) -> Chat | None:
+        """Give the caller's chat a new title; None if the caller has no such chat."""
+        (renamed,) = await self._write(
+            update(chats)
+            .where(and_(chats.c.id == chat_id, chats.c.user_id == user_id))
+            .values(title=title[:200])
+        )
+        return await self.get_chat(chat_id, user_id) if renamed else None
+
     async def chats_with_active_stream(self, *, older_than: float, limit: int) -> list[Chat]:
         """Chats (of every user) whose active stream was set more than ``older_than``
         seconds ago, oldest first: the candidates for orphan repair."""
@@ -437,6 +446,9 @@ _RELEASE = (
 _MESSAGE_PK = select(messages.c.pk).where(
     and_(messages.c.chat_id == bindparam("b_chat"), messages.c.id == bindparam("b_message"))
 )
+_EDIT_MESSAGE = update(messages).where(
+    and_(messages.c.pk == bindparam("b_pk"), messages.c.role == "user")
+)
 _DELETE_AFTER = delete(messages).where(
     and_(messages.c.chat_id == bindparam("b_chat"), messages.c.pk > bindparam("b_pk"))
 )
@@ -476,9 +488,18 @@ def _put_user_message(
     metadata: Mapping[str, Any] | None,
     now: datetime,
 ) -> None:
-    """Store a user message, or if the chat has it already, delete every message after it."""
+    """Store a user message; if the chat has it already, store its new content (an edit, or
+    the same again) and delete every message after it."""
     pk = conn.scalar(_MESSAGE_PK, {"b_chat": chat_id, "b_message": message_id})
     if pk is not None:
+        conn.execute(
+            _EDIT_MESSAGE,
+            {
+                "b_pk": pk,
+                "parts": list(parts),
+                "metadata": dict(metadata) if metadata is not None else None,
+            },
+        )
         conn.execute(_DELETE_AFTER, {"b_chat": chat_id, "b_pk": pk})
         return
     conn.execute(

@@ -184,10 +184,11 @@ export class AnswerFollower {
     this.onState(state, info);
   }
 
-  /** Send `messages` (the last one is the user's new message) and follow the answer. */
-  send(messages) {
+  /** Send `messages` (the last one is the user's) and follow the answer; `options`:
+   * `trigger` and `messageId`, as `api.postMessage` takes them. */
+  send(messages, options = {}) {
     this._setState("sending");
-    return this._run(() => api.postMessage(this.chatId, messages, this.controller.signal), { posting: true });
+    return this._run(() => api.postMessage(this.chatId, messages, this.controller.signal, options), { posting: true });
   }
 
   /** Follow the chat's active answer: after `lastSeq` if we have it, else a full replay. */

@@ -65,16 +65,22 @@ export async function stopChat(chatId, messageId) {
 }
 
 /**
- * Send a user message; resolves to the Response whose body is the UI message stream
- * (SSE). Non-2xx answers throw ApiError; a network failure throws TypeError.
+ * Send a user message (or, with `trigger` "regenerate-message" and `messageId`, ask for
+ * that answer again); resolves to the Response whose body is the UI message stream (SSE).
+ * Non-2xx answers throw ApiError; a network failure throws TypeError.
  */
-export async function postMessage(chatId, messages, signal) {
+export async function postMessage(chatId, messages, signal, { trigger = "submit-message", messageId } = {}) {
   const last = messages[messages.length - 1];
   return call("POST", "/api/chat", {
     signal,
     headers: { Accept: "text/event-stream" },
-    body: { id: chatId, messages, trigger: "submit-message", messageId: last?.id },
+    body: { id: chatId, messages, trigger, messageId: messageId ?? last?.id },
   });
+}
+
+/** Give the chat a new title; resolves to the chat as the server has it. */
+export async function renameChat(chatId, title) {
+  return normalizeChat(await (await call("PATCH", `/api/chats/${enc(chatId)}`, { body: { title } })).json());
 }
 
 /**

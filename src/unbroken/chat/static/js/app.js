@@ -11,17 +11,27 @@
 // - Tabs tell each other about new answers, stops and deletions over a BroadcastChannel,
 //   and every tab also polls the open chat, so answers started elsewhere are picked up too.
 //
-// Everything the page shows is built with DOM nodes and textContent (markdown.js); no
-// string from the server or the user is ever parsed as HTML.
+// - Each message offers copy, edit (user messages) and regenerate or retry (the last
+//   answer), with the AI SDK's semantics: an edited message replaces the original and every
+//   later message; a regenerated answer replaces the last one. The store follows.
+//
+// Everything the page shows is built with DOM nodes and textContent (markdown.js,
+// highlight.js); no string from the server or the user is ever parsed as HTML. The pieces:
+// message_view.js (one message and its buttons), chat_list.js, status.js, rename.js,
+// storage.js (what this tab remembers), answer.js (following an answer), api.js.
 
 import * as api from "./api.js";
 import { AnswerFollower, AssistantMessage } from "./answer.js";
-import { renderMarkdown, renderPlain } from "./markdown.js";
+import { fillMessage, installMessageActions, messageText } from "./message_view.js";
+import { showChats } from "./chat_list.js";
+import { installRename } from "./rename.js";
+import { makeStatus } from "./status.js";
+import { dropSnapshot, dropView, loadSnapshot, loadView, newId, saveView, writeSnapshot } from "./storage.js";
+import { titleOf } from "./title.js";
 
 const POLL_MS = 2000;
 const LIST_POLL_MS = 15000;
 const SNAPSHOT_EVERY_MS = 400;
-const SNAPSHOT_PREFIX = "unbroken.answer.";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -45,6 +55,11 @@ const ui = {
   send: $("send"),
   stop: $("stop"),
   hint: $("composer-hint"),
+  retry: $("retry"),
+  rename: $("rename"),
+  titleForm: $("title-form"),
+  titleInput: $("title-input"),
+  titleCancel: $("title-cancel"),
 };
 
 const state = {
@@ -59,34 +74,18 @@ const state = {
   ended: new Set(), // answers this tab saw end: never re-attach to them
   missing: false, // the chat on screen does not exist (or is not ours)
   loadSeq: 0, // guards against out-of-order loads when navigating quickly
-  statusTimer: null,
   recheckTimer: null,
   loadFailed: false, // the chat could not be loaded (status says so until it can)
   rechecks: 0, // how often the store was asked for an answer that ended but is not stored
   stopping: false,
   stopRequested: false, // stop pressed before the answer started
+  lastAttempt: null, // what "Try again" does after a message could not be sent
+  editing: null, // {id, text}: the user message being edited
 };
 
 const channel = "BroadcastChannel" in window ? new BroadcastChannel("unbroken-chat") : null;
 
 // -- ids and routes ---------------------------------------------------------------------------
-
-const ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-
-/**
- * A random id of letters and digits (~131 bits), what the service accepts for chat and
- * message ids (they must start with a letter or digit). crypto.getRandomValues works
- * outside secure contexts too (a plain-http LAN address), unlike crypto.randomUUID.
- */
-function newId(prefix = "") {
-  let id = "";
-  while (id.length < 22) {
-    for (const byte of crypto.getRandomValues(new Uint8Array(32))) {
-      if (byte < 248 && id.length < 22) id += ID_ALPHABET[byte % 62]; // 248 = 4 * 62: unbiased
-    }
-  }
-  return prefix + id;
-}
 
 function routeChatId(path = location.pathname) {
   const m = /^\/chat\/([A-Za-z0-9][A-Za-z0-9._:~-]{0,127})\/?$/.exec(path);
@@ -109,203 +108,15 @@ function saveSnapshot(force = false) {
   const now = Date.now();
   if (!force && now - lastSnapshotAt < SNAPSHOT_EVERY_MS) return;
   lastSnapshotAt = now;
-  try {
-    sessionStorage.setItem(
-      SNAPSHOT_PREFIX + state.chatId,
-      JSON.stringify({ message: f.message.save(), lastSeq: f.lastSeq, savedAt: now }),
-    );
-  } catch {
-    // storage full or disabled: a refresh then replays the answer instead
-  }
+  writeSnapshot(state.chatId, { message: f.message.save(), lastSeq: f.lastSeq, savedAt: now });
 }
 
-/** This tab's snapshot of the chat's running answer (of `messageId`, if given). */
-function loadSnapshot(chatId, messageId = null) {
-  try {
-    const saved = JSON.parse(sessionStorage.getItem(SNAPSHOT_PREFIX + chatId) || "null");
-    if (!saved?.message?.id || !Number.isInteger(saved.lastSeq)) return null;
-    if (messageId === null || saved.message.id === messageId) return saved;
-  } catch {
-    // unreadable: ignore
-  }
-  return null;
-}
+const setStatus = makeStatus(ui);
 
-function dropSnapshot(chatId) {
-  try {
-    sessionStorage.removeItem(SNAPSHOT_PREFIX + chatId);
-  } catch {
-    // ignore
-  }
-}
-
-const VIEW_PREFIX = "unbroken.view.";
-const VIEW_MAX_CHARS = 400_000;
-
-/** Remember what a chat looked like, to paint it at once on the next load of this tab. */
-function saveView(chatId, detail) {
-  try {
-    const json = JSON.stringify({ title: detail.chat.title, messages: detail.messages });
-    if (json.length <= VIEW_MAX_CHARS) sessionStorage.setItem(VIEW_PREFIX + chatId, json);
-    else sessionStorage.removeItem(VIEW_PREFIX + chatId);
-  } catch {
-    // storage full or disabled: the page then paints after loading
-  }
-}
-
-function loadView(chatId) {
-  try {
-    const view = JSON.parse(sessionStorage.getItem(VIEW_PREFIX + chatId) || "null");
-    if (view && Array.isArray(view.messages)) return view;
-  } catch {
-    // unreadable: ignore
-  }
-  return null;
-}
-
-function dropView(chatId) {
-  try {
-    sessionStorage.removeItem(VIEW_PREFIX + chatId);
-  } catch {
-    // ignore
-  }
-}
-
-// -- status line ------------------------------------------------------------------------------
-
-const STATUS_TEXT = {
-  idle: "",
-  loading: "Loading…",
-  sending: "Sending…",
-  streaming: "Answering…",
-  reconnecting: "Connection lost. Reconnecting…",
-  live: "Reconnected: live again.",
-  stopping: "Stopping…",
-  stopped: "Stopped.",
-  interrupted: "Interrupted: the server lost this answer. The part it produced is kept.",
-  error: "Error",
-  offline: "You are offline. The page reconnects when the network is back.",
-};
-
-function setStatus(kind, detail) {
-  clearTimeout(state.statusTimer);
-  let text = STATUS_TEXT[kind] ?? "";
-  if (kind === "error") text = `Error: ${detail || "something went wrong"}`;
-  ui.status.dataset.state = kind;
-  ui.status.textContent = text;
-  const running = ["sending", "streaming", "reconnecting", "live", "stopping"].includes(kind);
-  ui.app.dataset.answer = running ? "running" : "idle";
-  ui.stop.hidden = !running;
-  ui.send.hidden = running;
-  if (kind === "live") {
-    // "Live again" is news for a moment, then the answer simply streams.
-    state.statusTimer = setTimeout(() => {
-      if (ui.status.dataset.state === "live") setStatus("streaming");
-    }, 2500);
-  }
-}
+/** Why a request failed, in words for the status line. */
+const reason = (err) => (err instanceof TypeError ? "cannot reach the server" : err.message);
 
 // -- rendering ----------------------------------------------------------------------------------
-
-const rendered = new WeakMap(); // element -> the signature of what it shows
-
-function messageText(message) {
-  return (message.parts || []).filter((p) => p.type === "text").map((p) => p.text || "").join("");
-}
-
-const NOTES = {
-  stopped: "Stopped",
-  interrupted: "Interrupted: the server lost this answer",
-  error: "Error",
-};
-
-/** `el`, updated by `fill` only when `sig` differs from what it shows. */
-function update(el, sig, fill) {
-  if (rendered.get(el) === sig) return;
-  rendered.set(el, sig);
-  fill(el);
-}
-
-function child(li, selector, make, before = null) {
-  let el = li.querySelector(`:scope > ${selector}`);
-  if (!el) {
-    el = make();
-    li.insertBefore(el, before);
-  }
-  return el;
-}
-
-/**
- * Show `message` in `li`. Each piece (reasoning, text, tools, note) is rebuilt only when it
- * changed, so an open "Reasoning" stays open and a selection in earlier messages stays put
- * while an answer streams.
- */
-function fillMessage(li, message, streaming) {
-  const status = streaming ? "streaming" : message.status || "done";
-  li.className = `message ${message.role}`;
-  li.dataset.role = message.role;
-  li.dataset.id = message.id || "";
-  li.dataset.status = status;
-  li.setAttribute("aria-busy", streaming ? "true" : "false");
-
-  const who = child(li, ".who", () => document.createElement("span"));
-  who.className = "who";
-  who.textContent = message.role === "user" ? "You" : "Assistant";
-
-  const parts = message.parts || [];
-  const text = messageText(message);
-  const reasoning = parts.filter((p) => p.type === "reasoning" && p.text).map((p) => p.text).join("\n\n");
-  let details = li.querySelector(":scope > details.reasoning");
-  if (reasoning) {
-    details ??= child(li, "details.reasoning", () => {
-      const d = document.createElement("details");
-      d.className = "reasoning";
-      const summary = document.createElement("summary");
-      const body = document.createElement("div");
-      body.className = "reasoning-text";
-      d.append(summary, body);
-      return d;
-    }, who.nextSibling);
-    details.querySelector("summary").textContent = streaming && !text ? "Thinking…" : "Reasoning";
-    update(details.querySelector(".reasoning-text"), reasoning, (el) => el.replaceChildren(renderPlain(reasoning)));
-  } else if (details) {
-    details.remove();
-  }
-
-  const body = child(li, ".body", () => {
-    const el = document.createElement("div");
-    el.className = "body";
-    return el;
-  });
-  const tools = parts.filter((p) => p.type === "dynamic-tool" || p.type?.startsWith("tool-"));
-  const toolSig = tools.map((t) => `${t.toolName}:${t.state}`).join(",");
-  const waiting = streaming && !text && !reasoning;
-  update(body, `${message.role}|${waiting}|${toolSig}|${text}`, (el) => {
-    el.replaceChildren(message.role === "user" ? renderPlain(text) : renderMarkdown(text));
-    for (const tool of tools) {
-      const box = document.createElement("div");
-      box.className = "tool";
-      box.textContent = `Tool ${tool.toolName || tool.type.slice(5)}: ${tool.state || ""}`;
-      el.append(box);
-    }
-    if (waiting) {
-      const dots = document.createElement("span");
-      dots.className = "typing";
-      dots.setAttribute("role", "img");
-      dots.setAttribute("aria-label", "The answer is on its way");
-      el.append(dots);
-    }
-  });
-
-  let note = li.querySelector(":scope > .note");
-  if (NOTES[status]) {
-    note ??= child(li, ".note", () => document.createElement("p"));
-    note.className = `note ${status}`;
-    note.textContent = status === "error" && message.error ? `Error: ${message.error}` : NOTES[status];
-  } else if (note) {
-    note.remove();
-  }
-}
 
 let renderQueued = false;
 
@@ -343,7 +154,11 @@ function renderMessages() {
       li = document.createElement("li");
       li.dataset.key = item.key;
     }
-    fillMessage(li, item.message, item.streaming);
+    fillMessage(li, item.message, {
+      streaming: item.streaming,
+      actions: actionsFor(item, index === items.length - 1),
+      editing: state.editing?.id === item.key ? state.editing.text : null,
+    });
     if (list.children[index] !== li) list.insertBefore(li, list.children[index] ?? null);
   });
   for (const li of existing.values()) li.remove();
@@ -363,44 +178,31 @@ function renderMessages() {
   if (nearBottom) ui.conversation.scrollTop = ui.conversation.scrollHeight;
 }
 
+/** The buttons a message offers: copy always; edit, regenerate and retry while idle. */
+function actionsFor(item, last) {
+  const { message, streaming } = item;
+  if (streaming || !message.id) return [];
+  const actions = messageText(message) ? ["copy"] : [];
+  const idle = !state.follower && !state.missing;
+  const stored = state.messages.some((m) => m.id === message.id);
+  if (!idle || !stored) return actions;
+  if (message.role === "user") actions.push("edit");
+  else if (last && message.role === "assistant") {
+    actions.push(["error", "interrupted"].includes(message.status) ? "retry" : "regenerate");
+  }
+  return actions;
+}
+
 function renderChatList() {
-  const chats = state.chats ?? [];
-  ui.chatsEmpty.hidden = state.chats === null || chats.length > 0;
-  const existing = new Map([...ui.chatList.children].map((li) => [li.dataset.id, li]));
-  chats.forEach((chat, index) => {
-    let li = existing.get(chat.id);
-    if (li) existing.delete(chat.id);
-    else li = createChatItem(chat);
-    const link = li.querySelector("a");
-    link.textContent = chat.title;
-    link.title = chat.title;
-    if (chat.id === state.chatId) link.setAttribute("aria-current", "page");
-    else link.removeAttribute("aria-current");
-    li.dataset.active = chat.active ? "true" : "false";
-    li.querySelector(".delete").setAttribute("aria-label", `Delete chat: ${chat.title}`);
-    if (ui.chatList.children[index] !== li) ui.chatList.insertBefore(li, ui.chatList.children[index] ?? null);
-  });
-  for (const li of existing.values()) li.remove();
+  showChats(ui.chatList, ui.chatsEmpty, state.chats, state.chatId, confirmDelete);
 }
 
-function createChatItem(chat) {
-  const li = document.createElement("li");
-  li.dataset.id = chat.id;
-  const link = document.createElement("a");
-  link.href = `/chat/${encodeURIComponent(chat.id)}`;
-  link.dataset.nav = "";
-  const del = document.createElement("button");
-  del.type = "button";
-  del.className = "delete";
-  del.textContent = "✕";
-  del.addEventListener("click", () => confirmDelete(chat.id, del));
-  li.append(link, del);
-  return li;
-}
-
+/** The chat's title; null for a new chat, "" while the chat's title is not known yet (no
+ * "New chat" flash for a chat that has one). */
 function setTitle(title) {
-  ui.title.textContent = title || "New chat";
+  ui.title.textContent = title === null ? "New chat" : title;
   document.title = title ? `${title} · unbroken` : "unbroken chat";
+  ui.rename.hidden = state.chatId === null || state.missing || !title;
 }
 
 // -- chats list -------------------------------------------------------------------------------
@@ -423,19 +225,8 @@ async function refreshChats() {
   renderMessages();
 }
 
+/** Delete a chat, once its button was pressed twice (see chat_list.js). */
 async function confirmDelete(chatId, button) {
-  if (button.dataset.confirm !== "true") {
-    button.dataset.confirm = "true";
-    button.textContent = "Delete?";
-    const chat = state.chats?.find((c) => c.id === chatId);
-    button.setAttribute("aria-label", `Confirm: delete chat ${chat?.title ?? ""}`.trim());
-    setTimeout(() => {
-      button.dataset.confirm = "false";
-      button.textContent = "✕";
-      button.setAttribute("aria-label", `Delete chat: ${chat?.title ?? ""}`);
-    }, 4000);
-    return;
-  }
   button.disabled = true;
   try {
     await api.deleteChat(chatId);
@@ -464,6 +255,7 @@ function detach({ keep = false } = {}) {
   state.pendingUser = null;
   state.stopping = false;
   state.stopRequested = false;
+  state.editing = null;
 }
 
 async function route() {
@@ -528,7 +320,7 @@ async function loadChat({ first = false } = {}) {
     }
     if (first || state.loadFailed) {
       state.loadFailed = true; // the poll tries again; its success clears this
-      setStatus(navigator.onLine ? "error" : "offline", err instanceof TypeError ? "cannot reach the server" : err.message);
+      setStatus(navigator.onLine ? "error" : "offline", reason(err));
     }
     return;
   }
@@ -568,7 +360,7 @@ async function loadChat({ first = false } = {}) {
 function showLastOutcome() {
   const last = state.messages[state.messages.length - 1];
   if (last?.role === "assistant" && ["stopped", "interrupted", "error"].includes(last.status)) {
-    setStatus(last.status, last.status === "error" ? last.error : undefined);
+    setStatus(last.status, last.status === "error" ? last.error : undefined, { noted: true });
   } else {
     setStatus("idle");
   }
@@ -649,7 +441,8 @@ function answerEnded(follower, message, reason, err) {
     if (!message.id || message.parts.length === 0) state.live = null;
     setStatus("idle");
   } else {
-    setStatus(message.status === "done" ? "idle" : message.status, message.error || undefined);
+    const outcome = message.status === "done" ? "idle" : message.status;
+    setStatus(outcome, message.error || undefined, { noted: outcome !== "idle" });
   }
   renderMessages();
   broadcast({ type: "answer-ended", chatId });
@@ -683,7 +476,7 @@ function notSent(chatId, reason) {
   } else {
     loadChat();
   }
-  setStatus("error", reason);
+  setStatus("error", reason, { retry: state.lastAttempt !== null });
   renderMessages();
 }
 
@@ -700,6 +493,7 @@ function submit() {
   if (!text.trim()) return;
   if (state.follower) return; // one answer at a time: Stop (or Escape) first; the text stays
   if (state.missing) return;
+  state.lastAttempt = submit; // its text comes back to the input if it cannot be sent
   let chatId = state.chatId;
   if (chatId === null) {
     chatId = newId();
@@ -707,22 +501,70 @@ function submit() {
     state.detail = null;
     state.messages = [];
     history.pushState(null, "", `/chat/${chatId}`);
-    const title = text.split(/\s+/).join(" ").slice(0, 80);
+    const title = titleOf(text);
     setTitle(title);
     state.chats = [{ id: chatId, title, active: true }, ...(state.chats ?? [])];
     renderChatList();
   }
   const user = { id: newId("m"), role: "user", parts: [{ type: "text", text }], status: "done" };
-  state.pendingUser = user;
-  state.live = new AssistantMessage(null);
   ui.input.value = "";
   autoSize();
-  const history_ = [...state.messages.map(cleanMessage), cleanMessage(user)];
+  send([...state.messages.map(cleanMessage), cleanMessage(user)], { pendingUser: user });
+}
+
+/**
+ * Post `history` (its last message is the user's) and follow the answer. As the AI SDK
+ * does: `trigger` "regenerate-message" with `messageId` replaces that answer; a user
+ * message already in the chat (an edit) replaces it and everything after it.
+ */
+function send(history_, { pendingUser = null, trigger = "submit-message", messageId } = {}) {
+  state.editing = null;
+  state.pendingUser = pendingUser;
+  state.live = new AssistantMessage(null);
   const follower = makeFollower(state.live, null);
   follower.posted = true;
   renderMessages();
   ui.conversation.scrollTop = ui.conversation.scrollHeight;
-  follower.send(history_);
+  follower.send(history_, { trigger, messageId });
+}
+
+/** Answer the last question again: the last answer is replaced. */
+function regenerate() {
+  const index = state.messages.length - 1;
+  const last = state.messages[index];
+  if (state.follower || state.missing || last?.role !== "assistant") return;
+  state.lastAttempt = regenerate;
+  const before = state.messages.slice(0, index);
+  state.messages = before; // the old answer goes at once, as it does in the store
+  send(before.map(cleanMessage), { trigger: "regenerate-message", messageId: last.id });
+}
+
+/** Send an edited user message: it replaces the original, and every later message goes. */
+function resend(messageId, text) {
+  const index = state.messages.findIndex((m) => m.id === messageId && m.role === "user");
+  if (state.follower || index < 0 || !text.trim()) return;
+  state.lastAttempt = () => resend(messageId, text);
+  const original = state.messages[index];
+  const edited = { ...original, parts: [{ type: "text", text }], status: "done" };
+  state.messages = state.messages.slice(0, index);
+  send([...state.messages.map(cleanMessage), cleanMessage(edited)], { pendingUser: edited, messageId });
+}
+
+function startEditing(messageId) {
+  const message = state.messages.find((m) => m.id === messageId);
+  if (!message || state.follower) return;
+  state.editing = { id: messageId, text: messageText(message) };
+  renderMessages();
+  const input = ui.messages.querySelector(`li[data-key="${CSS.escape(messageId)}"] form.edit textarea`);
+  input?.focus();
+  input?.setSelectionRange(input.value.length, input.value.length);
+}
+
+function stopEditing() {
+  const id = state.editing?.id;
+  state.editing = null;
+  renderMessages();
+  ui.messages.querySelector(`li[data-key="${CSS.escape(id ?? "")}"] button[data-action="edit"]`)?.focus();
 }
 
 async function stop() {
@@ -742,7 +584,7 @@ async function stop() {
   } catch (err) {
     state.stopping = false;
     if (state.follower === follower) {
-      setStatus("error", `could not stop the answer: ${err instanceof TypeError ? "cannot reach the server" : err.message}`);
+      setStatus("error", `could not stop the answer: ${reason(err)}`);
     }
   }
   // The stream itself now ends with `abort`, which ends the follower ("Stopped").
@@ -818,6 +660,29 @@ function init() {
   });
   ui.input.addEventListener("input", autoSize);
   ui.stop.addEventListener("click", stop);
+  ui.retry.addEventListener("click", () => state.lastAttempt?.());
+  installMessageActions(ui.messages, {
+    message: (id) => state.messages.find((m) => m.id === id) ?? (state.live?.id === id ? state.live : null),
+    edit: startEditing,
+    cancelEdit: stopEditing,
+    sendEdit: (id, text) => resend(id, text),
+    editing: (text) => {
+      if (state.editing) state.editing.text = text;
+    },
+    regenerate,
+  });
+  installRename(ui, {
+    chatId: () => (state.missing ? null : state.chatId),
+    save: api.renameChat,
+    saved: (chatId, chat) => {
+      const listed = state.chats?.find((c) => c.id === chatId);
+      if (listed) listed.title = chat.title;
+      renderChatList();
+      broadcast({ type: "chat-renamed", chatId });
+      if (chatId === state.chatId) setTitle(chat.title);
+    },
+    failed: (err) => setStatus("error", `could not rename the chat: ${reason(err)}`),
+  });
   ui.newChat.addEventListener("click", () => {
     navigate("/");
     ui.input.focus();
@@ -863,7 +728,9 @@ function init() {
   updateConnection();
   setStatus("idle");
   refreshChats();
-  route();
+  route(); // paints what this tab last showed of the chat before its first await
+  // The page was hidden until now (see style.css): no "New chat" or empty flash on a reload.
+  document.documentElement.classList.remove("booting");
 }
 
 init();

@@ -1,5 +1,5 @@
 // Light, safe formatting for model output: paragraphs, headings, lists, block quotes,
-// fenced code, inline code, bold, italic and http(s) links.
+// tables, fenced code (highlighted), inline code, bold, italic and http(s) links.
 //
 // Safety: the output is built from DOM nodes whose text is only ever set with
 // `textContent` / text nodes; no string is parsed as HTML, so nothing the model (or anyone)
@@ -7,12 +7,15 @@
 // The renderer is total: any input renders (an unclosed fence while streaming is a code
 // block that runs to the end; unmatched markers stay literal text).
 
+import { highlight, languageOf } from "./highlight.js";
+
 const FENCE = /^ {0,3}(`{3,}|~{3,})\s*([^\s`]*)[^`]*$/;
 const HEADING = /^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$/;
 const ITEM = /^( *)([-*+]|\d{1,9}[.)])(?:\s+(.*)|$)/;
 const QUOTE = /^ {0,3}> ?(.*)$/;
 const RULE = /^ {0,3}([-*_])(?:\s*\1){2,}\s*$/;
 const SAFE_PROTOCOLS = new Set(["http:", "https:", "mailto:"]);
+const TABLE_DELIMITER = /^ {0,3}\|?\s*:?-+:?\s*(?:\|\s*:?-+:?\s*)*\|?\s*$/;
 
 function el(tag, className) {
   const node = document.createElement(tag);
@@ -69,11 +72,13 @@ function renderBlocks(lines, parent) {
       }
       const pre = el("pre");
       const code = el("code");
+      const language = languageOf(fence[2]);
       if (fence[2]) {
         code.dataset.lang = fence[2];
         pre.dataset.lang = fence[2];
+        code.className = `language-${fence[2].replace(/[^\w+#.-]/g, "")}`;
       }
-      code.textContent = body.join("\n");
+      code.append(highlight(body.join("\n"), language));
       pre.append(code);
       parent.append(pre);
       continue;
@@ -106,8 +111,16 @@ function renderBlocks(lines, parent) {
       i = renderList(lines, i, parent);
       continue;
     }
+    if (startsTable(lines, i)) {
+      i = renderTable(lines, i, parent);
+      continue;
+    }
     const para = [];
-    while (i < lines.length && lines[i].trim() !== "" && (para.length === 0 || !isBlockStart(lines[i]))) {
+    while (
+      i < lines.length &&
+      lines[i].trim() !== "" &&
+      (para.length === 0 || !(isBlockStart(lines[i]) || startsTable(lines, i)))
+    ) {
       para.push(lines[i].trim());
       i++;
     }
@@ -118,6 +131,67 @@ function renderBlocks(lines, parent) {
     });
     parent.append(p);
   }
+}
+
+/** Whether a GitHub-style table starts at line `i`: a row of cells, then a delimiter row. */
+function startsTable(lines, i) {
+  const header = lines[i];
+  const delimiter = lines[i + 1];
+  if (delimiter === undefined || !header.includes("|") || !TABLE_DELIMITER.test(delimiter)) return false;
+  return cells(header).length === cells(delimiter).length;
+}
+
+/** The cells of a table row (outer pipes optional; `\|` is a literal pipe). */
+function cells(line) {
+  let row = line.trim();
+  if (row.startsWith("|")) row = row.slice(1);
+  if (row.endsWith("|") && !row.endsWith("\\|")) row = row.slice(0, -1);
+  const out = [];
+  let cell = "";
+  for (let i = 0; i < row.length; i++) {
+    if (row[i] === "\\" && row[i + 1] === "|") {
+      cell += "|";
+      i++;
+    } else if (row[i] === "|") {
+      out.push(cell.trim());
+      cell = "";
+    } else {
+      cell += row[i];
+    }
+  }
+  out.push(cell.trim());
+  return out;
+}
+
+function renderTable(lines, i, parent) {
+  const head = cells(lines[i]);
+  const aligns = cells(lines[i + 1]).map((spec) =>
+    spec.startsWith(":") && spec.endsWith(":") ? "center" : spec.endsWith(":") ? "right" : null,
+  );
+  const wrap = el("div", "table-wrap");
+  const table = el("table");
+  const row = (values, tag) => {
+    const tr = el("tr");
+    head.forEach((_, n) => {
+      const cell = el(tag, aligns[n] ? `align-${aligns[n]}` : "");
+      renderInline(values[n] ?? "", cell);
+      tr.append(cell);
+    });
+    return tr;
+  };
+  const thead = el("thead");
+  thead.append(row(head, "th"));
+  const tbody = el("tbody");
+  i += 2;
+  // As on GitHub: rows go on until a blank line or another block.
+  while (i < lines.length && lines[i].trim() !== "" && !isBlockStart(lines[i])) {
+    tbody.append(row(cells(lines[i]), "td"));
+    i++;
+  }
+  table.append(thead, tbody);
+  wrap.append(table);
+  parent.append(wrap);
+  return i;
 }
 
 function renderList(lines, i, parent) {
