@@ -400,7 +400,8 @@ def check_v5_transcript(
     got_reasoning, got_text = transcript.text("reasoning"), transcript.text()
     if complete:
         assert got_reasoning == reasoning
-        assert got_text == text, _diff(got_text, text)
+        ended = transcript.terminal, transcript.done, transcript.connections
+        assert got_text == text, f"ended {ended}; {_diff(got_text, text)}"
         assert transcript.terminal is not None and transcript.terminal["type"] == "finish"
         assert transcript.done
     else:
@@ -433,15 +434,26 @@ async def chat_json(client: httpx.AsyncClient, url: str, chat_id: str) -> dict[s
 
 
 async def settled_chat(
-    client: httpx.AsyncClient, url: str, chat_id: str, *, within: float
+    client: httpx.AsyncClient,
+    url: str,
+    chat_id: str,
+    *,
+    within: float,
+    retry_unavailable: bool = False,
 ) -> dict[str, Any]:
     """The chat once its answer is stored (no active stream, no ``streaming`` message);
-    fails after ``within`` seconds with the last state seen."""
+    fails after ``within`` seconds with the last state seen. ``retry_unavailable``: a 503
+    (the stream backend failing over) is asked again, as a page would."""
     body: dict[str, Any] = {}
     try:
         with anyio.fail_after(within):
             while True:
-                body = await chat_json(client, url, chat_id)
+                response = await client.get(f"{url}/api/chats/{chat_id}")
+                if retry_unavailable and response.status_code == 503:
+                    await anyio.sleep(float(response.headers.get("retry-after", "1")))
+                    continue
+                assert response.status_code == 200, response.text
+                body = response.json()
                 if body["activeStream"] is None:
                     return body
                 await anyio.sleep(0.1)
@@ -464,6 +476,15 @@ def elapsed() -> Iterator[list[float]]:
 
 
 # -- requests --------------------------------------------------------------------------
+
+
+class Unavailable(AssertionError):
+    """A 503 where a 200 was expected: the service asks to be tried again after
+    ``retry_after`` seconds (a failing test unless the client retries, as real ones do)."""
+
+    def __init__(self, what: str, response: httpx.Response) -> None:
+        super().__init__(f"{what}: 503 {response.text}")
+        self.retry_after = float(response.headers.get("retry-after", "1"))
 
 
 def new_browser(**kwargs: Any) -> httpx.AsyncClient:
@@ -491,6 +512,8 @@ async def _stream_into(
             return None
         if response.status_code != 200:
             await response.aread()
+            if response.status_code == 503:
+                raise Unavailable(what, response)
             raise AssertionError(f"{what}: {response.status_code} {response.text}")
         return await read(response, transcript, stop_after=stop_after, hang_up_after=hang_up_after)
 

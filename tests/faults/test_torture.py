@@ -35,6 +35,7 @@ from tests.chat._client import expected_answer, v4_body, v5_body
 from tests.faults._harness import (
     ChatProcess,
     Deployment,
+    Unavailable,
     V4Transcript,
     V5Transcript,
     check_v5_transcript,
@@ -72,11 +73,20 @@ class Outcome:
     kind: str
     resumes: int
     problem: str | None = None
+    retried: int = 0  # requests answered 503 and sent again (``retry_unavailable``)
 
 
 async def torture_one(
-    index: int, run_seed: int, browser: httpx.AsyncClient, instances: list[ChatProcess]
+    index: int,
+    run_seed: int,
+    browser: httpx.AsyncClient,
+    instances: list[ChatProcess],
+    *,
+    retry_unavailable: bool = False,
 ) -> Outcome:
+    """One answer asked, cut and resumed by a random client kind; checks what it saw and
+    what was stored. ``retry_unavailable``: a 503 is sent again after its Retry-After (as a
+    real client does while Redis fails over) instead of failing the answer."""
     rng = random.Random(f"{run_seed}-{index}")
     kind = rng.choice(KINDS)
     chat_id = f"t{uuid.uuid4().hex[:20]}"
@@ -94,9 +104,16 @@ async def torture_one(
         # A refresh at a random moment of a ~0.6 s answer, or none.
         moment = None if final else rng.choice((None, rng.uniform(0, 0.2), rng.uniform(0, 0.8)))
         with anyio.fail_after(REQUEST_DEADLINE):
-            return await request(
-                browser, *args, stop_after=stop_after, hang_up_after=moment, **kwargs
-            )
+            while True:
+                try:
+                    return await request(
+                        browser, *args, stop_after=stop_after, hang_up_after=moment, **kwargs
+                    )
+                except Unavailable as exc:
+                    if not retry_unavailable:
+                        raise
+                    outcome.retried += 1
+                    await anyio.sleep(exc.retry_after)
 
     async def pause() -> None:
         outcome.resumes += 1
@@ -155,8 +172,11 @@ async def torture_one(
                 assert v4.status == 200
                 assert not v4.complete, "an empty v4 resume within the resume window"
         if v4.codes()[:1] != ["2"]:
-            assert v4.terminal == "d" and v4.text() == text and v4.reasoning() == reasoning
-    chat = await settled_chat(browser, instances[index % 2].url, chat_id, within=20)
+            assert v4.terminal == "d", f"the v4 answer ended with {v4.lines[-1:]}"
+            assert v4.text() == text and v4.reasoning() == reasoning
+    chat = await settled_chat(
+        browser, instances[index % 2].url, chat_id, within=20, retry_unavailable=retry_unavailable
+    )
     answer = chat["messages"][-1]
     assert message_id is None or answer["id"] == message_id, "stored under another id"
     assert answer["status"] == "done", answer["status"]

@@ -209,5 +209,12 @@ class Pipeliner:
         pipeline: Any = self._client.pipeline(transaction=False)
         for call in batch:
             pipeline.execute_command(*call.args)
-        results: list[Any] = await pipeline.execute(raise_on_error=False)
+        try:
+            results: list[Any] = await pipeline.execute(raise_on_error=False)
+        except (AttributeError, TypeError, RuntimeError) as exc:
+            # redis-py may write to a connection another task has just torn down (a node
+            # lost in a failover, a peer reset) and trip over the closed stream or transport
+            # (None attributes, uvloop's "handler is closed") instead of raising
+            # ConnectionError. It is one: the caller treats it as such and retries.
+            raise redis_errors.ConnectionError(f"connection lost while sending: {exc}") from exc
         return results
