@@ -16,6 +16,8 @@ connections closed, new ones refused), while the other worker reaches Redis dire
 
 from __future__ import annotations
 
+from functools import partial
+
 import anyio
 import httpx
 import pytest
@@ -23,6 +25,7 @@ import pytest
 from tests._util import uid
 from tests.chat._client import expected_answer, v5_body
 from tests.faults._harness import (
+    ChatProcess,
     Deployment,
     V5Transcript,
     check_v5_transcript,
@@ -44,23 +47,34 @@ pytestmark = [
     pytest.mark.postgres,
 ]
 
-LEASE = 1.5  # seconds (UNBROKEN_LEASE_TTL of both workers)
+#: (seconds cut off, UNBROKEN_LEASE_TTL, demo tokens per second): each answer lasts well
+#: beyond its cut, so the producer is still writing when Redis comes back.
+CUTS = {
+    "shorter-than-the-lease": (1.0, 1.5, 200),
+    "3x-lease": (3.0, 1.0, 80),
+}
 
 
 def redis_port(url: str) -> int:
     return httpx.URL(url.replace("redis://", "http://", 1)).port or 6379
 
 
-@pytest.mark.parametrize("outage", [1.0, 3 * LEASE], ids=["shorter-than-the-lease", "3x-lease"])
+@pytest.mark.parametrize("cut", CUTS.values(), ids=CUTS.keys())
 async def test_producer_cut_off_from_redis(
-    deployment: Deployment, redis_url: str, outage: float
+    deployment: Deployment, redis_url: str, cut: tuple[float, float, int]
 ) -> None:
+    outage, lease, speed = cut
     with fault_proxy(redis_port(redis_url)) as proxy:
-        # Fast enough to end soon after a short cut, slow enough to outlive a long one.
-        speed = "120" if outage < LEASE else "60"
-        env = {"UNBROKEN_LEASE_TTL": str(LEASE), "UNBROKEN_DEMO_TOKENS_PER_SECOND": speed}
-        [producer] = await deployment.start(1, REDIS_URL=proxy.url, **env)
-        [other] = await deployment.start(1, **env)
+        env = {"UNBROKEN_LEASE_TTL": str(lease), "UNBROKEN_DEMO_TOKENS_PER_SECOND": str(speed)}
+        started: dict[str, list[ChatProcess]] = {}
+
+        async def start(name: str, **overrides: str) -> None:
+            started[name] = await deployment.start(1, **overrides, **env)
+
+        async with anyio.create_task_group() as tg:  # both at once: the database is migrated
+            tg.start_soon(partial(start, "producer", REDIS_URL=proxy.url))
+            tg.start_soon(partial(start, "other"))
+        [producer], [other] = started["producer"], started["other"]
         chat_id, prompt = uid(), f"cut off for {outage:g} s"
         reasoning, text = expected_answer(prompt)
         asked, followed = V5Transcript(), V5Transcript()
@@ -81,7 +95,7 @@ async def test_producer_cut_off_from_redis(
             stored = (await settled_chat(browser, other.url, chat_id, within=20))["messages"][-1]
             replay = V5Transcript()
             await resume_v5_into(browser, other.url, chat_id, replay, from_start=True)
-        if outage < LEASE:
+        if outage < lease:
             check_v5_transcript(asked, reasoning, text, complete=True)
             check_v5_transcript(followed, reasoning, text, complete=True)
             assert (stored["status"], stored_text(stored)) == ("done", text)

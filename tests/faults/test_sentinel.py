@@ -90,7 +90,7 @@ async def test_sentinel_failover_mid_answer(private_database_url: str, tmp_path:
             prefix="sentinel",
             # The lease outlives the failover (detection + election + promotion), so the
             # producers keep their streams; see test_partition for a lease that lapses.
-            env={"UNBROKEN_LEASE_TTL": "6.0", "UNBROKEN_DEMO_TOKENS_PER_SECOND": "40"},
+            env={"UNBROKEN_LEASE_TTL": "6.0", "UNBROKEN_DEMO_TOKENS_PER_SECOND": "90"},
             migrated=True,
         )
         try:
