@@ -167,6 +167,14 @@ def sentinel_set(
                 str(source),
             )  # fmt: skip
             copies.append(node(args, port))
+        for each in copies:
+            each.wait_ready()
+        # Sentinels find replicas in the primary's INFO, which they read at once on start and
+        # then every 10 s: start them once the replicas are attached, not before.
+        deadline = time.monotonic() + 20
+        while _online_replicas(primary) < replicas:
+            assert time.monotonic() < deadline, "the replicas did not attach to the primary"
+            time.sleep(0.02)
         sentinels = []
         for index in range(3):
             port = free_port()
@@ -180,7 +188,7 @@ def sentinel_set(
             )
             sentinels.append(node([binary, str(conf), "--sentinel"], port))
         found = SentinelSet(primary, copies, sentinels, down_after_ms)
-        for each in [*copies, *sentinels]:
+        for each in sentinels:
             each.wait_ready()
         deadline = time.monotonic() + 20
         while not _sentinels_see(found, replicas):
@@ -189,12 +197,15 @@ def sentinel_set(
         yield found
 
 
-def _sentinels_see(found: SentinelSet, replicas: int) -> bool:
-    with found.primary.client() as client:
+def _online_replicas(primary: RedisNode) -> int:
+    with primary.client() as client:
         info = client.info("replication")
-    online = sum(1 for key, value in info.items() if key.startswith("slave") and
-                 isinstance(value, dict) and value.get("state") == "online")  # fmt: skip
-    if online < replicas:
+    return sum(1 for key, value in info.items() if key.startswith("slave") and
+               isinstance(value, dict) and value.get("state") == "online")  # fmt: skip
+
+
+def _sentinels_see(found: SentinelSet, replicas: int) -> bool:
+    if _online_replicas(found.primary) < replicas:
         return False
     for sentinel in found.sentinels:
         with redis.Redis(port=sentinel.port, socket_timeout=2) as client:
