@@ -19,17 +19,18 @@ local function is_count(value)
   return type(value) == 'string' and string.match(value, '^%d+$') ~= nil and #value < 16
 end
 
--- Returns meta (a table), or nil when the stream does not exist; plus an error text when the
--- stored data is not readable.
+-- Returns meta (a table: state, token, chunks, chars, bytes, log_length), or nil when the
+-- stream does not exist; plus an error text when the stored data is not readable.
+-- The reads themselves reveal a key of the wrong type (pcall returns its WRONGTYPE error), so
+-- the usual path runs no TYPE: only a missing or unreadable key is looked at more closely.
 local function read_meta(meta_key, log_key)
-  local kind = key_type(meta_key)
-  if kind == 'none' then
+  local v = redis.pcall('HMGET', meta_key, 'state', 'token', 'chunks', 'chars', 'bytes')
+  if v['err'] then
+    return nil, 'meta key holds a ' .. key_type(meta_key)
+  end
+  if not (v[1] or v[2] or v[3] or v[4] or v[5]) and key_type(meta_key) == 'none' then
     return nil, nil
   end
-  if kind ~= 'hash' then
-    return nil, 'meta key holds a ' .. kind
-  end
-  local v = redis.call('HMGET', meta_key, 'state', 'token', 'chunks', 'chars', 'bytes')
   if not STATES[v[1]] then
     return nil, 'meta has no valid state'
   end
@@ -39,11 +40,19 @@ local function read_meta(meta_key, log_key)
   if not (is_count(v[3]) and is_count(v[4]) and is_count(v[5])) then
     return nil, 'meta counts are not integers'
   end
-  local log_kind = key_type(log_key)
-  if log_kind ~= 'none' and log_kind ~= 'stream' then
-    return nil, 'log key holds a ' .. log_kind
+  local log_length = redis.pcall('XLEN', log_key)
+  if type(log_length) == 'table' then
+    return nil, 'log key holds a ' .. key_type(log_key)
   end
-  return {state = v[1], token = v[2], chunks = tonumber(v[3])}, nil
+  return {
+    state = v[1], token = v[2], chunks = tonumber(v[3]), chars = tonumber(v[4]),
+    bytes = tonumber(v[5]), log_length = log_length,
+  }, nil
+end
+
+-- A count as Redis stores it (Lua's own number formatting switches to exponents).
+local function count_text(n)
+  return string.format('%d', n)
 end
 
 -- The meta of an active stream owned by token; otherwise nil and what the script replies
