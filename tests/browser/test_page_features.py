@@ -51,8 +51,24 @@ def clipboard(page: Page) -> str:
 
 def idle_with(page: Page, outcome: str, count: int) -> None:
     wait_answer(page, outcome, count=count)
-    # The stored answer is on screen (its actions come with it).
-    page.wait_for_selector("li.message.assistant:last-child .actions", state="attached")
+    # The stored answer is on screen (not the one that streamed in), with its actions.
+    page.wait_for_selector(
+        'li.message.assistant:last-child:not([data-key="live"]) .actions', state="attached"
+    )
+
+
+def snap(page: Page, shot: Shot, name: str) -> None:
+    """A screenshot, even while a reload replaces the document (the browser refuses one at
+    the instant it swaps documents: try again a moment later)."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    for _ in range(10):
+        try:
+            shot(page, name)
+            return
+        except PlaywrightError:
+            time.sleep(0.01)
+    shot(page, name)
 
 
 # -- fixtures -----------------------------------------------------------------------------------
@@ -317,9 +333,10 @@ def test_no_flash_after_a_reload(
     title = page.inner_text("#chat-title")
     context.add_init_script(NO_FLASH)
     page.reload(wait_until="commit")
+    started = time.monotonic()
     for ms in (0, 50, 100):
-        shot(page, f"25-reload-{ms:03d}ms")
-        time.sleep(0.05)
+        time.sleep(max(0.0, started + ms / 1000 - time.monotonic()))
+        snap(page, shot, f"25-reload-{ms:03d}ms")
     page.wait_for_selector("li.message.assistant .actions")
     time.sleep(0.3)
     frames = page.evaluate("window.__frames")

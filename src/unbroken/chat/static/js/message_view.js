@@ -181,17 +181,18 @@ function fillEditor(li, body, editing) {
 
 /**
  * Handle the buttons and edit forms of the messages in `list` (one listener each, for
- * every message). `handlers`: `message(id)` (the message shown under that key), `edit(id)`,
+ * every message). `handlers`: `message(id)` (the message with that id), `edit(key)`,
  * `cancelEdit()`, `sendEdit(id, text)`, `editing(text)` (typed in the form), `regenerate()`.
  */
 export function installMessageActions(list, handlers) {
   list.addEventListener("click", async (event) => {
     const target = event.target.closest?.("button[data-action]");
     if (!target || target.type === "submit") return;
-    const id = target.closest("li.message")?.dataset.key;
+    const li = target.closest("li.message");
+    const id = li?.dataset.key;
     switch (target.dataset.action) {
       case "copy":
-        flashCopied(target, await copyText(messageText(handlers.message(id) ?? {})));
+        flashCopied(target, await copyText(messageText(handlers.message(li?.dataset.id) ?? {})));
         break;
       case "copy-code":
         flashCopied(target, await copyText(target.closest("pre")?.querySelector("code")?.textContent ?? ""));
