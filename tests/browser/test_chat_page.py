@@ -506,8 +506,9 @@ def test_server_killed_mid_answer_shows_reconnecting_then_interrupted(
         "REDIS_URL": redis_server_url,
         "UNBROKEN_REDIS_PREFIX": f"ubtest-{tmp_path.name[-12:]}",
         # Long enough for the restarted server to still call the answer active when the page
-        # comes back (so it resumes from its offset), short enough to end it soon after.
-        "UNBROKEN_LEASE_TTL": "5",
+        # comes back (so it resumes from its offset), even on a loaded machine where the
+        # restart takes seconds; short enough to end it soon after.
+        "UNBROKEN_LEASE_TTL": "8",
     }
     server = ChatServer(tmp_path, server_env(tmp_path, **extra))
     server.start()
