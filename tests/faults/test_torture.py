@@ -146,10 +146,17 @@ async def torture_one(
                 check_v5_transcript(replay, reasoning, text, complete=False)
         check_v5_transcript(replay, reasoning, text, complete=True)
     else:
+
+        def v4_ended(v4: V4Transcript) -> bool:
+            """Whether the v4 client is done: the body ended normally. A body that ends
+            without a terminal line is an answer cut short while Redis fails over (the v4
+            client has no reconnect): with ``retry_unavailable`` the user reloads."""
+            return v4.complete and (v4.terminal is not None or not retry_unavailable)
+
         v4 = V4Transcript()
         await connect(post_v4_into, anywhere(), v4_body(chat_id, f"m{index}", prompt), v4)
         message_id = v4.message_id()
-        finished = v4.complete
+        finished = v4_ended(v4)
         while not finished:
             await pause()
             v4 = V4Transcript()
@@ -167,10 +174,10 @@ async def torture_one(
                 assert v4.message_id() == message_id, "a replay with another messageId"
                 assert reasoning.startswith(v4.reasoning())
                 assert text.startswith(v4.text()), "a v4 replay that is not the answer"
-                finished = v4.complete
+                finished = v4_ended(v4)
             else:
                 assert v4.status == 200
-                assert not v4.complete, "an empty v4 resume within the resume window"
+                assert not v4_ended(v4), "an empty v4 resume within the resume window"
         if v4.codes()[:1] != ["2"]:
             assert v4.terminal == "d", f"the v4 answer ended with {v4.lines[-1:]}"
             assert v4.text() == text and v4.reasoning() == reasoning
