@@ -26,7 +26,6 @@ Trigger = Literal["submit-message", "regenerate-message"]
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:~-]{0,127}$")
 _ROLES = frozenset({"system", "user", "assistant"})
-_TRIGGERS: frozenset[str] = frozenset({"submit-message", "regenerate-message"})
 _KNOWN_KEYS = frozenset({"id", "messages", "message", "trigger", "messageId"})
 MAX_MESSAGES = 10_000
 MAX_PARTS = 10_000
@@ -84,11 +83,11 @@ def parse_chat_request(body: bytes | str | Mapping[str, Any]) -> ChatRequest:
 
     if "trigger" in data:
         trigger = data["trigger"]
-        if not isinstance(trigger, str) or trigger not in _TRIGGERS:
-            raise ProtocolError("'trigger' must be 'submit-message' or 'regenerate-message'")
-        raw = _message_list(data.get("messages"))
-        messages = [_ui_message(message, index) for index, message in enumerate(raw)]
-        return ChatRequest("v5", chat_id, messages, trigger, message_id, extra)
+        if trigger == "submit-message" or trigger == "regenerate-message":
+            raw = _message_list(data.get("messages"))
+            messages = [_ui_message(message, index) for index, message in enumerate(raw)]
+            return ChatRequest("v5", chat_id, messages, trigger, message_id, extra)
+        raise ProtocolError("'trigger' must be 'submit-message' or 'regenerate-message'")
 
     if "message" in data and "messages" not in data:
         message = _ui_message(data["message"], 0)
