@@ -6,6 +6,10 @@
 -- Returns 'active' (appended), the terminal state, 'interrupted' (another token owns the
 -- stream), false (no such stream), or an error reply (UNBROKEN_CORRUPT, or UNBROKEN_SEQ if
 -- first_seq does not continue the log). Every check comes before the first write.
+
+-- The share of the active TTL after which an append sets the TTLs again.
+local TTL_PERIOD = 0.05
+
 local function append_to(meta_key, log_key, lease_key, args, first, last)
   local token = args[first]
   local meta, refusal = owned_meta(meta_key, log_key, token)
@@ -29,12 +33,24 @@ local function append_to(meta_key, log_key, lease_key, args, first, last)
   end
   if count > 0 then
     -- The counts read above plus this append's, in one write instead of an increment each.
-    redis.call('HSET', meta_key, 'chunks', count_text(meta.chunks + count),
+    local now = args[first + 1]
+    local fields = {'chunks', count_text(meta.chunks + count),
       'chars', count_text(meta.chars + tonumber(args[first + 5])),
-      'bytes', count_text(meta.bytes + bytes), 'updated', args[first + 1])
-    redis.call('PEXPIRE', log_key, active_ms)
+      'bytes', count_text(meta.bytes + bytes), 'updated', now}
+    -- The sliding TTL is set again once per TTL_PERIOD of the active TTL, not on every
+    -- append: an active stream's keys live between (1 - TTL_PERIOD) and 1 active TTL after
+    -- its last append. A clock that went back (another producer's) refreshes at once.
+    local since = meta.refreshed and tonumber(now) - meta.refreshed
+    if not since or since < 0 or since * 1000 >= tonumber(active_ms) * TTL_PERIOD then
+      fields[#fields + 1] = 'refreshed'
+      fields[#fields + 1] = now
+      redis.call('PEXPIRE', log_key, active_ms)
+      redis.call('PEXPIRE', meta_key, active_ms)
+    end
+    redis.call('HSET', meta_key, unpack(fields))
+  else
+    redis.call('PEXPIRE', meta_key, active_ms)
   end
-  redis.call('PEXPIRE', meta_key, active_ms)
   redis.call('SET', lease_key, token, 'PX', args[first + 2])
   if count > 0 then
     notify(args[first + 6], args[first + 7], args[first + 8])

@@ -19,12 +19,15 @@ local function is_count(value)
   return type(value) == 'string' and string.match(value, '^%d+$') ~= nil and #value < 16
 end
 
--- Returns meta (a table: state, token, chunks, chars, bytes, log_length), or nil when the
--- stream does not exist; plus an error text when the stored data is not readable.
+-- Returns meta (a table: state, token, chunks, chars, bytes, log_length, refreshed), or nil
+-- when the stream does not exist; plus an error text when the stored data is not readable.
+-- refreshed: when an append last set the keys' TTLs (see _append.lua), nil if never or
+-- unreadable.
 -- The reads themselves reveal a key of the wrong type (pcall returns its WRONGTYPE error), so
 -- the usual path runs no TYPE: only a missing or unreadable key is looked at more closely.
 local function read_meta(meta_key, log_key)
-  local v = redis.pcall('HMGET', meta_key, 'state', 'token', 'chunks', 'chars', 'bytes')
+  local v = redis.pcall('HMGET', meta_key, 'state', 'token', 'chunks', 'chars', 'bytes',
+    'refreshed')
   if v['err'] then
     return nil, 'meta key holds a ' .. key_type(meta_key)
   end
@@ -46,7 +49,7 @@ local function read_meta(meta_key, log_key)
   end
   return {
     state = v[1], token = v[2], chunks = tonumber(v[3]), chars = tonumber(v[4]),
-    bytes = tonumber(v[5]), log_length = log_length,
+    bytes = tonumber(v[5]), log_length = log_length, refreshed = tonumber(v[6]),
   }, nil
 end
 
