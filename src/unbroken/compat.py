@@ -33,10 +33,9 @@ from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callab
 from types import TracebackType
 from typing import Any, Literal, Self
 
-import anyio
-
 from unbroken._engine import StreamEngine, StreamReader
-from unbroken._models import Chunk, StreamEnd, StreamState, StreamStatus
+from unbroken._engine.reading import READ_PAGE, Batch
+from unbroken._models import Chunk, StreamEnd, StreamState
 from unbroken.backends.base import Backend
 from unbroken.backends.memory import MemoryBackend
 from unbroken.exceptions import StreamExistsError, StreamNotFoundError
@@ -144,37 +143,28 @@ class ResumableStreamContext:
 
         None if the stream is unknown or already finished.
         """
-        # The reader's first look and the status (for the catch-up's length) go out
-        # together, so the first chunk is one round trip away, not two.
-        status: StreamStatus | None = None
-        failures: list[Exception] = []
-        reader: StreamReader | None = None
-
-        async def look_up() -> None:
-            nonlocal status
-            try:
-                status = await self.engine.status(stream_id)
-            except Exception as exc:  # raised below, unwrapped (a task group would group it)
-                failures.append(exc)
-
-        async with anyio.create_task_group() as looks:
-            looks.start_soon(look_up)
-            try:
-                reader = await self.engine.open(stream_id)
-            except Exception as exc:
-                failures.insert(0, exc)
-        if failures:
-            if reader is not None:
-                await reader.aclose()
-            if isinstance(failures[0], StreamNotFoundError):
-                return None
-            raise failures[0]
-        assert reader is not None
-        if reader.state is not StreamState.ACTIVE:
-            await reader.aclose()
+        # The reader's first look is the only round trip before the first chunk: its first
+        # batch is the log as it stood then, so it is the catch-up, unless the log is longer
+        # than one page (then the rest is read anyway, and the status says how far to join).
+        try:
+            reader = await self.engine.open(stream_id)
+        except StreamNotFoundError:
             return None
-        catch_up_below = status.chunk_count if status is not None else 0
-        return TextStream(reader, skip_characters or 0, catch_up_below)
+        try:
+            if reader.state is not StreamState.ACTIVE:
+                await reader.aclose()
+                return None
+            first = await anext(reader)  # at once: the reader holds it since it opened
+            seen = [item for item in first if isinstance(item, Chunk)]
+            catch_up_below = seen[-1].seq + 1 if seen else 0
+            if len(seen) >= READ_PAGE:
+                status = await self.engine.status(stream_id)
+                if status is not None:
+                    catch_up_below = max(catch_up_below, status.chunk_count)
+        except BaseException:
+            await reader.aclose()
+            raise
+        return TextStream(reader, skip_characters or 0, catch_up_below, first)
 
     async def has_existing_stream(self, stream_id: str) -> Literal[True, "DONE"] | None:
         """None if unknown, ``True`` while active, ``"DONE"`` once finished."""
@@ -197,9 +187,11 @@ class TextStream:
 
     __slots__ = ("_reader", "_texts")
 
-    def __init__(self, reader: StreamReader, skip: int, catch_up_below: int) -> None:
+    def __init__(
+        self, reader: StreamReader, skip: int, catch_up_below: int, first: Batch | None = None
+    ) -> None:
         self._reader = reader
-        self._texts = _texts(reader, skip, catch_up_below)
+        self._texts = _texts(reader, skip, catch_up_below, first or [])
 
     def __aiter__(self) -> Self:
         return self
@@ -213,16 +205,22 @@ class TextStream:
         await self._reader.aclose()
 
 
-async def _texts(reader: StreamReader, skip: int, catch_up_below: int) -> AsyncGenerator[str, None]:
+async def _texts(
+    reader: StreamReader, skip: int, catch_up_below: int, first: Batch
+) -> AsyncGenerator[str, None]:
+    """The reader's batches (after ``first``, already taken from it) as text."""
     catch_up: list[str] = []
     sent_catch_up = catch_up_below == 0
     try:
-        async for batch in reader:
+        batch: Batch | None = first
+        while batch is not None:
             for item in batch:
                 if isinstance(item, StreamEnd):
                     break
-                text = _skip(item, skip)
-                skip = max(skip - _utf16_len(item.data), 0)
+                text = item.data
+                if skip:
+                    text = utf16_skip(text, skip)[0]
+                    skip = max(skip - _utf16_len(item.data), 0)
                 if not sent_catch_up:
                     catch_up.append(text)
                     if item.seq < catch_up_below - 1:
@@ -230,6 +228,7 @@ async def _texts(reader: StreamReader, skip: int, catch_up_below: int) -> AsyncG
                     sent_catch_up = True
                     text = "".join(catch_up)
                 yield text
+            batch = await anext(reader, None)
         if not sent_catch_up:
             yield "".join(catch_up)
     finally:
@@ -237,11 +236,7 @@ async def _texts(reader: StreamReader, skip: int, catch_up_below: int) -> AsyncG
 
 
 def _utf16_len(text: str) -> int:
-    return len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
-
-
-def _skip(chunk: Chunk, units: int) -> str:
-    return utf16_skip(chunk.data, units)[0] if units else chunk.data
+    return len(text) if text.isascii() else len(text.encode("utf-16-le")) // 2
 
 
 async def _deferred(make_stream: MakeStream) -> AsyncIterator[str]:
