@@ -411,7 +411,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
 
     measured = results["libraries"]
     names = [name for name in LIBRARIES if name in measured]
-    labels = [LABELS[name].replace(" resumable-stream", "\nresumable-stream") for name in names]
+    labels = [LABELS[name].replace(" resumable-stream ", "\n") for name in names]
     colors = ["#999999", "#cc9933", "#3366cc"][-len(names) :]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     left.bar(labels, [measured[name]["chunks_per_s"] for name in names], color=colors)
