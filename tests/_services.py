@@ -11,11 +11,16 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -30,6 +35,79 @@ def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
+
+
+@contextmanager
+def serve_asgi(app: Any) -> Iterator[tuple[str, Any]]:
+    """Run an ASGI app under uvicorn in a thread, on a free port, until the block ends;
+    yields its base URL and the `uvicorn.Server`."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app, log_level="warning", lifespan="on", ws="none", timeout_graceful_shutdown=1
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            sock.close()
+            raise RuntimeError("the server did not start (see the log above)")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}", server
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+        sock.close()
+
+
+@contextmanager
+def uvicorn_process(
+    target: str, env: Mapping[str, str]
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``python -m uvicorn <target>`` as a process of its own on a free loopback port, with
+    this checkout importable; yields its base URL and the process, stopped at the end.
+    ``env`` is added to this process's environment."""
+    import pytest
+
+    port = free_port()
+    full_env = {
+        **os.environ,
+        **env,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    command = [sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1"]
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            [*command, "--port", str(port), "--log-level", "warning"],
+            cwd=REPO,
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while not port_answers("127.0.0.1", port):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    output = log.read().decode(errors="replace")
+                    pytest.fail(f"{target} did not start:\n{output}")
+                time.sleep(0.05)
+            yield f"http://127.0.0.1:{port}", process
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
 
 
 def redis_server_binary() -> str | None:

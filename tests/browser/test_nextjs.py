@@ -423,7 +423,7 @@ def test_the_proxy_streams_each_token_as_it_comes(
     print(f"\nNext.js proxy: {figures}")
     assert added < 100, figures
     # Paced, not lumped: a buffering proxy hands the 40 tokens over in one or a few reads,
-    # all at once; here they come over the ~390 ms the model takes to make them. (A stall
+    # all at once; here they come over the time the model takes to make them. (A stall
     # in the service itself moves a token off pace on both paths, so the median is used.)
     for run in runs["next"]:
         assert run["arrivals"][-1] - run["arrivals"][0] > 0.5 * (count - 1) * pace, figures

@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,7 +23,7 @@ from typing import Any
 import pytest
 import uvicorn
 
-from tests._services import delete_redis_keys, port_answers
+from tests._services import delete_redis_keys, port_answers, serve_asgi
 from unbroken.chat.app import create_app
 from unbroken.chat.settings import Settings
 
@@ -75,33 +72,6 @@ def temporary_postgres_database() -> Iterator[str]:
 def postgres_url() -> Iterator[str]:
     with temporary_postgres_database() as url:
         yield url
-
-
-@contextmanager
-def serve_asgi(app: Any) -> Iterator[tuple[str, uvicorn.Server]]:
-    """Run an ASGI app under uvicorn in a thread, on a free port, until the block ends."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app, log_level="warning", lifespan="on", ws="none", timeout_graceful_shutdown=1
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            sock.close()
-            raise RuntimeError("the server did not start (see the log above)")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}", server
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
-        sock.close()
 
 
 @dataclass

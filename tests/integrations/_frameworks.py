@@ -3,11 +3,6 @@ chunks in a real engine and stopping them, and an example app answering the real
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import AsyncIterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -15,9 +10,8 @@ from typing import Any
 import anyio
 import pytest
 
-from tests._services import free_port, port_answers
+from tests._services import uvicorn_process
 from tests.conformance._node import NodeUnavailable, find_toolchain
-from tests.integrations.conftest import REPO
 from unbroken import MemoryBackend, StreamEnd, StreamEngine
 from unbroken.protocols.ai_sdk import UIEvent, ui_events_to_chunks
 
@@ -46,36 +40,9 @@ async def stop_in_engine(source: AsyncIterable[UIEvent], running: anyio.Event) -
 @contextmanager
 def example_server(module: str) -> Iterator[str]:
     """``uvicorn examples.<module>:app`` with the offline test model; yields the base URL."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "UNBROKEN_EXAMPLE_MODEL": "test",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
-    env.pop("REDIS_URL", None)
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", f"examples.{module}:app", "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 30
-            while not port_answers("127.0.0.1", port):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    pytest.fail(f"{module} did not start:\n{log.read().decode(errors='replace')}")
-                time.sleep(0.05)
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    env = {"UNBROKEN_EXAMPLE_MODEL": "test", "REDIS_URL": ""}
+    with uvicorn_process(f"examples.{module}:app", env) as (url, _):
+        yield url
 
 
 def cut_and_resume_with_ai5(module: str) -> dict[str, Any]:

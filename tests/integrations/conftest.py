@@ -7,13 +7,7 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
-import tempfile
-import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -21,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 
-from tests._services import free_port, port_answers
+from tests._services import serve_asgi, uvicorn_process
 from tests.conformance._node import NodeToolchain, NodeUnavailable, find_toolchain
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,28 +25,8 @@ REPO = Path(__file__).resolve().parents[2]
 @contextmanager
 def serve(app: Any) -> Iterator[str]:
     """Run ``app`` under uvicorn in a thread until the block ends; yields its base URL."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app, log_level="warning", lifespan="on", ws="none", timeout_graceful_shutdown=1
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            sock.close()
-            raise RuntimeError("the server did not start (see the log above)")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
-        sock.close()
+    with serve_asgi(app) as (url, _):
+        yield url
 
 
 @dataclass
@@ -69,52 +42,15 @@ def start_worker() -> Iterator[Callable[[dict[str, str]], Worker]]:
     logs = ExitStack()
 
     def start(env: dict[str, str]) -> Worker:
-        port = free_port()
-        log = logs.enter_context(tempfile.TemporaryFile())  # noqa: SIM115 - closed by logs
-        full_env = {
-            **os.environ,
-            **env,
-            "ROUTER_TEST_APP": "1",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-        }
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "tests.integrations._app:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-            cwd=REPO,
-            env=full_env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+        url, process = logs.enter_context(
+            uvicorn_process("tests.integrations._app:app", {**env, "ROUTER_TEST_APP": "1"})
         )
-        worker = Worker(f"http://127.0.0.1:{port}", process)
+        worker = Worker(url, process)
         started.append(worker)
-        deadline = time.monotonic() + 30
-        while not port_answers("127.0.0.1", port):
-            if process.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                pytest.fail(f"the worker did not start:\n{log.read().decode(errors='replace')}")
-            time.sleep(0.05)
         return worker
 
-    with logs:
+    with logs:  # stops every worker started
         yield start
-        for worker in started:
-            if worker.process.poll() is None:
-                worker.process.terminate()
-                try:
-                    worker.process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    worker.process.kill()
-                    worker.process.wait()
 
 
 @pytest.fixture(scope="session")

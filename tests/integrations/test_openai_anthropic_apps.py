@@ -5,11 +5,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +14,7 @@ import anyio
 import httpx
 import pytest
 
-from tests._services import free_port, port_answers
+from tests._services import uvicorn_process
 from tests.conformance._node import NodeToolchain, NodeUnavailable, find_toolchain
 from tests.integrations._fake_providers import FakeProviders
 from tests.integrations.conftest import serve
@@ -54,38 +49,9 @@ def provider() -> Iterator[tuple[FakeProviders, str]]:
 @pytest.fixture(scope="module", params=sorted(EXAMPLES))
 def example(request: pytest.FixtureRequest, provider: tuple[FakeProviders, str]) -> Iterator[str]:
     """The example app as its own ``uvicorn examples.<name>:app`` process; yields its URL."""
-    port = free_port()
-    env = {
-        **os.environ,
-        **EXAMPLES[request.param](provider[1]),
-        "UNBROKEN_EXAMPLE_MODEL": "fake-model",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
-    env.pop("REDIS_URL", None)
-    with tempfile.TemporaryFile() as log:
-        command = [sys.executable, "-m", "uvicorn", f"examples.{request.param}:app"]
-        process = subprocess.Popen(
-            [*command, "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 30
-            while not port_answers("127.0.0.1", port):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    pytest.fail(f"{request.param} did not start:\n{log.read().decode()}")
-                time.sleep(0.05)
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    env = {**EXAMPLES[request.param](provider[1]), "UNBROKEN_EXAMPLE_MODEL": "fake-model"}
+    with uvicorn_process(f"examples.{request.param}:app", {**env, "REDIS_URL": ""}) as (url, _):
+        yield url
 
 
 def _user(text: str) -> dict[str, Any]:
