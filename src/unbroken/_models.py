@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import enum
 from array import array
-from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import accumulate
+
+from unbroken._packing import pack, unpack_joined
 
 __all__ = ["Chunk", "ChunkLog", "StreamEnd", "StreamState", "StreamStatus"]
 
@@ -46,51 +48,99 @@ class ChunkLog:
     `Chunk` objects: a log lives as long as its stream, and objects the garbage collector
     tracks would make every full collection (which pauses every stream of the process)
     longer with each chunk. Strings and arrays are not tracked; the list of strings is, until
-    `seal` turns it into a tuple."""
+    `seal` packs the chunks.
 
-    __slots__ = ("_data", "_growing", "_offsets", "char_count")
+    A sealed log (a finished stream, kept for its retention) holds its chunks packed
+    (`unbroken._packing`) in segments of `SEGMENT` chunks, and one start offset per segment:
+    each chunk's offset follows from the lengths of those before it in its segment. A read
+    unpacks only the segments it touches."""
+
+    SEGMENT = 256  # chunks per packed segment: what a read of one chunk unpacks at most
+
+    __slots__ = ("_count", "_growing", "_offsets", "_segments", "_starts", "char_count")
 
     def __init__(self) -> None:
         self._growing: list[str] | None = []
-        self._data: Sequence[str] = self._growing
+        # Every chunk's offset while growing; once sealed, only if some chunk's offset was
+        # not the characters before it (never so for the engine's logs), else empty.
         self._offsets = array("q")
+        self._segments: tuple[bytes, ...] = ()
+        self._starts = array("q")  # once sealed: the offset of each segment's first chunk
+        self._count = 0
         self.char_count = 0  # characters in all chunks
 
     def __len__(self) -> int:
-        return len(self._data)
+        return self._count
 
     def seal(self) -> None:
-        """No chunk comes after this: keep the strings in a tuple.
+        """No chunk comes after this: pack the chunks.
 
-        The garbage collector stops tracking a tuple of strings, while a list is traversed,
-        string by string, by every full collection for as long as the log is kept (a
-        finished stream, for its retention): full collections pause every stream of the
-        process, and would grow with every kept answer."""
-        if self._growing is not None:
-            self._data = tuple(self._growing)
-            self._growing = None
+        Packed, a kept answer costs about its compressed text instead of a string object per
+        chunk, and nothing in it is traversed by the garbage collector's full collections,
+        which pause every stream of the process and would grow with every kept answer."""
+        datas = self._growing
+        if datas is None:
+            return
+        size = self.SEGMENT
+        self._segments = tuple(pack(datas[at : at + size]) for at in range(0, len(datas), size))
+        derived = array("q", accumulate(map(len, datas), initial=0))
+        del derived[-1]
+        if self._offsets == derived:  # each offset follows from the lengths before it
+            self._starts = derived[::size]
+            self._offsets = array("q")
+        self._growing = None
 
     def append(self, chunk: Chunk) -> None:
         if self._growing is None:
             raise ValueError("the log is sealed: its stream has ended")
         self._growing.append(chunk.data)
         self._offsets.append(chunk.offset)
+        self._count += 1
         self.char_count += len(chunk.data)
 
     def add(self, data: str) -> Chunk:
         """Append ``data`` as the next chunk (its offset: the characters before it)."""
-        chunk = Chunk(len(self._data), data, self.char_count)
+        chunk = Chunk(self._count, data, self.char_count)
         self.append(chunk)
         return chunk
 
     def chunks(self, start: int, stop: int) -> list[Chunk]:
         """The chunks with ``start <= seq < stop`` that exist."""
-        data, offsets = self._data, self._offsets
-        return [Chunk(seq, data[seq], offsets[seq]) for seq in range(start, min(stop, len(data)))]
+        start, stop = max(start, 0), min(stop, self._count)
+        growing = self._growing
+        if growing is not None:
+            offsets = self._offsets
+            return [Chunk(seq, growing[seq], offsets[seq]) for seq in range(start, stop)]
+        found: list[Chunk] = []
+        size = self.SEGMENT
+        for index in range(start // size, (stop - 1) // size + 1 if stop > start else 0):
+            text, bounds = unpack_joined(self._segments[index])
+            first = index * size
+            low, high = max(start - first, 0), min(stop - first, size)
+            if not self._offsets:
+                base = self._starts[index]
+                found += [
+                    Chunk(first + i, text[bounds[i] : bounds[i + 1]], base + bounds[i])
+                    for i in range(low, high)
+                ]
+            else:
+                offsets = self._offsets
+                found += [
+                    Chunk(first + i, text[bounds[i] : bounds[i + 1]], offsets[first + i])
+                    for i in range(low, high)
+                ]
+        return found
 
     def offset_at(self, seq: int) -> int:
         """Where chunk ``seq`` starts; past the last chunk, the end of the text."""
-        return self._offsets[seq] if seq < len(self._data) else self.char_count
+        if seq >= self._count:
+            return self.char_count
+        if self._offsets:  # growing, or offsets that do not follow from the lengths
+            return self._offsets[seq]
+        index, within = divmod(seq, self.SEGMENT)
+        if within == 0:
+            return self._starts[index]
+        return self._starts[index] + unpack_joined(self._segments[index])[1][within]
 
 
 @dataclass(frozen=True, slots=True)

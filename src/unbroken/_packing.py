@@ -19,7 +19,7 @@ from array import array
 from collections.abc import Sequence
 from itertools import accumulate, pairwise
 
-__all__ = ["pack", "unpack"]
+__all__ = ["pack", "unpack", "unpack_joined"]
 
 _VERSION = 1
 # A blob is packed once and unpacked on every read of it: the fastest level costs little
@@ -48,6 +48,14 @@ def pack(datas: Sequence[str]) -> bytes:
 
 def unpack(blob: bytes) -> list[str]:
     """The chunks' data again; ValueError (never another exception) if blob is not one."""
+    text, bounds = unpack_joined(blob)
+    return [text[a:b] for a, b in pairwise(bounds)]
+
+
+def unpack_joined(blob: bytes) -> tuple[str, list[int]]:
+    """The chunks' data joined, and where each starts and ends: chunk ``i`` is
+    ``text[bounds[i]:bounds[i + 1]]``. For reading a few chunks of a blob without making a
+    string of every one; ValueError if blob is not one."""
     if not isinstance(blob, (bytes, bytearray, memoryview)):
         raise ValueError("not a packed log: expected bytes")
     view = memoryview(blob)
@@ -79,4 +87,4 @@ def unpack(blob: bytes) -> list[str]:
     bounds = list(accumulate(sizes, initial=0))
     if bounds[-1] != len(text):
         raise ValueError("not a packed log: lengths do not match the text")
-    return [text[a:b] for a, b in pairwise(bounds)]
+    return text, bounds

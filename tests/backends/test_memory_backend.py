@@ -38,8 +38,9 @@ async def test_a_finished_streams_log_is_out_of_the_garbage_collectors_sight() -
     )
     assert done is StreamState.DONE
     gc.collect()
-    strings = backend._streams["s"].log._data  # what holds the stream's strings
-    assert len(strings) == 430 and not gc.is_tracked(strings)
+    log = backend._streams["s"].log
+    packed = log._segments  # what holds the stream's chunks once it has ended
+    assert log._growing is None and len(packed) == 2 and not gc.is_tracked(packed)
     # Everything is still there, and a late append is refused as for any ended stream.
     assert await backend.read("s", after=-1, limit=1000) == chunks
     late = Chunk(430, "late", offset)

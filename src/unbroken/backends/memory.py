@@ -43,7 +43,8 @@ class _Stream:
     finished_at: float | None = None
     error: str | None = None
     byte_count: int = 0
-    # Not `Chunk` objects: streams are kept for their retention (see `ChunkLog`).
+    # Not `Chunk` objects: streams are kept for their retention, and an ended one's chunks
+    # are packed (see `ChunkLog`).
     log: ChunkLog = field(default_factory=ChunkLog)
 
 
@@ -169,7 +170,9 @@ class MemoryBackend(Backend, InlineAppends):
             return stream.state
         stream.state = state
         stream.error = error
-        stream.log.seal()  # kept for its retention: out of the garbage collector's sight
+        # Kept for its retention: packed, at about its compressed size, and out of the
+        # garbage collector's sight.
+        stream.log.seal()
         stream.finished_at = now
         stream.updated_at = now
         stream.lease_expires_at = 0.0
