@@ -1,237 +1,671 @@
-"""What a token costs Redis: its CPU per chunk and the commands it runs per chunk.
+"""What a token costs Redis: its CPU, commands and log entries per chunk, the delivery delay
+of the write window, and what one and three Cluster masters carry.
 
-Run:  .venv/bin/python benchmarks/redis_cost.py [--levels 100,1000] [--window 10]
+Run:  .venv/bin/python benchmarks/redis_cost.py [--levels 100,1000,5000] [--producers 1,1,3]
+          [--gathers 0.002,0.02,0.05,0.1] [--cluster] [--warmup 4] [--window 10]
 
-For each level, that many streams produce a 20-byte chunk every 1/30 s (LLM pace) in one
-process (one engine); another process reads every stream on a second engine, so each chunk
-also goes out as a notification. Both talk to a redis-server this script starts on a free
-port. After a warm-up, the script reads redis-server's CPU time from /proc/<pid>/stat and
-resets ``INFO commandstats``; after the window it reads both again. Per chunk (a chunk is one
-XADD, so Redis's own count is the denominator): Redis CPU in µs, and the calls of each
-command, scripts' inner commands included. At the end every reader must have every chunk.
+For each level, that many streams yield a 20-byte chunk every 1/30 s (LLM pace), spread over
+``--producers`` processes (an engine each); ``--readers`` other processes read every stream
+on engines of their own, so each chunk also goes out as a notification. Everything talks to
+Redis deployments this script starts on free loopback ports: one redis-server, and with
+``--cluster`` also the 3-master Redis Cluster (a replica each) the fault tests start; each
+level and write window runs on both, one after the other, in the same run.
 
-Prints a table and writes benchmarks/results/redis-cost.json and redis-cost.png. The two
-processes may not reach the target rate on a small machine: the achieved rate is printed
-next to it, and the per-chunk figures hold for the rate achieved.
+Once every stream is started and every reader subscribed, and after a warm-up, the script
+reads each redis-server's CPU time from /proc/<pid>/stat and resets ``INFO commandstats``;
+after the window it reads both again. The denominator is the chunks the producers yielded
+during the window (they count them: an append may carry several chunks, a log entry too):
+Redis CPU in µs, command calls (scripts' inner commands included), script calls and log
+entries (XADD calls) per chunk. Each chunk carries its producer's wall-clock time, so the
+readers measure the delivery delay (yield to receipt in another process, same clock) of every
+tenth chunk yielded during the window. At the end every reader must have every chunk of
+every stream, in order, no duplicate, and every stream must have ended ``done``.
+
+``--gathers`` runs each level once per ``RedisBackend(write_gather=...)`` value. With
+``--cluster``, per master: its CPU per chunk it carried and its share of the chunks (from the
+hash slots of the streams' keys); from those, the tokens/s one master carries at 100 % CPU and
+what 3 masters carry before the busiest one is full. A small machine cannot saturate three
+masters, so that figure is derived from the per-master cost and the measured spread.
+
+Prints a table per section, writes benchmarks/results/<stem>.json and <stem>.png. A small
+machine may not reach the target rate: the achieved rate is printed next to it, and the
+per-chunk figures hold for the rate achieved.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import itertools
 import json
-import os
+import math
+import queue
 import random
+import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _redis_targets import Target, redis_cluster, single_server
 from _results import save_results
-from peers_bench import redis_server
 
-CHUNK = "x" * 19 + " "
 RATE = 30.0  # chunks per second per stream: a model's token pace
+DELAY_SAMPLE = 10  # every tenth chunk's delivery delay is measured
+STREAM_OPEN_TIMEOUT = 60.0  # a reader gives up on a stream that never appears
+CHILD_START_TIMEOUT = 180.0  # starting thousands of streams on a busy machine takes a while
+RUN_LIMIT = 900.0  # no child produces or reads for longer than this, whatever it is told
+TAIL = 0.5  # streams run this long after the window, so its last chunks are delivered in it
 
 
-def redis_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far, from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
-    return ticks / os.sysconf("SC_CLK_TCK")
+def chunk_text(index: int, micros: int) -> str:
+    """A 20-character chunk: its index in the stream and its producer's clock (µs since the
+    level's epoch), which the reader checks and times."""
+    return f"{index:06d} {micros:012d} "
 
 
-async def produce(url: str, prefix: str, ids: list[str], until: float) -> dict[str, Any]:
-    """Run one stream per id at RATE until the wall clock passes ``until``."""
+def chunk_fields(data: str) -> tuple[int, int]:
+    return int(data[:6]), int(data[7:19])
+
+
+# -- children: producers and readers ------------------------------------------------------
+
+
+async def control_line() -> dict[str, Any]:
+    """The parent's one control line on stdin (the window); an empty one if it went away."""
+    line = await asyncio.wait_for(asyncio.to_thread(sys.stdin.readline), RUN_LIMIT)
+    return json.loads(line) if line.strip() else {}
+
+
+async def produce(args: argparse.Namespace) -> dict[str, Any]:
+    """Run one stream per id at RATE until the window's end (plus TAIL); count what each
+    stream yielded, in all and within the window."""
     from unbroken import StreamEngine
     from unbroken.backends.redis import RedisBackend
 
-    produced = 0
+    ids = [f"{args.run}-{k}" for k in range(args.first, args.first + args.streams)]
+    produced, in_window = [0] * len(ids), [0] * len(ids)
+    window = {"start": math.inf, "end": math.inf, "until": time.time() + RUN_LIMIT}
+    epoch = args.epoch
 
-    async def paced() -> Any:
-        nonlocal produced
-        await asyncio.sleep(random.random() / RATE)  # streams out of step, like real ones
-        while time.time() < until:
-            await asyncio.sleep(1 / RATE)
-            produced += 1
-            yield CHUNK
+    async def paced(k: int) -> Any:
+        # Streams out of step, like real ones; each keeps its own schedule, so its rate holds
+        # while the process keeps up and falls (without bursts) when it does not.
+        due = time.time() + random.random() / RATE
+        index = 0
+        while True:
+            due += 1 / RATE
+            await asyncio.sleep(max(0.0, due - time.time()))
+            now = time.time()
+            if now >= window["until"]:
+                break
+            due = max(due, now - 1 / RATE)
+            if window["start"] <= now < window["end"]:
+                in_window[k] += 1
+            produced[k] += 1
+            yield chunk_text(index, int((now - epoch) * 1e6))
+            index += 1
 
     running = len(ids)
     all_ended = asyncio.Event()
+    ends: dict[str, int] = {}
 
-    async def ended(_end: Any) -> None:
+    async def ended(end: Any) -> None:
         nonlocal running
+        ends[end.state.value] = ends.get(end.state.value, 0) + 1
         running -= 1
         if running == 0:
             all_ended.set()
 
-    cpu = time.process_time()
-    async with StreamEngine(RedisBackend(url, key_prefix=prefix)) as engine:
-        for stream_id in ids:
-            await engine.start(stream_id, paced(), on_end=ended)
-        await all_ended.wait()
-    return {"produced": produced, "cpu_s": time.process_time() - cpu}
+    backend = RedisBackend(args.url, key_prefix=args.prefix, write_gather=args.gather)
+    async with StreamEngine(backend) as engine:
+        cpu = time.process_time()
+        for first in range(0, len(ids), 200):
+            await asyncio.gather(
+                *(
+                    engine.start(ids[k], paced(k), on_end=ended)
+                    for k in range(first, min(first + 200, len(ids)))
+                )
+            )
+        print(json.dumps({"ready": True}), flush=True)
+        told = await control_line()
+        window.update(told or {"until": 0.0})
+        await asyncio.wait_for(all_ended.wait(), max(1.0, window["until"] - time.time()) + 120)
+        cpu = time.process_time() - cpu
+    return {"produced": produced, "in_window": in_window, "ends": ends, "cpu_s": cpu}
 
 
-async def read(url: str, prefix: str, ids: list[str]) -> dict[str, Any]:
-    """Read every stream to its end on an engine of this process's own."""
+async def read(args: argparse.Namespace) -> dict[str, Any]:
+    """Follow every stream to its end on an engine of this process's own; check each chunk
+    comes once, in order, and time every DELAY_SAMPLE-th one yielded during the window."""
     from unbroken import StreamEnd, StreamEngine, StreamNotFoundError
     from unbroken.backends.redis import RedisBackend
 
-    received = 0
-    ended = 0
+    ids = [f"{args.run}-{k}" for k in range(args.first, args.first + args.streams)]
+    received, done = [0] * len(ids), [False] * len(ids)
+    faults: list[str] = []
+    ends: dict[str, int] = {}
+    delays: list[float] = []
+    window = {"start": math.inf, "end": math.inf}
+    epoch = args.epoch
+    opened = 0
+    all_opened = asyncio.Event()
 
-    async def follow(engine: StreamEngine, stream_id: str) -> None:
-        nonlocal received, ended
+    def fault(text: str) -> None:
+        if len(faults) < 20:
+            faults.append(text)
+
+    async def follow(engine: StreamEngine, k: int) -> None:
+        nonlocal opened
+        stream_id = ids[k]
+        deadline = time.monotonic() + STREAM_OPEN_TIMEOUT
         while True:
             try:
-                async for item in engine.read(stream_id):
-                    if isinstance(item, StreamEnd):
-                        ended += item.state.value == "done"
-                    else:
-                        received += 1
-                return
+                reader = await engine.open(stream_id)
+                break
             except StreamNotFoundError:
-                await asyncio.sleep(0.05)  # its producer has not claimed it yet
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+        async with reader:
+            opened += 1
+            if opened == len(ids):
+                all_opened.set()
+            expected = 0
+            async for batch in reader:
+                now = time.time()
+                for item in batch:
+                    if isinstance(item, StreamEnd):
+                        ends[item.state.value] = ends.get(item.state.value, 0) + 1
+                        done[k] = item.state.value == "done"
+                        continue
+                    index, micros = chunk_fields(item.data)
+                    if item.seq != expected or index != item.seq:
+                        fault(f"{stream_id}: chunk seq {item.seq} index {index}, not {expected}")
+                    expected = max(expected, item.seq + 1)
+                    if item.seq % DELAY_SAMPLE == 0:
+                        sent = epoch + micros / 1e6
+                        if window["start"] <= sent < window["end"]:
+                            delays.append(now - sent)
+            received[k] = expected
 
-    cpu = time.process_time()
-    backend = RedisBackend(url, key_prefix=prefix, reader_buffer=4096)
+    backend = RedisBackend(args.url, key_prefix=args.prefix, reader_buffer=4096)
     async with StreamEngine(backend) as engine:
-        await asyncio.gather(*(follow(engine, stream_id) for stream_id in ids))
-    return {"received": received, "ended_done": ended, "cpu_s": time.process_time() - cpu}
+        cpu = time.process_time()
+        readers: asyncio.Future[Any] = asyncio.gather(*(follow(engine, k) for k in range(len(ids))))
+        waiting: asyncio.Future[Any] = asyncio.ensure_future(all_opened.wait())
+        try:
+            await asyncio.wait(
+                [waiting, readers], timeout=CHILD_START_TIMEOUT, return_when="FIRST_COMPLETED"
+            )
+            if readers.done():
+                readers.result()  # a reader that failed to open raises here
+            if not all_opened.is_set():
+                raise TimeoutError("the readers did not all open in time")
+            print(json.dumps({"ready": True}), flush=True)
+            window.update(await control_line())
+            await asyncio.wait_for(readers, RUN_LIMIT)
+        finally:
+            waiting.cancel()
+            readers.cancel()
+            with contextlib.suppress(BaseException):
+                await readers
+        cpu = time.process_time() - cpu
+    delays.sort()
+    return {
+        "received": received,
+        "done": done,
+        "faults": faults,
+        "ends": ends,
+        "delays_ms": [round(d * 1e3, 3) for d in delays],
+        "cpu_s": cpu,
+    }
 
 
 def role_main(args: argparse.Namespace) -> None:
-    """A child process: the producers or the readers of one level."""
-    ids = [f"{args.run}-{k}" for k in range(args.streams)]
-    if args.role == "produce":
-        result = asyncio.run(produce(args.url, args.prefix, ids, args.until))
-    else:
-        result = asyncio.run(read(args.url, args.prefix, ids))
+    """A child process: some of the producers or readers of one level."""
+    result = asyncio.run(produce(args) if args.role == "produce" else read(args))
     print(json.dumps(result), flush=True)
 
 
-def command_stats(client: Any) -> dict[str, dict[str, float]]:
-    stats: dict[str, dict[str, float]] = client.info("commandstats")
-    return {name.removeprefix("cmdstat_"): values for name, values in stats.items()}
+# -- the parent: one measurement --------------------------------------------------------
 
 
-def measure_level(url: str, pid: int, streams: int, warmup: float, window: float) -> dict[str, Any]:
-    """One level: children started, a steady window measured, every chunk checked."""
-    import redis
+class Child:
+    """A producer or reader process; its stdout lines arrive through a thread, so the parent
+    waits for each with a timeout."""
 
-    client = redis.Redis.from_url(url)
-    run, prefix = f"cost-{uuid.uuid4().hex[:8]}", f"cost-{uuid.uuid4().hex[:8]}"
-    until = time.time() + warmup + window + 1.0
-
-    def child(role: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [
-                *(sys.executable, __file__, "--role", role, "--url", url, "--prefix", prefix),
-                *("--run", run, "--streams", str(streams), "--until", str(until)),
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
+    def __init__(self, argv: list[str]) -> None:
+        self.role = argv[3]
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
         )
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True).start()
 
-    readers = child("read")
-    producers = child("produce")
-    time.sleep(warmup)
-    client.config_resetstat()
-    cpu0, wall0 = redis_cpu_seconds(pid), time.perf_counter()
-    time.sleep(window)
-    cpu1, wall1 = redis_cpu_seconds(pid), time.perf_counter()
-    stats = command_stats(client)
-    produced = json.loads(producers.communicate(timeout=120)[0].strip().splitlines()[-1])
-    received = json.loads(readers.communicate(timeout=120)[0].strip().splitlines()[-1])
-    client.close()
-    chunks = int(stats.get("xadd", {}).get("calls", 0))
+    def _pump(self, stdout: IO[str] | None) -> None:
+        assert stdout is not None
+        for line in stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def line(self, deadline: float) -> dict[str, Any]:
+        """The next JSON line it prints, before the monotonic ``deadline``."""
+        try:
+            line = self._lines.get(timeout=max(0.1, deadline - time.monotonic()))
+        except queue.Empty:
+            raise RuntimeError(f"a {self.role} child timed out") from None
+        if line is None:
+            raise RuntimeError(f"a {self.role} child exited ({self.proc.wait()})")
+        found: dict[str, Any] = json.loads(line)
+        return found
+
+    def tell(self, message: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(message) + "\n")
+        self.proc.stdin.flush()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+def split(total: int, parts: int) -> list[tuple[int, int]]:
+    """(first, count) of ``parts`` nearly equal consecutive slices of ``total``."""
+    bounds = [total * part // parts for part in range(parts + 1)]
+    return [(a, b - a) for a, b in itertools.pairwise(bounds) if b > a]
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return math.nan
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+@contextlib.contextmanager
+def children(argvs: list[list[str]]) -> Iterator[list[Child]]:
+    started: list[Child] = []
+    try:
+        for argv in argvs:
+            started.append(Child(argv))
+        yield started
+    finally:
+        for child in started:
+            child.stop()
+
+
+def measure(
+    target: Target,
+    streams: int,
+    gather: float,
+    producers: int,
+    readers: int,
+    warmup: float,
+    window: float,
+) -> dict[str, Any]:
+    """One level on one target with one write window: children started, a steady window
+    measured, every chunk checked."""
+    run, prefix, epoch = f"cost-{uuid.uuid4().hex[:8]}", f"cost-{uuid.uuid4().hex[:8]}", time.time()
+
+    def argv(role: str, first: int, count: int) -> list[str]:
+        return [
+            *(sys.executable, __file__, "--role", role, "--url", target.url),
+            *("--prefix", prefix, "--run", run, "--epoch", repr(epoch), "--gather", str(gather)),
+            *("--first", str(first), "--streams", str(count)),
+        ]
+
+    with children([argv("produce", *part) for part in split(streams, producers)]) as makers:
+        deadline = time.monotonic() + CHILD_START_TIMEOUT
+        for child in makers:
+            child.line(deadline)  # every stream claimed and running
+        with children([argv("read", *part) for part in split(streams, readers)]) as followers:
+            deadline = time.monotonic() + CHILD_START_TIMEOUT
+            for child in followers:
+                child.line(deadline)  # every stream's reader subscribed
+            start = time.time() + warmup
+            told = {"start": start, "end": start + window, "until": start + window + TAIL}
+            for child in [*makers, *followers]:
+                child.tell(told)
+            time.sleep(max(0.0, told["start"] - time.time()))
+            cpu0, wall0 = target.start_window(), time.perf_counter()
+            time.sleep(max(0.0, told["end"] - time.time()))
+            (cpu1, stats), wall1 = target.end_window(), time.perf_counter()
+            deadline = time.monotonic() + TAIL + 300
+            made = [child.line(deadline) for child in makers]
+            got = [child.line(deadline) for child in followers]
+    target.flush()
+
+    produced = [n for part in made for n in part["produced"]]
+    in_window = [n for part in made for n in part["in_window"]]
+    received = [n for part in got for n in part["received"]]
+    done = [d for part in got for d in part["done"]]
+    faults = [f for part in got for f in part["faults"]]
+    delays = sorted(d for part in got for d in part["delays_ms"])
+    chunks = sum(in_window)
     if chunks == 0:
-        raise RuntimeError("no chunk was appended during the window")
-    per_chunk = {
-        name: values["calls"] / chunks
-        for name, values in sorted(stats.items(), key=lambda item: -item[1]["calls"])
-        if name not in ("config|resetstat", "info")
-    }
+        raise RuntimeError("no chunk was yielded during the window")
+    seconds = wall1 - wall0
+
+    # Each master's share of the window's chunks, from the slots of the streams' keys.
+    carried = [0] * len(target.masters)
+    ids = [f"{run}-{k}" for k in range(streams)]
+    for stream_id, count in zip(ids, in_window, strict=True):
+        carried[target.master_of(prefix, stream_id)] += count
+
+    def per_chunk(node_stats: dict[str, dict[str, float]]) -> dict[str, float]:
+        return {
+            name: values["calls"] / chunks
+            for name, values in sorted(node_stats.items(), key=lambda item: -item[1]["calls"])
+            if name not in ("config|resetstat", "info")
+        }
+
+    nodes: dict[str, dict[str, Any]] = {}
+    for index, node in enumerate(target.nodes):
+        cpu = cpu1[node.name] - cpu0[node.name]
+        share = carried[index] if index < len(target.masters) else 0
+        node_stats = stats[node.name]
+        nodes[node.name] = {
+            "cpu_s": cpu,
+            "cpu_share": cpu / seconds,
+            "chunks": share,
+            "chunk_share": share / chunks,
+            "cpu_us_per_chunk": cpu / share * 1e6 if share else None,
+            "xadd_calls": node_stats.get("xadd", {}).get("calls", 0),
+            "script_usec": sum(v["usec"] for n, v in node_stats.items() if n.startswith("eval")),
+        }
+    masters = [node.name for node in target.masters]
+    total: dict[str, dict[str, float]] = {}
+    for name in masters:
+        for command, values in stats[name].items():
+            entry = total.setdefault(command, {"calls": 0.0, "usec": 0.0})
+            entry["calls"] += values["calls"]
+            entry["usec"] += values["usec"]
+    commands = per_chunk(total)
+    master_cpu = sum(nodes[name]["cpu_s"] for name in masters)
+    whole = received == produced and all(done) and not faults
+
+    def ends(parts: list[dict[str, Any]]) -> dict[str, int]:
+        counted: dict[str, int] = {}
+        for part in parts:
+            for state, count in part["ends"].items():
+                counted[state] = counted.get(state, 0) + count
+        return counted
+
     return {
+        "target": target.name,
         "streams": streams,
+        "write_gather": gather,
+        "producers": producers,
+        "readers": readers,
         "target_chunks_per_s": streams * RATE,
-        "chunks_per_s": chunks / (wall1 - wall0),
+        "chunks_per_s": chunks / seconds,
         "window_chunks": chunks,
-        "redis_cpu_us_per_chunk": (cpu1 - cpu0) / chunks * 1e6,
-        "redis_cpu_share": (cpu1 - cpu0) / (wall1 - wall0),
-        "commands_per_chunk": per_chunk,
-        "usec_per_call": {name: values["usec_per_call"] for name, values in stats.items()},
-        "produced": produced["produced"],
-        "received": received["received"],
-        "ended_done": received["ended_done"],
-        "producer_cpu_s": produced["cpu_s"],
-        "reader_cpu_s": received["cpu_s"],
+        "redis_cpu_us_per_chunk": master_cpu / chunks * 1e6,
+        "redis_cpu_share": master_cpu / seconds,
+        "commands_per_chunk": commands,
+        "command_calls_per_chunk": sum(commands.values()),
+        "log_entries_per_chunk": commands.get("xadd", 0.0),
+        "script_calls_per_chunk": sum(v for n, v in commands.items() if n.startswith("eval")),
+        "script_us_per_chunk": sum(nodes[name]["script_usec"] for name in masters) / chunks,
+        "usec_per_call": {
+            n: v["usec"] / v["calls"] for n, v in total.items() if v["calls"] and n != "info"
+        },
+        "delay_ms": {
+            "samples": len(delays),
+            "p50": percentile(delays, 0.5),
+            "p99": percentile(delays, 0.99),
+            "max": delays[-1] if delays else math.nan,
+        },
+        "nodes": nodes,
+        "produced": sum(produced),
+        "received": sum(received),
+        "streams_done": sum(done),
+        "faults": faults,
+        "producer_ends": ends(made),
+        "reader_ends": ends(got),
+        "every_chunk_read": whole,
+        "producer_cpu_us_per_chunk": sum(p["cpu_s"] for p in made) / max(1, sum(produced)) * 1e6,
+        "reader_cpu_us_per_chunk": sum(g["cpu_s"] for g in got) / max(1, sum(received)) * 1e6,
     }
+
+
+# -- reporting ---------------------------------------------------------------------------
+
+
+def _run_line(r: dict[str, Any]) -> str:
+    delay = r["delay_ms"]
+    whole = "yes" if r["every_chunk_read"] else "NO"
+    unusual = {state: n for state, n in r["reader_ends"].items() if state != "done"}
+    if unusual:
+        whole += ", ended " + ", ".join(f"{state} {n}" for state, n in unusual.items())
+    return (
+        f"| {r['streams']:,} | {r['write_gather'] * 1e3:g} | {r['producers']}/{r['readers']} | "
+        f"{r['chunks_per_s']:,.0f} ({r['target_chunks_per_s']:,.0f}) | "
+        f"{r['redis_cpu_us_per_chunk']:.1f} | {r['redis_cpu_share']:.0%} | "
+        f"{r['command_calls_per_chunk']:.2f} | {r['script_calls_per_chunk']:.3f} | "
+        f"{r['log_entries_per_chunk']:.2f} | {delay['p50']:.1f} / {delay['p99']:.1f} | "
+        f"{whole} ({r['received']:,}/{r['produced']:,}) |"
+    )
+
+
+RUN_HEADER = [
+    "| streams | write_gather (ms) | producer/reader processes | chunks/s (target) |"
+    " Redis CPU per chunk (µs) | Redis core busy | commands per chunk | script calls per chunk |"
+    " log entries per chunk | delivery p50 / p99 (ms) | every chunk, in order, once |",
+    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+]
+
+
+def capacity(runs: list[dict[str, Any]], single: dict[str, Any] | None) -> dict[str, Any]:
+    """Tokens/s at 100 % CPU: of one redis-server, of one cluster master (its own cost per
+    chunk it carried), and of the 3 masters until the busiest is full (the spread measured)."""
+    out: dict[str, Any] = {}
+    if single is not None:
+        out["single_tokens_per_s"] = 1e6 / single["redis_cpu_us_per_chunk"]
+    for run in runs:
+        masters = [node for name, node in run["nodes"].items() if name.startswith("master")]
+        costs = [node["cpu_us_per_chunk"] for node in masters if node["cpu_us_per_chunk"]]
+        out["master_tokens_per_s"] = [1e6 / cost for cost in costs]
+        # All masters full together only if the load is even: the busiest one sets the limit.
+        out["cluster_tokens_per_s"] = min(
+            1e6 / (node["chunk_share"] * node["cpu_us_per_chunk"])
+            for node in masters
+            if node["cpu_us_per_chunk"]
+        )
+        out["cluster_if_even_tokens_per_s"] = sum(out["master_tokens_per_s"])
+    return out
 
 
 def report(results: dict[str, Any]) -> str:
-    lines = [
-        "| streams at 30 chunks/s | chunks/s (target) | Redis CPU per chunk (µs) |"
-        " Redis core busy | commands per chunk | every chunk read |",
-        "|---:|---:|---:|---:|---:|---|",
-    ]
-    for level in results["levels"]:
-        total = sum(level["commands_per_chunk"].values())
-        whole = level["received"] == level["produced"] and level["ended_done"] == level["streams"]
+    runs = results["runs"]
+    single = [r for r in runs if r["target"] == "single"]
+    gathers = results["gathers"]
+    lines = [f"## Levels (one redis-server, write_gather {gathers[0] * 1e3:g} ms)", *RUN_HEADER]
+    lines += [_run_line(r) for r in single if r["write_gather"] == gathers[0]]
+    if len(gathers) > 1:
+        lines += ["", "## Write windows (one redis-server)", *RUN_HEADER]
+        lines += [_run_line(r) for r in single]
+    for r in runs:
+        for fault in r["faults"][:5]:
+            lines.append(f"  {r['target']} {r['streams']:,} streams: {fault}")
+    lines += ["", "## Commands per chunk (calls / chunks yielded), largest first"]
+    for r in runs:
+        parts = [f"{n} {c:.2f}" for n, c in r["commands_per_chunk"].items() if c >= 0.005]
         lines.append(
-            f"| {level['streams']:,} | {level['chunks_per_s']:,.0f} "
-            f"({level['target_chunks_per_s']:,.0f}) | {level['redis_cpu_us_per_chunk']:.1f} | "
-            f"{level['redis_cpu_share']:.0%} | {total:.2f} | "
-            f"{'yes' if whole else 'NO'} ({level['received']:,}/{level['produced']:,}) |"
+            f"  {r['target']} {r['streams']:,} streams, {r['write_gather'] * 1e3:g} ms: "
+            f"{', '.join(parts)}; scripts {r['script_us_per_chunk']:.1f} µs of "
+            f"{r['redis_cpu_us_per_chunk']:.1f} µs per chunk"
         )
-    lines.append("\ncommands per chunk (calls per XADD), largest first:")
-    for level in results["levels"]:
-        parts = [
-            f"{name} {calls:.2f}"
-            for name, calls in level["commands_per_chunk"].items()
-            if calls >= 0.005
+    clustered = [r for r in runs if r["target"] == "cluster"]
+    if clustered:
+        lines += ["", "## Redis Cluster, 3 masters (a replica each) vs one redis-server"]
+        lines += [
+            "| streams | write_gather (ms) | node | chunks/s | CPU per chunk it carried (µs) |"
+            " share of chunks | core busy | log entries it wrote per chunk it carried |"
+            " tokens/s at 100 % CPU |",
+            "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
         ]
-        lines.append(f"  {level['streams']:,} streams: " + ", ".join(parts))
+        for run in clustered:
+            base = next(
+                (
+                    r
+                    for r in single
+                    if r["streams"] == run["streams"] and r["write_gather"] == run["write_gather"]
+                ),
+                None,
+            )
+            if base is not None:
+                lines.append(
+                    f"| {base['streams']:,} | {base['write_gather'] * 1e3:g} | one redis-server |"
+                    f" {base['chunks_per_s']:,.0f} | {base['redis_cpu_us_per_chunk']:.1f} | 100% |"
+                    f" {base['redis_cpu_share']:.0%} | {base['log_entries_per_chunk']:.2f} |"
+                    f" {1e6 / base['redis_cpu_us_per_chunk']:,.0f} |"
+                )
+            for name, node in run["nodes"].items():
+                if not name.startswith("master"):
+                    continue
+                cost = node["cpu_us_per_chunk"]
+                lines.append(
+                    f"| {run['streams']:,} | {run['write_gather'] * 1e3:g} | {name} |"
+                    f" {run['chunks_per_s'] * node['chunk_share']:,.0f} |"
+                    f" {f'{cost:.1f}' if cost else '–'} | {node['chunk_share']:.1%} |"
+                    f" {node['cpu_share']:.0%} |"
+                    f" {node['xadd_calls'] / max(1, node['chunks']):.2f} |"
+                    f" {f'{1e6 / cost:,.0f}' if cost else '–'} |"
+                )
+            replicas = [n for name, n in run["nodes"].items() if name.startswith("replica")]
+            scale = capacity([run], base)
+            busy = ", ".join(f"{node['cpu_share']:.0%}" for node in replicas)
+            delay = run["delay_ms"]
+            lines.append(
+                f"  {run['streams']:,} streams: replicas busy {busy}; every chunk read: "
+                f"{'yes' if run['every_chunk_read'] else 'NO'}; delivery p50 / p99 "
+                f"{delay['p50']:.1f} / {delay['p99']:.1f} ms"
+            )
+            three, even = scale["cluster_tokens_per_s"], scale["cluster_if_even_tokens_per_s"]
+            derived = (
+                "  derived from per-master cost and the measured key spread, not measured at"
+                f" saturation (this machine cannot fill 3 masters): 3 masters carry {three:,.0f}"
+                f" tokens/s until the busiest is full ({even:,.0f} with every master full at once)"
+            )
+            one = scale.get("single_tokens_per_s")
+            if one:
+                derived += f"; one redis-server {one:,.0f} tokens/s, so {three / one:.2f}×"
+            lines.append(derived)
+            run["scale_out"] = scale
     return "\n".join(lines)
 
 
 def chart(results: dict[str, Any], path: Path) -> None:
-    """Redis CPU per chunk for each level, split by command count on the right."""
+    """Redis CPU per chunk by level and write window; delivery delay by write window;
+    per-master CPU per chunk and share on the cluster."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    levels = results["levels"]
-    labels = [f"{level['streams']:,} streams" for level in levels]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.bar(labels, [level["redis_cpu_us_per_chunk"] for level in levels], color="#3366cc")
-    left.set_ylabel("Redis CPU per chunk (µs)")
-    left.set_title("Redis's own CPU per chunk at 30 chunks/s per stream")
-    names = sorted({name for level in levels for name in level["commands_per_chunk"]})
-    names = [
-        name for name in names if max(lv["commands_per_chunk"].get(name, 0) for lv in levels) > 0.01
-    ]
-    bottom = [0.0] * len(levels)
-    for name in names:
-        values = [level["commands_per_chunk"].get(name, 0.0) for level in levels]
-        right.bar(labels, values, bottom=bottom, label=name)
-        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
-    right.set_ylabel("commands per chunk")
-    right.set_title("commands per chunk (scripts' inner commands included)")
-    right.legend(fontsize=7, ncol=2)
+    runs = results["runs"]
+    single = [r for r in runs if r["target"] == "single"]
+    clustered = [r for r in runs if r["target"] == "cluster"]
+    levels = sorted({r["streams"] for r in runs})
+    gathers = results["gathers"]
+    panels = 3 if clustered else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4))
+    width = 0.8 / len(gathers)
+    for g, gather in enumerate(gathers):
+        values = [
+            next(
+                (r["redis_cpu_us_per_chunk"] for r in single if (r["streams"], r["write_gather"])
+                 == (level, gather)),
+                0.0,
+            )
+            for level in levels
+        ]  # fmt: skip
+        xs = [x + g * width for x in range(len(levels))]
+        axes[0].bar(xs, values, width, label=f"write_gather {gather * 1e3:g} ms")
+    axes[0].set_xticks([x + width * (len(gathers) - 1) / 2 for x in range(len(levels))])
+    axes[0].set_xticklabels([f"{level:,} streams" for level in levels])
+    axes[0].set_ylabel("Redis CPU per chunk (µs)")
+    axes[0].set_title("Redis's own CPU per chunk, 30 chunks/s per stream", fontsize=9)
+    axes[0].legend(fontsize=7)
+    for number, level in enumerate(levels):
+        rows = sorted((r for r in single if r["streams"] == level), key=lambda r: r["write_gather"])
+        xs = [r["write_gather"] * 1e3 for r in rows]
+        color = f"C{number}"
+        p50 = [r["delay_ms"]["p50"] for r in rows]
+        p99 = [r["delay_ms"]["p99"] for r in rows]
+        axes[1].plot(xs, p50, "o-", color=color, label=f"{level:,} streams p50")
+        axes[1].plot(xs, p99, "s--", color=color, label=f"{level:,} streams p99")
+    axes[1].set_xlabel("write_gather (ms)")
+    axes[1].set_ylabel("yield → remote reader (ms)")
+    axes[1].set_title("delivery delay the write window adds", fontsize=9)
+    axes[1].legend(fontsize=7)
+    if clustered:
+        labels, costs, shares, colors = [], [], [], []
+        for run in clustered:
+            base = next(
+                (r for r in single if (r["streams"], r["write_gather"])
+                 == (run["streams"], run["write_gather"])),
+                None,
+            )  # fmt: skip
+            if base is not None:
+                labels.append(f"{run['streams']:,}\none server\n{run['write_gather'] * 1e3:g}ms")
+                costs.append(base["redis_cpu_us_per_chunk"])
+                shares.append(1.0)
+                colors.append("#999999")
+            for name, node in run["nodes"].items():
+                if name.startswith("master") and node["cpu_us_per_chunk"]:
+                    labels.append(f"{run['streams']:,}\n{name}\n{run['write_gather'] * 1e3:g}ms")
+                    costs.append(node["cpu_us_per_chunk"])
+                    shares.append(node["chunk_share"])
+                    colors.append("#3366cc")
+        axes[2].bar(range(len(labels)), costs, color=colors, tick_label=labels)
+        for x, (cost, share) in enumerate(zip(costs, shares, strict=True)):
+            axes[2].annotate(f"{share:.0%}", (x, cost), ha="center", va="bottom", fontsize=7)
+        axes[2].set_ylabel("CPU per chunk it carried (µs)")
+        axes[2].set_title(
+            "one redis-server (grey) vs each Cluster master (share of chunks)", fontsize=9
+        )
+        axes[2].tick_params(axis="x", labelsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
+def per_level(text: str, levels: list[int], name: str) -> list[int]:
+    values = [int(v) for v in text.split(",")]
+    if len(values) == 1:
+        return values * len(levels)
+    if len(values) != len(levels) or min(values) < 1:
+        raise SystemExit(f"--{name}: one positive count, or one per level")
+    return values
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--levels", default="100,1000", help="comma-separated stream counts")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n", 1)[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--levels", default="100,1000,5000", help="comma-separated stream counts")
+    parser.add_argument(
+        "--producers", default="1", help="producer processes: one count, or one per level"
+    )
+    parser.add_argument(
+        "--readers", help="reader processes: one count, or one per level (default: --producers)"
+    )
+    parser.add_argument(
+        "--gathers", default="0.002", help="comma-separated RedisBackend write_gather seconds"
+    )
+    parser.add_argument(
+        "--cluster", action="store_true", help="also on a 3-master Redis Cluster, same run"
+    )
     parser.add_argument("--warmup", type=float, default=4.0, help="seconds before the window")
     parser.add_argument("--window", type=float, default=10.0, help="seconds measured")
     parser.add_argument("--stem", default="redis-cost", help="results file name")
@@ -239,18 +673,48 @@ def main() -> None:
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
     parser.add_argument("--run", help=argparse.SUPPRESS)
+    parser.add_argument("--epoch", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--gather", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--first", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--streams", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--until", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role:
         role_main(args)
         return
+    # The servers and children are ended by the contexts below, on SIGTERM too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     levels = [int(level) for level in args.levels.split(",")]
-    measured = []
-    with redis_server() as (url, process):
-        for streams in levels:
-            measured.append(measure_level(url, process.pid, streams, args.warmup, args.window))
-    results = {"window_s": args.window, "rate_per_stream": RATE, "levels": measured}
+    producers = per_level(args.producers, levels, "producers")
+    readers = per_level(args.readers or args.producers, levels, "readers")
+    gathers = [float(g) for g in args.gathers.split(",")]
+    if not all(0 <= g <= 1 for g in gathers) or not 0 < args.window <= 300:
+        raise SystemExit("write_gather must be between 0 and 1 s, the window up to 300 s")
+    runs: list[dict[str, Any]] = []
+    with ExitStack() as stack:
+        targets = [stack.enter_context(single_server())]
+        if args.cluster:
+            targets.append(stack.enter_context(redis_cluster(3)))
+        for streams, makers, followers in zip(levels, producers, readers, strict=True):
+            for gather in gathers:
+                for target in targets:  # side by side, so both see the same machine load
+                    print(
+                        f"{target.name}: {streams:,} streams, write_gather {gather * 1e3:g} ms, "
+                        f"{makers} producer / {followers} reader processes ...",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    runs.append(
+                        measure(
+                            target, streams, gather, makers, followers, args.warmup, args.window
+                        )
+                    )
+    results = {
+        "window_s": args.window,
+        "rate_per_stream": RATE,
+        "delay_sample": DELAY_SAMPLE,
+        "gathers": gathers,
+        "runs": runs,
+    }
     print(report(results))
     save_results(args.stem, results, chart)
 
