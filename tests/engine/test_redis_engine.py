@@ -24,6 +24,7 @@ from tests._services import delete_redis_keys
 from unbroken import StreamEngine, StreamState
 from unbroken.backends.base import Append, Listener
 from unbroken.backends.redis import RedisBackend
+from unbroken.backends.redis._keys import stream_keys
 from unbroken.backends.redis._pipeliner import SCRIPTS, Pipeliner
 from unbroken.exceptions import BackendError, BackendUnavailableError, StreamNotFoundError
 
@@ -243,3 +244,25 @@ async def test_open_brings_the_state_the_reader_found(
             assert ended.finished_at is not None
             replay = [item async for batch in ended for item in batch]
         assert [getattr(item, "data", None) for item in replay] == ["b", None]
+
+
+async def test_an_ended_stream_is_kept_packed(redis_engine: StreamEngine) -> None:
+    """Once the producer recorded the end, the log is packed from its own copy: the same
+    chunks for every reader, in a fraction of the room."""
+    backend = redis_engine.backend
+    assert isinstance(backend, RedisBackend)
+    log = stream_keys(backend.key_prefix, "packed").log
+    texts = [f"token {n} " for n in range(300)]
+    ended = anyio.Event()
+
+    async def on_end(_end: object) -> None:
+        ended.set()
+
+    await redis_engine.start("packed", paced(texts, 0), on_end=on_end)
+    with anyio.fail_after(10):
+        await ended.wait()  # the end is recorded, and the log packed, before on_end
+    entries = await backend.client.xrange(log)
+    assert len(entries) == 2 and all(b"z" in fields for _, fields in entries)
+    assert await read_text(redis_engine, "packed") == (texts, StreamState.DONE)
+    replay = [chunk async for chunk in redis_engine.read("packed", after=149)]
+    assert [getattr(item, "data", None) for item in replay] == [*texts[150:], None]

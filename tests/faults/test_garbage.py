@@ -83,10 +83,11 @@ async def append_foreign_chunk(redis: Any, keys: StreamKeys, data: str) -> None:
     when the producer appends first)."""
     for _ in range(20):
         [(last_id, fields)] = await redis.xrevrange(keys.log, count=1)
-        seq = int(last_id.split(b"-")[1]) - 1
-        offset = int(fields[b"offset"]) + len(fields[b"data"].decode())
+        seq = int(last_id.split(b"-")[1]) - 1  # the entry's last chunk
+        offset = int(fields[b"o"]) + len(fields[b"d"].decode())
+        entry = {"o": offset, "n": len(data), "d": data}
         try:
-            await redis.xadd(keys.log, {"data": data, "offset": offset}, id=f"0-{seq + 2}")
+            await redis.xadd(keys.log, entry, id=f"0-{seq + 2}")
             return
         except ResponseError:  # the producer got there first: number it again
             await anyio.lowlevel.checkpoint()

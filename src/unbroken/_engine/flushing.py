@@ -15,7 +15,7 @@ import anyio
 
 from unbroken._engine.local import CORRUPT, DATA_LOST, PRODUCER_LOST, LocalStream
 from unbroken._models import StreamState, StreamStatus
-from unbroken.backends.base import Backend
+from unbroken.backends.base import Backend, PacksEndedLogs
 from unbroken.exceptions import BackendError, BackendUnavailableError, CorruptStreamError
 
 __all__ = ["WRITE_BATCH", "Backoff", "apply_append", "flush", "record_end", "status_quietly"]
@@ -42,11 +42,14 @@ class Backoff:
         self._delay = _RETRY_MIN
 
 
-def apply_append(local: LocalStream, count: int, result: StreamState | None) -> bool:
-    """Apply the backend's answer to an append of ``count`` chunks. Returns False if the
-    producer must stop (the stream ended or another producer owns it)."""
+def apply_append(
+    local: LocalStream, count: int, result: StreamState | None, *, lease_renewed: bool = True
+) -> bool:
+    """Apply the backend's answer to an append of ``count`` chunks (``lease_renewed``: the
+    append renewed the lease too). Returns False if the producer must stop (the stream
+    ended or another producer owns it)."""
     if result is StreamState.ACTIVE:
-        local.acknowledged(count)
+        local.acknowledged(count, lease_renewed=lease_renewed)
     elif result is None:
         local.lost = True  # forgotten by the backend: claim it again, write it all again
     else:
@@ -232,3 +235,15 @@ async def record_end(
     # backend never took the end, what this process has is all there is.
     local.degraded = not in_backend
     local.wake_readers()
+    if in_backend and local.durable == len(local.log) and isinstance(backend, PacksEndedLogs):
+        await _pack_ended(backend, local)
+
+
+async def _pack_ended(backend: PacksEndedLogs, local: LocalStream) -> None:
+    """Have the backend keep the ended log packed (best effort: readers see the same chunks
+    either way, and a log that stays unpacked only costs more room)."""
+    with anyio.move_on_after(5):
+        try:
+            await backend.pack_ended(local.stream_id, token=local.token, log=local.log)
+        except BackendError as exc:
+            logger.debug("packing the ended log of %r failed: %s", local.stream_id, exc)

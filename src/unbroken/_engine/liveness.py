@@ -5,8 +5,8 @@ Every ``lease_ttl / 3`` seconds, one task:
 - pokes backend readers that heard nothing since the last tick, so they check the
   producer's lease (a dead producer sends nothing, not even an end) and send heartbeats;
 - wakes the local readers of quiet streams, so those waiting with a heartbeat see it is due;
-- renews the lease of each stream produced here that appended nothing since the last tick
-  (an append renews it too: a stream that streams needs no renewal);
+- renews the lease of each stream produced here that no append renewed since the last tick
+  (the first append after a tick renews it: a stream that streams needs no renewal);
 - runs the checks registered with `StreamEngine.on_tick` (e.g. a response's send timeout).
 
 One task and one timer for all of it, instead of some per stream or per reader.

@@ -100,7 +100,7 @@ class LocalStream:
     has_writer_task: bool = False
     ending: bool = False  # the source is done: its end is being recorded
     quiet: bool = False  # no reader was woken since the engine's last liveness tick
-    lease_fresh: bool = True  # an append (which renews the lease) since the last tick
+    lease_fresh: bool = True  # an append renewed the lease since the last tick
     readers: Wakeups = field(init=False)  # what local readers wait on
     work: Wakeups = field(init=False)  # what the idle writer task waits on
     written: Wakeups = field(init=False)  # woken whenever a write of it ends
@@ -148,10 +148,12 @@ class LocalStream:
             self.wake_readers()
         return chunk
 
-    def acknowledged(self, count: int) -> None:
-        """The backend took the next ``count`` chunks."""
+    def acknowledged(self, count: int, *, lease_renewed: bool = True) -> None:
+        """The backend took the next ``count`` chunks (and renewed the lease, unless
+        ``lease_renewed`` is False)."""
         self.durable += count
-        self.lease_fresh = True
+        if lease_renewed:
+            self.lease_fresh = True
         if self.degraded and self.durable == len(self.log):
             self.degraded = False
         self.wake_readers()

@@ -214,8 +214,10 @@ class Writes:
     async def _append_group(self, group: list[tuple[LocalStream, list[Chunk]]]) -> None:
         assert self.gathered is not None
         now = time.time()
+        # One append per liveness tick renews the lease: the tick renews it itself for a
+        # stream that had none renew it since the last tick (see `Liveness`).
         appends = [
-            Append(local.stream_id, local.token, chunks, local.times, now)
+            Append(local.stream_id, local.token, chunks, local.times, now, not local.lease_fresh)
             for local, chunks in group
         ]
         outcomes: Sequence[StreamState | BackendError | None] = ()
@@ -230,9 +232,9 @@ class Writes:
                 local.release_write()
         if len(outcomes) != len(group):
             outcomes = [BackendError("the append did not complete")] * len(group)
-        for (local, chunks), outcome in zip(group, outcomes, strict=True):
+        for (local, chunks), append, outcome in zip(group, appends, outcomes, strict=True):
             if isinstance(outcome, BackendError):
                 local.failed = True  # its writer retries, resyncs or gives up
-            elif not apply_append(local, len(chunks), outcome):
+            elif not apply_append(local, len(chunks), outcome, lease_renewed=append.renew_lease):
                 continue
             self._hand_over(local)

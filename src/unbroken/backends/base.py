@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
-from unbroken._models import Chunk, StreamState, StreamStatus
+from unbroken._models import Chunk, ChunkLog, StreamState, StreamStatus
 from unbroken.exceptions import BackendError, CorruptStreamError
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "Lagged",
     "Listener",
     "Notification",
+    "PacksEndedLogs",
     "StreamTimes",
     "require_consecutive",
 ]
@@ -73,6 +74,10 @@ class Append:
     chunks: Sequence[Chunk]
     times: StreamTimes
     now: float
+    #: Whether this append must renew the producer's lease too. The engine renews it with
+    #: one append per liveness tick rather than with every one; a backend may renew it with
+    #: every append anyway.
+    renew_lease: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,3 +264,20 @@ class GatheredAppends(ABC):
         """`Backend.append` for several streams (each at most once), in one round trip:
         each stream's outcome in order, what `append` would return or the `BackendError` it
         would raise. One failing append does not stop the others."""
+
+
+class PacksEndedLogs(ABC):
+    """Capability of a backend that keeps an ended stream's log in a compact form (its
+    chunks joined and compressed: `unbroken._packing`), built from the producer's own copy
+    of the log, so the log need not be read back to be packed.
+
+    The engine calls `pack_ended` once the producer recorded its stream's end, with every
+    chunk of the log durable. Readers see the same chunks before and after.
+    """
+
+    @abstractmethod
+    async def pack_ended(self, stream_id: str, *, token: str, log: ChunkLog) -> bool:
+        """Replace the log of the ended stream with ``log`` packed, if the stream is ended,
+        is ``token``'s and holds exactly the chunks of ``log``; otherwise leave it as it is.
+        Returns whether it was replaced. Never needed for correctness: the engine ignores a
+        failure."""

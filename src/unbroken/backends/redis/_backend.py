@@ -15,8 +15,15 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from unbroken._models import Chunk, StreamState, StreamStatus
-from unbroken.backends.base import Append, Backend, GatheredAppends, Listener, StreamTimes
+from unbroken._models import Chunk, ChunkLog, StreamState, StreamStatus
+from unbroken.backends.base import (
+    Append,
+    Backend,
+    GatheredAppends,
+    Listener,
+    PacksEndedLogs,
+    StreamTimes,
+)
 from unbroken.backends.redis._codec import (
     PackedAppend,
     append_args,
@@ -24,6 +31,7 @@ from unbroken.backends.redis._codec import (
     encode,
     ended_payload,
     ms,
+    pack_args,
     parse_log,
     parse_state,
     parse_status,
@@ -46,7 +54,7 @@ __all__ = ["RedisBackend"]
 _DEFAULT_URL = "redis://localhost:6379/0"
 
 
-class RedisBackend(Backend, GatheredAppends):
+class RedisBackend(Backend, GatheredAppends, PacksEndedLogs):
     """Streams in Redis, shared by every process using the same Redis and ``key_prefix``.
 
     Give either ``url`` (the backend creates, owns and closes the client) or ``client`` (yours;
@@ -319,6 +327,13 @@ class RedisBackend(Backend, GatheredAppends):
         ]
         return parse_state(stream_id, await self._run_script("finish", stream_id, args, keys))
 
+    async def pack_ended(self, stream_id: str, *, token: str, log: ChunkLog) -> bool:
+        """`PacksEndedLogs.pack_ended`; it may wait up to ``write_gather`` to share a
+        pipeline."""
+        if not log:
+            return False
+        return bool(await self._run_script("pack", stream_id, pack_args(token, log)))
+
     # -- reads --
 
     async def status(self, stream_id: str) -> StreamStatus | None:
@@ -336,8 +351,9 @@ class RedisBackend(Backend, GatheredAppends):
             return []
         log = self._keys(stream_id).log
         start = log_entry_id(after + 1)
+        # An entry holds one chunk at least: ``limit`` entries hold ``limit`` chunks or all.
         entries = await self._call(stream_id, "XRANGE", log, start, "+", "COUNT", limit)
-        return parse_log(stream_id, entries, after)
+        return parse_log(stream_id, entries, after, limit)
 
     # -- live --
 

@@ -7,14 +7,17 @@ are read whether or not that client decodes responses.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import re
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from unbroken._json import compact_json
-from unbroken._models import Chunk, StreamState, StreamStatus
+from unbroken._models import Chunk, ChunkLog, StreamState, StreamStatus
+from unbroken._packing import pack, unpack
 from unbroken.backends.base import Append, Appended, Ended, Notification, require_consecutive
 from unbroken.backends.redis import _keys
 from unbroken.backends.redis._errors import corrupt
@@ -27,6 +30,7 @@ __all__ = [
     "encode",
     "ended_payload",
     "ms",
+    "pack_args",
     "parse_log",
     "parse_notification",
     "parse_state",
@@ -43,6 +47,15 @@ _INT = re.compile(r"[0-9]{1,18}")
 # many streams the engine gathered.
 _STREAMS_PER_CALL = 100
 _CHUNKS_PER_CALL = 1000
+# At most this many chunks in one log entry: a read of a few chunks decodes one entry.
+ENTRY_CHUNKS = 256
+
+_OFFSET = _keys.LOG_OFFSET.encode()
+_LENGTHS = _keys.LOG_LENGTHS.encode()
+_DATA = _keys.LOG_DATA.encode()
+_PACKED = _keys.LOG_PACKED.encode()
+_LEGACY_DATA = _keys.LEGACY_DATA.encode()
+_LEGACY_OFFSET = _keys.LEGACY_OFFSET.encode()
 
 
 # -- values ---------------------------------------------------------------------------------
@@ -96,6 +109,22 @@ def ended_payload(state: StreamState) -> bytes:
     return encode(compact_json({_keys.NOTE_ENDED: state.value}))
 
 
+def _entries(chunks: Sequence[Chunk]) -> list[bytes | int | str]:
+    """The log entries of an append, ``ENTRY_CHUNKS`` chunks at most each, flattened as
+    ``append_to`` takes them: entry id, offset, lengths, data."""
+    args: list[bytes | int | str] = []
+    for start in range(0, len(chunks), ENTRY_CHUNKS):
+        part = chunks[start : start + ENTRY_CHUNKS]
+        datas = [chunk.data for chunk in part]
+        args += [
+            log_entry_id(part[-1].seq),
+            part[0].offset,
+            ",".join([str(len(data)) for data in datas]),
+            encode("".join(datas)),
+        ]
+    return args
+
+
 def append_args(append: Append, keys: StreamKeys, *, sharded: bool) -> list[str | bytes | int]:
     """The arguments of ``append_to`` (``_lua/_append.lua``) for one stream's append.
 
@@ -107,16 +136,28 @@ def append_args(append: Append, keys: StreamKeys, *, sharded: bool) -> list[str 
     args: list[str | bytes | int] = [
         encode(append.token),
         repr(float(append.now)),
-        ms(append.times.lease),
+        ms(append.times.lease) if append.renew_lease else 0,
         ms(append.times.active),
         first,
+        len(chunks),
         sum(len(chunk.data) for chunk in chunks),
         "1" if sharded else "0",
         keys.channel,
         _appended_payload(chunks) if chunks else b"",
     ]
-    for chunk in chunks:
-        args += [log_entry_id(chunk.seq), encode(chunk.data), chunk.offset]
+    args += _entries(chunks)
+    return args
+
+
+def pack_args(token: str, log: ChunkLog) -> list[str | bytes | int]:
+    """The arguments of ``pack.lua``: the whole log, packed ``ENTRY_CHUNKS`` chunks an entry.
+
+    In base64: a caller's client that decodes responses could not read the bytes back."""
+    args: list[str | bytes | int] = [encode(token), len(log), log.char_count]
+    for start in range(0, len(log), ENTRY_CHUNKS):
+        part = log.chunks(start, start + ENTRY_CHUNKS)
+        packed = base64.b64encode(pack([chunk.data for chunk in part]))
+        args += [log_entry_id(part[-1].seq), part[0].offset, packed]
     return args
 
 
@@ -191,23 +232,64 @@ def parse_status(stream_id: str, raw: Mapping[Any, Any]) -> StreamStatus:
         corrupt(stream_id, f"metadata: {exc!r}")
 
 
-def parse_log(stream_id: str, entries: object, after: int) -> list[Chunk]:
-    """XRANGE entries as chunks; the log must hold exactly seq after+1, after+2, ..."""
+def _field(fields: Mapping[Any, Any], name: bytes) -> Any:
+    """An entry's field, whether the client decodes responses or not (None if absent)."""
+    value = fields.get(name)
+    return fields.get(name.decode()) if value is None else value
+
+
+def _entry_chunks(fields: Mapping[Any, Any], last: int) -> tuple[int, int, list[str]]:
+    """One log entry as (the first chunk's seq, its offset, every chunk's data)."""
+    packed = _field(fields, _PACKED)
+    if packed is not None:
+        datas = unpack(base64.b64decode(packed, validate=True))
+        offset = _count(_field(fields, _OFFSET))
+    else:
+        lengths = _field(fields, _LENGTHS)
+        if lengths is None:  # a one-chunk entry in the earlier layout
+            datas = [text(_field(fields, _LEGACY_DATA))]
+            offset = _count(_field(fields, _LEGACY_OFFSET))
+        else:
+            joined = text(_field(fields, _DATA))
+            offset = _count(_field(fields, _OFFSET))
+            datas = []
+            at = 0
+            for length in text(lengths).split(","):
+                end = at + int(length)
+                if end < at:
+                    raise ValueError(f"negative chunk length {length!r}")
+                datas.append(joined[at:end])
+                at = end
+            if at != len(joined):
+                raise ValueError("chunk lengths do not add up to the entry's data")
+    if not datas:
+        raise ValueError("an entry without chunks")
+    return last - len(datas) + 1, offset, datas
+
+
+def parse_log(stream_id: str, entries: object, after: int, limit: int) -> list[Chunk]:
+    """XRANGE entries as chunks: the first ``limit`` with seq > ``after``. The entries must
+    hold exactly seq after+1, after+2, ... (the first one may start earlier)."""
     if not isinstance(entries, list):
         corrupt(stream_id, "log reply is not a list")
     chunks: list[Chunk] = []
+    expected = after + 1
     for entry in entries:
         try:
             entry_id, fields = entry
-            seq = log_entry_seq(text(entry_id))
-            values = {text(key): value for key, value in fields.items()}
-            data = text(values[_keys.LOG_DATA])
-            offset = _count(values[_keys.LOG_OFFSET])
-        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            first, offset, datas = _entry_chunks(fields, log_entry_seq(text(entry_id)))
+        except (KeyError, ValueError, TypeError, AttributeError, zlib.error) as exc:
             corrupt(stream_id, f"log entry: {exc!r}")
-        if seq != after + 1 + len(chunks):
-            corrupt(stream_id, f"log has seq {seq} where {after + 1 + len(chunks)} belongs")
-        chunks.append(Chunk(seq=seq, data=data, offset=offset))
+        if first > expected or (chunks and first != expected) or first < 0:
+            corrupt(stream_id, f"log has seq {first} where {expected} belongs")
+        for index, data in enumerate(datas):
+            seq = first + index
+            if seq >= expected:
+                chunks.append(Chunk(seq=seq, data=data, offset=offset))
+                if len(chunks) == limit:
+                    return chunks
+                expected = seq + 1
+            offset += len(data)
     return chunks
 
 

@@ -5,7 +5,10 @@ them in one slot (one Lua script may touch them all, and sharded pub/sub lands o
 node that owns the data)::
 
     {<prefix>:<id>}:meta     hash    state, token, counts, times, error   (see META_*)
-    {<prefix>:<id>}:log      stream  entry id ``0-<seq + 1>``, fields data + offset
+    {<prefix>:<id>}:log      stream  one entry per append, of consecutive chunks: entry id
+                             ``0-<last seq + 1>``, fields o (the first chunk's offset) and
+                             n + d (their lengths and data), or z once the stream ended
+                             (them packed: see LOG_*)
     {<prefix>:<id>}:lease    string  the producer's token, with a PX expiry
     {<prefix>:<id>}:events   channel compact JSON notifications (see NOTE_*): appends, end
     {<prefix>:<id>}:ends     channel the end notification only (for ``listen(ends_only=True)``,
@@ -20,8 +23,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "LEGACY_DATA",
+    "LEGACY_OFFSET",
     "LOG_DATA",
+    "LOG_LENGTHS",
     "LOG_OFFSET",
+    "LOG_PACKED",
     "META_BYTES",
     "META_CHARS",
     "META_CHUNKS",
@@ -50,9 +57,14 @@ META_UPDATED = "updated"
 META_FINISHED = "finished"
 META_ERROR = "error"
 
-# Fields of one log entry.
-LOG_DATA = "data"
-LOG_OFFSET = "offset"
+# Fields of one log entry: the chunks of one append, or of a packed ended log.
+LOG_OFFSET = "o"  # the character offset of its first chunk
+LOG_LENGTHS = "n"  # each chunk's length in characters, comma-separated
+LOG_DATA = "d"  # the chunks' data, joined
+LOG_PACKED = "z"  # instead of n and d once the stream ended: `unbroken._packing.pack`
+# An entry of one chunk, as unbroken wrote them before entries held several (still read).
+LEGACY_DATA = "data"
+LEGACY_OFFSET = "offset"
 
 # Notification payloads: {"a": [[seq, offset, data], ...]} and {"e": "<terminal state>"}.
 NOTE_APPENDED = "a"
@@ -88,12 +100,14 @@ def stream_keys(prefix: str, stream_id: str) -> StreamKeys:
 
 
 def log_entry_id(seq: int) -> str:
-    """The Redis Stream entry id of chunk ``seq``: ``0-<seq + 1>`` (``0-0`` is not allowed)."""
+    """The Redis Stream entry id of the entry whose last chunk is ``seq``: ``0-<seq + 1>``
+    (``0-0`` is not allowed). XRANGE from ``log_entry_id(n)`` starts at the entry holding
+    chunk ``n``."""
     return f"0-{seq + 1}"
 
 
 def log_entry_seq(entry_id: str) -> int:
-    """The chunk sequence number an entry id stands for; ValueError if it is not ours."""
+    """The sequence number of an entry's last chunk; ValueError if the id is not ours."""
     millis, sep, counter = entry_id.partition("-")
     digits = counter.isascii() and counter.isdigit()
     if millis != "0" or not sep or not digits or counter.startswith("0"):

@@ -43,10 +43,11 @@ SCRIPTS = {
     "append_many": Script.load("append_many", "_append"),
     "renew": Script.load("renew"),
     "finish": Script.load("finish"),
+    "pack": Script.load("pack"),
 }
 #: Writes that may wait to share a pipeline: nobody waits on them, and they carry no chunks
 #: (chunks wait for company only in the engine's gathered appends).
-DEFERRABLE_SCRIPTS = frozenset({"renew"})
+DEFERRABLE_SCRIPTS = frozenset({"renew", "pack"})
 _PIPELINES_IN_FLIGHT = 4  # at most this many connections carry this backend's commands
 
 

@@ -19,13 +19,15 @@ local function is_count(value)
   return type(value) == 'string' and string.match(value, '^%d+$') ~= nil and #value < 16
 end
 
--- Returns meta (a table: state, token, chunks, chars, bytes, log_length, refreshed), or nil
--- when the stream does not exist; plus an error text when the stored data is not readable.
+-- Returns meta (a table: state, token, chunks, chars, bytes, refreshed), or nil when the
+-- stream does not exist; plus an error text when the stored data is not readable.
 -- refreshed: when an append last set the keys' TTLs (see _append.lua), nil if never or
 -- unreadable.
--- The reads themselves reveal a key of the wrong type (pcall returns its WRONGTYPE error), so
+-- The read itself reveals a key of the wrong type (pcall returns its WRONGTYPE error), so
 -- the usual path runs no TYPE: only a missing or unreadable key is looked at more closely.
-local function read_meta(meta_key, log_key)
+-- The log is not read here: its entries are checked by the commands that touch it (XADD
+-- refuses an id that does not come after the last one) and by every reader.
+local function read_meta(meta_key)
   local v = redis.pcall('HMGET', meta_key, 'state', 'token', 'chunks', 'chars', 'bytes',
     'refreshed')
   if v['err'] then
@@ -43,13 +45,9 @@ local function read_meta(meta_key, log_key)
   if not (is_count(v[3]) and is_count(v[4]) and is_count(v[5])) then
     return nil, 'meta counts are not integers'
   end
-  local log_length = redis.pcall('XLEN', log_key)
-  if type(log_length) == 'table' then
-    return nil, 'log key holds a ' .. key_type(log_key)
-  end
   return {
     state = v[1], token = v[2], chunks = tonumber(v[3]), chars = tonumber(v[4]),
-    bytes = tonumber(v[5]), log_length = log_length, refreshed = tonumber(v[6]),
+    bytes = tonumber(v[5]), refreshed = tonumber(v[6]),
   }, nil
 end
 
@@ -61,8 +59,8 @@ end
 -- The meta of an active stream owned by token; otherwise nil and what the script replies
 -- instead: an error reply (corrupt data), false (no such stream), its terminal state, or
 -- 'interrupted' (another token owns it).
-local function owned_meta(meta_key, log_key, token)
-  local meta, err = read_meta(meta_key, log_key)
+local function owned_meta(meta_key, token)
+  local meta, err = read_meta(meta_key)
   if err then
     return nil, corrupt(err)
   end

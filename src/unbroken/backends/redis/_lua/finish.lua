@@ -2,7 +2,7 @@
 -- ARGV: state, has_error, error, has_token, token, only_if_lease_expired, now, retention_ms,
 --       sharded, channel, ends_channel, payload.
 -- Returns the state afterwards, or nil (no such stream).
-local meta, err = read_meta(KEYS[1], KEYS[2])
+local meta, err = read_meta(KEYS[1])
 if err then
   return corrupt(err)
 end

@@ -2,7 +2,7 @@
 -- ARGV: token, lease_ms, active_ms.
 -- Returns 'active' (renewed), the terminal state, 'interrupted' (another token owns the
 -- stream; nothing renewed), or nil (no such stream).
-local meta, refusal = owned_meta(KEYS[1], KEYS[2], ARGV[1])
+local meta, refusal = owned_meta(KEYS[1], ARGV[1])
 if not meta then
   return refusal
 end
