@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import IO, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _redis_targets import Target, redis_cluster, single_server
+from _redis_targets import Target, cpu_seconds, redis_cluster, single_server
 from _results import save_results
 
 RATE = 30.0  # chunks per second per stream: a model's token pace
@@ -334,10 +334,13 @@ def measure(
             told = {"start": start, "end": start + window, "until": start + window + TAIL}
             for child in [*makers, *followers]:
                 child.tell(told)
+            clients = [*makers, *followers]
             time.sleep(max(0.0, told["start"] - time.time()))
             cpu0, wall0 = target.start_window(), time.perf_counter()
+            clients0 = [cpu_seconds(child.proc.pid) for child in clients]
             time.sleep(max(0.0, told["end"] - time.time()))
             (cpu1, stats), wall1 = target.end_window(), time.perf_counter()
+            clients1 = [cpu_seconds(child.proc.pid) for child in clients]
             deadline = time.monotonic() + TAIL + 300
             made = [child.line(deadline) for child in makers]
             got = [child.line(deadline) for child in followers]
@@ -391,6 +394,10 @@ def measure(
     commands = per_chunk(total)
     master_cpu = sum(nodes[name]["cpu_s"] for name in masters)
     whole = received == produced and all(done) and not faults
+    # The clients' own CPU during the window, from /proc like Redis's.
+    used = [b - a for a, b in zip(clients0, clients1, strict=True)]
+    producer_cpu, reader_cpu = sum(used[: len(made)]), sum(used[len(made) :])
+    busiest = max(used) / seconds
 
     def ends(parts: list[dict[str, Any]]) -> dict[str, int]:
         counted: dict[str, int] = {}
@@ -432,8 +439,10 @@ def measure(
         "producer_ends": ends(made),
         "reader_ends": ends(got),
         "every_chunk_read": whole,
-        "producer_cpu_us_per_chunk": sum(p["cpu_s"] for p in made) / max(1, sum(produced)) * 1e6,
-        "reader_cpu_us_per_chunk": sum(g["cpu_s"] for g in got) / max(1, sum(received)) * 1e6,
+        "busiest_client_share": busiest,
+        "client_bound": chunks / seconds < 0.95 * streams * RATE or busiest > 0.9,
+        "producer_cpu_us_per_chunk": producer_cpu / chunks * 1e6,
+        "reader_cpu_us_per_chunk": reader_cpu / chunks * 1e6,
     }
 
 
@@ -446,22 +455,31 @@ def _run_line(r: dict[str, Any]) -> str:
     unusual = {state: n for state, n in r["reader_ends"].items() if state != "done"}
     if unusual:
         whole += ", ended " + ", ".join(f"{state} {n}" for state, n in unusual.items())
+    bound = " *" if r["client_bound"] else ""
     return (
         f"| {r['streams']:,} | {r['write_gather'] * 1e3:g} | {r['producers']}/{r['readers']} | "
-        f"{r['chunks_per_s']:,.0f} ({r['target_chunks_per_s']:,.0f}) | "
+        f"{r['chunks_per_s']:,.0f} ({r['target_chunks_per_s']:,.0f}){bound} | "
         f"{r['redis_cpu_us_per_chunk']:.1f} | {r['redis_cpu_share']:.0%} | "
         f"{r['command_calls_per_chunk']:.2f} | {r['script_calls_per_chunk']:.3f} | "
         f"{r['log_entries_per_chunk']:.2f} | {delay['p50']:.1f} / {delay['p99']:.1f} | "
-        f"{whole} ({r['received']:,}/{r['produced']:,}) |"
+        f"{r['producer_cpu_us_per_chunk']:.0f} / {r['reader_cpu_us_per_chunk']:.0f} | "
+        f"{r['busiest_client_share']:.0%} | {whole} ({r['received']:,}/{r['produced']:,}) |"
     )
 
 
 RUN_HEADER = [
     "| streams | write_gather (ms) | producer/reader processes | chunks/s (target) |"
     " Redis CPU per chunk (µs) | Redis core busy | commands per chunk | script calls per chunk |"
-    " log entries per chunk | delivery p50 / p99 (ms) | every chunk, in order, once |",
-    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    " log entries per chunk | delivery p50 / p99 (ms) | producer / reader CPU per chunk (µs) |"
+    " busiest client process | every chunk, in order, once |",
+    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
 ]
+CLIENT_BOUND = (
+    "  * client-bound: the producers fell below 95 % of their pace or a producer or reader"
+    " process was 90 % busy, so chunks queued in the clients; the delays are the queue's, and"
+    " appends carried more chunks than at pace (Redis's cost per chunk is lower than at pace)."
+    " Use more --producers / --readers on a machine with the cores for them."
+)
 
 
 def capacity(runs: list[dict[str, Any]], single: dict[str, Any] | None) -> dict[str, Any]:
@@ -493,6 +511,8 @@ def report(results: dict[str, Any]) -> str:
     if len(gathers) > 1:
         lines += ["", "## Write windows (one redis-server)", *RUN_HEADER]
         lines += [_run_line(r) for r in single]
+    if any(r["client_bound"] for r in runs):
+        lines.append(CLIENT_BOUND)
     for r in runs:
         for fault in r["faults"][:5]:
             lines.append(f"  {r['target']} {r['streams']:,} streams: {fault}")
