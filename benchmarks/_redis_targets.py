@@ -25,7 +25,7 @@ sys.path.insert(0, str(BENCHMARKS.parent))  # for tests.faults._servers
 
 from unbroken.backends.redis._keys import stream_keys  # noqa: E402
 
-__all__ = ["Node", "Target", "cpu_seconds", "redis_cluster", "single_server"]
+__all__ = ["Node", "Target", "cpu_seconds", "redis_cluster", "run_queue_seconds", "single_server"]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -33,6 +33,12 @@ def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def run_queue_seconds(pid: int) -> float:
+    """How long the process's main thread has waited, runnable, for a CPU so far (from
+    /proc/<pid>/schedstat): on a shared machine, the time other processes took from it."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
 
 
 @dataclass

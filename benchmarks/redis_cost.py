@@ -2,7 +2,8 @@
 of the write window, and what one and three Cluster masters carry.
 
 Run:  .venv/bin/python benchmarks/redis_cost.py [--levels 100,1000,5000] [--producers 1,1,3]
-          [--gathers 0.002,0.02,0.05,0.1] [--cluster] [--warmup 4] [--window 10]
+          [--readers 1,1,2] [--gathers 0.002,0.02,0.05,0.1] [--cluster] [--rate 30]
+          [--warmup 4] [--window 10]
 
 For each level, that many streams yield a 20-byte chunk every 1/30 s (LLM pace), spread over
 ``--producers`` processes (an engine each); ``--readers`` other processes read every stream
@@ -29,7 +30,10 @@ masters, so that figure is derived from the per-master cost and the measured spr
 
 Prints a table per section, writes benchmarks/results/<stem>.json and <stem>.png. A small
 machine may not reach the target rate: the achieved rate is printed next to it, and the
-per-chunk figures hold for the rate achieved.
+per-chunk figures hold for the rate achieved. A run whose clients could not keep up (below
+95 % of the pace, or a producer or reader process running or waiting for a CPU 90 % of the
+window) is marked client-bound: its delays are the clients' queue, and its appends carry more
+chunks than at pace. ``--rate`` lowers the pace, to run many streams on a small machine.
 """
 
 from __future__ import annotations
@@ -50,14 +54,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _redis_targets import Target, cpu_seconds, redis_cluster, single_server
+from _redis_targets import Target, cpu_seconds, redis_cluster, run_queue_seconds, single_server
 from _results import save_results
 
-RATE = 30.0  # chunks per second per stream: a model's token pace
+RATE = 30.0  # chunks per second per stream: a model's token pace (the default of --rate)
 DELAY_SAMPLE = 10  # every tenth chunk's delivery delay is measured
 STREAM_OPEN_TIMEOUT = 60.0  # a reader gives up on a stream that never appears
 CHILD_START_TIMEOUT = 180.0  # starting thousands of streams on a busy machine takes a while
@@ -85,7 +90,7 @@ async def control_line() -> dict[str, Any]:
 
 
 async def produce(args: argparse.Namespace) -> dict[str, Any]:
-    """Run one stream per id at RATE until the window's end (plus TAIL); count what each
+    """Run one stream per id at ``--rate`` until the window's end (plus TAIL); count what each
     stream yielded, in all and within the window."""
     from unbroken import StreamEngine
     from unbroken.backends.redis import RedisBackend
@@ -93,20 +98,20 @@ async def produce(args: argparse.Namespace) -> dict[str, Any]:
     ids = [f"{args.run}-{k}" for k in range(args.first, args.first + args.streams)]
     produced, in_window = [0] * len(ids), [0] * len(ids)
     window = {"start": math.inf, "end": math.inf, "until": time.time() + RUN_LIMIT}
-    epoch = args.epoch
+    epoch, rate = args.epoch, args.rate
 
     async def paced(k: int) -> Any:
         # Streams out of step, like real ones; each keeps its own schedule, so its rate holds
         # while the process keeps up and falls (without bursts) when it does not.
-        due = time.time() + random.random() / RATE
+        due = time.time() + random.random() / rate
         index = 0
         while True:
-            due += 1 / RATE
+            due += 1 / rate
             await asyncio.sleep(max(0.0, due - time.time()))
             now = time.time()
             if now >= window["until"]:
                 break
-            due = max(due, now - 1 / RATE)
+            due = max(due, now - 1 / rate)
             if window["start"] <= now < window["end"]:
                 in_window[k] += 1
             produced[k] += 1
@@ -302,24 +307,33 @@ def children(argvs: list[list[str]]) -> Iterator[list[Child]]:
             child.stop()
 
 
-def measure(
-    target: Target,
-    streams: int,
-    gather: float,
-    producers: int,
-    readers: int,
-    warmup: float,
-    window: float,
-) -> dict[str, Any]:
-    """One level on one target with one write window: children started, a steady window
-    measured, every chunk checked."""
+@dataclass(frozen=True)
+class Level:
+    """What one measurement runs: so many streams at ``rate`` chunks/s each, over so many
+    producer and reader processes, with one ``write_gather``."""
+
+    streams: int
+    gather: float
+    producers: int
+    readers: int
+    rate: float
+    warmup: float
+    window: float
+
+
+def measure(target: Target, level: Level) -> dict[str, Any]:
+    """One level on one target: children started, a steady window measured, every chunk
+    checked."""
+    streams, gather, producers, readers = (
+        level.streams, level.gather, level.producers, level.readers
+    )  # fmt: skip
     run, prefix, epoch = f"cost-{uuid.uuid4().hex[:8]}", f"cost-{uuid.uuid4().hex[:8]}", time.time()
 
     def argv(role: str, first: int, count: int) -> list[str]:
         return [
             *(sys.executable, __file__, "--role", role, "--url", target.url),
             *("--prefix", prefix, "--run", run, "--epoch", repr(epoch), "--gather", str(gather)),
-            *("--first", str(first), "--streams", str(count)),
+            *("--first", str(first), "--streams", str(count), "--rate", str(level.rate)),
         ]
 
     with children([argv("produce", *part) for part in split(streams, producers)]) as makers:
@@ -330,17 +344,20 @@ def measure(
             deadline = time.monotonic() + CHILD_START_TIMEOUT
             for child in followers:
                 child.line(deadline)  # every stream's reader subscribed
-            start = time.time() + warmup
-            told = {"start": start, "end": start + window, "until": start + window + TAIL}
+            start = time.time() + level.warmup
+            end = start + level.window
+            told = {"start": start, "end": end, "until": end + TAIL}
             for child in [*makers, *followers]:
                 child.tell(told)
             clients = [*makers, *followers]
             time.sleep(max(0.0, told["start"] - time.time()))
             cpu0, wall0 = target.start_window(), time.perf_counter()
             clients0 = [cpu_seconds(child.proc.pid) for child in clients]
+            waits0 = [run_queue_seconds(child.proc.pid) for child in clients]
             time.sleep(max(0.0, told["end"] - time.time()))
             (cpu1, stats), wall1 = target.end_window(), time.perf_counter()
             clients1 = [cpu_seconds(child.proc.pid) for child in clients]
+            waits1 = [run_queue_seconds(child.proc.pid) for child in clients]
             deadline = time.monotonic() + TAIL + 300
             made = [child.line(deadline) for child in makers]
             got = [child.line(deadline) for child in followers]
@@ -398,6 +415,10 @@ def measure(
     used = [b - a for a, b in zip(clients0, clients1, strict=True)]
     producer_cpu, reader_cpu = sum(used[: len(made)]), sum(used[len(made) :])
     busiest = max(used) / seconds
+    # Running or waiting for a CPU: a process near 100 % could not keep up, whether its own
+    # work or other processes on the machine took the time.
+    waited = [b - a for a, b in zip(waits0, waits1, strict=True)]
+    wanting = max(u + w for u, w in zip(used, waited, strict=True)) / seconds
 
     def ends(parts: list[dict[str, Any]]) -> dict[str, int]:
         counted: dict[str, int] = {}
@@ -412,7 +433,8 @@ def measure(
         "write_gather": gather,
         "producers": producers,
         "readers": readers,
-        "target_chunks_per_s": streams * RATE,
+        "rate_per_stream": level.rate,
+        "target_chunks_per_s": streams * level.rate,
         "chunks_per_s": chunks / seconds,
         "window_chunks": chunks,
         "redis_cpu_us_per_chunk": master_cpu / chunks * 1e6,
@@ -440,7 +462,8 @@ def measure(
         "reader_ends": ends(got),
         "every_chunk_read": whole,
         "busiest_client_share": busiest,
-        "client_bound": chunks / seconds < 0.95 * streams * RATE or busiest > 0.9,
+        "busiest_client_wanting_share": wanting,
+        "client_bound": chunks / seconds < 0.95 * streams * level.rate or wanting > 0.9,
         "producer_cpu_us_per_chunk": producer_cpu / chunks * 1e6,
         "reader_cpu_us_per_chunk": reader_cpu / chunks * 1e6,
     }
@@ -463,7 +486,8 @@ def _run_line(r: dict[str, Any]) -> str:
         f"{r['command_calls_per_chunk']:.2f} | {r['script_calls_per_chunk']:.3f} | "
         f"{r['log_entries_per_chunk']:.2f} | {delay['p50']:.1f} / {delay['p99']:.1f} | "
         f"{r['producer_cpu_us_per_chunk']:.0f} / {r['reader_cpu_us_per_chunk']:.0f} | "
-        f"{r['busiest_client_share']:.0%} | {whole} ({r['received']:,}/{r['produced']:,}) |"
+        f"{r['busiest_client_share']:.0%} / {r['busiest_client_wanting_share']:.0%} | "
+        f"{whole} ({r['received']:,}/{r['produced']:,}) |"
     )
 
 
@@ -471,12 +495,13 @@ RUN_HEADER = [
     "| streams | write_gather (ms) | producer/reader processes | chunks/s (target) |"
     " Redis CPU per chunk (µs) | Redis core busy | commands per chunk | script calls per chunk |"
     " log entries per chunk | delivery p50 / p99 (ms) | producer / reader CPU per chunk (µs) |"
-    " busiest client process | every chunk, in order, once |",
+    " busiest client process: CPU / CPU + run queue | every chunk, in order, once |",
     "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
 ]
 CLIENT_BOUND = (
     "  * client-bound: the producers fell below 95 % of their pace or a producer or reader"
-    " process was 90 % busy, so chunks queued in the clients; the delays are the queue's, and"
+    " process was running or waiting for a CPU 90 % of the time, so chunks queued in the"
+    " clients; the delays are the queue's, and"
     " appends carried more chunks than at pace (Redis's cost per chunk is lower than at pace)."
     " Use more --producers / --readers on a machine with the cores for them."
 )
@@ -506,10 +531,12 @@ def report(results: dict[str, Any]) -> str:
     runs = results["runs"]
     single = [r for r in runs if r["target"] == "single"]
     gathers = results["gathers"]
-    lines = [f"## Levels (one redis-server, write_gather {gathers[0] * 1e3:g} ms)", *RUN_HEADER]
+    pace = f"{results['rate_per_stream']:g} chunks/s per stream"
+    lines = [f"## Levels (one redis-server, {pace}, write_gather {gathers[0] * 1e3:g} ms)"]
+    lines += RUN_HEADER
     lines += [_run_line(r) for r in single if r["write_gather"] == gathers[0]]
     if len(gathers) > 1:
-        lines += ["", "## Write windows (one redis-server)", *RUN_HEADER]
+        lines += ["", f"## Write windows (one redis-server, {pace})", *RUN_HEADER]
         lines += [_run_line(r) for r in single]
     if any(r["client_bound"] for r in runs):
         lines.append(CLIENT_BOUND)
@@ -521,12 +548,13 @@ def report(results: dict[str, Any]) -> str:
         parts = [f"{n} {c:.2f}" for n, c in r["commands_per_chunk"].items() if c >= 0.005]
         lines.append(
             f"  {r['target']} {r['streams']:,} streams, {r['write_gather'] * 1e3:g} ms: "
-            f"{', '.join(parts)}; scripts {r['script_us_per_chunk']:.1f} µs of "
-            f"{r['redis_cpu_us_per_chunk']:.1f} µs per chunk"
+            f"{', '.join(parts)}; Redis CPU {r['redis_cpu_us_per_chunk']:.1f} µs per chunk, "
+            f"scripts {r['script_us_per_chunk']:.1f} µs (commandstats' wall clock: more than"
+            " the CPU when other processes take Redis's core)"
         )
     clustered = [r for r in runs if r["target"] == "cluster"]
     if clustered:
-        lines += ["", "## Redis Cluster, 3 masters (a replica each) vs one redis-server"]
+        lines += ["", f"## Redis Cluster, 3 masters (a replica each) vs one redis-server, {pace}"]
         lines += [
             "| streams | write_gather (ms) | node | chunks/s | CPU per chunk it carried (µs) |"
             " share of chunks | core busy | log entries it wrote per chunk it carried |"
@@ -614,7 +642,9 @@ def chart(results: dict[str, Any], path: Path) -> None:
     axes[0].set_xticks([x + width * (len(gathers) - 1) / 2 for x in range(len(levels))])
     axes[0].set_xticklabels([f"{level:,} streams" for level in levels])
     axes[0].set_ylabel("Redis CPU per chunk (µs)")
-    axes[0].set_title("Redis's own CPU per chunk, 30 chunks/s per stream", fontsize=9)
+    axes[0].set_title(
+        f"Redis's own CPU per chunk, {results['rate_per_stream']:g} chunks/s per stream", fontsize=9
+    )
     axes[0].legend(fontsize=7)
     for number, level in enumerate(levels):
         rows = sorted((r for r in single if r["streams"] == level), key=lambda r: r["write_gather"])
@@ -686,6 +716,13 @@ def main() -> None:
     parser.add_argument(
         "--cluster", action="store_true", help="also on a 3-master Redis Cluster, same run"
     )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=RATE,
+        help="chunks per second per stream (default: a model's pace); lower it to run many\n"
+        "streams on a machine without the cores for them at that pace",
+    )
     parser.add_argument("--warmup", type=float, default=4.0, help="seconds before the window")
     parser.add_argument("--window", type=float, default=10.0, help="seconds measured")
     parser.add_argument("--stem", default="redis-cost", help="results file name")
@@ -709,6 +746,8 @@ def main() -> None:
     gathers = [float(g) for g in args.gathers.split(",")]
     if not all(0 <= g <= 1 for g in gathers) or not 0 < args.window <= 300:
         raise SystemExit("write_gather must be between 0 and 1 s, the window up to 300 s")
+    if not 0 < args.rate <= 1000:
+        raise SystemExit("--rate must be above 0 and at most 1000 chunks/s")
     runs: list[dict[str, Any]] = []
     with ExitStack() as stack:
         targets = [stack.enter_context(single_server())]
@@ -723,14 +762,13 @@ def main() -> None:
                         file=sys.stderr,
                         flush=True,
                     )
-                    runs.append(
-                        measure(
-                            target, streams, gather, makers, followers, args.warmup, args.window
-                        )
+                    level = Level(
+                        streams, gather, makers, followers, args.rate, args.warmup, args.window
                     )
+                    runs.append(measure(target, level))
     results = {
         "window_s": args.window,
-        "rate_per_stream": RATE,
+        "rate_per_stream": args.rate,
         "delay_sample": DELAY_SAMPLE,
         "gathers": gathers,
         "runs": runs,
