@@ -593,10 +593,14 @@ def report(results: dict[str, Any]) -> str:
             scale = capacity([run], base)
             busy = ", ".join(f"{node['cpu_share']:.0%}" for node in replicas)
             delay = run["delay_ms"]
+            bound = " (client-bound *)" if run["client_bound"] else ""
             lines.append(
-                f"  {run['streams']:,} streams: replicas busy {busy}; every chunk read: "
+                f"  {run['streams']:,} streams{bound}: replicas busy {busy}; every chunk read: "
                 f"{'yes' if run['every_chunk_read'] else 'NO'}; delivery p50 / p99 "
-                f"{delay['p50']:.1f} / {delay['p99']:.1f} ms"
+                f"{delay['p50']:.1f} / {delay['p99']:.1f} ms; script calls per chunk"
+                f" {run['script_calls_per_chunk']:.3f} (one redis-server:"
+                f" {base['script_calls_per_chunk'] if base else math.nan:.3f}; in a cluster each"
+                " stream's append is a script call of its own)"
             )
             three, even = scale["cluster_tokens_per_s"], scale["cluster_if_even_tokens_per_s"]
             derived = (
@@ -625,27 +629,35 @@ def chart(results: dict[str, Any], path: Path) -> None:
     clustered = [r for r in runs if r["target"] == "cluster"]
     levels = sorted({r["streams"] for r in runs})
     gathers = results["gathers"]
-    panels = 3 if clustered else 2
-    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4))
+    bars = sum(len(run["nodes"]) for run in clustered)
+    widths = [5.0, 5.0, max(5.0, 0.4 * bars)][: 3 if clustered else 2]
+    fig, axes = plt.subplots(
+        1, len(widths), figsize=(sum(widths), 4.5), gridspec_kw={"width_ratios": widths}
+    )
     width = 0.8 / len(gathers)
     for g, gather in enumerate(gathers):
-        values = [
-            next(
-                (r["redis_cpu_us_per_chunk"] for r in single if (r["streams"], r["write_gather"])
-                 == (level, gather)),
-                0.0,
-            )
+        found = [
+            next((r for r in single if (r["streams"], r["write_gather"]) == (level, gather)), None)
             for level in levels
-        ]  # fmt: skip
+        ]
         xs = [x + g * width for x in range(len(levels))]
-        axes[0].bar(xs, values, width, label=f"write_gather {gather * 1e3:g} ms")
+        bars_of = axes[0].bar(
+            xs,
+            [r["redis_cpu_us_per_chunk"] if r else 0.0 for r in found],
+            width,
+            label=f"write_gather {gather * 1e3:g} ms",
+            color=f"C{g}",
+        )
+        for bar, r in zip(bars_of, found, strict=True):
+            if r and r["client_bound"]:  # hatched: the clients could not keep the pace
+                bar.set_hatch("//")
     axes[0].set_xticks([x + width * (len(gathers) - 1) / 2 for x in range(len(levels))])
     axes[0].set_xticklabels([f"{level:,} streams" for level in levels])
     axes[0].set_ylabel("Redis CPU per chunk (µs)")
     axes[0].set_title(
         f"Redis's own CPU per chunk, {results['rate_per_stream']:g} chunks/s per stream", fontsize=9
     )
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=7, title="hatched: client-bound", title_fontsize=7)
     for number, level in enumerate(levels):
         rows = sorted((r for r in single if r["streams"] == level), key=lambda r: r["write_gather"])
         xs = [r["write_gather"] * 1e3 for r in rows]
@@ -684,7 +696,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
         axes[2].set_title(
             "one redis-server (grey) vs each Cluster master (share of chunks)", fontsize=9
         )
-        axes[2].tick_params(axis="x", labelsize=6)
+        axes[2].tick_params(axis="x", labelsize=6, labelrotation=90)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
