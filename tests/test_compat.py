@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import pytest
@@ -164,6 +165,49 @@ async def test_resume_catches_up_in_one_chunk_past_a_page(context_kwargs: dict[s
         assert "".join(await drain(own)) == "".join(pieces) + "end"
         assert await resuming.resume_existing_stream("long") is None  # finished
         assert await resuming.resume_existing_stream("no-such-stream") is None
+
+
+@pytest.mark.parametrize(("context_backend", "anyio_backend"), CONTEXTS)
+async def test_a_catch_up_past_a_page_asks_no_status_of_its_own(
+    context_kwargs: dict[str, str],
+) -> None:
+    # The reader's first look says how long the log was: the only statuses asked before the
+    # first text are its two looks (the first, and the one after it subscribed).
+    pieces = [f"{i:04d} " for i in range(700)]
+    gate = anyio.Event()
+
+    async def long_then_gate() -> AsyncIterator[str]:
+        for piece in pieces:
+            yield piece
+        await gate.wait()
+        yield "end"
+
+    async with two_processes(context_kwargs) as (producing, resuming):
+        own = await producing.create_new_resumable_stream("counted", long_then_gate)
+        with anyio.fail_after(5):
+            while (status := await resuming.engine.status("counted")) is None or (  # noqa: ASYNC110
+                status.chunk_count < len(pieces)
+            ):
+                await anyio.sleep(0.01)
+        backend = resuming.engine.backend
+        real_status = backend.status
+        asked: list[str] = []
+
+        async def counted(stream_id: str) -> Any:
+            asked.append(stream_id)
+            return await real_status(stream_id)
+
+        backend.status = counted  # type: ignore[method-assign]
+        try:
+            resumed = await resuming.resume_existing_stream("counted")
+            assert resumed is not None
+            assert await anext(resumed) == "".join(pieces)
+        finally:
+            backend.status = real_status  # type: ignore[method-assign]
+        assert asked == ["counted", "counted"]
+        gate.set()
+        assert [text async for text in resumed] == ["end"]
+        assert "".join(await drain(own)) == "".join(pieces) + "end"
 
 
 @pytest.mark.parametrize(("context_backend", "anyio_backend"), CONTEXTS)

@@ -143,11 +143,13 @@ class ResumableStreamContext:
 
         None if the stream is unknown or already finished.
         """
-        # The reader's first look is the only round trip before the first chunk: its first
-        # batch is the log as it stood then, so it is the catch-up, unless the log is longer
-        # than one page (then the rest is read anyway, and the status says how far to join).
+        # The reader's first look is the only round trip before the first chunk: the first
+        # text is the whole catch-up, so the reader takes a whole page of the log in that
+        # look (not the few chunks a response's first event needs). Its first batch is the
+        # log as it stood then, so it is the catch-up, unless the log is longer than one
+        # page: then the rest is read anyway, and the look's chunk count says how far to join.
         try:
-            reader = await self.engine.open(stream_id)
+            reader = await self.engine._open_reader(stream_id, -1, None, first_read=READ_PAGE)
         except StreamNotFoundError:
             return None
         try:
@@ -155,12 +157,8 @@ class ResumableStreamContext:
                 await reader.aclose()
                 return None
             first = await anext(reader)  # at once: the reader holds it since it opened
-            seen = [item for item in first if isinstance(item, Chunk)]
-            catch_up_below = seen[-1].seq + 1 if seen else 0
-            if len(seen) >= READ_PAGE:
-                status = await self.engine.status(stream_id)
-                if status is not None:
-                    catch_up_below = max(catch_up_below, status.chunk_count)
+            seen = sum(isinstance(item, Chunk) for item in first)
+            catch_up_below = reader.chunk_count if seen >= READ_PAGE else seen
         except BaseException:
             await reader.aclose()
             raise

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from typing import Any
 
@@ -26,7 +26,15 @@ from unbroken import (
     StreamSourceError,
     StreamState,
 )
-from unbroken.backends.base import Backend, StreamTimes
+from unbroken._engine.reading import FIRST_READ, READ_PAGE
+from unbroken.backends.base import (
+    Backend,
+    GatheredAppends,
+    InlineAppends,
+    Renewal,
+    StreamTimes,
+)
+from unbroken.exceptions import BackendError
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -121,6 +129,122 @@ async def test_resume_from_every_offset(make_engine: EngineFactory) -> None:
         assert "".join(c.data for c in chunks) == text[offset:]
         if chunks:
             assert chunks[0].offset == offset
+
+
+async def wait_for_chunks(engine: StreamEngine, stream_id: str, count: int) -> None:
+    """Until the backend holds ``count`` chunks of the stream (what another engine sees;
+    nothing else signals it, so poll it, bounded)."""
+    with anyio.fail_after(10):
+        while (status := await engine.status(stream_id)) is None or status.chunk_count < count:  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+
+
+async def test_a_reader_elsewhere_starts_with_a_short_batch(make_engine: EngineFactory) -> None:
+    """Another engine's reader knows the stream's state and length before its first batch,
+    which is short (a few chunks are read for it, not a page), then the rest of the log
+    and the live part follow with no gap and no duplicate."""
+    producer, reader = await make_engine(), await make_engine()
+    pieces = [f"{i} " for i in range(READ_PAGE + 100)]
+    gate = anyio.Event()
+
+    async def source() -> AsyncIterator[str]:
+        for piece in pieces:
+            yield piece
+        await gate.wait()
+        yield "end"
+
+    await producer.start("long", source())
+    await wait_for_chunks(reader, "long", len(pieces))
+    chunks: list[Chunk] = []
+    with anyio.fail_after(20):
+        async with reader.open("long") as opened:
+            assert opened.state is StreamState.ACTIVE
+            assert opened.chunk_count == len(pieces)
+            first = await anext(opened)
+            assert 0 < len(first) <= FIRST_READ
+            chunks += [item for item in first if isinstance(item, Chunk)]
+            async for batch in opened:
+                chunks += [item for item in batch if isinstance(item, Chunk)]
+                if len(chunks) == len(pieces):
+                    gate.set()
+                if batch and isinstance(batch[-1], StreamEnd):
+                    assert batch[-1].state is StreamState.DONE
+                    break
+    assert_gapless(chunks, 0)
+    assert [c.data for c in chunks] == [*pieces, "end"]
+
+
+async def test_an_ended_stream_is_read_without_a_subscription(
+    make_engine: EngineFactory,
+) -> None:
+    """A stream that has ended is read from its log alone: no notification can tell a
+    reader more, so none subscribes (one look, the pages, the end)."""
+    producer, reader = await make_engine(), await make_engine()
+    pieces = [f"<{i}>" for i in range(READ_PAGE + 10)]
+    await producer.start("ended", paced(pieces))
+    await reader.wait("ended")
+    backend = reader.backend
+    real_listen = backend.listen
+    subscribed: list[str] = []
+
+    def listen(stream_id: str, *, ends_only: bool = False) -> Any:
+        subscribed.append(stream_id)
+        return real_listen(stream_id, ends_only=ends_only)
+
+    backend.listen = listen
+    try:
+        for after in (-1, 5, len(pieces) - 1):
+            chunks, end = await collect(reader, "ended", after=after)
+            assert "".join(c.data for c in chunks) == "".join(pieces[after + 1 :])
+            assert end.state is StreamState.DONE and end.chunk_count == len(pieces)
+    finally:
+        backend.listen = real_listen
+    assert subscribed == []
+
+
+async def test_an_end_between_the_looks_read_and_status_loses_nothing(
+    make_engine: EngineFactory,
+) -> None:
+    """The first look reads the log and the status at the same time. When its read goes
+    first and the stream gets its last chunk and ends before its status, the status says
+    ended: the reader still delivers that last chunk before the end."""
+    producer, reader = await make_engine(), await make_engine()
+    backend = reader.backend
+    if isinstance(backend, InlineAppends):
+        pytest.skip("an in-process backend's look asks the status first, then reads")
+    gate = anyio.Event()
+
+    async def source() -> AsyncIterator[str]:
+        yield "a"
+        yield "b"
+        await gate.wait()
+        yield "c"
+
+    await producer.start("race", source())
+    await wait_for_chunks(reader, "race", 2)
+    real_read, real_status = backend.read, backend.status
+    read_first = anyio.Event()
+    armed = [True]
+
+    async def read(stream_id: str, *, after: int, limit: int) -> list[Chunk]:
+        got: list[Chunk] = await real_read(stream_id, after=after, limit=limit)
+        read_first.set()
+        return got
+
+    async def status(stream_id: str) -> Any:
+        if armed.pop() if armed else False:
+            await read_first.wait()  # the look's read has the log as it stood ...
+            gate.set()  # ... then the last chunk and the end, before the look's status
+            await producer.wait("race")
+        return await real_status(stream_id)
+
+    backend.read, backend.status = read, status
+    try:
+        chunks, end = await collect(reader, "race")
+    finally:
+        backend.read, backend.status = real_read, real_status
+    assert [c.data for c in chunks] == ["a", "b", "c"]
+    assert end.state is StreamState.DONE and end.chunk_count == 3
 
 
 async def test_unicode_character_offsets(make_engine: EngineFactory) -> None:
@@ -299,18 +423,30 @@ async def test_leases_are_renewed_for_producers_that_do_not_append(
     make_engine: EngineFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One engine task keeps every lease: a producer waiting for its source keeps its stream
-    alive long past ``lease_ttl``; one that streams needs no renewal (its appends renew it)."""
+    alive long past ``lease_ttl``; one that streams needs no renewal (its appends renew it).
+    A backend with gathered appends gets every renewal due at a tick in one `renew_many`."""
     producer = await make_engine(lease_ttl=0.3)
     other = await make_engine(lease_ttl=0.3)
     renewed: list[str] = []
-    renew = type(producer.backend).renew_lease
+    backend_type = type(producer.backend)
+    renew = backend_type.renew_lease
 
     async def counting(self: Backend, stream_id: str, **options: Any) -> StreamState | None:
         renewed.append(stream_id)
         state: StreamState | None = await renew(self, stream_id, **options)
         return state
 
-    monkeypatch.setattr(type(producer.backend), "renew_lease", counting)
+    monkeypatch.setattr(backend_type, "renew_lease", counting)
+    if issubclass(backend_type, GatheredAppends):
+        renew_many = backend_type.renew_many
+
+        async def counting_many(
+            self: GatheredAppends, renewals: Sequence[Renewal]
+        ) -> list[StreamState | BackendError | None]:
+            renewed.extend(renewal.stream_id for renewal in renewals)
+            return await renew_many(self, renewals)
+
+        monkeypatch.setattr(backend_type, "renew_many", counting_many)
     gate = anyio.Event()
     await producer.start("idle", paced(["a ", "b"], gate=gate))  # waits after "a "
     await producer.start("busy", paced(["x"] * 40, delay=0.025))  # a chunk every 25 ms

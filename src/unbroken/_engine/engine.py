@@ -28,6 +28,7 @@ from unbroken._engine.liveness import Liveness
 from unbroken._engine.local import PRODUCER_LOST, LocalStream, validate_id
 from unbroken._engine.producing import OnEnd, Producers
 from unbroken._engine.reading import (
+    FIRST_READ,
     BackendReader,
     Batch,
     Batches,
@@ -278,8 +279,10 @@ class StreamEngine:
         moment (at most a page), so a catch-up comes in a few batches and a live stream in
         one batch per wake-up. What a response writing to a client wants: one write each.
 
-        The first batch comes at once, possibly empty: it says the stream exists. The last
-        batch ends with the `StreamEnd`. With ``heartbeat``, an empty batch also comes when
+        The first batch comes at once, possibly empty: it says the stream exists. For a
+        stream produced in another process it holds a few dozen chunks at most, so it waits
+        for one short look at the backend, not for a page to be read. The last batch ends
+        with the `StreamEnd`. With ``heartbeat``, an empty batch also comes when
         nothing arrived for that many seconds (noticed on the engine's liveness tick, every
         ``lease_ttl / 3``), so the caller can keep its connection alive without a timer.
         """
@@ -301,27 +304,39 @@ class StreamEngine:
         engine.open(stream_id) as reader:``, or ``reader = await engine.open(...)`` and
         close it later.
 
-        The reader knows the stream's state before its first batch is sent, so a caller
-        decides what to answer (the stream, or something else) before writing anything;
-        for a reader in another process that look is the reader's own first round trip.
-        Raises `StreamNotFoundError` if there is no such stream. ``heartbeat``: as for
-        `read_batches`.
+        The reader knows the stream's state (and its chunk count) before its first batch
+        is sent, so a caller decides what to answer (the stream, or something else) before
+        writing anything; for a reader in another process that look is the reader's own
+        first round trip, the one its first batch comes from. Raises `StreamNotFoundError`
+        if there is no such stream. ``heartbeat``: as for `read_batches`.
         """
         return Opening(partial(self._open_reader, stream_id, after, heartbeat))
 
     async def _open_reader(
-        self, stream_id: str, after: int, heartbeat: float | None
+        self,
+        stream_id: str,
+        after: int,
+        heartbeat: float | None,
+        *,
+        first_read: int = FIRST_READ,
     ) -> StreamReader:
+        """`open`; ``first_read``: at most this many chunks of a stream produced elsewhere
+        in the first batch (`unbroken.compat` wants its whole first page there, since its
+        first text is the whole catch-up)."""
         self._check_read(stream_id, heartbeat)
-        batches, local, backend_reader = self._reader(stream_id, after, heartbeat)
+        batches, local, backend_reader = self._reader(stream_id, after, heartbeat, first_read)
         first = await anext(batches)  # raises StreamNotFoundError as the read would
         if local is not None:  # this process produces it: if it ended, it ended just now
             state = local.state
             finished_at = time.time() if state.is_terminal else None
+            count = local.visible
         else:
             assert backend_reader is not None and backend_reader.opened is not None
-            state, finished_at = backend_reader.opened.state, backend_reader.opened.finished_at
-        return StreamReader(stream_id, state, finished_at, first, batches)
+            opened = backend_reader.opened
+            state, finished_at, count = opened.state, opened.finished_at, opened.chunk_count
+        if first and isinstance(first[-1], Chunk):  # the look at the log may be the later one
+            count = max(count, first[-1].seq + 1)
+        return StreamReader(stream_id, state, finished_at, first, batches, count)
 
     def _check_read(self, stream_id: str, heartbeat: float | None) -> None:
         self._require_open(for_reading=True)
@@ -330,7 +345,7 @@ class StreamEngine:
             raise ValueError("heartbeat must be positive (or None)")
 
     def _reader(
-        self, stream_id: str, after: int, heartbeat: float | None
+        self, stream_id: str, after: int, heartbeat: float | None, first_read: int = FIRST_READ
     ) -> tuple[Batches, LocalStream | None, BackendReader | None]:
         """The stream's batches: from this process's copy if it produces the stream, else
         from the backend. Also returns the local stream or the backend reader."""
@@ -345,5 +360,6 @@ class StreamEngine:
             after=after,
             heartbeat=heartbeat,
             lease_ttl=self.lease_ttl,
+            first_read=first_read,
         )
         return reader.batches(), None, reader

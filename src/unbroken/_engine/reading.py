@@ -1,10 +1,11 @@
 """Readers: a stream's chunks after an offset, live until it ends, with no gap and no duplicate.
 
 - `LocalReader`: a stream produced in this process, served from its `LocalStream`.
-- `BackendReader`: any other stream. It subscribes to live notifications while it peeks at
-  the status and the log, then reads both again once the subscription is live (so nothing
-  between the peek and the subscription is missed), then follows notifications, using
-  sequence numbers to drop duplicates and to fill gaps from the log.
+- `BackendReader`: any other stream. Its first look reads the status and the first few
+  chunks of the log (its first batch); then it subscribes to live notifications and reads
+  both again once the subscription is live (so nothing between the look and the
+  subscription is missed), then follows notifications, using sequence numbers to drop
+  duplicates and to fill gaps from the log. A stream already ended needs no subscription.
 - `StreamReader`: what `StreamEngine.open` gives the caller: the stream's state as the
   reader found it, then its batches.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, aclosing
+from contextlib import aclosing
 from functools import partial
 from typing import Any, Self
 
@@ -35,6 +36,7 @@ from unbroken.backends.base import (
 from unbroken.exceptions import BackendUnavailableError, StreamNotFoundError
 
 __all__ = [
+    "FIRST_READ",
     "READ_PAGE",
     "BackendReader",
     "Batch",
@@ -46,6 +48,9 @@ __all__ = [
 ]
 
 READ_PAGE = 512  # chunks per log read while catching up
+# Chunks in a backend reader's first look: its first batch (the first byte of a response)
+# waits for these to be read and decoded, not for a whole page.
+FIRST_READ = 32
 
 Batch = list[Chunk | StreamEnd]
 Batches = AsyncGenerator[Batch, None]
@@ -90,6 +95,7 @@ class BackendReader:
 
     ``interrupt_if_dead(stream_id)`` records ``interrupted`` if the producer's lease lapsed
     and returns the state; an idle reader calls it, since a dead producer sends nothing.
+    ``first_read``: at most this many chunks in the first batch.
     """
 
     def __init__(
@@ -102,6 +108,7 @@ class BackendReader:
         after: int,
         heartbeat: float | None,
         lease_ttl: float,
+        first_read: int = FIRST_READ,
     ) -> None:
         self.backend = backend
         self.liveness = liveness
@@ -109,6 +116,7 @@ class BackendReader:
         self.stream_id = stream_id
         self.heartbeat = heartbeat
         self.lease_ttl = lease_ttl
+        self.first_read = first_read
         self.last = max(after, -1)  # the last sequence number delivered
         #: The status the reader found at its first look (set before its first batch).
         self.opened: StreamStatus | None = None
@@ -116,16 +124,23 @@ class BackendReader:
         self._missing_since: float | None = None
 
     async def batches(self) -> Batches:
-        async with AsyncExitStack() as stack:
-            listener, status, peeked = await self._listen_and_peek(stack)
-            if status is None:
-                raise StreamNotFoundError(self.stream_id)
-            self.opened = status
-            yield self._continuing(peeked)  # at once, possibly empty: the stream exists
-            # Now that notifications are live: the status and the log again, for what the
-            # peek may have missed (an append or the end before the subscription was live).
-            status = await self.backend.status(self.stream_id)
-            async for page in self._catch_up():
+        status, peeked = await self._look(self.first_read)
+        if status is None:
+            raise StreamNotFoundError(self.stream_id)
+        self.opened = status
+        yield self._continuing(peeked)  # at once, possibly empty: the stream exists
+        if status.is_terminal:  # its log is final: no notification can tell more
+            async with aclosing(self._rest(_end_of(status))) as tail:
+                async for batch in tail:
+                    yield batch
+            return
+        # Subscribed only now, off the path to the first batch: the log is the truth, and
+        # notifications only wake the reader, so the status and the log read again once
+        # the subscription is live close the gap since the first look (an append, or the
+        # end). Either order of the two closes it, so both go at once.
+        async with self.backend.listen(self.stream_id) as listener:
+            status, rest = await self._look(READ_PAGE)
+            async for page in self._catch_up(rest):
                 yield page
             # A stream gone meanwhile is handled as missing (the backend lost it).
             state = status.state if status is not None else None
@@ -133,14 +148,24 @@ class BackendReader:
                 yield batch
                 if batch and isinstance(batch[-1], StreamEnd):
                     return
-            # The state is terminal, so the log is final: deliver whatever is still unseen.
-            tail: Batch = []
+        # The state is terminal, so the log is final: deliver whatever is still unseen.
+        async with aclosing(self._rest(await self._final_end())) as tail:
+            async for batch in tail:
+                yield batch
+
+    async def _rest(self, end: StreamEnd) -> Batches:
+        """The log after the last chunk delivered, then ``end`` (with the last page) for a
+        stream whose log is final and ``end.chunk_count`` chunks long."""
+        tail: Batch = []
+        # The count, not a read's length, says what is left: a look's read may have gone
+        # before the status that found the stream ended.
+        if self.last + 1 < end.chunk_count:
             async for page in self._catch_up():
                 if tail:
                     yield tail
                 tail = page
-            tail.append(await self._final_end())
-            yield tail
+        tail.append(end)
+        yield tail
 
     async def _follow(self, listener: Listener, state: StreamState | None) -> Batches:
         """Live notifications until the stream is terminal (or a batch ending the read)."""
@@ -230,63 +255,60 @@ class BackendReader:
             self._last_yield = time.monotonic()
         return fresh
 
-    async def _catch_up(self) -> AsyncIterator[Batch]:
-        """Pages of the log after the last chunk delivered, each continuing it exactly."""
+    async def _catch_up(self, batch: list[Chunk] | None = None) -> AsyncIterator[Batch]:
+        """Pages of the log after the last chunk delivered, each continuing it exactly;
+        ``batch``: the first page, already read."""
         while True:
-            batch = await self.backend.read(self.stream_id, after=self.last, limit=READ_PAGE)
+            if batch is None:
+                batch = await self.backend.read(self.stream_id, after=self.last, limit=READ_PAGE)
             page = self._continuing(batch)
             if page:
                 yield page
             if len(batch) < READ_PAGE or not page:
                 self._last_yield = time.monotonic()
                 return
+            batch = None
 
     async def _final_end(self) -> StreamEnd:
         final = await self.backend.status(self.stream_id)
         if final is None:
             return StreamEnd(StreamState.INTERRUPTED, DATA_LOST, self.last + 1, 0)
-        return StreamEnd(final.state, final.error, final.chunk_count, final.char_count)
+        return _end_of(final)
 
-    async def _listen_and_peek(
-        self, stack: AsyncExitStack
-    ) -> tuple[Listener, StreamStatus | None, list[Chunk]]:
-        """Subscribe to the stream's notifications (entered on ``stack``) and, at the same
-        time, read its status and the first page of the log.
-
-        Concurrent, so a reader in another process gets its first batch after one round
-        trip, not three (subscribe, status, read: each waits its turn in a busy event
-        loop). The peek may precede the subscription, so `batches` reads both again once
-        it is live; that second look is off the path to the first byte.
-        """
+    async def _look(self, limit: int) -> tuple[StreamStatus | None, list[Chunk]]:
+        """The stream's status and up to ``limit`` chunks after the last one delivered."""
         backend, stream_id = self.backend, self.stream_id
-        if isinstance(backend, InlineAppends):  # answers at once: nothing to overlap
-            subscribed = await stack.enter_async_context(backend.listen(stream_id))
-            status = await backend.status(stream_id)
-            page = await backend.read(stream_id, after=self.last, limit=READ_PAGE)
-            return subscribed, status, page
-        peeked: dict[str, Any] = {}
-        failures: list[Exception] = []
+        read = partial(backend.read, stream_id, after=self.last, limit=limit)
+        if isinstance(backend, InlineAppends):
+            return await backend.status(stream_id), await read()
+        status, page = await _together(partial(backend.status, stream_id), read)
+        return status, page
 
-        async def peek(name: str, call: Callable[[], Awaitable[object]]) -> None:
-            try:
-                peeked[name] = await call()
-            except Exception as exc:
-                failures.append(exc)
 
-        listener: Listener | None = None
-        async with anyio.create_task_group() as peeks:
-            peeks.start_soon(peek, "status", partial(backend.status, stream_id))
-            peeks.start_soon(
-                peek, "page", partial(backend.read, stream_id, after=self.last, limit=READ_PAGE)
-            )
-            try:
-                listener = await stack.enter_async_context(backend.listen(stream_id))
-            except Exception as exc:
-                failures.insert(0, exc)
-        if failures:
-            raise failures[0]
-        assert listener is not None
-        return listener, peeked["status"], peeked["page"]
+def _end_of(status: StreamStatus) -> StreamEnd:
+    """How a terminal stream ended, as its status says."""
+    return StreamEnd(status.state, status.error, status.chunk_count, status.char_count)
+
+
+async def _together(*calls: Callable[[], Awaitable[Any]]) -> list[Any]:
+    """Every call's result, the calls made at the same time (the first in this task); the
+    first call's error if it failed, else the first error among the others."""
+    results: list[Any] = [None] * len(calls)
+    failures: list[tuple[int, Exception]] = []
+
+    async def call(index: int) -> None:
+        try:
+            results[index] = await calls[index]()
+        except Exception as exc:
+            failures.append((index, exc))
+
+    async with anyio.create_task_group() as others:
+        for index in range(1, len(calls)):
+            others.start_soon(call, index)
+        await call(0)
+    if failures:
+        raise min(failures, key=lambda failure: failure[0])[1]
+    return results
 
 
 async def cut_at_offset(batches: Batches, offset: int) -> Batches:
@@ -323,7 +345,7 @@ class StreamReader:
     `aclose` or by leaving ``async with``, which also ends a read in progress.
     """
 
-    __slots__ = ("_batches", "_first", "finished_at", "state", "stream_id")
+    __slots__ = ("_batches", "_first", "chunk_count", "finished_at", "state", "stream_id")
 
     def __init__(
         self,
@@ -332,6 +354,7 @@ class StreamReader:
         finished_at: float | None,
         first: Batch,
         batches: Batches,
+        chunk_count: int = 0,
     ) -> None:
         #: The stream this reads.
         self.stream_id = stream_id
@@ -339,6 +362,9 @@ class StreamReader:
         self.state = state
         #: When it ended (Unix timestamp), if it had ended when the reader opened it.
         self.finished_at = finished_at
+        #: How many chunks the stream had when the reader opened it (at least as many as
+        #: the first batch reaches): where a catch-up from that moment ends.
+        self.chunk_count = chunk_count
         self._first: Batch | None = first
         self._batches = batches
 
