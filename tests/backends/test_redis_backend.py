@@ -40,6 +40,7 @@ from unbroken.backends.base import (
     Lagged,
     Listener,
     Notification,
+    Renewal,
     StreamTimes,
 )
 from unbroken.backends.redis import RedisBackend, _codec, _pipeliner, _pubsub
@@ -411,6 +412,30 @@ async def test_renew_lease(backend: RedisBackend, raw: aioredis.Redis) -> None:
     await finish(backend, "s", StreamState.CANCELLED)
     assert await backend.renew_lease("s", token="tok", times=TIMES, now=0) is StreamState.CANCELLED
     assert await backend.renew_lease("missing", token="tok", times=TIMES, now=0) is None
+
+
+async def test_renew_many_renews_each_stream_on_its_own(
+    backend: RedisBackend, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_codec, "_STREAMS_PER_CALL", 2)  # three script calls for five
+    for stream_id in ("a", "b", "ended", "theirs"):
+        await claim(backend, stream_id, lease=1.0)
+    await finish(backend, "ended", StreamState.CANCELLED)
+    await raw.hset(stream_keys(backend.key_prefix, "b").meta, "chunks", "many")
+    longer = StreamTimes(lease=30.0, active=60.0, retention=120.0)
+    renewals = [
+        Renewal("a", "tok", longer, time.time()),
+        Renewal("b", "tok", longer, time.time()),
+        Renewal("ended", "tok", longer, time.time()),
+        Renewal("theirs", "thief", longer, time.time()),
+        Renewal("missing", "tok", longer, time.time()),
+    ]
+    outcomes = await backend.renew_many(renewals)
+    assert outcomes[0] is StreamState.ACTIVE
+    assert isinstance(outcomes[1], CorruptStreamError)
+    assert outcomes[2:] == [StreamState.CANCELLED, StreamState.INTERRUPTED, None]
+    assert 29_000 < await raw.pttl(stream_keys(backend.key_prefix, "a").lease) <= 30_000
+    assert await raw.pttl(stream_keys(backend.key_prefix, "theirs").lease) <= 1000
 
 
 async def test_finish_first_terminal_state_wins(backend: RedisBackend) -> None:

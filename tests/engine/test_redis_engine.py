@@ -22,7 +22,7 @@ import pytest
 
 from tests._services import delete_redis_keys
 from unbroken import StreamEngine, StreamState
-from unbroken.backends.base import Append, Listener
+from unbroken.backends.base import Append, Listener, Renewal
 from unbroken.backends.redis import RedisBackend
 from unbroken.backends.redis._keys import stream_keys
 from unbroken.backends.redis._pipeliner import SCRIPTS, Pipeliner
@@ -266,3 +266,39 @@ async def test_an_ended_stream_is_kept_packed(redis_engine: StreamEngine) -> Non
     assert await read_text(redis_engine, "packed") == (texts, StreamState.DONE)
     replay = [chunk async for chunk in redis_engine.read("packed", after=149)]
     assert [getattr(item, "data", None) for item in replay] == [*texts[150:], None]
+
+
+async def test_every_lease_due_at_a_tick_is_renewed_in_one_call(
+    redis_engine: StreamEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hundreds of producers waiting on their sources keep their streams: their leases go
+    in one `renew_many` per tick, not a task and a round trip each."""
+    calls: list[int] = []
+    renew_many = RedisBackend.renew_many
+
+    async def counting(self: RedisBackend, renewals: Sequence[Renewal]) -> Any:
+        calls.append(len(renewals))
+        return await renew_many(self, renewals)
+
+    monkeypatch.setattr(RedisBackend, "renew_many", counting)
+    gate = anyio.Event()
+
+    async def waiting() -> AsyncIterator[str]:
+        yield "first "
+        await gate.wait()
+        yield "last"
+
+    streams = [f"idle-{index}" for index in range(300)]
+    for stream_id in streams:
+        await redis_engine.start(stream_id, waiting())
+    await anyio.sleep(0.6 * 3)  # three lease times
+    for stream_id in streams:
+        assert await redis_engine.check_producer(stream_id) is StreamState.ACTIVE
+    assert max(calls) == len(streams)
+    gate.set()
+    with anyio.fail_after(10):
+        for stream_id in streams[:10]:
+            assert await read_text(redis_engine, stream_id) == (
+                ["first ", "last"],
+                StreamState.DONE,
+            )

@@ -92,6 +92,4 @@ class Liveness:
     async def _renew_leases(self, due: list[LocalStream]) -> None:
         # Given up after one interval: the next tick's renewals are on their way by then.
         with anyio.move_on_after(self.interval):
-            async with anyio.create_task_group() as renewals:
-                for local in due:
-                    renewals.start_soon(self._writes.renew_lease, local)
+            await self._writes.renew_leases(due)

@@ -29,7 +29,7 @@ from unbroken._engine.flushing import WRITE_BATCH, apply_append, flush, record_e
 from unbroken._engine.local import PRODUCER_LOST, LocalStream, Writer
 from unbroken._engine.wakeups import EventWakeups, Wakeups
 from unbroken._models import Chunk, StreamState
-from unbroken.backends.base import Append, Backend, GatheredAppends, InlineAppends
+from unbroken.backends.base import Append, Backend, GatheredAppends, InlineAppends, Renewal
 from unbroken.exceptions import BackendError, UnbrokenError
 
 __all__ = ["Writes"]
@@ -91,21 +91,44 @@ class Writes:
         finally:
             local.release_write()
 
-    async def renew_lease(self, local: LocalStream) -> None:
-        """Renew the producer's lease (for a stream that appended nothing lately)."""
+    async def renew_leases(self, due: Sequence[LocalStream]) -> None:
+        """Renew the producers' leases of streams no append renewed lately: with gathered
+        appends in one call for all of them (no task per stream, however many are due)."""
+        if self.gathered is not None:
+            now = time.time()
+            renewals = [Renewal(local.stream_id, local.token, local.times, now) for local in due]
+            try:
+                outcomes = await self.gathered.renew_many(renewals)
+            except BackendError as exc:
+                logger.debug("renewing %d leases failed: %s", len(due), exc)
+                return
+            for local, outcome in zip(due, outcomes, strict=True):
+                self._renewed(local, outcome)
+            return
+        async with anyio.create_task_group() as renewals_group:
+            for local in due:
+                renewals_group.start_soon(self._renew_lease, local)
+
+    async def _renew_lease(self, local: LocalStream) -> None:
+        state: StreamState | BackendError | None
         try:
             state = await self.backend.renew_lease(
                 local.stream_id, token=local.token, times=local.times, now=time.time()
             )
         except BackendError as exc:
+            state = exc
+        self._renewed(local, state)
+
+    def _renewed(self, local: LocalStream, outcome: StreamState | BackendError | None) -> None:
+        """Apply the outcome of a lease renewal."""
+        if isinstance(outcome, BackendError):
             # Unreachable: try again next time. Corrupt: the next write will say so.
-            logger.debug("lease renewal of %r failed: %s", local.stream_id, exc)
-            return
-        if state is None:
+            logger.debug("lease renewal of %r failed: %s", local.stream_id, outcome)
+        elif outcome is None:
             local.lost = True
             self.wake_writer(local)
-        elif state.is_terminal:
-            local.stop(state, PRODUCER_LOST if state is StreamState.INTERRUPTED else None)
+        elif outcome.is_terminal:
+            local.stop(outcome, PRODUCER_LOST if outcome is StreamState.INTERRUPTED else None)
 
     # -- inline ------------------------------------------------------------------------
 

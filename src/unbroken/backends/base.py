@@ -34,6 +34,7 @@ __all__ = [
     "Listener",
     "Notification",
     "PacksEndedLogs",
+    "Renewal",
     "StreamTimes",
     "require_consecutive",
 ]
@@ -78,6 +79,17 @@ class Append:
     #: one append per liveness tick rather than with every one; a backend may renew it with
     #: every append anyway.
     renew_lease: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Renewal:
+    """One stream's part of `GatheredAppends.renew_many`: the arguments of one
+    `Backend.renew_lease`."""
+
+    stream_id: str
+    token: str
+    times: StreamTimes
+    now: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +259,7 @@ class InlineAppends(ABC):
 
 class GatheredAppends(ABC):
     """Capability of a backend whose round trips cost more than the work in them: many
-    streams' appends in one call.
+    streams' appends, and lease renewals, in one call.
 
     The engine then gathers the new chunks of all its streams for ``append_gather`` seconds
     and writes them with one `append_many` from one task, instead of a writer task and a
@@ -264,6 +276,14 @@ class GatheredAppends(ABC):
         """`Backend.append` for several streams (each at most once), in one round trip:
         each stream's outcome in order, what `append` would return or the `BackendError` it
         would raise. One failing append does not stop the others."""
+
+    @abstractmethod
+    async def renew_many(
+        self, renewals: Sequence[Renewal]
+    ) -> list[StreamState | BackendError | None]:
+        """`Backend.renew_lease` for several streams, in one round trip (the engine renews
+        every lease due at a liveness tick with one call, however many streams it runs):
+        each stream's outcome in order, as for `append_many`."""
 
 
 class PacksEndedLogs(ABC):

@@ -22,6 +22,7 @@ from unbroken.backends.base import (
     GatheredAppends,
     Listener,
     PacksEndedLogs,
+    Renewal,
     StreamTimes,
 )
 from unbroken.backends.redis._codec import (
@@ -35,6 +36,7 @@ from unbroken.backends.redis._codec import (
     parse_log,
     parse_state,
     parse_status,
+    renewal_calls,
     script_calls,
 )
 from unbroken.backends.redis._errors import corrupt, translated
@@ -274,20 +276,35 @@ class RedisBackend(Backend, GatheredAppends, PacksEndedLogs):
         replies = await pipeliner.call_many(
             [append_many_command(call) for call in calls], script=SCRIPTS["append_many"]
         )
-        for call, (reply, error) in zip(calls, replies, strict=True):
-            if error is None and not (isinstance(reply, list) and len(reply) == len(call)):
-                error = redis_errors.ResponseError(f"UNBROKEN_CORRUPT script replied {reply!r}")
-            for position, (index, stream_id, *_) in enumerate(call):
-                try:
-                    with translated(stream_id):
-                        if error is not None:
-                            raise error
-                        outcome = reply[position]
-                        if isinstance(outcome, Exception):
-                            raise outcome
-                    outcomes[index] = parse_state(stream_id, outcome)
-                except BackendError as exc:
-                    outcomes[index] = exc
+        places = [[(append.place, append.stream_id) for append in call] for call in calls]
+        _settle_each(places, replies, outcomes)
+        return outcomes
+
+    async def renew_many(
+        self, renewals: Sequence[Renewal]
+    ) -> list[StreamState | BackendError | None]:
+        """Every renewal in one pipeline, several streams to a script call outside a
+        cluster (as in `append_many`); it may wait up to ``write_gather`` to share a
+        pipeline."""
+        pipeliner = self._open_pipeliner()
+        calls = (
+            [range(place, place + 1) for place in range(len(renewals))]
+            if self.cluster
+            else renewal_calls(len(renewals))
+        )
+        commands = []
+        for call in calls:
+            keys: list[str] = []
+            args: list[str | bytes | int] = []
+            for place in call:
+                renewal = renewals[place]
+                keys += self._keys(renewal.stream_id).script_keys
+                args += [encode(renewal.token), ms(renewal.times.lease), ms(renewal.times.active)]
+            commands.append((len(keys), *keys, *args))
+        replies = await pipeliner.call_many(commands, script=SCRIPTS["renew_many"], deferrable=True)
+        outcomes: list[StreamState | BackendError | None] = [None] * len(renewals)
+        places = [[(place, renewals[place].stream_id) for place in call] for call in calls]
+        _settle_each(places, replies, outcomes)
         return outcomes
 
     async def renew_lease(
@@ -379,3 +396,27 @@ class RedisBackend(Backend, GatheredAppends, PacksEndedLogs):
             yield listener
         finally:
             router.unsubscribe(channel, listener)
+
+
+def _settle_each(
+    places: list[list[tuple[int, str]]],
+    replies: list[tuple[Any, BaseException | None]],
+    outcomes: list[StreamState | BackendError | None],
+) -> None:
+    """Each stream's outcome from the replies of script calls for several streams
+    (``places``: each call's streams, as their index in ``outcomes`` and their id); a call's
+    error, or a stream's error reply, becomes that stream's `BackendError`."""
+    for call, (reply, error) in zip(places, replies, strict=True):
+        if error is None and not (isinstance(reply, list) and len(reply) == len(call)):
+            error = redis_errors.ResponseError(f"UNBROKEN_CORRUPT script replied {reply!r}")
+        for position, (index, stream_id) in enumerate(call):
+            try:
+                with translated(stream_id):
+                    if error is not None:
+                        raise error
+                    outcome = reply[position]
+                    if isinstance(outcome, Exception):
+                        raise outcome
+                outcomes[index] = parse_state(stream_id, outcome)
+            except BackendError as exc:
+                outcomes[index] = exc

@@ -35,6 +35,7 @@ __all__ = [
     "parse_notification",
     "parse_state",
     "parse_status",
+    "renewal_calls",
     "script_calls",
     "text",
 ]
@@ -185,6 +186,12 @@ def script_calls(appends: list[PackedAppend]) -> list[list[PackedAppend]]:
     if call:
         calls.append(call)
     return calls
+
+
+def renewal_calls(count: int) -> list[range]:
+    """The positions of ``count`` renewals cut into renew_many.lua calls of bounded size."""
+    step = _STREAMS_PER_CALL
+    return [range(at, min(at + step, count)) for at in range(0, count, step)]
 
 
 def append_many_command(appends: Sequence[PackedAppend]) -> tuple[Any, ...]:

@@ -41,13 +41,14 @@ SCRIPTS = {
     "claim": Script.load("claim"),
     "append": Script.load("append", "_append"),
     "append_many": Script.load("append_many", "_append"),
-    "renew": Script.load("renew"),
+    "renew": Script.load("renew", "_renew"),
+    "renew_many": Script.load("renew_many", "_renew"),
     "finish": Script.load("finish"),
     "pack": Script.load("pack"),
 }
 #: Writes that may wait to share a pipeline: nobody waits on them, and they carry no chunks
 #: (chunks wait for company only in the engine's gathered appends).
-DEFERRABLE_SCRIPTS = frozenset({"renew", "pack"})
+DEFERRABLE_SCRIPTS = frozenset({"renew", "renew_many", "pack"})
 _PIPELINES_IN_FLIGHT = 4  # at most this many connections carry this backend's commands
 
 
