@@ -21,10 +21,14 @@ used meanwhile (Redis, PostgreSQL, and anything else running: the machine may be
    Configurations: ``plain`` (baseline in the same run: the same model, `ui_chunks` and v5
    encoder written straight to the response, no engine, no store: `system_apps.plain_app`),
    ``stored-plain`` (the second baseline: the chat service's authentication and SQL, the
-   answer streamed straight from the model with no engine: `system_apps.stored_plain_app`),
-   ``memory-sqlite`` (one worker, the embedded default), ``memory-sqlite flush`` (the same
-   with ``UNBROKEN_FLUSH_INTERVAL=0.05``: fewer, larger writes), ``redis-postgres`` (one worker) and
-   ``redis-postgres x2`` (two workers sharing streams through Redis);
+   answer streamed straight from the model with no engine: `system_apps.stored_plain_app`,
+   on SQLite), ``stored-plain-postgres`` (the same on PostgreSQL: the baseline of the
+   configurations on PostgreSQL), ``memory-sqlite`` (one worker, the embedded default),
+   ``memory-postgres`` (the embedded stream backend, the store on PostgreSQL),
+   ``memory-sqlite flush`` (the same with ``UNBROKEN_FLUSH_INTERVAL=0.05``: fewer, larger
+   writes), ``redis-postgres`` (one worker) and ``redis-postgres x2`` (two workers sharing
+   streams through Redis). Redis is a private redis-server the script starts on a free port
+   unless ``--redis-url`` names one;
 2. server CPU per chunk delivered, and its ratio to plain streaming at the same load;
 3. resume latency under load: in the second half of each window, 10 probes/s (``--probes``) GET
    ``/api/chat/{id}/stream`` with ``Last-Event-ID`` 8 chunks back, timed to the response's
@@ -40,13 +44,16 @@ CPU goes (see `PROFILE_RULES`).
 ``--paired ROUNDS`` replaces the capacity steps with the CPU ratio measured robustly: every
 server is up at once and the steps alternate between plain streaming and each
 configuration, ROUNDS rounds per level, so each round's ratio compares steps run a minute
-apart (this machine's speed drifts over minutes; see `paired`).
+apart (this machine's speed drifts over minutes; see `paired`). Each configuration on
+PostgreSQL is compared with ``stored-plain-postgres`` too, and the Redis configurations' p99
+delivery delay with the embedded backend's of the same round.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -63,6 +70,8 @@ from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from peers_bench import redis_server
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -97,7 +106,13 @@ class Config:
 PLAIN = Config("plain", "plain")
 #: The chat service without the engine: its SQL and authentication, plain streaming.
 STORED_PLAIN = Config("stored-plain", "stored_plain")
+#: The same on PostgreSQL: the baseline of the configurations on PostgreSQL, so that their
+#: ratio to it is the cost of resumability alone, not that of another database too.
+STORED_PLAIN_PG = Config("stored-plain-postgres", "stored_plain", postgres=True)
 MEMORY = Config("memory-sqlite", "product")
+#: The embedded stream backend with the chat store on PostgreSQL: between it and
+#: ``redis-postgres`` only the stream backend differs.
+MEMORY_PG = Config("memory-postgres", "product", postgres=True)
 REDIS_1 = Config("redis-postgres", "product", redis=True, postgres=True)
 REDIS_2 = Config("redis-postgres x2", "product", workers=2, redis=True, postgres=True)
 #: The embedded default with a flush interval: each response writes what arrived in the last
@@ -108,7 +123,12 @@ MEMORY_FLUSH = Config(
     "product",
     env=(("UNBROKEN_FLUSH_INTERVAL", str(FLUSH_INTERVAL)),),
 )
-CONFIGS = (PLAIN, STORED_PLAIN, MEMORY, MEMORY_FLUSH, REDIS_1, REDIS_2)
+CONFIGS = (PLAIN, STORED_PLAIN, STORED_PLAIN_PG, MEMORY, MEMORY_PG, MEMORY_FLUSH, REDIS_1, REDIS_2)
+
+
+def stored_baseline(config: Config) -> Config:
+    """The stored-plain baseline on the same database as ``config``."""
+    return STORED_PLAIN_PG if config.postgres else STORED_PLAIN
 
 
 def percentile(values: list[float] | array[float], q: float) -> float:
@@ -583,7 +603,10 @@ def paired(
     alternate between them (``--paired ROUNDS`` rounds per level, the order rotating each
     round), all servers up at once (an idle one costs nothing). This machine's speed drifts
     over minutes, so a ratio of steps run minutes apart (as in the capacity runs) can be off
-    by more than what is measured; here each round's ratio compares neighbouring steps."""
+    by more than what is measured; here each round's ratio compares neighbouring steps.
+
+    Each round also keeps every step's p99 delivery delay (``delay_p99``), so delays are
+    compared within a round too."""
     others = [c for c in configs if c is not PLAIN]
     servers = {c.name: Server(c, args, workdir) for c in [PLAIN, *others]}
     out: dict[str, Any] = {}
@@ -593,8 +616,10 @@ def paired(
         names = list(servers)
         for streams in levels:
             rounds: list[dict[str, float]] = []
+            delays: list[dict[str, float]] = []
             for round_ in range(args.paired):
                 cpu: dict[str, float] = {}
+                p99: dict[str, float] = {}
                 for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
                     result = run_step(
                         servers[name],
@@ -605,36 +630,80 @@ def paired(
                     )
                     print(step_line(result) + f"  (paired, round {round_ + 1})", flush=True)
                     cpu[name] = result["cpu_us_per_chunk"]
+                    p99[name] = result["delay_ms"]["p99"]
                     time.sleep(2)
                 rounds.append(cpu)
+                delays.append(p99)
             ratios = {c.name: [r[c.name] / r[PLAIN.name] for r in rounds] for c in others}
-            out[str(streams)] = {"rounds": rounds, "ratios": ratios}
-            if STORED_PLAIN.name in servers:
-                # The cost of resumability alone: the same service, streaming plainly.
-                out[str(streams)]["ratios_to_stored_plain"] = {
-                    c.name: [r[c.name] / r[STORED_PLAIN.name] for r in rounds]
-                    for c in others
-                    if c.product
-                }
+            level: dict[str, Any] = {"rounds": rounds, "delay_p99": delays, "ratios": ratios}
+            for key, baseline in BASELINE_KEYS[1:]:
+                if baseline.name in servers:
+                    # The cost of resumability alone: the same service, streaming plainly.
+                    level[key] = {
+                        c.name: [r[c.name] / r[baseline.name] for r in rounds]
+                        for c in others
+                        if c.product
+                    }
+            out[str(streams)] = level
     finally:
         for server in servers.values():
             server.stop()
     return out
 
 
+#: Where `paired` keeps each configuration's ratios to each baseline.
+BASELINE_KEYS = (
+    ("ratios", PLAIN),
+    ("ratios_to_stored_plain", STORED_PLAIN),
+    ("ratios_to_stored_plain_postgres", STORED_PLAIN_PG),
+)
+#: The Redis path's targets: CPU per chunk against stored-plain on the same database, and
+#: its p99 delivery delay against the embedded backend's in the same round.
+REDIS_CPU_RATIO_TARGET = 1.4
+REDIS_DELAY_RATIO_TARGET = 2.0
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else math.nan
+
+
 def paired_lines(results: dict[str, Any]) -> list[str]:
     lines = []
     for streams, level in results.get("paired", {}).items():
-        for key, baseline in (("ratios", PLAIN), ("ratios_to_stored_plain", STORED_PLAIN)):
+        for key, baseline in BASELINE_KEYS:
             for name, ratios in level.get(key, {}).items():
-                ordered = sorted(ratios)
-                median = ordered[len(ordered) // 2]
-                verdict = "met" if median <= CPU_RATIO_TARGET else "MISSED"
+                median = _median(ratios)
+                target = CPU_RATIO_TARGET
+                if name.startswith("redis") and key != "ratios":
+                    target = REDIS_CPU_RATIO_TARGET
+                verdict = "met" if median <= target else "MISSED"
                 cpu = [f"{r[name]:.1f}/{r[baseline.name]:.1f}" for r in level["rounds"]]
                 lines.append(
                     f"paired CPU per chunk {name} / {baseline.name} at {streams} streams: median "
                     f"{median:.2f}x (rounds: {', '.join(f'{x:.2f}' for x in ratios)}; us "
-                    f"{', '.join(cpu)}); target <= {CPU_RATIO_TARGET}x: {verdict}"
+                    f"{', '.join(cpu)}); target <= {target}x: {verdict}"
+                )
+        delays = level.get("delay_p99", [])
+        if not delays:
+            continue
+        for name in delays[0]:
+            values = [d[name] for d in delays]
+            lines.append(
+                f"paired p99 delivery delay {name} at {streams} streams: median "
+                f"{_median(values):.1f} ms (rounds: {', '.join(f'{v:.1f}' for v in values)})"
+            )
+        for name in (n for n in delays[0] if n.startswith("redis")):
+            for memory in (MEMORY.name, MEMORY_PG.name):
+                if memory not in delays[0]:
+                    continue
+                ratios = [d[name] / d[memory] for d in delays]
+                median = _median(ratios)
+                verdict = "met" if median <= REDIS_DELAY_RATIO_TARGET else "MISSED"
+                lines.append(
+                    f"paired p99 delivery delay {name} / {memory} at {streams} streams: median "
+                    f"{median:.2f}x (rounds: {', '.join(f'{x:.2f}' for x in ratios)}); target "
+                    f"<= {REDIS_DELAY_RATIO_TARGET}x: {verdict}"
                 )
     return lines
 
@@ -746,9 +815,9 @@ def chart_paired(results: dict[str, Any], path: Path) -> None:
     colors = {c.name: f"C{i}" for i, c in enumerate(CONFIGS)}
     labelled: set[str] = set()
     for streams, level in results["paired"].items():
-        for key, marker, suffix in (("ratios", "o", ""), ("ratios_to_stored_plain", "x", " / ")):
+        for (key, baseline), marker in zip(BASELINE_KEYS, "oxs", strict=True):
             for name, ratios in level.get(key, {}).items():
-                label = name + (suffix and f"{suffix}{STORED_PLAIN.name}")
+                label = name if baseline is PLAIN else f"{name} / {baseline.name}"
                 shown = None if label in labelled else label
                 labelled.add(label)
                 x = [int(streams)] * len(ratios)
@@ -757,7 +826,7 @@ def chart_paired(results: dict[str, Any], path: Path) -> None:
     ax.set_ylim(bottom=0)
     ax.set_xlabel("concurrent answers at 30 tokens/s")
     ax.set_ylabel("server CPU per chunk / the baseline's")
-    ax.set_title("paired steps: CPU per chunk against plain (o) and stored-plain (x)")
+    ax.set_title("paired steps: CPU per chunk against plain (o), stored-plain (x, s: postgres)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -809,12 +878,41 @@ def _source_version() -> dict[str, Any]:
     return {"commit": commit, "src_uncommitted_changes": bool(dirty)}
 
 
+def run_configs(
+    configs: list[Config],
+    args: argparse.Namespace,
+    workdir: Path,
+    levels: list[int],
+    results: dict[str, Any],
+) -> None:
+    """The paired steps, or each configuration's capacity steps and then the storms."""
+    if args.paired:
+        results["paired"] = paired(configs, args, workdir, levels)
+        return
+    for config in configs:
+        results["capacity"][config.name] = capacity(config, args, workdir, levels)
+    if args.no_storm:
+        return
+    storm_configs = [c for c in configs if c.product and (c is MEMORY or c is REDIS_2)]
+    if args.quick:
+        storm_configs = storm_configs[:1]
+    for config in storm_configs:
+        streams = args.storm_streams or min(
+            1000, max(100, sustained(results["capacity"][config.name]))
+        )
+        r = storm(config, args, workdir, streams)
+        results["storm"][config.name] = r
+        print(step_line(r).replace("FAIL", "    ") + "  (reconnect storm)", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+        "--redis-url",
+        help="the Redis of the redis configurations (default: a private redis-server the "
+        "script starts on a free port, so its CPU is this benchmark's alone)",
     )
     parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--quick", action="store_true", help="fewer, shorter steps: a smoke run")
@@ -897,25 +995,13 @@ def main() -> None:
         "storm": {},
     }
     print(HEADER, flush=True)
-    try:
-        if args.paired:
-            results["paired"] = paired(configs, args, workdir, levels)
-        else:
-            for config in configs:
-                results["capacity"][config.name] = capacity(config, args, workdir, levels)
-        if not args.no_storm and not args.paired:
-            storm_configs = [c for c in configs if c.product and (c is MEMORY or c is REDIS_2)]
-            if args.quick:
-                storm_configs = storm_configs[:1]
-            for config in storm_configs:
-                streams = args.storm_streams or min(
-                    1000, max(100, sustained(results["capacity"][config.name]))
-                )
-                r = storm(config, args, workdir, streams)
-                results["storm"][config.name] = r
-                print(step_line(r).replace("FAIL", "    ") + "  (reconnect storm)", flush=True)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    with contextlib.ExitStack() as stack:
+        if args.redis_url is None and any(c.redis for c in configs):
+            args.redis_url, _ = stack.enter_context(redis_server())
+        try:
+            run_configs(configs, args, workdir, levels, results)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
     print()
     lines = summarize(results) + paired_lines(results)
     results["summary"] = lines
