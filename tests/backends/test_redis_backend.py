@@ -605,24 +605,43 @@ async def test_lease_renewals_wait_to_share_a_pipeline(
 
 
 async def test_appends_leave_at_once_and_share_the_pipelines_in_flight(
-    redis_url: str, key_prefix: str, raw: aioredis.Redis, pipelines: list[list[str]]
+    redis_url: str, key_prefix: str, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Chunks wait for company only in the engine's gathered appends (`append_many`): one
-    append is sent as soon as a connection is free, whatever ``write_gather`` says, and the
-    appends that arrive while every connection is busy leave together."""
+    append is sent as soon as a sender is free, whatever ``write_gather`` says, and the
+    appends that arrive while every sender is busy leave together."""
+    sent: list[int] = []  # commands per pipeline
+    held: list[anyio.Event] = []  # while set up: each pipeline waits for its event
+    execute = _pipeliner.Pipeliner._execute
+
+    async def holding(self: Any, batch: list[Any]) -> list[Any]:
+        if held:
+            sent.append(len(batch))
+            if len(sent) <= len(held):
+                await held[len(sent) - 1].wait()
+        return await execute(self, batch)
+
+    monkeypatch.setattr(_pipeliner.Pipeliner, "_execute", holding)
     try:
         async with RedisBackend(redis_url, key_prefix=key_prefix, write_gather=1) as backend:
             streams = [f"s{index}" for index in range(10)]
             for stream_id in streams:
                 await claim(backend, stream_id)
             await raw.script_load(SCRIPTS["append"].source)
-            pipelines.clear()
+            held.extend(anyio.Event() for _ in range(4))
             with anyio.fail_after(0.5):  # far less than the gathering second
                 async with anyio.create_task_group() as tasks:
-                    for stream_id in streams:
+                    for stream_id in streams[:4]:
                         tasks.start_soon(append, backend, stream_id, chunks("x"))
-            # One pipeline per connection (four), then one with every append that waited.
-            assert [len(pipeline) for pipeline in pipelines] == [1, 1, 1, 1, 6]
+                        await anyio.wait_all_tasks_blocked()  # its pipeline is in flight
+                    for stream_id in streams[4:]:
+                        tasks.start_soon(append, backend, stream_id, chunks("x"))
+                    await anyio.wait_all_tasks_blocked()
+                    assert sent == [1, 1, 1, 1]  # every sender busy: the others wait
+                    for event in held:
+                        event.set()
+            # The first sender done took every append that waited.
+            assert sent == [1, 1, 1, 1, 6]
             statuses = [await backend.status(stream_id) for stream_id in streams]
             assert all(s is not None and s.chunk_count == 1 for s in statuses)
     finally:
@@ -632,7 +651,7 @@ async def test_appends_leave_at_once_and_share_the_pipelines_in_flight(
 async def test_a_command_someone_waits_on_leaves_from_the_callers_task(
     redis_url: str, key_prefix: str
 ) -> None:
-    """With a connection free, a claim or a status goes out from the caller's task, without
+    """With a connection free, a claim or a status wakes an idle sender itself, without
     waiting for the pipeliner's own task to wake up first (one task switch sooner)."""
     try:
         async with RedisBackend(redis_url, key_prefix=key_prefix) as backend:
@@ -640,8 +659,8 @@ async def test_a_command_someone_waits_on_leaves_from_the_callers_task(
             assert pipeliner is not None
             await claim(backend, "warm")
             await anyio.sleep(0.05)  # the pipeliner's task is waiting again
-            heard = pipeliner._wakeup  # what it waits on
-            pipeliner._wakeup = anyio.Event()  # so it never hears of these commands
+            heard = pipeliner._deferred  # what it waits on
+            pipeliner._deferred = anyio.Event()  # so it never hears of these commands
             try:
                 with anyio.fail_after(WATCHDOG):
                     await claim(backend, "s")
@@ -1093,6 +1112,68 @@ async def test_client_that_decodes_responses(redis_url: str, key_prefix: str) ->
     finally:
         await client.aclose()
         await delete_prefix(redis_url, key_prefix)
+
+
+async def test_kept_connections_that_died_are_replaced(private_redis: str, key_prefix: str) -> None:
+    """The pipeliner keeps its connections between pipelines: one killed meanwhile (a Redis
+    restart, a proxy's idle timeout) costs the next pipeline a reconnect, not an error."""
+    raw = aioredis.from_url(private_redis)
+    try:
+        async with RedisBackend(private_redis, key_prefix=key_prefix) as backend:
+            await claim(backend, "s")
+            for text in ("a", "b"):
+                # Every client but `raw`: the backend's kept connection and its pub/sub one.
+                assert await raw.client_kill_filter(_type="normal", skipme=True) >= 1
+                status = await backend.status("s")
+                assert status is not None and status.state is StreamState.ACTIVE
+                seq = status.chunk_count
+                assert await append(backend, "s", chunks(text, seq=seq, offset=seq))
+            assert [c.data for c in await backend.read("s", after=-1, limit=5)] == ["a", "b"]
+    finally:
+        await raw.aclose()
+        await delete_prefix(private_redis, key_prefix)
+
+
+async def test_caller_owned_pool_gets_its_connections_back(redis_url: str, key_prefix: str) -> None:
+    client = aioredis.from_url(redis_url)
+    pool: Any = client.connection_pool
+    try:
+        async with RedisBackend(client=client, key_prefix=key_prefix) as backend:
+            async with anyio.create_task_group() as tasks:
+                for index in range(20):
+                    tasks.start_soon(claim, backend, f"s{index}")
+            assert pool._in_use_connections  # kept by the pipeliner meanwhile
+        assert not pool._in_use_connections
+        assert await client.ping()
+    finally:
+        await client.aclose()
+        await delete_prefix(redis_url, key_prefix)
+
+
+async def test_text_is_packed_as_the_clients_encoder_encodes_it() -> None:
+    """The pipeliner packs commands itself: text in the client's encoding (UTF-8 unless the
+    caller's client says otherwise), exactly as redis-py would have sent it."""
+    for encoding, expected in (("utf-8", "é".encode()), ("latin-1", b"\xe9")):
+        client = aioredis.Redis(encoding=encoding)
+        try:
+            connections = _pipeliner._Connections(client)
+            connection = client.connection_pool.make_connection()
+            packed, _ = connections._packed(connection, [("SET", "é", 1)])
+            assert packed == b"*3\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$1\r\n1\r\n" % (
+                len(expected),
+                expected,
+            )
+        finally:
+            await client.aclose()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("PING",), ("SET", "k", "dé"), ("EVALSHA", "f" * 40, 3, b"\x00\xff", -5, "")],
+)
+def test_the_python_packer_packs_as_hiredis_does(args: tuple[Any, ...]) -> None:
+    hiredis = pytest.importorskip("hiredis")
+    assert _pipeliner._pack_python(args) == hiredis.pack_command(args)
 
 
 def test_constructor_arguments() -> None:

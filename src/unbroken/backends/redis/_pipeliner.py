@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from importlib.resources import files
-from typing import Any
+from typing import Any, cast
 
 import anyio
-from anyio.abc import TaskGroup
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -79,26 +80,33 @@ class _Call:
 class Pipeliner:
     """Every command of the backend goes out in a pipeline shared by all concurrent callers.
 
-    Idle, a command is sent at once, in a pipeline started from its caller's task when a
-    connection is free; while pipelines are in flight, new commands gather and leave together
-    in the next one. So many streams in one process share round trips, and the backend never
+    `_PIPELINES_IN_FLIGHT` sender tasks each send one pipeline at a time. A command someone
+    waits on wakes an idle sender, which sends it with everything waiting by the time it
+    runs; while every sender is busy, new commands gather and the next sender that is done
+    takes them all. So many streams in one process share round trips, and the backend never
     uses more than `_PIPELINES_IN_FLIGHT` connections however many streams are written at once.
 
-    A pipeline's cost to this process is mostly fixed (redis-py's pipeline, the socket write,
-    the wake-up for the reply), whatever it carries. Chunks wait for company in one layer
-    only, the engine's gathered appends (`GatheredAppends.append_many`), so an append is sent
-    like any other command. Only ``deferrable`` commands (lease renewals, which nobody waits
-    on) wait up to ``gather`` seconds for company; any other command takes them along.
+    A pipeline's cost to this process is mostly fixed (packing, the socket write, the wake-up
+    for the reply), whatever it carries. Chunks wait for company in one layer only, the
+    engine's gathered appends (`GatheredAppends.append_many`), so an append is sent like any
+    other command. Only ``deferrable`` commands (lease renewals, which nobody waits on) wait
+    up to ``gather`` seconds for company; any other command takes them along.
     """
 
     def __init__(self, client: Redis | RedisCluster, *, gather: float = 0.0) -> None:
         self._client = client
         self._gather = gather
+        # Outside a cluster, pipelines go out on connections the pipeliner keeps (see
+        # `_Connections`); a cluster's pipelines are redis-py's, which route by slot.
+        self._connections = None if isinstance(client, RedisCluster) else _Connections(client)
         self._queue: list[_Call] = []
-        self._wakeup = anyio.Event()  # a command is waiting
-        self._urgent = anyio.Event()  # ... and one that must not wait
-        self._slots = anyio.Semaphore(_PIPELINES_IN_FLIGHT)
-        self._senders: TaskGroup | None = None  # run's task group, for `_send_now`
+        # The queue holds a command that leaves with the next pipeline (one someone waits
+        # on, or deferrable ones that waited long enough).
+        self._due = False
+        # Idle senders, each waiting on its future (bare futures: one wait per pipeline).
+        self._idle: list[asyncio.Future[None]] = []
+        self._waking = False  # a sender was woken and has not taken the queue yet
+        self._deferred = anyio.Event()  # a deferrable command is waiting: `run` times it
         self._stop = anyio.CancelScope()
         self._closed = False
 
@@ -126,10 +134,11 @@ class Pipeliner:
         prefix = ("EVALSHA", script.sha) if script is not None else ()
         calls = [_Call((*prefix, *args), script) for args in commands]
         self._queue += calls
-        if deferrable or not self._send_now():
-            self._wakeup.set()
-            if not deferrable:
-                self._urgent.set()
+        if deferrable:
+            self._deferred.set()
+        else:
+            self._due = True
+            self._wake_sender()
         # If the caller is cancelled the commands may still run, exactly as if they had been
         # sent directly and the replies were never read.
         await calls[-1].done
@@ -143,41 +152,51 @@ class Pipeliner:
             call.settle(error=EngineClosedError("backend is closed"))
         self._queue.clear()
 
-    def _send_now(self) -> bool:
-        """Send everything waiting (in order) in a pipeline started from the caller's task,
-        if a connection is free: the command then leaves without waking `run` first, one
-        task switch sooner (a resume's status and first page, a claim, an append)."""
-        if self._senders is None:
-            return False
-        try:
-            self._slots.acquire_nowait()
-        except anyio.WouldBlock:
-            return False
-        batch, self._queue = self._queue, []
-        self._senders.start_soon(self._send, batch)
-        return True
+    def _wake_sender(self) -> None:
+        """Have an idle sender take the queue, unless one is about to (it takes all of it)."""
+        if self._waking:
+            return
+        while self._idle:
+            waiter = self._idle.pop()
+            if not waiter.done():  # (done: its sender was cancelled, the backend closing)
+                self._waking = True
+                waiter.set_result(None)
+                return
 
     async def run(self) -> None:
-        """Send what gathers while every connection is busy, and the deferrable commands,
-        until `close`."""
-        with self._stop:
-            async with anyio.create_task_group() as senders:
-                self._senders = senders
-                try:
+        """Run the senders, and send the deferrable commands once they waited ``gather``
+        seconds for company, until `close`; then give the connections kept back to the
+        client's pool."""
+        try:
+            with self._stop:
+                async with anyio.create_task_group() as senders:
+                    for _ in range(_PIPELINES_IN_FLIGHT):
+                        senders.start_soon(self._sender)
                     while True:
-                        await self._wakeup.wait()
-                        if self._gather and not self._urgent.is_set():
-                            with anyio.move_on_after(self._gather):
-                                await self._urgent.wait()
-                        await self._slots.acquire()  # meanwhile, more commands gather
-                        self._wakeup, self._urgent = anyio.Event(), anyio.Event()
-                        batch, self._queue = self._queue, []
-                        if batch:
-                            senders.start_soon(self._send, batch)
-                        else:  # `_send_now` sent them meanwhile
-                            self._slots.release()
-                finally:
-                    self._senders = None
+                        await self._deferred.wait()
+                        self._deferred = anyio.Event()
+                        if self._gather:
+                            # A command someone waits on takes them along meanwhile.
+                            await anyio.sleep(self._gather)
+                        if self._queue:
+                            self._due = True
+                            self._wake_sender()
+        finally:
+            if self._connections is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._connections.release_all()
+
+    async def _sender(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._due and self._queue:
+                batch, self._queue, self._due = self._queue, [], False
+                await self._send(batch)
+                continue
+            waiter = loop.create_future()
+            self._idle.append(waiter)
+            await waiter
+            self._waking = False
 
     async def _send(self, batch: list[_Call]) -> None:
         try:
@@ -188,10 +207,16 @@ class Pipeliner:
                 if isinstance(result, redis_errors.NoScriptError) and call.script is not None
             ]
             if unknown:  # a new or flushed server: load the scripts, then run those again
-                for script in {batch[index].script for index in unknown}:
-                    assert script is not None
-                    await self._client.script_load(script.source)
-                retried = await self._execute([batch[index] for index in unknown])
+                scripts = {batch[index].script for index in unknown}
+                again = [batch[index] for index in unknown]
+                if self._connections is None:  # a cluster: loaded on every master
+                    for script in scripts:
+                        assert script is not None
+                        await self._client.script_load(script.source)
+                    retried = await self._execute(again)
+                else:  # on the same connection, in the same pipeline as the retries
+                    loads = [_Call(("SCRIPT", "LOAD", s.source), None) for s in scripts if s]
+                    retried = (await self._execute(loads + again))[len(loads) :]
                 for index, result in zip(unknown, retried, strict=True):
                     results[index] = result
             for call, result in zip(batch, results, strict=True):
@@ -205,18 +230,146 @@ class Pipeliner:
         finally:
             for call in batch:  # only when cancelled: the backend is closing
                 call.settle(error=EngineClosedError("backend is closed"))
-            self._slots.release()
 
     async def _execute(self, batch: list[_Call]) -> list[Any]:
-        pipeline: Any = self._client.pipeline(transaction=False)
-        for call in batch:
-            pipeline.execute_command(*call.args)
+        """Each command's reply (a `redis.exceptions.ResponseError` for an error reply);
+        raises for a connection that failed."""
         try:
-            results: list[Any] = await pipeline.execute(raise_on_error=False)
+            if self._connections is not None:
+                return await self._connections.execute([call.args for call in batch])
+            return await self._execute_pipeline(batch)
         except (AttributeError, TypeError, RuntimeError) as exc:
             # redis-py may write to a connection another task has just torn down (a node
             # lost in a failover, a peer reset) and trip over the closed stream or transport
             # (None attributes, uvloop's "handler is closed") instead of raising
             # ConnectionError. It is one: the caller treats it as such and retries.
             raise redis_errors.ConnectionError(f"connection lost while sending: {exc}") from exc
+
+    async def _execute_pipeline(self, batch: list[_Call]) -> list[Any]:
+        pipeline: Any = self._client.pipeline(transaction=False)
+        for call in batch:
+            pipeline.execute_command(*call.args)
+        results: list[Any] = await pipeline.execute(raise_on_error=False)
         return results
+
+
+def _pack_python(args: tuple[Any, ...]) -> bytes:
+    """One command in the Redis protocol (RESP), for str (UTF-8), bytes and int arguments:
+    what hiredis's packer does, where hiredis is missing."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if isinstance(arg, str):
+            arg = arg.encode()
+        elif isinstance(arg, int):
+            arg = b"%d" % arg
+        parts.append(b"$%d\r\n%b\r\n" % (len(arg), arg))
+    return b"".join(parts)
+
+
+#: Packs one command: hiredis's packer (C) where installed.
+_pack: Callable[[tuple[Any, ...]], bytes]
+try:
+    from hiredis import pack_command
+except ImportError:  # pragma: no cover - hiredis comes with the redis extra
+    _pack = _pack_python
+else:
+    _pack = cast(Callable[[tuple[Any, ...]], bytes], pack_command)
+
+
+class _Connections:
+    """Pipelines on connections of a (non-cluster) client's pool that the pipeliner keeps
+    between pipelines, each pipeline packed in one go and written at once.
+
+    What a redis-py pipeline does per pipeline besides the socket I/O (taking a connection
+    from the pool and checking it, packing each argument into a buffer copied again for the
+    next one, the retry and observability wrappers, giving the connection back) costs more
+    than what one gathered append carries, so it is done here once per connection instead:
+    a connection is taken from the pool when all those kept are busy (at most one per
+    pipeline in flight), kept while it works, given back when it fails (disconnected, so it
+    reconnects when next used) and when the backend closes. Replies are read with the
+    client's own parsing (its response callbacks, its decoding), so a command answers
+    exactly what the client would have answered; the client's retry policy applies to a
+    pipeline whose connection failed, as for redis-py's pipelines.
+    """
+
+    def __init__(self, client: Redis) -> None:
+        self._client = client
+        self._idle: list[Any] = []  # redis-py connections, connected or to reconnect
+        self._pack: Callable[[tuple[Any, ...]], bytes] | None = None
+
+    async def execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        pool: Any = self._client.connection_pool
+        connection = self._idle.pop() if self._idle else await pool.get_connection()
+        kept = False
+        try:
+            packed, results = self._packed(connection, commands)
+            if packed:
+                replies: list[Any] = await connection.retry.call_with_retry(
+                    partial(self._round_trip, connection, packed, commands, results),
+                    lambda _error: connection.disconnect(),
+                )
+            else:
+                replies = results
+            kept = True
+            return replies
+        finally:
+            if kept:
+                self._idle.append(connection)
+            else:
+                # Failed or cancelled midway, perhaps with replies unread: never reused
+                # as it is (the pool reconnects it before handing it out again).
+                with anyio.CancelScope(shield=True):
+                    await connection.disconnect(nowait=True)
+                    await pool.release(connection)
+
+    def _packed(self, connection: Any, commands: list[tuple[Any, ...]]) -> tuple[bytes, list[Any]]:
+        """Every command packed (one error in ``results`` in place of a command that cannot
+        be, which is then not sent), and ``results`` with a None per command sent."""
+        pack = self._pack or self._packer(connection.encoder)
+        parts: list[bytes] = []
+        results: list[Any] = []
+        for args in commands:
+            try:
+                parts.append(pack(args))
+            except (TypeError, ValueError, redis_errors.DataError) as exc:
+                results.append(redis_errors.DataError(f"cannot send {args[0]!r}: {exc}"))
+            else:
+                results.append(None)
+        return b"".join(parts), results
+
+    def _packer(self, encoder: Any) -> Callable[[tuple[Any, ...]], bytes]:
+        """The packer for this client: `_pack` when the client encodes text as strict UTF-8,
+        as `_pack` does; else the client's encoder first, then `_pack`."""
+        name = str(encoder.encoding).lower().replace("-", "").replace("_", "")
+        if name == "utf8" and encoder.encoding_errors == "strict":
+            self._pack = _pack
+        else:
+
+            def encoded(args: tuple[Any, ...]) -> bytes:
+                return _pack(tuple(encoder.encode(a) if isinstance(a, str) else a for a in args))
+
+            self._pack = encoded
+        return self._pack
+
+    async def _round_trip(
+        self, connection: Any, packed: bytes, commands: list[tuple[Any, ...]], unsent: list[Any]
+    ) -> list[Any]:
+        await connection.send_packed_command(packed)
+        parse = self._client.parse_response
+        results = list(unsent)
+        for index, args in enumerate(commands):
+            if unsent[index] is not None:
+                continue
+            try:
+                results[index] = await parse(connection, args[0])
+            except redis_errors.ResponseError as exc:
+                results[index] = exc
+        return results
+
+    async def release_all(self) -> None:
+        """Give every kept connection back to the client's pool."""
+        pool: Any = self._client.connection_pool
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            with contextlib.suppress(Exception):  # a closed pool: nothing to give back to
+                await pool.release(connection)
