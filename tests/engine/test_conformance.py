@@ -139,11 +139,12 @@ async def wait_for_chunks(engine: StreamEngine, stream_id: str, count: int) -> N
             await anyio.sleep(0.01)
 
 
-async def test_a_reader_elsewhere_starts_with_a_short_batch(make_engine: EngineFactory) -> None:
-    """Another engine's reader knows the stream's state and length before its first batch,
-    which is short (a few chunks are read for it, not a page), then the rest of the log
-    and the live part follow with no gap and no duplicate."""
-    producer, reader = await make_engine(), await make_engine()
+async def test_readers_start_with_a_short_batch(make_engine: EngineFactory) -> None:
+    """A reader, on the producer's engine or another one, knows the stream's state and
+    length before its first batch, which is short (a response encodes little before its
+    first byte; another engine reads a few chunks for it, not a page), then the rest of
+    the log and the live part follow with no gap and no duplicate."""
+    producer, other = await make_engine(), await make_engine()
     pieces = [f"{i} " for i in range(READ_PAGE + 100)]
     gate = anyio.Event()
 
@@ -153,11 +154,11 @@ async def test_a_reader_elsewhere_starts_with_a_short_batch(make_engine: EngineF
         await gate.wait()
         yield "end"
 
-    await producer.start("long", source())
-    await wait_for_chunks(reader, "long", len(pieces))
-    chunks: list[Chunk] = []
-    with anyio.fail_after(20):
-        async with reader.open("long") as opened:
+    results: list[list[Chunk]] = []
+
+    async def read(engine: StreamEngine, caught_up: anyio.Event) -> None:
+        chunks: list[Chunk] = []
+        async with engine.open("long") as opened:
             assert opened.state is StreamState.ACTIVE
             assert opened.chunk_count == len(pieces)
             first = await anext(opened)
@@ -166,12 +167,25 @@ async def test_a_reader_elsewhere_starts_with_a_short_batch(make_engine: EngineF
             async for batch in opened:
                 chunks += [item for item in batch if isinstance(item, Chunk)]
                 if len(chunks) == len(pieces):
-                    gate.set()
+                    caught_up.set()
                 if batch and isinstance(batch[-1], StreamEnd):
                     assert batch[-1].state is StreamState.DONE
                     break
-    assert_gapless(chunks, 0)
-    assert [c.data for c in chunks] == [*pieces, "end"]
+        results.append(chunks)
+
+    await producer.start("long", source())
+    await wait_for_chunks(other, "long", len(pieces))
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tasks:
+            for engine in (producer, other):
+                caught_up = anyio.Event()
+                tasks.start_soon(read, engine, caught_up)
+                await caught_up.wait()  # it has the whole log and waits for the rest
+            gate.set()
+    assert len(results) == 2
+    for chunks in results:
+        assert_gapless(chunks, 0)
+        assert [c.data for c in chunks] == [*pieces, "end"]
 
 
 async def test_an_ended_stream_is_read_without_a_subscription(

@@ -279,10 +279,11 @@ class StreamEngine:
         moment (at most a page), so a catch-up comes in a few batches and a live stream in
         one batch per wake-up. What a response writing to a client wants: one write each.
 
-        The first batch comes at once, possibly empty: it says the stream exists. For a
-        stream produced in another process it holds a few dozen chunks at most, so it waits
-        for one short look at the backend, not for a page to be read. The last batch ends
-        with the `StreamEnd`. With ``heartbeat``, an empty batch also comes when
+        The first batch comes at once, possibly empty: it says the stream exists. It holds a
+        few chunks at most, so it waits for one short look at the backend
+        (for a stream produced in another process), not for a page to be read, and a
+        response encodes little before its first byte. The last batch ends with the
+        `StreamEnd`. With ``heartbeat``, an empty batch also comes when
         nothing arrived for that many seconds (noticed on the engine's liveness tick, every
         ``lease_ttl / 3``), so the caller can keep its connection alive without a timer.
         """
@@ -320,9 +321,9 @@ class StreamEngine:
         *,
         first_read: int = FIRST_READ,
     ) -> StreamReader:
-        """`open`; ``first_read``: at most this many chunks of a stream produced elsewhere
-        in the first batch (`unbroken.compat` wants its whole first page there, since its
-        first text is the whole catch-up)."""
+        """`open`; ``first_read``: at most this many chunks in the first batch
+        (`unbroken.compat` wants a whole page there, since its first text is the whole
+        catch-up)."""
         self._check_read(stream_id, heartbeat)
         batches, local, backend_reader = self._reader(stream_id, after, heartbeat, first_read)
         first = await anext(batches)  # raises StreamNotFoundError as the read would
@@ -351,7 +352,7 @@ class StreamEngine:
         from the backend. Also returns the local stream or the backend reader."""
         local = self._producers.streams.get(stream_id)
         if local is not None:
-            return LocalReader(local, after, heartbeat).batches(), local, None
+            return LocalReader(local, after, heartbeat, first_read).batches(), local, None
         reader = BackendReader(
             self.backend,
             self._liveness,

@@ -48,8 +48,8 @@ __all__ = [
 ]
 
 READ_PAGE = 512  # chunks per log read while catching up
-# Chunks in a backend reader's first look: its first batch (the first byte of a response)
-# waits for these to be read and decoded, not for a whole page.
+# Chunks in a reader's first batch: the first byte of a response waits for these to be read,
+# decoded and encoded, not for a whole page; the rest of a catch-up follows in pages.
 FIRST_READ = 32
 
 Batch = list[Chunk | StreamEnd]
@@ -57,12 +57,20 @@ Batches = AsyncGenerator[Batch, None]
 
 
 class LocalReader:
-    """Reads a stream produced in this process from its chunks in memory."""
+    """Reads a stream produced in this process from its chunks in memory; at most
+    ``first_read`` chunks in the first batch."""
 
-    def __init__(self, local: LocalStream, after: int, heartbeat: float | None) -> None:
+    def __init__(
+        self,
+        local: LocalStream,
+        after: int,
+        heartbeat: float | None,
+        first_read: int = FIRST_READ,
+    ) -> None:
         self.local = local
         self.after = after
         self.heartbeat = heartbeat
+        self.first_read = first_read
 
     async def batches(self) -> Batches:
         local, heartbeat = self.local, self.heartbeat
@@ -72,7 +80,8 @@ class LocalReader:
         while True:
             visible = local.visible
             batch: Batch = []
-            batch += local.log.chunks(position, min(visible, position + READ_PAGE))
+            page = self.first_read if first else READ_PAGE
+            batch += local.log.chunks(position, min(visible, position + page))
             position += len(batch)
             if position >= visible and local.state.is_terminal:
                 batch.append(local.end())
@@ -126,7 +135,11 @@ class BackendReader:
     async def batches(self) -> Batches:
         status, peeked = await self._look(self.first_read)
         if status is None:
-            raise StreamNotFoundError(self.stream_id)
+            # Missing, as far as a backend that can subscribe can tell: one that cannot is
+            # coming back (a restarted Redis is empty until the producers write their
+            # streams again), and then the stream is unavailable for now, not gone.
+            async with self.backend.listen(self.stream_id):
+                raise StreamNotFoundError(self.stream_id)
         self.opened = status
         yield self._continuing(peeked)  # at once, possibly empty: the stream exists
         if status.is_terminal:  # its log is final: no notification can tell more
@@ -164,6 +177,8 @@ class BackendReader:
                 if tail:
                     yield tail
                 tail = page
+            if self.last + 1 < end.chunk_count:  # the log went (it expired) while read
+                end = StreamEnd(StreamState.INTERRUPTED, DATA_LOST, self.last + 1, 0)
         tail.append(end)
         yield tail
 
