@@ -1,10 +1,11 @@
 """What the engine does only over a backend with round trips (Redis), on real Redis.
 
-Gathered appends (the `GatheredAppends` capability): one engine task appends the new chunks
-of all its streams with one ``append_many`` every ``append_gather`` seconds. What must hold: far
-fewer round trips than chunks, every chunk exactly once, and a stream whose gathered append
-fails or is still on its way when the stream ends is finished by the stream's own writer
-without repeating or losing a chunk.
+Gathered appends (the `GatheredAppends` capability): the engine appends the new chunks of
+all its streams with one ``append_many`` every ``append_gather`` seconds, two tasks taking
+turns. What must hold: far fewer round trips than chunks, every chunk exactly once, an append
+that hangs holds back only its own streams, and a stream whose gathered append fails or is
+still on its way when the stream ends is finished by the stream's own writer without
+repeating or losing a chunk.
 
 Readers in another process peek at the stream's status and log while their subscription is
 being confirmed: whatever happens before it is live (appends, the end) must still reach them,
@@ -118,6 +119,51 @@ async def test_a_failed_gathered_append_is_written_by_the_streams_writer(
     assert failures == 0
     status = await redis_engine.status("s")
     assert status is not None and status.chunk_count == len(texts)
+
+
+async def test_a_gathered_append_that_hangs_holds_back_only_its_own_streams(
+    redis_engine: StreamEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One append waits (a connection that died, until the driver's timeout): the other
+    streams' chunks keep being appended, gathered while it is out, and its own streams'
+    chunks leave as soon as it is back, none twice."""
+    append_many = RedisBackend.append_many
+    hung, release = anyio.Event(), anyio.Event()
+    held: list[set[str]] = []  # the streams of the append that hangs
+
+    async def hanging(
+        self: RedisBackend, appends: Sequence[Append]
+    ) -> list[StreamState | BackendError | None]:
+        if not held:
+            held.append({append.stream_id for append in appends})
+            hung.set()
+            await release.wait()
+        return await append_many(self, appends)
+
+    monkeypatch.setattr(RedisBackend, "append_many", hanging)
+    go = anyio.Event()
+
+    async def stuck() -> AsyncIterator[str]:
+        yield "a"  # the first append: it hangs
+        await go.wait()
+        yield "b"
+
+    await redis_engine.start("stuck", stuck())
+    try:
+        with anyio.fail_after(5):
+            await hung.wait()
+        assert held == [{"stuck"}]
+        texts = [f"t{k} " for k in range(5)]
+        await redis_engine.start("flowing", paced(texts, 0.01))
+        with anyio.fail_after(5):  # far less than it would wait behind the stuck append
+            assert await read_text(redis_engine, "flowing") == (texts, StreamState.DONE)
+    finally:
+        go.set()
+        release.set()  # else the engine could not close: the stuck stream's end waits for it
+    with anyio.fail_after(5):
+        assert await read_text(redis_engine, "stuck") == (["a", "b"], StreamState.DONE)
+    status = await redis_engine.status("stuck")
+    assert status is not None and status.chunk_count == 2
 
 
 async def test_the_end_waits_for_a_gathered_append_on_its_way(

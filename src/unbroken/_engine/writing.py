@@ -4,9 +4,10 @@ The backend's capabilities decide the usual way (see `unbroken.backends.base`):
 
 - `InlineAppends` (in-process): each chunk is appended in the producer's own task as the
   source yields it. No task switch per chunk.
-- `GatheredAppends`: one engine task gathers the new chunks of all streams for
-  ``append_gather`` seconds and writes them with one `append_many`: one task and one round
-  trip for many streams.
+- `GatheredAppends`: the engine gathers the new chunks of all streams for
+  ``append_gather`` seconds and writes them with one `append_many` (two engine tasks take
+  turns): one round trip for many streams, and more streams per round trip when those are
+  slow.
 - neither: each stream's own writer task writes whatever came while its last write was on
   its way, so round trips fall below one per chunk under load.
 
@@ -36,6 +37,9 @@ __all__ = ["Writes"]
 
 logger = logging.getLogger("unbroken")
 
+#: Tasks writing gathered appends, each waiting for its own append while the next gathers.
+_APPENDERS = 2
+
 
 class Writes:
     """The write path of one engine's streams (see the module docstring)."""
@@ -51,12 +55,14 @@ class Writes:
         # Streams with chunks for the next gathered append.
         self._dirty: dict[str, LocalStream] = {}
         self._dirty_wakeup: Wakeups = EventWakeups()
+        self._gatherer = anyio.Lock()  # held by the appender gathering the next append
 
     def open(self, task_group: TaskGroup, new_wakeups: Callable[[], Wakeups]) -> None:
         """Start the gathered appends' task in the engine's task group, if they are used."""
         self._dirty_wakeup = new_wakeups()
         if self.gathered is not None:
-            task_group.start_soon(self._gather_appends, task_group, name="unbroken:appends")
+            for _ in range(_APPENDERS):
+                task_group.start_soon(self._gather_appends, name="unbroken:appends")
 
     # -- the producer's calls ------------------------------------------------------------
 
@@ -210,29 +216,44 @@ class Writes:
         self._dirty[local.stream_id] = local
         self._dirty_wakeup.set()
 
-    async def _gather_appends(self, task_group: TaskGroup) -> None:
-        """Every ``append_gather`` seconds, append the new chunks of every stream with
-        some in one `GatheredAppends.append_many`."""
+    async def _gather_appends(self) -> None:
+        """One of the `_APPENDERS`: once a stream has new chunks, wait ``append_gather``
+        seconds for company, then append the new chunks of every stream with some with one
+        `GatheredAppends.append_many`. One appender gathers at a time; while it waits for
+        its append to come back, the other gathers the next one.
+
+        So no task is started per append, and at most `_APPENDERS` appends are in flight:
+        while the backend (or this process) is slower than that, the appends carry more
+        streams instead of piling up, which spreads their fixed cost (the call, its
+        pipeline, its socket write) over more chunks exactly when this process has the least
+        time to spare. The second appender keeps the other streams flowing while one append
+        waits on a connection that died (until the driver's timeout)."""
         assert self.gathered is not None
         gather = self.gathered.append_gather
         while True:
-            if not self._dirty:
-                await self._dirty_wakeup.wait()
-                continue
-            if gather:
-                await anyio.sleep(gather)
-            dirty, self._dirty = self._dirty, {}
-            group: list[tuple[LocalStream, list[Chunk]]] = []
-            for local in dirty.values():
-                if local.writer is not Writer.NOBODY or not local.unwritten:
-                    continue  # whoever writes it now looks again when done
-                if local.writes_alone:
-                    self.wake_writer(local)
-                    continue
-                local.take_write(Writer.GATHERED)
-                group.append((local, local.log.chunks(local.durable, local.durable + WRITE_BATCH)))
+            async with self._gatherer:
+                while not self._dirty:
+                    await self._dirty_wakeup.wait()
+                if gather:
+                    await anyio.sleep(gather)
+                group = self._take_dirty()
             if group:
-                task_group.start_soon(self._append_group, group)
+                await self._append_group(group)
+
+    def _take_dirty(self) -> list[tuple[LocalStream, list[Chunk]]]:
+        """The streams to append now, each with its chunks not yet durable, their writes
+        taken; the others are left to whoever writes them."""
+        dirty, self._dirty = self._dirty, {}
+        group: list[tuple[LocalStream, list[Chunk]]] = []
+        for local in dirty.values():
+            if local.writer is not Writer.NOBODY or not local.unwritten:
+                continue  # whoever writes it now looks again when done
+            if local.writes_alone:
+                self.wake_writer(local)
+                continue
+            local.take_write(Writer.GATHERED)
+            group.append((local, local.log.chunks(local.durable, local.durable + WRITE_BATCH)))
+        return group
 
     async def _append_group(self, group: list[tuple[LocalStream, list[Chunk]]]) -> None:
         assert self.gathered is not None
