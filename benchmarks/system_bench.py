@@ -54,6 +54,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -91,6 +92,8 @@ class Config:
     redis: bool = False
     postgres: bool = False
     env: tuple[tuple[str, str], ...] = ()  # settings of the service besides the defaults
+    #: Another source tree of unbroken to serve (``--before``): first on the server's path.
+    src: str | None = None
 
     @property
     def product(self) -> bool:
@@ -212,6 +215,8 @@ class Server:
         if config.redis:
             env["REDIS_URL"] = args.redis_url
         env.update(config.env)
+        if config.src is not None:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [config.src, env.get("PYTHONPATH")]))
         self.env = env
 
     def start(self) -> None:
@@ -952,6 +957,12 @@ def main() -> None:
         "streaming, alternating steps at each level for ROUNDS rounds",
     )
     parser.add_argument(
+        "--before",
+        metavar="SRC",
+        help="also run each configuration of the service on the unbroken source tree SRC "
+        "(e.g. a git worktree's src/ at an earlier commit), as '<name> before'",
+    )
+    parser.add_argument(
         "--profile",
         type=int,
         metavar="STREAMS",
@@ -984,6 +995,13 @@ def main() -> None:
         parser.error("--profile needs py-spy (pip install py-spy)")
     wanted = [name.strip() for name in args.configs.split(",")]
     configs = [c for c in CONFIGS if c.name in wanted]
+    if args.before:
+        # Each configuration of the service once more, on the other source tree: before and
+        # after a change, in the same run (paired: in the same rounds).
+        src = str(Path(args.before).resolve())
+        configs += [
+            dataclasses.replace(c, name=f"{c.name} before", src=src) for c in configs if c.product
+        ]
     workdir = Path(tempfile.mkdtemp(prefix="unbroken-sysbench-"))
     RESULTS.mkdir(exist_ok=True)
     results: dict[str, Any] = {
