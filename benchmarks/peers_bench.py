@@ -1,6 +1,9 @@
-"""unbroken.compat against the npm ``resumable-stream`` package and its PyPI port, one run.
+"""unbroken against the npm ``resumable-stream`` package and its PyPI port, one run: throughput
+and resume latency, through `unbroken.compat` and through the chat service's resume route.
 
 Run:  .venv/bin/python benchmarks/peers_bench.py [--rounds 3] [--resumes 40] [--skip npm,pypi]
+      [--busy-resumes 100] [--others 100] [--latency-rounds 4] [--chat-db postgres|sqlite]
+      [--baseline SRC]
 
 Each library does the same work against one redis-server this script starts on a free port:
 
@@ -8,54 +11,99 @@ Each library does the same work against one redis-server this script starts on a
    read by its producer and by a resumer from a second context that attaches after 2,000
    chunks: chunks per second until both have read everything (median of the rounds);
 2. resume latency: a producer in another process writes a chunk every 5 ms; a second process
-   resumes it ``--resumes`` times (``resumeExistingStream`` / ``resume_existing_stream``) and
-   times each call until its first chunk arrives: median, p90, p99.
+   resumes it 20 ms apart (``resumeExistingStream`` / ``resume_existing_stream``) and times
+   each call until its first chunk arrives (the catch-up: everything so far, in one chunk,
+   for every library): median, p90, p99 of ``--resumes`` resumes, and the resuming
+   process's CPU per resume;
+3. the same with ``--others`` other streams active (``busy``): the producer also writes
+   them at 30 chunks/s each and the resuming process follows every one of them live,
+   ``--busy-resumes`` timed resumes.
+
+Then the chat service (``chat``): two ``unbroken chat`` processes (workers A and B, one
+uvicorn worker each) on that redis-server and one database (a PostgreSQL database made for
+the run, dropped after, or with ``--chat-db sqlite`` a SQLite file), the demo model at
+30 tokens/s, an API key. An answer is posted to A (its response is read to its first event
+and dropped: the answer goes on); once it is 2 s old, B is asked for it
+(``GET /api/chat/{id}/stream``, no ``Last-Event-ID``: the whole answer, then live) every
+100 ms, each request on a new connection, timed from the request's write to the response's
+first byte and to its first event, then hung up; and worker B's CPU per resume (which also
+pays for the rest of the replay it sends before it hears the hang-up). Quiet, then with
+``--others`` other answers streaming (posted to A, each followed live through B, a new one
+when one ends, all stopped after).
+
+The resumes come in ``--latency-rounds`` rounds in which every library and the chat service
+take turns (this machine's load drifts, so each round compares moments close together).
+Each turn has a producer (or an answer) of its own, and waits first for the time the
+earlier turns' resumes took, so the turns together resume logs of the lengths one run of
+all the resumes would (a catch-up is the whole log so far: its length matters).
+
+``--baseline SRC`` also runs unbroken from another source tree (``SRC`` is put on
+PYTHONPATH: e.g. ``git worktree add /tmp/base main`` and ``--baseline /tmp/base/src``), so a
+change is compared with what it changes in the same run.
 
 The npm package is installed with npm into a temporary folder (skipped with a message when
 ``node`` or ``npm`` is missing); the PyPI port into its own temporary venv (skipped with a
-message if it cannot be installed); unbroken runs from this venv. Prints a table and writes
-benchmarks/results/peers.json and peers.png. The machine is shared: read the ratios.
+message if it cannot be installed); unbroken runs from this venv. Prints the tables, the
+issue's targets met or missed, and writes benchmarks/results/peers.json and peers.png. The
+machine is shared: read the ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _loadgen import Http
 from _results import save_results
 
 NPM_PACKAGES = ["resumable-stream@2.2.13", "redis@4"]
 PYPI_PACKAGE = "resumable-stream==0.2.0"
-LIBRARIES = ("npm", "pypi", "unbroken")
+LIBRARIES = ("npm", "pypi", "unbroken", "baseline")
 LABELS = {
     "npm": "npm resumable-stream 2.2.13",
     "pypi": "PyPI resumable-stream 0.2.0",
     "unbroken": "unbroken.compat",
+    "baseline": "unbroken.compat (baseline)",
 }
+CHAT_LABELS = {"unbroken": "chat v5 resume", "baseline": "chat v5 resume (baseline)"}
+CHAT_TOKENS_PER_S = 30  # the demo model's pace: an LLM's
+CHAT_AGE = 2.0  # seconds an answer has streamed before it is resumed
+CHAT_LIFE = 11.0  # ... and after which the next timed resume is of a new answer
+CHAT_EVERY = 0.1  # seconds between timed chat resumes
+RESUME_EVERY = 0.02  # ... and between a library's (the npm package's benchmark method)
+BUSY_TARGET_P99_MS = 5.0
+RATIO_TARGET = 0.5
 
 NODE_WORKER = r"""
 const { createResumableStreamContext } = require("resumable-stream");
-const [mode, streamId, count] = process.argv.slice(2);
+const [mode, streamId, count, othersArg, laterArg] = process.argv.slice(2);
 const N = Number(count);
+const OTHERS = Number(othersArg || 0);
+const LATER = Number(laterArg || 0);  // seconds to wait before the timed resumes
 const CHUNK = "x".repeat(19) + " ";
 const context = () =>
   createResumableStreamContext({ keyPrefix: process.env.BENCH_PREFIX, waitUntil: null });
 const tick = () => new Promise((resolve) => setImmediate(resolve));
 const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const other = (i) => `${streamId}-other-${i}`;
 
 async function* fast() {
   for (let i = 0; i < N; i++) {
@@ -63,9 +111,9 @@ async function* fast() {
     yield CHUNK;
   }
 }
-async function* slow() {
+async function* every(ms) {
   for (let i = 0; i < 20000; i++) {
-    await pause(5);
+    await pause(ms);
     yield CHUNK;
   }
 }
@@ -101,7 +149,11 @@ async function throughput() {
 async function produce() {
   const producer = context();
   await pause(100);
-  const make = () => ReadableStream.from(slow());
+  for (let i = 0; i < OTHERS; i++) {
+    const made = () => ReadableStream.from(every(1000 / 30));
+    drain(await producer.createNewResumableStream(other(i), made));
+  }
+  const make = () => ReadableStream.from(every(5));
   const stream = await producer.createNewResumableStream(streamId, make);
   await drain(stream, (n) => { if (n === 5) console.log("ready"); });
 }
@@ -109,18 +161,38 @@ async function produce() {
 async function resume() {
   const resumer = context();
   await pause(100);
+  let followed = 0;
+  for (let i = 0; i < OTHERS; i++) {
+    drain(await resumer.resumeExistingStream(other(i)), () => { followed += 1; });
+  }
+  if (OTHERS) await pause(500);  // every follower live
   const latencies = [];
+  const since = followed, started = performance.now(), cpuStarted = process.cpuUsage();
+  let cpu = 0;
   for (let i = 0; i <= N; i++) {
-    const started = performance.now();
+    if (i === 1) await pause(LATER * 1000);
+    const cpuBegun = process.cpuUsage();
+    const begun = performance.now();
     const stream = await resumer.resumeExistingStream(streamId);
     const reader = stream.getReader();
     await reader.read();
-    const ms = performance.now() - started;
+    const ms = performance.now() - begun;
     await reader.cancel();
-    if (i > 0) latencies.push(ms);  // the first one warms the connections
+    if (i > 0) {  // the first one warms the connections
+      latencies.push(ms);
+      const used = process.cpuUsage(cpuBegun);
+      cpu += (used.user + used.system) / 1000;
+    }
     await pause(20);
   }
-  console.log(JSON.stringify({ latencies }));
+  const wall = performance.now() - started;
+  const rate = (followed - since) / (wall / 1000);
+  const all = process.cpuUsage(cpuStarted);
+  const busy = (all.user + all.system) / 1000 / wall;  // of one core, the whole process
+  console.log(JSON.stringify({
+    latencies, followed_per_s: rate, cpu_ms: cpu / Math.max(N, 1), busy,
+  }));
+  process.exit(0);  // the followers never end
 }
 
 ({ throughput, produce, resume })[mode]().then(() => process.exit(0), (e) => {
@@ -134,12 +206,14 @@ import asyncio, json, os, sys, time
 from contextlib import AsyncExitStack
 
 LIBRARY, MODE, STREAM_ID, COUNT = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+OTHERS = int(sys.argv[5]) if len(sys.argv) > 5 else 0
+LATER = float(sys.argv[6]) if len(sys.argv) > 6 else 0.0  # wait before the timed resumes
 URL, PREFIX = os.environ["REDIS_URL"], os.environ["BENCH_PREFIX"]
 CHUNK = "x" * 19 + " "
 
 
 async def context(stack):
-    if LIBRARY == "unbroken":
+    if LIBRARY != "pypi":
         from unbroken.compat import create_resumable_stream_context
 
         made = create_resumable_stream_context(key_prefix=PREFIX, redis_url=URL)
@@ -154,6 +228,10 @@ async def context(stack):
     )
 
 
+def other(i):
+    return f"{STREAM_ID}-other-{i}"
+
+
 async def fast():
     for i in range(COUNT):
         if i % 100 == 0:
@@ -161,10 +239,13 @@ async def fast():
         yield CHUNK
 
 
-async def slow():
-    for _ in range(20000):
-        await asyncio.sleep(0.005)
-        yield CHUNK
+def every(seconds):
+    async def source():
+        for _ in range(20000):
+            await asyncio.sleep(seconds)
+            yield CHUNK
+
+    return source
 
 
 async def drain(stream, on_chunk=None):
@@ -199,7 +280,11 @@ async def throughput(stack):
 
 async def produce(stack):
     producer = await context(stack)
-    stream = await producer.create_new_resumable_stream(STREAM_ID, slow)
+    others = []
+    for i in range(OTHERS):
+        made = await producer.create_new_resumable_stream(other(i), every(1 / 30))
+        others.append(asyncio.ensure_future(drain(made)))
+    stream = await producer.create_new_resumable_stream(STREAM_ID, every(0.005))
 
     def on_chunk(n):
         if n == 5:
@@ -210,23 +295,46 @@ async def produce(stack):
 
 async def resume(stack):
     resumer = await context(stack)
+    followed = [0]
+
+    def count(_):
+        followed[0] += 1
+
+    followers = []
+    for i in range(OTHERS):
+        stream = await resumer.resume_existing_stream(other(i))
+        followers.append(asyncio.ensure_future(drain(stream, count)))
+    if OTHERS:
+        await asyncio.sleep(0.5)  # every follower live
     latencies = []
+    since, started, cpu_started = followed[0], time.perf_counter(), time.process_time()
+    cpu = 0.0
     for i in range(COUNT + 1):
-        started = time.perf_counter()
+        if i == 1:
+            await asyncio.sleep(LATER)
+        cpu_begun = time.process_time()
+        begun = time.perf_counter()
         stream = await resumer.resume_existing_stream(STREAM_ID)
         await stream.__anext__()
-        ms = (time.perf_counter() - started) * 1000
+        ms = (time.perf_counter() - begun) * 1000
         await stream.aclose()
         if i > 0:  # the first one warms the connections
             latencies.append(ms)
+            cpu += time.process_time() - cpu_begun
         await asyncio.sleep(0.02)
-    print(json.dumps({"latencies": latencies}), flush=True)
+    wall = time.perf_counter() - started
+    rate = (followed[0] - since) / wall
+    cpu_ms = cpu * 1000 / max(COUNT, 1)
+    busy = (time.process_time() - cpu_started) / wall  # of one core, the whole process
+    result = {"latencies": latencies, "followed_per_s": rate, "cpu_ms": cpu_ms, "busy": busy}
+    print(json.dumps(result), flush=True)
+    os._exit(0)  # the followers never end
 
 
 async def main():
     async with AsyncExitStack() as stack:
         await {"throughput": throughput, "produce": produce, "resume": resume}[MODE](stack)
-    if LIBRARY != "unbroken":
+    if LIBRARY == "pypi":
         os._exit(0)  # the port's background listeners keep the loop from closing cleanly
 
 
@@ -306,36 +414,50 @@ def prepare_pypi(folder: Path) -> list[str] | str:
     return [str(python), str(folder.parent / "worker.py"), "pypi"]
 
 
-def run_worker(command: list[str], env: dict[str, str], *args: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Library:
+    """How to run one library's worker: its command and what its environment adds."""
+
+    command: list[str]
+    env: dict[str, str]
+
+
+def run_worker(library: Library, env: dict[str, str], *args: str) -> dict[str, Any]:
     """Run a worker to its end and return the JSON it printed last."""
-    done = subprocess.run([*command, *args], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [*library.command, *args],
+        env={**env, **library.env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if done.returncode != 0:
-        raise RuntimeError(f"{command[-1]} {args[0]} failed: {done.stderr.strip()[-800:]}")
+        raise RuntimeError(f"{library.command[-1]} {args[0]} failed: {done.stderr[-800:]}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
 
-def resume_latencies(command: list[str], env: dict[str, str], resumes: int) -> list[float]:
-    """Latencies (ms) of ``resumes`` resumes of a live producer running in another process."""
+@contextmanager
+def producer(library: Library, env: dict[str, str], others: int) -> Iterator[str]:
+    """A live producer in another process (a chunk every 5 ms, and ``others`` other streams
+    at 30 chunks/s); yields its stream's id."""
     stream_id = f"latency-{uuid.uuid4().hex[:12]}"
-    producer = subprocess.Popen(
-        [*command, "produce", stream_id, "0"],
-        env=env,
+    process = subprocess.Popen(
+        [*library.command, "produce", stream_id, "0", str(others)],
+        env={**env, **library.env},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        assert producer.stdout is not None
-        if producer.stdout.readline().strip() != "ready":
-            raise RuntimeError(f"producer did not start: {producer.stderr.read()[-800:]}")  # type: ignore[union-attr]
-        latencies: list[float] = run_worker(command, env, "resume", stream_id, str(resumes))[
-            "latencies"
-        ]
-        return latencies
+        assert process.stdout is not None and process.stderr is not None
+        if process.stdout.readline().strip() != "ready":
+            process.kill()
+            raise RuntimeError(f"producer did not start: {process.stderr.read()[-800:]}")
+        yield stream_id
     finally:
-        producer.kill()
-        producer.wait(timeout=10)
+        process.kill()
+        process.wait(timeout=10)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -343,35 +465,390 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def measure(
-    commands: dict[str, list[str]], url: str, rounds: int, resumes: int, count: int
+def summary(latencies: list[float]) -> dict[str, Any]:
+    return {
+        "latencies_ms": latencies,
+        "median_ms": statistics.median(latencies),
+        "p90_ms": percentile(latencies, 0.90),
+        "p99_ms": percentile(latencies, 0.99),
+    }
+
+
+def shares(total: int, rounds: int) -> list[int]:
+    """``total`` split into ``rounds`` parts (the first ones one larger)."""
+    return [total // rounds + (1 if i < total % rounds else 0) for i in range(rounds)]
+
+
+def throughputs(
+    libraries: dict[str, Library], env: dict[str, str], args: argparse.Namespace
 ) -> dict[str, dict[str, Any]]:
-    """Every library's throughput (rounds interleaved) and resume latency."""
-    env = {**os.environ, "REDIS_URL": url, "BENCH_PREFIX": f"peers-{uuid.uuid4().hex[:8]}"}
-    env.pop("KV_URL", None)
-    results: dict[str, dict[str, Any]] = {name: {"rates": []} for name in commands}
-    for round_ in range(rounds):
-        for name, command in commands.items():
+    """Every library's throughput, rounds interleaved: the median of the rounds."""
+    rates: dict[str, list[float]] = {name: [] for name in libraries}
+    for round_ in range(args.rounds):
+        for name, library in libraries.items():
             stream_id = f"throughput-{round_}-{uuid.uuid4().hex[:12]}"
-            got = run_worker(command, env, "throughput", stream_id, str(count))
-            expected = count * 20
+            got = run_worker(library, env, "throughput", stream_id, str(args.chunks))
+            expected = args.chunks * 20
             if got["own"] != expected or got["resumed"] != expected:
                 raise RuntimeError(f"{name}: read {got['own']}/{got['resumed']} of {expected}")
-            results[name]["rates"].append(count / got["seconds"])
-    for name, command in commands.items():
-        latencies = resume_latencies(command, env, resumes)
-        results[name].update(
-            chunks_per_s=statistics.median(results[name]["rates"]),
-            latencies_ms=latencies,
-            resume_median_ms=statistics.median(latencies),
-            resume_p90_ms=percentile(latencies, 0.90),
-            resume_p99_ms=percentile(latencies, 0.99),
+            rates[name].append(args.chunks / got["seconds"])
+    return {
+        name: {"rates": got, "chunks_per_s": statistics.median(got)} for name, got in rates.items()
+    }
+
+
+def latencies(
+    libraries: dict[str, Library],
+    services: dict[str, ChatService],
+    env: dict[str, str],
+    args: argparse.Namespace,
+    others: int,
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], dict[str, str]]:
+    """Resume latencies of every library and chat service, in ``--latency-rounds`` rounds
+    that take turns (the machine's load drifts: each round compares moments close
+    together), with ``others`` other streams active. Also what failed, and why."""
+    resumes = args.busy_resumes if others else args.resumes
+    got: dict[str, dict[str, list[float]]] = {}
+    failed: dict[str, str] = {}
+    done = 0
+    for count in shares(resumes, args.latency_rounds):
+        # A new producer for each turn. A resume's catch-up is the log so far, so a turn
+        # waits first for the time the resumes of the earlier turns took (20 ms apart), and
+        # the turns together resume logs of the lengths one run of them all would.
+        later = done * (RESUME_EVERY + 0.005)
+        age = CHAT_AGE + (done * CHAT_EVERY) % (CHAT_LIFE - CHAT_AGE)
+        done += count
+        for name, library in libraries.items():
+            if name in failed:
+                continue
+            try:
+                with producer(library, env, others) as stream_id:
+                    run = run_worker(
+                        library, env, "resume", stream_id, str(count), str(others), str(later)
+                    )
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                failed[name] = f"{'busy' if others else 'quiet'}: {str(exc)[-300:]}"
+                continue
+            mine = got.setdefault(name, {"latencies": [], "followed": [], "cpu": [], "busy": []})
+            mine["latencies"] += run["latencies"]
+            mine["followed"].append(run["followed_per_s"])
+            mine["cpu"].append(run["cpu_ms"])
+            mine["busy"].append(run["busy"])
+        for name, service in services.items():
+            chat = asyncio.run(_chat_run(service, count, others, age))
+            entry = got.setdefault(
+                f"chat:{name}", {"first_byte": [], "first_event": [], "followed": [], "cpu": []}
+            )
+            for key in ("first_byte", "first_event"):
+                entry[key] += chat[key]
+            entry["followed"].append(chat["followed_per_s"])
+            entry["cpu"].append(chat["cpu_ms"])
+    libraries_out: dict[str, dict[str, Any]] = {}
+    chat_out: dict[str, dict[str, Any]] = {}
+    for name, mine in got.items():
+        followed = statistics.median(mine["followed"])
+        cpu = statistics.mean(mine["cpu"])  # the turns are of (nearly) equal size
+        if name.startswith("chat:"):
+            chat_out[name[5:]] = {
+                "first_byte": summary(mine["first_byte"]),
+                "first_event": summary(mine["first_event"]),
+                "followed_per_s": followed,
+                "cpu_ms": cpu,
+            }
+        else:
+            libraries_out[name] = {
+                **summary(mine["latencies"]),
+                "followed_per_s": followed,
+                "cpu_ms": cpu,
+                "process_busy": statistics.median(mine["busy"]),
+            }
+    return libraries_out, chat_out, failed
+
+
+# -- the chat service ----------------------------------------------------------------------
+
+
+async def _pg_admin(url: str, sql: str) -> None:
+    import asyncpg  # type: ignore[import-untyped]
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@dataclass
+class ChatService:
+    """Two ``unbroken chat`` processes sharing one Redis and one database."""
+
+    ports: tuple[int, int]
+    pids: tuple[int, int]
+    api_key: str
+    database: str
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of every thread of ``pid`` so far (nanosecond counters, from /proc)."""
+    total = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        with suppress(OSError, ValueError):
+            total += int(stat.read_text().split()[0])
+    return total / 1e9
+
+
+@contextmanager
+def chat_service(
+    url: str, folder: Path, args: argparse.Namespace, pythonpath: str | None
+) -> Iterator[ChatService]:
+    """Workers A and B of the chat service, up and answering, until the block ends."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("UNBROKEN_", "DATABASE_URL", "REDIS_URL", "KV_URL"))
+    }
+    env.update(
+        REDIS_URL=url,
+        UNBROKEN_REDIS_PREFIX=f"peers-chat-{uuid.uuid4().hex[:8]}",
+        UNBROKEN_MODEL="demo",
+        UNBROKEN_DEMO_TOKENS_PER_SECOND=str(CHAT_TOKENS_PER_S),
+        UNBROKEN_MAX_CONCURRENT_ANSWERS="0",  # one user posts every answer here
+        UNBROKEN_ANSWERS_PER_MINUTE="0",
+        UNBROKEN_SECRET_KEY="peers-bench-" + uuid.uuid4().hex,
+    )
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath
+    pg_name: str | None = None
+    if args.chat_db == "postgres":
+        pg_name = f"unbroken_peers_{uuid.uuid4().hex[:10]}"
+        asyncio.run(_pg_admin(args.pg_url, f'CREATE DATABASE "{pg_name}"'))
+        base = args.pg_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+        env["DATABASE_URL"] = f"{base}/{pg_name}"
+    else:
+        env["DATABASE_URL"] = f"sqlite+aiosqlite:///{folder / f'chat-{uuid.uuid4().hex[:8]}.db'}"
+    cli = [sys.executable, "-m", "unbroken.cli"]
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        subprocess.run([*cli, "db", "upgrade"], env=env, check=True, capture_output=True)
+        made = subprocess.run(
+            [*cli, "users", "create-key", "--name", "peers-bench"],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
         )
-    return results
+        ports = (free_port(), free_port())
+        for port in ports:
+            log = open(folder / f"chat-{port}.log", "wb")  # noqa: SIM115 - the process's
+            processes.append(
+                subprocess.Popen(
+                    [*cli, "chat", "--port", str(port), "--log-level", "warning"],
+                    env=env,
+                    stdout=log,
+                    stderr=log,
+                )
+            )
+            _wait_healthy(port, processes[-1], folder / f"chat-{port}.log")
+        database = "postgresql" if pg_name else "sqlite"
+        pids = (processes[0].pid, processes[1].pid)
+        yield ChatService(ports, pids, made.stdout.strip(), database)
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGINT)
+        for process in processes:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if pg_name is not None:
+            drop = f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)'
+            asyncio.run(_pg_admin(args.pg_url, drop))
+
+
+def _wait_healthy(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"unbroken chat did not start:\n{log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+
+
+class _Response:
+    """A response as `_loadgen.Http` hands it over: when its head and its first event came;
+    ``keep`` > 0: read that many events (0: all of them) before hanging up."""
+
+    def __init__(self, keep: int = 1, on_event: Any = None) -> None:
+        self.status: int | None = None
+        self.head: float | None = None
+        self.first: float | None = None
+        self.done = False
+        self.keep = keep
+        self.events = 0
+        self.on_event = on_event
+
+    def response(self, status: int, t: float) -> None:
+        self.status, self.head = status, t
+
+    def frame(self, frame: bytes, t: float) -> bool:
+        if frame[:1] == b":":
+            return False  # a keep-alive comment
+        if self.first is None:
+            self.first = t
+        self.events += 1
+        if self.on_event is not None:
+            self.on_event()
+        if frame.endswith(b"data: [DONE]"):
+            self.done = True
+            return True
+        return self.keep > 0 and self.events >= self.keep
+
+
+class ChatClient:
+    """AI SDK v5 requests to the two workers, on raw connections (see `_loadgen.Http`)."""
+
+    def __init__(self, service: ChatService) -> None:
+        self.service = service
+        self.auth = f"Authorization: Bearer {service.api_key}\r\n"
+
+    async def request(self, port: int, raw: bytes, sink: _Response) -> float:
+        """Send ``raw`` on a new connection to ``port``, read until ``sink`` is done; the
+        time the request was written (connecting is not timed)."""
+        loop = asyncio.get_running_loop()
+        transport, http = await loop.create_connection(lambda: Http(sink), "127.0.0.1", port)
+        sent = time.monotonic()
+        transport.write(raw)
+        try:
+            await http.lost
+        finally:
+            http.close()
+        return sent
+
+    async def post(self, chat_id: str, text: str, sink: _Response) -> float:
+        body = json.dumps(
+            {
+                "id": chat_id,
+                "trigger": "submit-message",
+                "messages": [
+                    {
+                        "id": uuid.uuid4().hex,
+                        "role": "user",
+                        "parts": [{"type": "text", "text": text}],
+                    }
+                ],
+            }
+        ).encode()
+        head = (
+            f"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\n{self.auth}"
+            "Content-Type: application/json\r\nAccept: text/event-stream\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        return await self.request(self.service.ports[0], head + body, sink)
+
+    async def resume(self, chat_id: str, sink: _Response) -> float:
+        head = (
+            f"GET /api/chat/{chat_id}/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n{self.auth}"
+            "Accept: text/event-stream\r\n\r\n"
+        ).encode()
+        return await self.request(self.service.ports[1], head, sink)
+
+    async def stop(self, chat_id: str) -> None:
+        """Stop the chat's answer (on worker A; any worker would do) and wait for the
+        response's head."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.service.ports[0])
+        try:
+            writer.write(
+                f"POST /api/chat/{chat_id}/stop HTTP/1.1\r\nHost: 127.0.0.1\r\n{self.auth}"
+                "Content-Length: 0\r\nConnection: close\r\n\r\n".encode()
+            )
+            await reader.readuntil(b"\r\n\r\n")
+        finally:
+            writer.close()
+
+    async def start_answer(self) -> tuple[str, float]:
+        """Post an answer to worker A and drop its response at the first event; the chat id
+        and when the answer started."""
+        chat_id = uuid.uuid4().hex
+        sink = _Response()
+        await self.post(chat_id, f"peers bench {chat_id}", sink)
+        if sink.status != 200 or sink.first is None:
+            raise RuntimeError(f"POST /api/chat answered {sink.status}")
+        return chat_id, sink.first
+
+
+async def _chat_run(
+    service: ChatService, resumes: int, others: int, age: float = CHAT_AGE
+) -> dict[str, Any]:
+    """``resumes`` timed resumes on worker B of answers produced on A, from when the
+    first is ``age`` seconds old, ``others`` other answers streaming meanwhile."""
+    client = ChatClient(service)
+    followed = [0]
+    stop = asyncio.Event()
+    errors: list[str] = []
+
+    def count() -> None:
+        followed[0] += 1
+
+    running: set[str] = set()  # answers to stop at the end, so none loads the next turn
+
+    async def other() -> None:
+        while not stop.is_set():
+            chat_id, _ = await client.start_answer()
+            running.add(chat_id)
+            sink = _Response(keep=0, on_event=count)
+            await client.resume(chat_id, sink)
+            if not sink.done and not stop.is_set():
+                errors.append(f"a followed answer ended early ({sink.status})")
+
+    followers = [asyncio.ensure_future(other()) for _ in range(others)]
+    try:
+        if others:
+            await asyncio.sleep(2.0)  # every follower live
+        heads: list[float] = []
+        firsts: list[float] = []
+        since, started = followed[0], time.monotonic()
+        chat_id, born = await client.start_answer()
+        running.add(chat_id)
+        for i in range(resumes + 1):
+            if time.monotonic() - born > CHAT_LIFE:
+                chat_id, born = await client.start_answer()
+                running.add(chat_id)
+                age = CHAT_AGE
+            await asyncio.sleep(max(0.0, born + age - time.monotonic()))
+            sink = _Response()
+            sent = await client.resume(chat_id, sink)
+            if sink.status != 200 or sink.head is None or sink.first is None:
+                raise RuntimeError(f"GET /api/chat/{{id}}/stream answered {sink.status}")
+            if i > 0:  # the first one warms the connections
+                heads.append((sink.head - sent) * 1000)
+                firsts.append((sink.first - sent) * 1000)
+            else:
+                cpu = cpu_seconds(service.pids[1])
+            await asyncio.sleep(CHAT_EVERY)
+        cpu_ms = (cpu_seconds(service.pids[1]) - cpu) * 1000 / max(resumes, 1)
+        rate = (followed[0] - since) / (time.monotonic() - started)
+    finally:
+        stop.set()
+        for task in followers:
+            task.cancel()
+        for task in followers:
+            with suppress(asyncio.CancelledError, RuntimeError, OSError):
+                await task
+        await asyncio.gather(*(client.stop(chat_id) for chat_id in running))
+    if errors:
+        raise RuntimeError("; ".join(errors[:3]))
+    return {"first_byte": heads, "first_event": firsts, "followed_per_s": rate, "cpu_ms": cpu_ms}
+
+
+# -- report --------------------------------------------------------------------------------
 
 
 def report(results: dict[str, Any]) -> str:
-    """The table, with unbroken's ratio to the npm package where both ran."""
+    """The tables, with ratios to the npm package where it ran, and the issue's targets."""
     measured = results["libraries"]
     names = [name for name in LIBRARIES if name in measured]
     lines = [
@@ -379,12 +856,22 @@ def report(results: dict[str, Any]) -> str:
         "|---|" + "---:|" * len(names),
     ]
     npm = measured.get("npm")
+    others = results["others"]
+
+    def value(name: str, key: str) -> float | None:
+        entry = measured[name]
+        for part in key.split("."):
+            entry = entry.get(part) if isinstance(entry, dict) else None
+        return entry if isinstance(entry, float | int) else None
 
     def cell(name: str, key: str, fmt: str, faster_is_higher: bool) -> str:
-        value = measured[name][key]
-        text = format(value, fmt)
-        if name == "unbroken" and npm is not None:
-            ratio = value / npm[key]
+        got = value(name, key)
+        if got is None:
+            return "-"
+        text = format(got, fmt)
+        theirs = value("npm", key) if npm is not None else None
+        if name in ("unbroken", "baseline") and theirs:
+            ratio = got / theirs
             text += f" ({ratio:.2f}× npm)" if faster_is_higher else f" ({ratio:.2f}× npm's)"
         return text
 
@@ -393,17 +880,90 @@ def report(results: dict[str, Any]) -> str:
         ("resume → first chunk, median (ms)", "resume_median_ms", ".2f", False),
         ("resume → first chunk, p90 (ms)", "resume_p90_ms", ".2f", False),
         ("resume → first chunk, p99 (ms)", "resume_p99_ms", ".2f", False),
+        ("resuming process's CPU per resume (ms)", "resume_cpu_ms", ".2f", False),
+        (f"… {others} other streams active, median (ms)", "busy.median_ms", ".2f", False),
+        (f"… {others} other streams active, p99 (ms)", "busy.p99_ms", ".2f", False),
+        (f"… {others} other streams' chunks/s followed", "busy.followed_per_s", ",.0f", True),
+        ("… the resuming process's CPU (share of a core)", "busy.process_busy", ".0%", False),
     ]
     for label, key, fmt, higher in rows:
         cells = [cell(name, key, fmt, higher) for name in names]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        if any(c != "-" for c in cells):
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    chat = results.get("chat", {})
+    npm_median = npm["resume_median_ms"] if npm else None
+    npm_busy = npm.get("busy", {}).get("median_ms") if npm else None
+    for name, run in chat.items():
+        lines += [
+            "",
+            f"{CHAT_LABELS[name]} on another worker ({run['database']}, demo model "
+            f"{CHAT_TOKENS_PER_S} tokens/s, answers {CHAT_AGE:g} s old or more):",
+            "",
+            "| | median (ms) | p90 (ms) | p99 (ms) | median vs npm's resume |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for section, title, theirs in (
+            ("quiet", "", npm_median),
+            ("busy", f", {others} other answers streaming", npm_busy),
+        ):
+            if section not in run:
+                continue
+            for what in ("first_byte", "first_event"):
+                got = run[section][what]
+                ratio = f"{got['median_ms'] / theirs:.2f}×" if theirs else "-"
+                lines.append(
+                    f"| {what.replace('_', ' ')}{title} | {got['median_ms']:.2f} | "
+                    f"{got['p90_ms']:.2f} | {got['p99_ms']:.2f} | {ratio} |"
+                )
+            if section == "quiet":
+                cpu = run[section]["cpu_ms"]
+                lines.append(f"| worker B's CPU per resume (ms) | {cpu:.2f} | | | |")
+            else:
+                rate = run[section]["followed_per_s"]
+                due = others * CHAT_TOKENS_PER_S
+                label = f"… other answers' events/s followed (about {due:,} due)"
+                lines.append(f"| {label} | {rate:,.0f} | | | |")
+    lines += ["", *targets(results)]
     for name, reason in results["skipped"].items():
-        lines.append(f"\n{LABELS[name]}: {reason}")
+        lines.append(f"\n{LABELS.get(name, name)}: {reason}")
     return "\n".join(lines)
 
 
+def targets(results: dict[str, Any]) -> list[str]:
+    """Issue 21's resume targets, each met or missed in this run."""
+    measured, chat = results["libraries"], results.get("chat", {})
+    npm = measured.get("npm")
+    lines = ["Targets (issue 21), this run:"]
+
+    def line(what: str, got: float | None, limit: float | None, unit: str) -> None:
+        if got is None or limit is None:
+            return
+        verdict = "met" if got <= limit else "MISSED"
+        lines.append(f"- {what}: {got:.2f}{unit} (target ≤ {limit:.2f}{unit}): {verdict}")
+
+    ours = measured.get("unbroken")
+    if ours is not None and npm is not None:
+        npm_median = npm["resume_median_ms"]
+        line(
+            "compat resume median / npm's", ours["resume_median_ms"] / npm_median, RATIO_TARGET, "×"
+        )
+    run = chat.get("unbroken")
+    if run is not None and npm is not None:
+        for what in ("first_byte", "first_event"):
+            got = run["quiet"][what]["median_ms"] / npm["resume_median_ms"]
+            line(f"chat v5 resume {what.replace('_', ' ')} median / npm's", got, RATIO_TARGET, "×")
+    if ours is not None and "busy" in ours:
+        line("compat resume p99, others active", ours["busy"]["p99_ms"], BUSY_TARGET_P99_MS, " ms")
+    if run is not None and "busy" in run:
+        for what in ("first_byte", "first_event"):
+            got = run["busy"][what]["p99_ms"]
+            line(f"chat v5 resume {what.replace('_', ' ')} p99, others active", got, 5.0, " ms")
+    return lines
+
+
 def chart(results: dict[str, Any], path: Path) -> None:
-    """Throughput bars and resume latency distributions, side by side."""
+    """Throughput bars, and resume latency distributions: the libraries, quiet and busy,
+    and the chat route's first event."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -412,17 +972,36 @@ def chart(results: dict[str, Any], path: Path) -> None:
     measured = results["libraries"]
     names = [name for name in LIBRARIES if name in measured]
     labels = [LABELS[name].replace(" resumable-stream ", "\n") for name in names]
-    colors = ["#999999", "#cc9933", "#3366cc"][-len(names) :]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.bar(labels, [measured[name]["chunks_per_s"] for name in names], color=colors)
+    palette = {"npm": "#999999", "pypi": "#cc9933", "unbroken": "#3366cc", "baseline": "#99bbee"}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), width_ratios=(1, 2))
+    left.bar(
+        labels,
+        [measured[name]["chunks_per_s"] for name in names],
+        color=[palette[n] for n in names],
+    )
     left.set_ylabel("chunks/s (higher is better)")
     left.set_title("one stream of 10,000 chunks, 1 resumer")
-    right.boxplot([measured[name]["latencies_ms"] for name in names], whis=(1, 99))
-    right.set_xticks(range(1, len(names) + 1), labels)
+    boxes: list[list[float]] = []
+    box_labels: list[str] = []
+    for name, label in zip(names, labels, strict=True):
+        boxes.append(measured[name]["latencies_ms"])
+        box_labels.append(label)
+        if "busy" in measured[name]:
+            boxes.append(measured[name]["busy"]["latencies_ms"])
+            box_labels.append(f"{label}\n{results['others']} others")
+    for name, run in results.get("chat", {}).items():
+        label = CHAT_LABELS[name].replace(" resume", "\nresume")
+        boxes.append(run["quiet"]["first_event"]["latencies_ms"])
+        box_labels.append(f"{label}\nfirst event")
+        if "busy" in run:
+            boxes.append(run["busy"]["first_event"]["latencies_ms"])
+            box_labels.append(f"{label}\n{results['others']} others")
+    right.boxplot(boxes, whis=(1, 99))
+    right.set_xticks(range(1, len(boxes) + 1), box_labels)
     right.set_ylabel("ms (lower is better)")
-    right.set_title("resume → first chunk, live producer elsewhere")
+    right.set_title("resume → first chunk / first event, live producer elsewhere")
     for axis in (left, right):
-        axis.tick_params(axis="x", labelsize=8)
+        axis.tick_params(axis="x", labelsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -431,33 +1010,92 @@ def chart(results: dict[str, Any], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--rounds", type=int, default=3, help="throughput rounds (median)")
+    parser.add_argument(
+        "--latency-rounds", type=int, default=4, help="turns the libraries take at resuming"
+    )
     parser.add_argument("--resumes", type=int, default=40, help="timed resumes per library")
+    parser.add_argument("--busy-resumes", type=int, default=100, help="... with others active")
+    parser.add_argument("--others", type=int, default=100, help="other streams when busy")
     parser.add_argument("--chunks", type=int, default=10_000)
-    parser.add_argument("--skip", default="", help="comma-separated: npm, pypi")
+    parser.add_argument("--skip", default="", help="comma-separated: npm, pypi, compat, chat, busy")
+    parser.add_argument("--chat-db", choices=("postgres", "sqlite"), default="postgres")
+    parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--baseline", help="another unbroken source tree (its src folder)")
     parser.add_argument("--stem", default="peers", help="results file name (without suffix)")
     args = parser.parse_args()
     skip = {name for name in args.skip.split(",") if name}
+    busy = "busy" not in skip
     with tempfile.TemporaryDirectory(prefix="peers-bench-") as scratch:
         folder = Path(scratch)
         (folder / "worker.py").write_text(PYTHON_WORKER)
-        prepared: dict[str, list[str] | str] = {
-            "npm": "skipped: --skip" if "npm" in skip else prepare_npm(folder / "npm"),
-            "pypi": "skipped: --skip" if "pypi" in skip else prepare_pypi(folder / "pypi"),
-            "unbroken": [sys.executable, str(folder / "worker.py"), "unbroken"],
+        python = [sys.executable, str(folder / "worker.py")]
+        prepared: dict[str, Library | str] = {
+            "npm": "skipped: --skip" if "npm" in skip else _library(prepare_npm(folder / "npm")),
+            "pypi": "skipped: --skip"
+            if "pypi" in skip
+            else _library(prepare_pypi(folder / "pypi")),
+            "unbroken": "skipped: --skip"
+            if "compat" in skip
+            else Library([*python, "unbroken"], {}),
         }
-        commands = {name: how for name, how in prepared.items() if isinstance(how, list)}
+        if args.baseline:
+            baseline_env = {"PYTHONPATH": str(Path(args.baseline).resolve())}
+            prepared["baseline"] = Library([*python, "baseline"], baseline_env)
+        libraries = {name: how for name, how in prepared.items() if isinstance(how, Library)}
         skipped = {name: how for name, how in prepared.items() if isinstance(how, str)}
-        with redis_server() as (url, _process):
-            measured = measure(commands, url, args.rounds, args.resumes, args.chunks)
+        sources: dict[str, str | None] = {"unbroken": None}
+        if args.baseline:
+            sources["baseline"] = str(Path(args.baseline).resolve())
+        with redis_server() as (url, _process), ExitStack() as stack:
+            env = {**os.environ, "REDIS_URL": url, "BENCH_PREFIX": f"peers-{uuid.uuid4().hex[:8]}"}
+            env.pop("KV_URL", None)
+            measured = throughputs(libraries, env, args)
+            services: dict[str, ChatService] = {}
+            if "chat" in skip:
+                skipped["chat"] = "skipped: --skip"
+            else:
+                for name, pythonpath in sources.items():
+                    services[name] = stack.enter_context(
+                        chat_service(url, folder, args, pythonpath)
+                    )
+            quiet, chat_quiet, failed = latencies(libraries, services, env, args, 0)
+            skipped.update(failed)
+            if busy:
+                loaded, chat_busy, failed = latencies(libraries, services, env, args, args.others)
+                skipped.update({f"{name} (busy)": why for name, why in failed.items()})
+    for name, entry in quiet.items():
+        measured[name].update(
+            resume_cpu_ms=entry["cpu_ms"],
+            latencies_ms=entry["latencies_ms"],
+            resume_median_ms=entry["median_ms"],
+            resume_p90_ms=entry["p90_ms"],
+            resume_p99_ms=entry["p99_ms"],
+        )
+        if busy and name in loaded:
+            measured[name]["busy"] = loaded[name]
+    measured = {name: entry for name, entry in measured.items() if "latencies_ms" in entry}
+    chat: dict[str, Any] = {}
+    for name, service in services.items():
+        chat[name] = {"database": service.database, "quiet": chat_quiet[name]}
+        if busy:
+            chat[name]["busy"] = chat_busy[name]
     results = {
         "chunks": args.chunks,
         "rounds": args.rounds,
+        "latency_rounds": args.latency_rounds,
         "resumes": args.resumes,
+        "busy_resumes": args.busy_resumes,
+        "others": args.others,
         "libraries": measured,
+        "chat": chat,
         "skipped": skipped,
     }
     print(report(results))
     save_results(args.stem, results, chart)
+
+
+def _library(prepared: list[str] | str) -> Library | str:
+    return Library(prepared, {}) if isinstance(prepared, list) else prepared
 
 
 if __name__ == "__main__":
