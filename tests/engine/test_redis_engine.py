@@ -23,6 +23,7 @@ import pytest
 
 from tests._services import delete_redis_keys
 from unbroken import StreamEngine, StreamState
+from unbroken._engine.reading import FIRST_READ
 from unbroken.backends.base import Append, Listener, Renewal
 from unbroken.backends.redis import RedisBackend
 from unbroken.backends.redis._keys import stream_keys
@@ -290,6 +291,54 @@ async def test_open_brings_the_state_the_reader_found(
             assert ended.finished_at is not None
             replay = [item async for batch in ended for item in batch]
         assert [getattr(item, "data", None) for item in replay] == ["b", None]
+
+
+async def test_a_reader_elsewhere_has_its_first_batch_after_one_round_trip(
+    redis_engine: StreamEngine, redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process's reader sends its status and its first read in one pipeline and
+    subscribes only once its first batch is out; what it then sends (the subscription, the
+    second look) comes after."""
+    go = anyio.Event()
+
+    async def source() -> AsyncIterator[str]:
+        for index in range(100):
+            yield f"{index} "
+        await go.wait()
+
+    await redis_engine.start("s", source())
+    with anyio.fail_after(5):
+        while (status := await redis_engine.status("s")) is None or status.chunk_count < 100:  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+    sent: list[list[str]] = []
+    execute = Pipeliner._execute
+
+    async def recording(self: Any, batch: list[Any]) -> list[Any]:
+        # The reader's commands (the producer's engine may renew its lease meanwhile).
+        commands = [str(call.args[0]) for call in batch if call.args[0] != "EVALSHA"]
+        if commands:
+            sent.append(commands)
+        return await execute(self, batch)
+
+    backend = RedisBackend(redis_url, key_prefix=key_prefix)
+    listen = backend.listen
+    subscribed: list[int] = []  # how many pipelines had gone when it subscribed
+
+    def counted_listen(stream_id: str, *, ends_only: bool = False) -> Any:
+        subscribed.append(len(sent))
+        return listen(stream_id, ends_only=ends_only)
+
+    backend.listen = counted_listen  # type: ignore[method-assign]
+    async with StreamEngine(backend, lease_ttl=30) as other:
+        monkeypatch.setattr(Pipeliner, "_execute", recording)
+        with anyio.fail_after(5):
+            async with other.open("s") as opened:
+                first = await anext(opened)
+                assert sent == [["HGETALL", "XRANGE"]] and not subscribed
+                assert len(first) == FIRST_READ
+                await anext(opened)
+                assert subscribed == [1]
+        go.set()
 
 
 async def test_an_ended_stream_is_kept_packed(redis_engine: StreamEngine) -> None:
