@@ -963,6 +963,34 @@ async def test_unresponsive_redis_is_detected(
     assert "no reply from redis" in caplog.text
 
 
+async def test_a_pipeline_without_reply_fails_within_the_socket_timeout(
+    key_prefix: str,
+) -> None:
+    """The kept connections read without redis-py's own timeouts: the pipeliner's deadline
+    of one socket timeout per pipeline is what ends a wait for a server that stopped
+    answering; the connection then reconnects, with its timeout back."""
+    with redis_server_process() as (url, server):
+        client = aioredis.from_url(url, socket_timeout=0.3)
+        try:
+            async with RedisBackend(client=client, key_prefix=key_prefix) as backend:
+                await claim(backend, "s")
+                server.send_signal(signal.SIGSTOP)
+                try:
+                    started = time.monotonic()
+                    with anyio.fail_after(WATCHDOG), pytest.raises(BackendUnavailableError):
+                        await backend.status("s")
+                    assert time.monotonic() - started < 3  # one timeout, and one retry's
+                finally:
+                    server.send_signal(signal.SIGCONT)
+                status = await backend.status("s")
+                assert status is not None and status.state is StreamState.ACTIVE
+            pool: Any = client.connection_pool
+            connections = [*pool._available_connections, *pool._in_use_connections]
+            assert connections and all(c.socket_timeout == 0.3 for c in connections)
+        finally:
+            await client.aclose()
+
+
 async def test_redis_down_from_the_start() -> None:
     # Opening never needs Redis; every operation then says "unavailable", never hangs.
     async with RedisBackend(f"redis://127.0.0.1:{free_port()}/0", key_prefix="down") as backend:

@@ -294,18 +294,26 @@ class _Connections:
 
     def __init__(self, client: Redis) -> None:
         self._client = client
-        self._idle: list[Any] = []  # redis-py connections, connected or to reconnect
+        # Idle kept connections (connected, or to reconnect), each with its socket timeout.
+        self._idle: list[tuple[Any, float | None]] = []
         self._pack: Callable[[tuple[Any, ...]], bytes] | None = None
 
     async def execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         pool: Any = self._client.connection_pool
-        connection = self._idle.pop() if self._idle else await pool.get_connection()
+        if self._idle:
+            connection, timeout = self._idle.pop()
+        else:
+            connection = await pool.get_connection()
+            # One deadline per pipeline (`_round_trip`) instead of redis-py's per write (a
+            # task for each, on Python < 3.12) and per reply: the connection's own timeout
+            # is off while it is kept, and given back with it.
+            timeout, connection.socket_timeout = connection.socket_timeout, None
         kept = False
         try:
             packed, results = self._packed(connection, commands)
             if packed:
                 replies: list[Any] = await connection.retry.call_with_retry(
-                    partial(self._round_trip, connection, packed, commands, results),
+                    partial(self._round_trip, connection, timeout, packed, commands, results),
                     lambda _error: connection.disconnect(),
                 )
             else:
@@ -314,13 +322,13 @@ class _Connections:
             return replies
         finally:
             if kept:
-                self._idle.append(connection)
+                self._idle.append((connection, timeout))
             else:
                 # Failed or cancelled midway, perhaps with replies unread: never reused
                 # as it is (the pool reconnects it before handing it out again).
                 with anyio.CancelScope(shield=True):
                     await connection.disconnect(nowait=True)
-                    await pool.release(connection)
+                    await self._give_back(connection, timeout)
 
     def _packed(self, connection: Any, commands: list[tuple[Any, ...]]) -> tuple[bytes, list[Any]]:
         """Every command packed (one error in ``results`` in place of a command that cannot
@@ -352,24 +360,39 @@ class _Connections:
         return self._pack
 
     async def _round_trip(
-        self, connection: Any, packed: bytes, commands: list[tuple[Any, ...]], unsent: list[Any]
+        self,
+        connection: Any,
+        socket_timeout: float | None,
+        packed: bytes,
+        commands: list[tuple[Any, ...]],
+        unsent: list[Any],
     ) -> list[Any]:
-        await connection.send_packed_command(packed)
-        parse = self._client.parse_response
-        results = list(unsent)
-        for index, args in enumerate(commands):
-            if unsent[index] is not None:
-                continue
-            try:
-                results[index] = await parse(connection, args[0])
-            except redis_errors.ResponseError as exc:
-                results[index] = exc
-        return results
+        """Send the pipeline and read its replies within the connection's socket timeout
+        (redis-py disconnects a connection whose write or read is cut short)."""
+        try:
+            with anyio.fail_after(socket_timeout) if socket_timeout else contextlib.nullcontext():
+                await connection.send_packed_command(packed)
+                parse = self._client.parse_response
+                results = list(unsent)
+                for index, args in enumerate(commands):
+                    if unsent[index] is not None:
+                        continue
+                    try:
+                        results[index] = await parse(connection, args[0])
+                    except redis_errors.ResponseError as exc:
+                        results[index] = exc
+                return results
+        except TimeoutError:
+            raise redis_errors.TimeoutError(f"no reply from redis in {socket_timeout} s") from None
 
     async def release_all(self) -> None:
         """Give every kept connection back to the client's pool."""
-        pool: Any = self._client.connection_pool
         idle, self._idle = self._idle, []
-        for connection in idle:
-            with contextlib.suppress(Exception):  # a closed pool: nothing to give back to
-                await pool.release(connection)
+        for connection, socket_timeout in idle:
+            await self._give_back(connection, socket_timeout)
+
+    async def _give_back(self, connection: Any, socket_timeout: float | None) -> None:
+        connection.socket_timeout = socket_timeout
+        pool: Any = self._client.connection_pool
+        with contextlib.suppress(Exception):  # a closed pool: nothing to give back to
+            await pool.release(connection)
