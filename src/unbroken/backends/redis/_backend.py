@@ -67,11 +67,13 @@ class RedisBackend(Backend, GatheredAppends, PacksEndedLogs):
     A URL it cannot use raises `ValueError` here, not at the first command. ``cluster=True``
     targets Redis Cluster (with ``url``: a `RedisCluster` is created) and uses sharded pub/sub.
     ``reader_buffer`` bounds each listener's queue; overflow gives it one `Lagged`.
-    ``write_gather`` (seconds, the engine's `append_gather`): how long the engine gathers the
-    chunks of all its streams before appending them with one `append_many`, and how long a
-    lease renewal waits for other commands to share its pipeline. A pipeline's cost is mostly
-    fixed, so at one chunk per append, sharing is most of a Redis-backed chunk's cost. Readers
-    see a chunk up to that much later. 0 sends as soon as a connection is free.
+    ``write_gather`` (seconds, the engine's `append_gather`), the write window: how long the
+    engine gathers the chunks of all its streams before appending them with one
+    `append_many`, and how long a lease renewal waits for other commands to share its
+    pipeline. Each stream's chunks from one append are one log entry and one notification,
+    and an append costs Redis about the same whatever it carries, so a window longer than the
+    time between a stream's chunks (a model's tokens: ~30 ms) divides Redis's cost per chunk;
+    every reader sees a chunk up to that much later. 0 sends as soon as a connection is free.
     """
 
     def __init__(
