@@ -19,13 +19,15 @@ stream at any moment; nobody else touches its chunks meanwhile.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 from anyio.abc import TaskGroup
 
+from unbroken._asyncio import on_asyncio
 from unbroken._engine.flushing import WRITE_BATCH, apply_append, flush, record_end
 from unbroken._engine.local import PRODUCER_LOST, LocalStream, Writer
 from unbroken._engine.wakeups import EventWakeups, Wakeups
@@ -52,14 +54,22 @@ class Writes:
         self.gathered = (
             backend if isinstance(backend, GatheredAppends) and self.inline is None else None
         )
-        # Streams with chunks for the next gathered append.
-        self._dirty: dict[str, LocalStream] = {}
+        # Streams with chunks for the next gathered append, each with its newest chunk if
+        # the producer just added it (None: read them from its log).
+        self._dirty: dict[str, tuple[LocalStream, Chunk | None]] = {}
         self._dirty_wakeup: Wakeups = EventWakeups()
-        self._gatherer = anyio.Lock()  # held by the appender gathering the next append
+        # One appender gathers at a time (a flag, not a lock: an uncontended anyio lock
+        # still yields to the event loop, once per append).
+        self._gatherer_busy = False
+        self._gatherer_free: Wakeups = EventWakeups()
+        self._sleep: Callable[[float], Awaitable[None]] = anyio.sleep
 
     def open(self, task_group: TaskGroup, new_wakeups: Callable[[], Wakeups]) -> None:
         """Start the gathered appends' task in the engine's task group, if they are used."""
         self._dirty_wakeup = new_wakeups()
+        self._gatherer_free = new_wakeups()
+        # asyncio's own sleep where it runs: anyio's looks the async library up each time.
+        self._sleep = asyncio.sleep if on_asyncio() else anyio.sleep
         if self.gathered is not None:
             for _ in range(_APPENDERS):
                 task_group.start_soon(self._gather_appends, name="unbroken:appends")
@@ -77,7 +87,7 @@ class Writes:
         if self.inline is not None:
             self._append_inline(local, chunk)
         elif self.gathered is not None:
-            self._append_later(local)
+            self._append_later(local, chunk)
         else:
             self.wake_writer(local)
 
@@ -211,9 +221,10 @@ class Writes:
             local.stream_id in self._dirty and local.unwritten and not local.writes_alone
         )
 
-    def _append_later(self, local: LocalStream) -> None:
-        """Have the stream's new chunks written with the next gathered appends."""
-        self._dirty[local.stream_id] = local
+    def _append_later(self, local: LocalStream, newest: Chunk | None = None) -> None:
+        """Have the stream's new chunks written with the next gathered appends (``newest``:
+        the chunk the producer just added, if that is why)."""
+        self._dirty[local.stream_id] = (local, newest)
         self._dirty_wakeup.set()
 
     async def _gather_appends(self) -> None:
@@ -231,12 +242,18 @@ class Writes:
         assert self.gathered is not None
         gather = self.gathered.append_gather
         while True:
-            async with self._gatherer:
+            while self._gatherer_busy:
+                await self._gatherer_free.wait()
+            self._gatherer_busy = True
+            try:
                 while not self._dirty:
                     await self._dirty_wakeup.wait()
                 if gather:
-                    await anyio.sleep(gather)
+                    await self._sleep(gather)
                 group = self._take_dirty()
+            finally:
+                self._gatherer_busy = False
+                self._gatherer_free.set()
             if group:
                 await self._append_group(group)
 
@@ -245,14 +262,18 @@ class Writes:
         taken; the others are left to whoever writes them."""
         dirty, self._dirty = self._dirty, {}
         group: list[tuple[LocalStream, list[Chunk]]] = []
-        for local in dirty.values():
+        for local, newest in dirty.values():
             if local.writer is not Writer.NOBODY or not local.unwritten:
                 continue  # whoever writes it now looks again when done
             if local.writes_alone:
                 self.wake_writer(local)
                 continue
             local.take_write(Writer.GATHERED)
-            group.append((local, local.log.chunks(local.durable, local.durable + WRITE_BATCH)))
+            if newest is not None and newest.seq == local.durable == len(local.log) - 1:
+                chunks = [newest]  # the usual case at a model's pace: no need to rebuild it
+            else:
+                chunks = local.log.chunks(local.durable, local.durable + WRITE_BATCH)
+            group.append((local, chunks))
         return group
 
     async def _append_group(self, group: list[tuple[LocalStream, list[Chunk]]]) -> None:
