@@ -475,21 +475,31 @@ PROFILE_RULES: list[tuple[str, tuple[str, ...]]] = [
         "model + ui_chunks + encode_event (+ assembling the answer)",
         ("Answers._source", "=plain_frames", "=_stored_frames"),
     ),
+    (
+        "Redis backend: append_many (script arguments, notification payload, replies)",
+        ("RedisBackend.append_many",),
+    ),
     ("engine: producer (_pump, add, inline append, wake readers)", ("Producers._pump",)),
     ("engine: write loop (flush, append, wake readers)", ("Writes._write_loop",)),
-    ("Redis: the pipeliner's round trips (redis-py)", ("_Pipeliner.",)),
     (
-        "engine: gathered appends, outside the pipeliner",
-        ("Writes._gather_appends", "Writes._append_group"),
+        "engine: gathered appends, outside the backend",
+        ("Writes._gather_appends", "Writes._append_group", "Writes._take_dirty"),
     ),
-    ("Redis: socket writes of the pipelines", ("_send_packed_command",)),
-    ("Redis: notifications (pub/sub reader)", ("_Router.", "_Link.")),
-    ("engine: lease renewals and stop watchers", ("Writes.renew_lease", "_watch_for_stop")),
+    (
+        "Redis: the pipeliner (packing, socket writes, reading replies)",
+        ("Pipeliner.", "_Connections.", "_send_packed_command"),
+    ),
+    (
+        "Redis: notifications (pub/sub reader)",
+        ("Router._keep_connected", "Router._route", "Router.subscribe", "_Link."),
+    ),
+    ("engine: lease renewals and stop watchers", ("Writes.renew_leases", "_watch_for_stop")),
     (
         "response: the engine's reader (read, wait)",
         ("StreamEngine.read_batches", "LocalReader.batches", "BackendReader."),
     ),
     ("response: rest of the response loop", ("EngineStreamResponse", "StreamingResponse")),
+    ("garbage collection (the benchmark's pause log)", ("on_gc",)),
 ]
 
 
