@@ -168,6 +168,57 @@ async def test_a_gathered_append_that_hangs_holds_back_only_its_own_streams(
     assert status is not None and status.chunk_count == 2
 
 
+async def test_chunks_that_waited_for_the_appends_in_flight_leave_at_once(
+    redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk waits at most ``append_gather`` for company: one that came while both
+    appends were in flight (a slow Redis) leaves as soon as one is back, not after another
+    gathering wait."""
+    gather = 0.5
+    append_many = RedisBackend.append_many
+    back = [anyio.Event(), anyio.Event()]  # the first two appends wait for these
+    out = [anyio.Event(), anyio.Event()]
+    calls = 0
+
+    async def slow(
+        self: RedisBackend, appends: Sequence[Append]
+    ) -> list[StreamState | BackendError | None]:
+        nonlocal calls
+        calls += 1
+        if calls <= 2:
+            out[calls - 1].set()
+            await back[calls - 1].wait()
+        return await append_many(self, appends)
+
+    monkeypatch.setattr(RedisBackend, "append_many", slow)
+    go = anyio.Event()
+
+    async def one(text: str) -> AsyncIterator[str]:
+        yield text
+        await go.wait()
+
+    try:
+        backend = RedisBackend(redis_url, key_prefix=key_prefix, write_gather=gather)
+        async with StreamEngine(backend, lease_ttl=30) as engine:
+            try:
+                for index in range(2):
+                    await engine.start(f"s{index}", one("x"))
+                    with anyio.fail_after(5):
+                        await out[index].wait()  # both appenders have an append out
+                await engine.start("late", one("y"))
+                await anyio.sleep(gather * 1.2)  # it has waited for company long enough
+                back[0].set()
+                with anyio.fail_after(gather * 0.6):  # no second gathering wait
+                    async for item in engine.read("late"):
+                        assert getattr(item, "data", None) == "y"
+                        break
+            finally:
+                for event in (*back, go):
+                    event.set()
+    finally:
+        await delete_redis_keys(redis_url, key_prefix)
+
+
 async def test_the_end_waits_for_a_gathered_append_on_its_way(
     redis_engine: StreamEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

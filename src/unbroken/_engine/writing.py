@@ -57,6 +57,7 @@ class Writes:
         # Streams with chunks for the next gathered append, each with its newest chunk if
         # the producer just added it (None: read them from its log).
         self._dirty: dict[str, tuple[LocalStream, Chunk | None]] = {}
+        self._dirty_since = 0.0  # when the first of them came (time.monotonic())
         self._dirty_wakeup: Wakeups = EventWakeups()
         # One appender gathers at a time (a flag, not a lock: an uncontended anyio lock
         # still yields to the event loop, once per append).
@@ -224,14 +225,16 @@ class Writes:
     def _append_later(self, local: LocalStream, newest: Chunk | None = None) -> None:
         """Have the stream's new chunks written with the next gathered appends (``newest``:
         the chunk the producer just added, if that is why)."""
+        if not self._dirty:
+            self._dirty_since = time.monotonic()
         self._dirty[local.stream_id] = (local, newest)
         self._dirty_wakeup.set()
 
     async def _gather_appends(self) -> None:
-        """One of the `_APPENDERS`: once a stream has new chunks, wait ``append_gather``
-        seconds for company, then append the new chunks of every stream with some with one
-        `GatheredAppends.append_many`. One appender gathers at a time; while it waits for
-        its append to come back, the other gathers the next one.
+        """One of the `_APPENDERS`: once a stream has new chunks, wait for company until
+        they have waited ``append_gather`` seconds, then append the new chunks of every
+        stream with some with one `GatheredAppends.append_many`. One appender gathers at a
+        time; while it waits for its append to come back, the other gathers the next one.
 
         So no task is started per append, and at most `_APPENDERS` appends are in flight:
         while the backend (or this process) is slower than that, the appends carry more
@@ -248,8 +251,11 @@ class Writes:
             try:
                 while not self._dirty:
                     await self._dirty_wakeup.wait()
-                if gather:
-                    await self._sleep(gather)
+                # Company for the first chunk waiting, for at most `gather` since it came:
+                # chunks that waited for both appends in flight to come back leave at once.
+                wait = self._dirty_since + gather - time.monotonic()
+                if wait > 0:
+                    await self._sleep(wait)
                 group = self._take_dirty()
             finally:
                 self._gatherer_busy = False
