@@ -274,6 +274,33 @@ def _entry_chunks(fields: Mapping[Any, Any], last: int) -> tuple[int, int, list[
     return last - len(datas) + 1, offset, datas
 
 
+def _single_chunk(entry_id: object, fields: object) -> tuple[int, int, list[str]] | None:
+    """`_entry_chunks` for the usual entry, faster: one chunk, in the current layout, from a
+    client that does not decode responses (a catch-up decodes one such entry per chunk a
+    model streamed). None for any other entry, which `_entry_chunks` reads (or rejects)."""
+    if type(fields) is not dict or type(entry_id) is not bytes:
+        return None
+    lengths, data, offset = fields.get(_LENGTHS), fields.get(_DATA), fields.get(_OFFSET)
+    if not (type(lengths) is bytes and type(data) is bytes and type(offset) is bytes):
+        return None
+    # The checks of `_count` and `log_entry_seq`: digits only (so one length: no comma), at
+    # most 18 of them, and an id 0-<n> with n > 0 and no leading zero.
+    counter = entry_id[2:]
+    if not (
+        lengths.isdigit()
+        and offset.isdigit()
+        and len(offset) <= 18
+        and entry_id[:2] == b"0-"
+        and counter.isdigit()
+        and counter[:1] != b"0"
+    ):
+        return None
+    chunk = data.decode("utf-8", "surrogatepass")
+    if len(chunk) != int(lengths):
+        raise ValueError("chunk lengths do not add up to the entry's data")
+    return int(counter) - 1, int(offset), [chunk]
+
+
 def parse_log(stream_id: str, entries: object, after: int, limit: int) -> list[Chunk]:
     """XRANGE entries as chunks: the first ``limit`` with seq > ``after``. The entries must
     hold exactly seq after+1, after+2, ... (the first one may start earlier)."""
@@ -284,7 +311,10 @@ def parse_log(stream_id: str, entries: object, after: int, limit: int) -> list[C
     for entry in entries:
         try:
             entry_id, fields = entry
-            first, offset, datas = _entry_chunks(fields, log_entry_seq(text(entry_id)))
+            first_offset_datas = _single_chunk(entry_id, fields)
+            if first_offset_datas is None:
+                first_offset_datas = _entry_chunks(fields, log_entry_seq(text(entry_id)))
+            first, offset, datas = first_offset_datas
         except (KeyError, ValueError, TypeError, AttributeError, zlib.error) as exc:
             corrupt(stream_id, f"log entry: {exc!r}")
         if first > expected or (chunks and first != expected) or first < 0:

@@ -1,0 +1,63 @@
+"""The Redis log's entries as chunks: the usual one-chunk entry is read by a shortcut, which
+must give the same chunks as the general reading and reject what it rejects."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from unbroken import CorruptStreamError
+from unbroken.backends.redis._codec import parse_log
+
+
+def entry(last: int, offset: int, *datas: str) -> tuple[bytes, dict[bytes, bytes]]:
+    """An entry as a client that does not decode responses returns it."""
+    lengths = ",".join(str(len(data)) for data in datas)
+    fields = {b"o": str(offset).encode(), b"n": lengths.encode(), b"d": "".join(datas).encode()}
+    return f"0-{last + 1}".encode(), fields
+
+
+def test_one_chunk_entries_read_as_the_general_reading_does() -> None:
+    texts = ["Hello", ", ", "wörld", "", "\U0001f600 ok", "\ud800"]  # a lone surrogate too
+    entries, offset = [], 0
+    for seq, data in enumerate(texts):
+        fields = {b"o": str(offset).encode(), b"n": str(len(data)).encode()}
+        fields[b"d"] = data.encode("utf-8", "surrogatepass")
+        entries.append((f"0-{seq + 1}".encode(), fields))
+        offset += len(data)
+    entries.append(entry(7, offset, "ab", "c"))  # two chunks in one entry: no shortcut
+    general = [(i.decode(), {k.decode(): v for k, v in f.items()}) for i, f in entries]
+    for after in (-1, 0, 3, 6):
+        assert parse_log("s", entries, after, 100) == parse_log("s", general, after, 100)
+    chunks = parse_log("s", entries, -1, 100)
+    assert [chunk.data for chunk in chunks] == [*texts, "ab", "c"]
+    assert [chunk.seq for chunk in chunks] == list(range(8))
+    assert chunks[4].offset == len("Hello, wörld")
+    assert parse_log("s", entries, 1, 2) == chunks[2:4]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {b"o": b"0", b"n": b"4", b"d": b"abc"},  # the length does not match the data
+        {b"o": b"-1", b"n": b"3", b"d": b"abc"},
+        {b"o": b"1" * 19, b"n": b"3", b"d": b"abc"},
+        {b"o": b"0", b"n": b"3", b"d": b"\xff\xfeX"},  # not UTF-8
+        {b"o": b"0", b"d": b"abc"},
+    ],
+)
+def test_a_broken_one_chunk_entry_is_corrupt(fields: dict[bytes, bytes]) -> None:
+    with pytest.raises(CorruptStreamError, match="log entry"):
+        parse_log("s", [(b"0-1", fields)], -1, 10)
+
+
+@pytest.mark.parametrize("entry_id", [b"0-01", b"0-0", b"1-1", b"0-x", b"0-\xd9\xa3", b"0-"])
+def test_an_entry_id_that_is_not_ours_is_corrupt(entry_id: Any) -> None:
+    with pytest.raises(CorruptStreamError, match="log entry"):
+        parse_log("s", [(entry_id, {b"o": b"0", b"n": b"1", b"d": b"a"})], -1, 10)
+
+
+def test_a_gap_between_one_chunk_entries_is_corrupt() -> None:
+    with pytest.raises(CorruptStreamError, match="where 1 belongs"):
+        parse_log("s", [entry(0, 0, "a"), entry(2, 2, "c")], -1, 10)
