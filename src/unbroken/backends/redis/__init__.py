@@ -2,10 +2,15 @@
 
 Per stream (key formats in ``_keys.py``): a metadata hash, a chunk log (a Redis Stream whose
 entry ids are ``0-<seq + 1>``, so reading from any position is one XRANGE), a producer lease
-(a string with a PX expiry) and a notification channel. Every write is one atomic Lua script
-(``_lua/``, package data) that checks ownership and the sequence, writes, refreshes the TTLs
-and publishes the notification, so a reader can never see a notification for data that is
-not in the log yet.
+(a string with a PX expiry) and a notification channel. Every write that needs checking is
+one atomic Lua script (``_lua/``, package data) that checks ownership and the sequence,
+writes, refreshes the TTLs and publishes the notification. Between two such appends (one per
+liveness tick renews the lease), a stream's appends are plain commands, an XADD NOMKSTREAM and
+a PUBLISH in one pipeline (``_fastpath.py`` says why that is safe): Redis runs the XADD first,
+so a reader never sees a notification for data that is not in the log yet. An XADD that Redis
+refuses is sent again through the script; its PUBLISH may still have gone out, but only after
+the stream's end notification (an ended stream's log is sealed) or for a stream that is gone
+(its producer writes the same chunks again).
 
 Commands: concurrent calls from all streams of one backend share pipelines (``_pipeliner.py``:
 what gathers while earlier pipelines are in flight leaves together), so round trips fall

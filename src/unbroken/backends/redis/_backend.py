@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import time
 import warnings
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 from anyio.abc import TaskGroup
@@ -26,13 +27,16 @@ from unbroken.backends.base import (
     StreamTimes,
 )
 from unbroken.backends.redis._codec import (
+    ENTRY_CHUNKS,
     PackedAppend,
     append_args,
     append_many_command,
     encode,
     ended_payload,
+    fast_append_commands,
     ms,
     pack_args,
+    parse_appended,
     parse_log,
     parse_state,
     parse_status,
@@ -40,8 +44,9 @@ from unbroken.backends.redis._codec import (
     script_calls,
 )
 from unbroken.backends.redis._errors import corrupt, translated
+from unbroken.backends.redis._fastpath import Known, KnownStreams
 from unbroken.backends.redis._keys import StreamKeys, log_entry_id, stream_keys
-from unbroken.backends.redis._pipeliner import DEFERRABLE_SCRIPTS, SCRIPTS, Pipeliner
+from unbroken.backends.redis._pipeliner import DEFERRABLE_SCRIPTS, SCRIPTS, Command, Pipeliner
 from unbroken.backends.redis._pubsub import HAS_SHARDED_PUBSUB, RedisListener, Router
 from unbroken.backends.redis._url import OwnedClient, describe_client, parse_redis_url
 from unbroken.exceptions import (
@@ -115,6 +120,8 @@ class RedisBackend(Backend, GatheredAppends, PacksEndedLogs):
         self._pipeliner: Pipeliner | None = None
         self._router: Router | None = None
         self._task_group: TaskGroup | None = None
+        # The streams whose appends may go without the script (see `_fastpath`).
+        self._known = KnownStreams()
 
     # -- lifecycle --
 
@@ -241,7 +248,13 @@ class RedisBackend(Backend, GatheredAppends, PacksEndedLogs):
             ms(times.lease),
             ms(times.active),
         ]
-        return bool(await self._run_script("claim", stream_id, args))
+        self._known.forget(stream_id)
+        sent, fence = time.monotonic(), self._open_pipeliner().generation
+        claimed = bool(await self._run_script("claim", stream_id, args))
+        if claimed:
+            lifetime = _lifetime(times)
+            self._known.claimed(stream_id, token, sent=sent, lifetime=lifetime, fence=fence)
+        return claimed
 
     async def append(
         self, stream_id: str, *, token: str, chunks: Sequence[Chunk], times: StreamTimes, now: float
@@ -249,38 +262,127 @@ class RedisBackend(Backend, GatheredAppends, PacksEndedLogs):
         """`Backend.append`, sent as soon as a connection is free (chunks that should share
         a round trip come through `append_many`)."""
         keys = self._keys(stream_id)
-        args = append_args(Append(stream_id, token, chunks, times, now), keys, sharded=self.cluster)
+        append = Append(stream_id, token, chunks, times, now)
+        args = append_args(append, keys, sharded=self.cluster)
+        self._known.forget(stream_id)
+        sent, fence = time.monotonic(), self._open_pipeliner().generation
         reply = await self._run_script("append", stream_id, args, keys)
-        return parse_state(stream_id, reply)
+        return self._appended(append, reply, sent, fence)
+
+    def _appended(
+        self, append: Append, reply: object, sent: float, fence: int | None
+    ) -> StreamState | None:
+        """The outcome of an append through the script, known streams updated with it."""
+        state, next_byte = parse_appended(append.stream_id, reply)
+        if next_byte is not None:
+            next_seq = append.chunks[-1].seq + 1 if append.chunks else None
+            self._known.checked(
+                append.stream_id,
+                append.token,
+                sent=sent,
+                lifetime=_lifetime(append.times),
+                fence=fence,
+                next_seq=next_seq,
+                next_byte=next_byte,
+            )
+        return state
 
     async def append_many(
         self, appends: Sequence[Append]
     ) -> list[StreamState | BackendError | None]:
         """Every append in one pipeline, sent at once (the engine gathered them already).
 
-        Outside a cluster, several streams share one script call (up to a bound, so that one
-        call stays short): for redis-py one command to pack and one reply to parse, for Redis
-        one script run, instead of one each per stream. In a cluster the streams' keys live in
-        different slots, so each stream is a call of its own.
+        An append that need not renew the lease, of a stream whose last checked write here
+        is recent (see `_fastpath`), is a plain XADD and PUBLISH; any such append that
+        Redis does not take (the stream ended, or Redis restarted) is sent again through
+        the script in a second round trip, and its answer is the answer. Every other append
+        goes through the script: outside a cluster, several streams share one script call
+        (up to a bound, so that one call stays short); in a cluster the streams' keys live
+        in different slots, so each stream is a call of its own.
         """
         pipeliner = self._open_pipeliner()
         outcomes: list[StreamState | BackendError | None] = [None] * len(appends)
+        plain, checked = self._plan(appends, pipeliner.generation)
+        again = await self._send_appends(pipeliner, appends, plain, checked, outcomes)
+        if again:
+            await self._send_appends(pipeliner, appends, [], again, outcomes)
+        return outcomes
+
+    def _plan(
+        self, appends: Sequence[Append], generation: int | None
+    ) -> tuple[list[_Plain], list[int]]:
+        """The appends that may go plain (with their commands), and the places of those
+        that go through the script."""
+        now = time.monotonic()
+        plain: list[_Plain] = []
+        checked: list[int] = []
+        for place, append in enumerate(appends):
+            chunks = append.chunks
+            known = None
+            if not append.renew_lease and 0 < len(chunks) <= ENTRY_CHUNKS:
+                known = self._known.usable(
+                    append.stream_id, append.token, chunks[0].seq, now, generation
+                )
+            if known is None or not _consecutive(chunks):
+                checked.append(place)
+                continue
+            keys = self._keys(append.stream_id)
+            xadd, publish, size = fast_append_commands(
+                append, keys, known.next_byte, sharded=self.cluster
+            )
+            plain.append(_Plain(place, known, xadd, publish, size))
+        return plain, checked
+
+    async def _send_appends(
+        self,
+        pipeliner: Pipeliner,
+        appends: Sequence[Append],
+        plain: list[_Plain],
+        checked: list[int],
+        outcomes: list[StreamState | BackendError | None],
+    ) -> list[int]:
+        """Send ``plain`` and ``checked`` appends in one pipeline and record the outcomes;
+        returns the places of the plain appends Redis did not take."""
         sendable: list[PackedAppend] = []
-        for index, append in enumerate(appends):
+        for place in checked:
+            append = appends[place]
+            self._known.forget(append.stream_id)
             keys = self._keys(append.stream_id)
             try:
                 args = append_args(append, keys, sharded=self.cluster)
             except CorruptStreamError as exc:  # not sent: the chunks are not consecutive
-                outcomes[index] = exc
+                outcomes[place] = exc
                 continue
-            sendable.append(PackedAppend(index, append.stream_id, keys, args, len(append.chunks)))
+            sendable.append(PackedAppend(place, append.stream_id, keys, args, len(append.chunks)))
         calls = [[append] for append in sendable] if self.cluster else script_calls(sendable)
-        replies = await pipeliner.call_many(
-            [append_many_command(call) for call in calls], script=SCRIPTS["append_many"]
-        )
-        places = [[(append.place, append.stream_id) for append in call] for call in calls]
-        _settle_each(places, replies, outcomes)
-        return outcomes
+        commands = [
+            command
+            for entry in plain
+            for command in (
+                Command(entry.xadd, fence=entry.known.fence),
+                Command(entry.publish, fence=entry.known.fence),
+            )
+        ]
+        script = SCRIPTS["append_many"]
+        commands += [Command(append_many_command(call), script) for call in calls]
+        sent, fence = time.monotonic(), pipeliner.generation
+        replies = await pipeliner.call_commands(commands)
+        again: list[int] = []
+        for index, entry in enumerate(plain):
+            added, error = replies[2 * index]
+            if error is None and added is not None:
+                self._known.appended(entry.known, len(appends[entry.place].chunks), entry.size)
+                outcomes[entry.place] = StreamState.ACTIVE
+            else:  # sealed, missing, fenced out, or an id Redis refused: let the script say
+                self._known.forget(appends[entry.place].stream_id)
+                again.append(entry.place)
+        places = [[(packed.place, packed.stream_id) for packed in call] for call in calls]
+
+        def settle(place: int, reply: object) -> StreamState | None:
+            return self._appended(appends[place], reply, sent, fence)
+
+        _settle_each(places, replies[2 * len(plain) :], outcomes, settle)
+        return again
 
     async def renew_many(
         self, renewals: Sequence[Renewal]
@@ -301,20 +403,58 @@ class RedisBackend(Backend, GatheredAppends, PacksEndedLogs):
             for place in call:
                 renewal = renewals[place]
                 keys += self._keys(renewal.stream_id).script_keys
-                args += [encode(renewal.token), ms(renewal.times.lease), ms(renewal.times.active)]
+                args += [
+                    encode(renewal.token),
+                    ms(renewal.times.lease),
+                    ms(renewal.times.active),
+                    repr(float(renewal.now)),
+                ]
             commands.append((len(keys), *keys, *args))
+        sent, fence = time.monotonic(), pipeliner.generation
         replies = await pipeliner.call_many(commands, script=SCRIPTS["renew_many"], deferrable=True)
         outcomes: list[StreamState | BackendError | None] = [None] * len(renewals)
         places = [[(place, renewals[place].stream_id) for place in call] for call in calls]
-        _settle_each(places, replies, outcomes)
+
+        def settle(place: int, reply: object) -> StreamState | None:
+            renewal = renewals[place]
+            return self._renewed(
+                renewal.stream_id, renewal.token, renewal.times, reply, sent, fence
+            )
+
+        _settle_each(places, replies, outcomes, settle)
         return outcomes
+
+    def _renewed(
+        self,
+        stream_id: str,
+        token: str,
+        times: StreamTimes,
+        reply: object,
+        sent: float,
+        fence: int | None,
+    ) -> StreamState | None:
+        """The outcome of a renewal, known streams updated with it."""
+        state = parse_state(stream_id, reply)
+        if state is StreamState.ACTIVE:
+            lifetime = _lifetime(times)
+            self._known.checked(stream_id, token, sent=sent, lifetime=lifetime, fence=fence)
+        else:
+            self._known.forget(stream_id)
+        return state
 
     async def renew_lease(
         self, stream_id: str, *, token: str, times: StreamTimes, now: float
     ) -> StreamState | None:
         """`Backend.renew_lease`; it may wait up to ``write_gather`` to share a pipeline."""
-        args: list[str | bytes | int] = [encode(token), ms(times.lease), ms(times.active)]
-        return parse_state(stream_id, await self._run_script("renew", stream_id, args))
+        args: list[str | bytes | int] = [
+            encode(token),
+            ms(times.lease),
+            ms(times.active),
+            repr(float(now)),
+        ]
+        sent, fence = time.monotonic(), self._open_pipeliner().generation
+        reply = await self._run_script("renew", stream_id, args)
+        return self._renewed(stream_id, token, times, reply, sent, fence)
 
     async def finish(
         self,
@@ -344,6 +484,7 @@ class RedisBackend(Backend, GatheredAppends, PacksEndedLogs):
             keys.ends_channel,
             ended_payload(state),
         ]
+        self._known.forget(stream_id)
         return parse_state(stream_id, await self._run_script("finish", stream_id, args, keys))
 
     async def pack_ended(self, stream_id: str, *, token: str, log: ChunkLog) -> bool:
@@ -356,12 +497,22 @@ class RedisBackend(Backend, GatheredAppends, PacksEndedLogs):
     # -- reads --
 
     async def status(self, stream_id: str) -> StreamStatus | None:
-        raw = await self._call(stream_id, "HGETALL", self._keys(stream_id).meta)
+        """`Backend.status`: the meta, and for an active stream the counts of its log's
+        last entry (appends need not write them to the meta), read in one pipeline."""
+        pipeliner = self._open_pipeliner()
+        keys = self._keys(stream_id)
+        last_entry = ("XREVRANGE", keys.log, "+", "-", "COUNT", 1)
+        with translated(stream_id):
+            (raw, error), (last, log_error) = await pipeliner.call_many(
+                [("HGETALL", keys.meta), last_entry]
+            )
+            if error is not None:
+                raise error
         if not raw:
             return None
         if not isinstance(raw, Mapping):
             corrupt(stream_id, "metadata is not a hash")
-        return parse_status(stream_id, raw)
+        return parse_status(stream_id, raw, last if log_error is None else log_error)
 
     async def read(self, stream_id: str, *, after: int, limit: int) -> list[Chunk]:
         self._open_pipeliner()
@@ -400,14 +551,38 @@ class RedisBackend(Backend, GatheredAppends, PacksEndedLogs):
             router.unsubscribe(channel, listener)
 
 
+class _Plain(NamedTuple):
+    """An append going as plain commands: its index in the batch, its stream as known
+    here, its XADD and PUBLISH, and its size in bytes."""
+
+    place: int
+    known: Known
+    xadd: tuple[Any, ...]
+    publish: tuple[Any, ...]
+    size: int
+
+
+def _lifetime(times: StreamTimes) -> float:
+    """How long a checked write keeps the stream's meta at least: the active TTL, and the
+    lease's for good measure (see `_fastpath`)."""
+    return min(times.lease, times.active)
+
+
+def _consecutive(chunks: Sequence[Chunk]) -> bool:
+    first = chunks[0].seq
+    return all(chunk.seq == first + index for index, chunk in enumerate(chunks))
+
+
 def _settle_each(
     places: list[list[tuple[int, str]]],
     replies: list[tuple[Any, BaseException | None]],
     outcomes: list[StreamState | BackendError | None],
+    parse: Callable[[int, object], StreamState | None],
 ) -> None:
     """Each stream's outcome from the replies of script calls for several streams
-    (``places``: each call's streams, as their index in ``outcomes`` and their id); a call's
-    error, or a stream's error reply, becomes that stream's `BackendError`."""
+    (``places``: each call's streams, as their index in ``outcomes`` and their id; ``parse``
+    reads a stream's reply, given its index); a call's error, or a stream's error reply,
+    becomes that stream's `BackendError`."""
     for call, (reply, error) in zip(places, replies, strict=True):
         if error is None and not (isinstance(reply, list) and len(reply) == len(call)):
             error = redis_errors.ResponseError(f"UNBROKEN_CORRUPT script replied {reply!r}")
@@ -419,6 +594,6 @@ def _settle_each(
                     outcome = reply[position]
                     if isinstance(outcome, Exception):
                         raise outcome
-                outcomes[index] = parse_state(stream_id, outcome)
+                    outcomes[index] = parse(index, outcome)
             except BackendError as exc:
                 outcomes[index] = exc

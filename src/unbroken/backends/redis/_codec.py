@@ -24,13 +24,16 @@ from unbroken.backends.redis._errors import corrupt
 from unbroken.backends.redis._keys import StreamKeys, log_entry_id, log_entry_seq
 
 __all__ = [
+    "ENTRY_CHUNKS",
     "PackedAppend",
     "append_args",
     "append_many_command",
     "encode",
     "ended_payload",
+    "fast_append_commands",
     "ms",
     "pack_args",
+    "parse_appended",
     "parse_log",
     "parse_notification",
     "parse_state",
@@ -55,6 +58,7 @@ _OFFSET = _keys.LOG_OFFSET.encode()
 _LENGTHS = _keys.LOG_LENGTHS.encode()
 _DATA = _keys.LOG_DATA.encode()
 _PACKED = _keys.LOG_PACKED.encode()
+_BYTE_OFFSET = _keys.LOG_BYTE_OFFSET.encode()
 _LEGACY_DATA = _keys.LEGACY_DATA.encode()
 _LEGACY_OFFSET = _keys.LEGACY_OFFSET.encode()
 
@@ -150,6 +154,33 @@ def append_args(append: Append, keys: StreamKeys, *, sharded: bool) -> list[str 
     return args
 
 
+def fast_append_commands(
+    append: Append, keys: StreamKeys, byte_offset: int, *, sharded: bool
+) -> tuple[tuple[Any, ...], tuple[Any, ...], int]:
+    """The plain commands of an append of at most ``ENTRY_CHUNKS`` consecutive chunks that
+    continue the log at ``byte_offset``: its entry's XADD (NOMKSTREAM: into an existing log
+    only), the notification's PUBLISH (SPUBLISH if ``sharded``), and the append's bytes."""
+    chunks = append.chunks
+    datas = [chunk.data for chunk in chunks]
+    data = encode("".join(datas))
+    xadd = (
+        "XADD",
+        keys.log,
+        "NOMKSTREAM",
+        log_entry_id(chunks[-1].seq),
+        _keys.LOG_OFFSET,
+        chunks[0].offset,
+        _keys.LOG_LENGTHS,
+        ",".join([str(len(text)) for text in datas]),
+        _keys.LOG_DATA,
+        data,
+        _keys.LOG_BYTE_OFFSET,
+        byte_offset,
+    )
+    publish = ("SPUBLISH" if sharded else "PUBLISH", keys.channel, _appended_payload(chunks))
+    return xadd, publish, len(data)
+
+
 def pack_args(token: str, log: ChunkLog) -> list[str | bytes | int]:
     """The arguments of ``pack.lua``: the whole log, packed ``ENTRY_CHUNKS`` chunks an entry.
 
@@ -208,6 +239,14 @@ def append_many_command(appends: Sequence[PackedAppend]) -> tuple[Any, ...]:
 # -- replies --------------------------------------------------------------------------------
 
 
+def parse_appended(stream_id: str, reply: object) -> tuple[StreamState | None, int | None]:
+    """An append script's reply: the stream's state (None: no such stream), and the log's
+    byte count after the append when it was appended (the reply is that count)."""
+    if isinstance(reply, int) and not isinstance(reply, bool) and reply >= 0:
+        return StreamState.ACTIVE, reply
+    return parse_state(stream_id, reply), None
+
+
 def parse_state(stream_id: str, reply: object) -> StreamState | None:
     """A script's reply: the stream's state, or None (no such stream)."""
     if reply is None:
@@ -218,18 +257,28 @@ def parse_state(stream_id: str, reply: object) -> StreamState | None:
         corrupt(stream_id, f"unexpected script reply {reply!r}")
 
 
-def parse_status(stream_id: str, raw: Mapping[Any, Any]) -> StreamStatus:
-    """The metadata hash (HGETALL) as a `StreamStatus`."""
+def parse_status(stream_id: str, raw: Mapping[Any, Any], last: object = None) -> StreamStatus:
+    """The metadata hash (HGETALL) as a `StreamStatus`; for an active stream, the counts
+    are those of its log (``last``: XREVRANGE's reply for the log's last entry) when its
+    last entry carries them (see `log_counts`), else the hash's."""
     try:
         fields = {text(key): value for key, value in raw.items()}
         finished = fields.get(_keys.META_FINISHED)
         error = fields.get(_keys.META_ERROR)
+        state = StreamState(text(fields[_keys.META_STATE]))
+        counts = log_counts(stream_id, last) if state is StreamState.ACTIVE else None
+        if counts is None:
+            counts = (
+                _count(fields[_keys.META_CHUNKS]),
+                _count(fields[_keys.META_CHARS]),
+                _count(fields[_keys.META_BYTES]),
+            )
         return StreamStatus(
             stream_id=stream_id,
-            state=StreamState(text(fields[_keys.META_STATE])),
-            chunk_count=_count(fields[_keys.META_CHUNKS]),
-            char_count=_count(fields[_keys.META_CHARS]),
-            byte_count=_count(fields[_keys.META_BYTES]),
+            state=state,
+            chunk_count=counts[0],
+            char_count=counts[1],
+            byte_count=counts[2],
             created_at=_timestamp(fields[_keys.META_CREATED]),
             updated_at=_timestamp(fields[_keys.META_UPDATED]),
             finished_at=None if finished is None else _timestamp(finished),
@@ -237,6 +286,30 @@ def parse_status(stream_id: str, raw: Mapping[Any, Any]) -> StreamStatus:
         )
     except (KeyError, ValueError) as exc:
         corrupt(stream_id, f"metadata: {exc!r}")
+
+
+def log_counts(stream_id: str, last: object) -> tuple[int, int, int] | None:
+    """(chunks, chars, bytes) of a log from its last entry (``last``: XREVRANGE's reply for
+    it): the entry's last seq + 1, its char offset plus its chunks' lengths, its byte offset
+    plus its data's length. None for an empty or missing log, or a last entry of an earlier
+    layout (without a byte offset: its writer kept the meta's counts current instead)."""
+    if not isinstance(last, list):
+        corrupt(stream_id, f"log: {last!r}")
+    if not last:
+        return None
+    try:
+        entry_id, fields = last[0]
+        seq = log_entry_seq(text(entry_id))
+        byte_offset = _field(fields, _BYTE_OFFSET)
+        if byte_offset is None or _field(fields, _LENGTHS) is None:
+            return None
+        data = _field(fields, _DATA)
+        size = len(data) if isinstance(data, bytes) else len(encode(text(data)))
+        lengths = [_count(length) for length in text(_field(fields, _LENGTHS)).split(",")]
+        chars = _count(_field(fields, _OFFSET)) + sum(lengths)
+        return seq + 1, chars, _count(byte_offset) + size
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        corrupt(stream_id, f"log entry: {exc!r}")
 
 
 def _field(fields: Mapping[Any, Any], name: bytes) -> Any:

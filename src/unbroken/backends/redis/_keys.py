@@ -4,11 +4,16 @@ Per stream, with the hash tag ``{<prefix>:<stream id>}`` so Redis Cluster keeps 
 them in one slot (one Lua script may touch them all, and sharded pub/sub lands on the
 node that owns the data)::
 
-    {<prefix>:<id>}:meta     hash    state, token, counts, times, error   (see META_*)
+    {<prefix>:<id>}:meta     hash    state, token, counts, times, error   (see META_*); the
+                             counts are final once the stream ended, and may lag behind
+                             the log while it is active
     {<prefix>:<id>}:log      stream  one entry per append, of consecutive chunks: entry id
-                             ``0-<last seq + 1>``, fields o (the first chunk's offset) and
-                             n + d (their lengths and data), or z once the stream ended
-                             (them packed: see LOG_*)
+                             ``0-<last seq + 1>``, fields o (the first chunk's offset),
+                             n + d (their lengths and data) and b (the first chunk's byte
+                             offset), or o + z once the stream ended (them packed: see
+                             LOG_*); so its last entry says how long the stream is. Sealed
+                             when the stream ends (its last id set to the largest there is,
+                             so nothing can be added to it)
     {<prefix>:<id>}:lease    string  the producer's token, with a PX expiry
     {<prefix>:<id>}:events   channel compact JSON notifications (see NOTE_*): appends, end
     {<prefix>:<id>}:ends     channel the end notification only (for ``listen(ends_only=True)``,
@@ -25,6 +30,7 @@ from dataclasses import dataclass
 __all__ = [
     "LEGACY_DATA",
     "LEGACY_OFFSET",
+    "LOG_BYTE_OFFSET",
     "LOG_DATA",
     "LOG_LENGTHS",
     "LOG_OFFSET",
@@ -61,6 +67,7 @@ META_ERROR = "error"
 LOG_OFFSET = "o"  # the character offset of its first chunk
 LOG_LENGTHS = "n"  # each chunk's length in characters, comma-separated
 LOG_DATA = "d"  # the chunks' data, joined
+LOG_BYTE_OFFSET = "b"  # the byte offset (UTF-8) of its first chunk, with n and d
 LOG_PACKED = "z"  # instead of n and d once the stream ended: `unbroken._packing.pack`
 # An entry of one chunk, as unbroken wrote them before entries held several (still read).
 LEGACY_DATA = "data"

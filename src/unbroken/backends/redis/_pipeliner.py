@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from importlib.resources import files
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import anyio
 from redis import exceptions as redis_errors
@@ -18,7 +18,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from unbroken.exceptions import EngineClosedError
 
-__all__ = ["DEFERRABLE_SCRIPTS", "SCRIPTS", "Pipeliner", "Script"]
+__all__ = ["DEFERRABLE_SCRIPTS", "SCRIPTS", "Command", "Fenced", "Pipeliner", "Script"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +53,21 @@ DEFERRABLE_SCRIPTS = frozenset({"renew", "renew_many", "pack"})
 _PIPELINES_IN_FLIGHT = 4  # at most this many connections carry this backend's commands
 
 
+class Fenced(redis_errors.ConnectionError):
+    """A fenced command was not sent: its connection generation had passed (see
+    `Pipeliner.generation`)."""
+
+
+class Command(NamedTuple):
+    """One command of `Pipeliner.call_commands`: EVALSHA of ``script`` with ``args`` if a
+    script is given, else ``args`` as they are. ``fence``: send it only on a connection of
+    this generation (`Pipeliner.generation`), else it fails with `Fenced` unsent."""
+
+    args: tuple[Any, ...]
+    script: Script | None = None
+    fence: int | None = None
+
+
 class _Call:
     """One command waiting for its pipeline: the result, or the error, once ``done``.
 
@@ -61,11 +76,14 @@ class _Call:
     library up on every creation.
     """
 
-    __slots__ = ("args", "done", "error", "result", "script")
+    __slots__ = ("args", "done", "error", "fence", "result", "script")
 
-    def __init__(self, args: tuple[Any, ...], script: Script | None) -> None:
+    def __init__(
+        self, args: tuple[Any, ...], script: Script | None, fence: int | None = None
+    ) -> None:
         self.args = args
         self.script = script
+        self.fence = fence
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.result: Any = None
         self.error: BaseException | None = None
@@ -127,12 +145,32 @@ class Pipeliner:
     ) -> list[tuple[Any, BaseException | None]]:
         """Run several commands in one pipeline (each EVALSHA if ``script``); each one's
         (reply, error). They settle together, so only the last one is awaited."""
+        return await self.call_commands(
+            [Command(args, script) for args in commands], deferrable=deferrable
+        )
+
+    @property
+    def generation(self) -> int | None:
+        """Counts the connections made so far (taken from the pool or connected again):
+        a command fenced with the generation read now is sent only on a connection that
+        was already connected now, so never to a server that was not there then (one
+        restarted, or a replica promoted since). None: fences are not supported (a
+        cluster's pipelines are redis-py's, which connect where they need to)."""
+        return None if self._connections is None else self._connections.generation
+
+    async def call_commands(
+        self, commands: Sequence[Command], *, deferrable: bool = False
+    ) -> list[tuple[Any, BaseException | None]]:
+        """Run several commands, scripts or not, in one pipeline; each one's (reply, error).
+        They settle together, so only the last one is awaited."""
         if self._closed:
             raise EngineClosedError("backend is closed")
         if not commands:
             return []
-        prefix = ("EVALSHA", script.sha) if script is not None else ()
-        calls = [_Call((*prefix, *args), script) for args in commands]
+        calls = [
+            _Call(args if script is None else ("EVALSHA", script.sha, *args), script, fence)
+            for args, script, fence in commands
+        ]
         self._queue += calls
         if deferrable:
             self._deferred.set()
@@ -236,7 +274,9 @@ class Pipeliner:
         raises for a connection that failed."""
         try:
             if self._connections is not None:
-                return await self._connections.execute([call.args for call in batch])
+                return await self._connections.execute(
+                    [call.args for call in batch], [call.fence for call in batch]
+                )
             return await self._execute_pipeline(batch)
         except (AttributeError, TypeError, RuntimeError) as exc:
             # redis-py may write to a connection another task has just torn down (a node
@@ -247,10 +287,18 @@ class Pipeliner:
 
     async def _execute_pipeline(self, batch: list[_Call]) -> list[Any]:
         pipeline: Any = self._client.pipeline(transaction=False)
-        for call in batch:
+        sent = [call for call in batch if call.fence is None]
+        for call in sent:
             pipeline.execute_command(*call.args)
-        results: list[Any] = await pipeline.execute(raise_on_error=False)
-        return results
+        results: list[Any] = await pipeline.execute(raise_on_error=False) if sent else []
+        if len(sent) == len(batch):
+            return results
+        replies = iter(results)
+        return [_fenced() if call.fence is not None else next(replies) for call in batch]
+
+
+def _fenced() -> Fenced:
+    return Fenced("not sent: connected again since the command was fenced")
 
 
 def _pack_python(args: tuple[Any, ...]) -> bytes:
@@ -297,12 +345,17 @@ class _Connections:
         # Idle kept connections (connected, or to reconnect), each with its socket timeout.
         self._idle: list[tuple[Any, float | None]] = []
         self._pack: Callable[[tuple[Any, ...]], bytes] | None = None
+        self.generation = 0  # see `Pipeliner.generation`
 
-    async def execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+    async def execute(self, commands: list[tuple[Any, ...]], fences: list[int | None]) -> list[Any]:
+        """Each command's reply; a fenced one (its ``fences`` entry not None) is sent only
+        on a connection of that generation, else its reply is a `Fenced` error."""
         pool: Any = self._client.connection_pool
         if self._idle:
             connection, timeout = self._idle.pop()
         else:
+            # Counted before it is taken: what was fenced before cannot go on it.
+            self.generation += 1
             connection = await pool.get_connection()
             # One deadline per pipeline (`_round_trip`) instead of redis-py's per write (a
             # task for each, on Python < 3.12) and per reply: the connection's own timeout
@@ -310,14 +363,10 @@ class _Connections:
             timeout, connection.socket_timeout = connection.socket_timeout, None
         kept = False
         try:
-            packed, results = self._packed(connection, commands)
-            if packed:
-                replies: list[Any] = await connection.retry.call_with_retry(
-                    partial(self._round_trip, connection, timeout, packed, commands, results),
-                    lambda _error: connection.disconnect(),
-                )
-            else:
-                replies = results
+            replies: list[Any] = await connection.retry.call_with_retry(
+                partial(self._round_trip, connection, timeout, commands, fences),
+                lambda _error: connection.disconnect(),
+            )
             kept = True
             return replies
         finally:
@@ -330,13 +379,19 @@ class _Connections:
                     await connection.disconnect(nowait=True)
                     await self._give_back(connection, timeout)
 
-    def _packed(self, connection: Any, commands: list[tuple[Any, ...]]) -> tuple[bytes, list[Any]]:
+    def _packed(
+        self, connection: Any, commands: list[tuple[Any, ...]], fences: list[int | None]
+    ) -> tuple[bytes, list[Any]]:
         """Every command packed (one error in ``results`` in place of a command that cannot
-        be, which is then not sent), and ``results`` with a None per command sent."""
+        be, or is fenced out, which is then not sent), and ``results`` with a None per
+        command sent."""
         pack = self._pack or self._packer(connection.encoder)
         parts: list[bytes] = []
         results: list[Any] = []
-        for args in commands:
+        for args, fence in zip(commands, fences, strict=True):
+            if fence is not None and fence != self.generation:
+                results.append(_fenced())
+                continue
             try:
                 parts.append(pack(args))
             except (TypeError, ValueError, redis_errors.DataError) as exc:
@@ -363,14 +418,20 @@ class _Connections:
         self,
         connection: Any,
         socket_timeout: float | None,
-        packed: bytes,
         commands: list[tuple[Any, ...]],
-        unsent: list[Any],
+        fences: list[int | None],
     ) -> list[Any]:
         """Send the pipeline and read its replies within the connection's socket timeout
-        (redis-py disconnects a connection whose write or read is cut short)."""
+        (redis-py disconnects a connection whose write or read is cut short). A retry comes
+        here again after a reconnect, which fences out the fenced commands."""
         try:
             with anyio.fail_after(socket_timeout) if socket_timeout else contextlib.nullcontext():
+                if not connection.is_connected:
+                    self.generation += 1  # before: nothing fenced earlier goes on it
+                    await connection.connect()
+                packed, unsent = self._packed(connection, commands, fences)
+                if not packed:
+                    return unsent
                 await connection.send_packed_command(packed)
                 parse = self._client.parse_response
                 results = list(unsent)

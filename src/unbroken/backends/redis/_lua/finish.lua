@@ -24,6 +24,22 @@ if ARGV[2] == '1' then
 else
   redis.call('HDEL', KEYS[1], 'error')
 end
+-- The final counts, from the log (appends need not write them to the meta), and the log
+-- sealed: no append of the producer, whether it knows of the end or not, adds to it now.
+-- An unreadable log is left to its readers, who report it.
+local seq, fields, log_err = last_entry(KEYS[2])
+if not log_err then
+  if seq then
+    local chunks, chars, bytes = log_counts(seq, fields)
+    if chunks then
+      redis.call('HSET', KEYS[1], 'chunks', count_text(chunks), 'chars', count_text(chars),
+        'bytes', count_text(bytes))
+    end
+  end
+  if seq or redis.call('EXISTS', KEYS[2]) == 1 then
+    redis.call('XSETID', KEYS[2], SEALED_ID)
+  end
+end
 redis.call('DEL', KEYS[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[8])
 redis.call('PEXPIRE', KEYS[2], ARGV[8])

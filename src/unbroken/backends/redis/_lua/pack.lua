@@ -20,6 +20,7 @@ redis.call('DEL', KEYS[2])
 for i = 4, #ARGV, 3 do
   redis.call('XADD', KEYS[2], ARGV[i], 'o', ARGV[i + 1], 'z', ARGV[i + 2])
 end
+redis.call('XSETID', KEYS[2], SEALED_ID)  -- sealed again, as finish.lua left it
 if ttl > 0 then
   redis.call('PEXPIRE', KEYS[2], ttl)
 end
