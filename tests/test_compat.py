@@ -12,6 +12,7 @@ import pytest
 from tests._services import delete_redis_keys
 from unbroken import MemoryBackend, StreamEngine, StreamExistsError
 from unbroken.compat import (
+    CATCH_UP_READ,
     ResumableStreamContext,
     create_resumable_stream_context,
     utf16_skip,
@@ -138,9 +139,10 @@ async def two_processes(
 
 
 @pytest.mark.parametrize(("context_backend", "anyio_backend"), CONTEXTS)
-async def test_resume_catches_up_in_one_chunk_past_a_page(context_kwargs: dict[str, str]) -> None:
-    # More chunks than one page of the log: the resumer still gets them as one catch-up.
-    pieces = [f"{i:04d} " for i in range(1200)]
+async def test_resume_catches_up_in_one_chunk_past_a_look(context_kwargs: dict[str, str]) -> None:
+    # More chunks than the resume's first look reads: the resumer still gets them as one
+    # catch-up.
+    pieces = [f"{i:05d} " for i in range(CATCH_UP_READ + 300)]
     gate = anyio.Event()
 
     async def long_then_gate() -> AsyncIterator[str]:
@@ -168,17 +170,21 @@ async def test_resume_catches_up_in_one_chunk_past_a_page(context_kwargs: dict[s
 
 
 @pytest.mark.parametrize(("context_backend", "anyio_backend"), CONTEXTS)
-async def test_a_catch_up_past_a_page_asks_no_status_of_its_own(
-    context_kwargs: dict[str, str],
+@pytest.mark.parametrize(
+    ("pieces", "looks"), [(1200, 1), (CATCH_UP_READ + 300, 2)], ids=["within", "past"]
+)
+async def test_a_catch_up_asks_no_status_of_its_own(
+    context_kwargs: dict[str, str], pieces: int, looks: int
 ) -> None:
     # The reader's first look says how long the log was: the only statuses asked before the
-    # first text are its two looks (the first, and the one after it subscribed).
-    pieces = [f"{i:04d} " for i in range(700)]
+    # first text are its looks: the first, which reads a log of many pages whole, and for a
+    # longer one the look after it subscribed.
+    texts = [f"{i:05d} " for i in range(pieces)]
     gate = anyio.Event()
 
     async def long_then_gate() -> AsyncIterator[str]:
-        for piece in pieces:
-            yield piece
+        for text in texts:
+            yield text
         await gate.wait()
         yield "end"
 
@@ -186,7 +192,7 @@ async def test_a_catch_up_past_a_page_asks_no_status_of_its_own(
         own = await producing.create_new_resumable_stream("counted", long_then_gate)
         with anyio.fail_after(5):
             while (status := await resuming.engine.status("counted")) is None or (  # noqa: ASYNC110
-                status.chunk_count < len(pieces)
+                status.chunk_count < pieces
             ):
                 await anyio.sleep(0.01)
         backend = resuming.engine.backend
@@ -201,13 +207,13 @@ async def test_a_catch_up_past_a_page_asks_no_status_of_its_own(
         try:
             resumed = await resuming.resume_existing_stream("counted")
             assert resumed is not None
-            assert await anext(resumed) == "".join(pieces)
+            assert await anext(resumed) == "".join(texts)
         finally:
             backend.status = real_status  # type: ignore[method-assign]
-        assert asked == ["counted", "counted"]
+        assert asked == ["counted"] * looks
         gate.set()
         assert [text async for text in resumed] == ["end"]
-        assert "".join(await drain(own)) == "".join(pieces) + "end"
+        assert "".join(await drain(own)) == "".join(texts) + "end"
 
 
 @pytest.mark.parametrize(("context_backend", "anyio_backend"), CONTEXTS)

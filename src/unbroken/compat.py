@@ -51,6 +51,11 @@ logger = logging.getLogger("unbroken.compat")
 
 MakeStream = Callable[[], AsyncIterable[str]]
 
+# Chunks in a resume's first look. Its first text is the whole catch-up, and a log longer
+# than the look waits for the subscription and more reads before it: the look covers the
+# answers a model writes, bounded so that one reply stays a few hundred KiB.
+CATCH_UP_READ = 16 * READ_PAGE
+
 
 def create_resumable_stream_context(
     *,
@@ -144,12 +149,12 @@ class ResumableStreamContext:
         None if the stream is unknown or already finished.
         """
         # The reader's first look is the only round trip before the first chunk: the first
-        # text is the whole catch-up, so the reader takes a whole page of the log in that
-        # look (not the few chunks a response's first event needs). Its first batch is the
-        # log as it stood then, so it is the catch-up, unless the log is longer than one
-        # page: then the rest is read anyway, and the look's chunk count says how far to join.
+        # text is the whole catch-up, so the reader takes the log up to `CATCH_UP_READ` in
+        # that look (not the few chunks a response's first event needs). Its first batch is
+        # the log as it stood then, so it is the catch-up, unless the log is longer than the
+        # look: then the rest is read anyway, and the look's chunk count says how far to join.
         try:
-            reader = await self.engine._open_reader(stream_id, -1, None, first_read=READ_PAGE)
+            reader = await self.engine._open_reader(stream_id, -1, None, first_read=CATCH_UP_READ)
         except StreamNotFoundError:
             return None
         try:
@@ -158,7 +163,7 @@ class ResumableStreamContext:
                 return None
             first = await anext(reader)  # at once: the reader holds it since it opened
             seen = sum(isinstance(item, Chunk) for item in first)
-            catch_up_below = reader.chunk_count if seen >= READ_PAGE else seen
+            catch_up_below = reader.chunk_count if seen >= CATCH_UP_READ else seen
         except BaseException:
             await reader.aclose()
             raise
