@@ -37,6 +37,10 @@ Each turn has a producer (or an answer) of its own, and waits first for the time
 earlier turns' resumes took, so the turns together resume logs of the lengths one run of
 all the resumes would (a catch-up is the whole log so far: its length matters).
 
+``frozen`` is `unbroken.compat` again, in resuming processes that call
+`unbroken.cli.freeze_startup_heap()` once their followers are set up (as docs/your-app.md
+advises a long-running server): what Python's full garbage collections cost the resumes.
+
 ``--baseline SRC`` also runs unbroken from another source tree (``SRC`` is put on
 PYTHONPATH: e.g. ``git worktree add /tmp/base main`` and ``--baseline /tmp/base/src``), so a
 change is compared with what it changes in the same run.
@@ -77,11 +81,12 @@ from _results import RESULTS, save_results
 
 NPM_PACKAGES = ["resumable-stream@2.2.13", "redis@4"]
 PYPI_PACKAGE = "resumable-stream==0.2.0"
-LIBRARIES = ("npm", "pypi", "unbroken", "baseline")
+LIBRARIES = ("npm", "pypi", "unbroken", "frozen", "baseline")
 LABELS = {
     "npm": "npm resumable-stream 2.2.13",
     "pypi": "PyPI resumable-stream 0.2.0",
     "unbroken": "unbroken.compat",
+    "frozen": "unbroken.compat, heap frozen",
     "baseline": "unbroken.compat (baseline)",
 }
 CHAT_LABELS = {"unbroken": "chat v5 resume", "baseline": "chat v5 resume (baseline)"}
@@ -307,6 +312,10 @@ async def resume(stack):
         followers.append(asyncio.ensure_future(drain(stream, count)))
     if OTHERS:
         await asyncio.sleep(0.5)  # every follower live
+    if os.environ.get("BENCH_FREEZE_HEAP"):
+        from unbroken.cli import freeze_startup_heap
+
+        freeze_startup_heap()  # as docs/your-app.md advises a server, once it started
     latencies = []
     since, started, cpu_started = followed[0], time.perf_counter(), time.process_time()
     cpu = 0.0
@@ -890,7 +899,7 @@ def report(results: dict[str, Any]) -> str:
             return "-"
         text = format(got, fmt)
         theirs = value("npm", key) if npm is not None else None
-        if name in ("unbroken", "baseline") and theirs:
+        if name in ("unbroken", "frozen", "baseline") and theirs:
             ratio = got / theirs
             text += f" ({ratio:.2f}× npm)" if faster_is_higher else f" ({ratio:.2f}× npm's)"
         return text
@@ -977,6 +986,10 @@ def targets(results: dict[str, Any]) -> list[str]:
             line(f"chat v5 resume {what.replace('_', ' ')} median / npm's", got, RATIO_TARGET, "×")
     if ours is not None and "busy" in ours:
         line("compat resume p99, others active", ours["busy"]["p99_ms"], BUSY_TARGET_P99_MS, " ms")
+    frozen = measured.get("frozen")
+    if frozen is not None and "busy" in frozen:
+        p99 = frozen["busy"]["p99_ms"]
+        line("compat resume p99, others active, heap frozen", p99, BUSY_TARGET_P99_MS, " ms")
     if run is not None and "busy" in run:
         for what in ("first_byte", "first_event"):
             got = run["busy"][what]["p99_ms"]
@@ -997,7 +1010,13 @@ def chart(results: dict[str, Any], path: Path) -> None:
     labels = [
         LABELS[name].replace(" resumable-stream ", "\n").replace(" (", "\n(") for name in names
     ]
-    palette = {"npm": "#999999", "pypi": "#cc9933", "unbroken": "#3366cc", "baseline": "#99bbee"}
+    palette = {
+        "npm": "#999999",
+        "pypi": "#cc9933",
+        "unbroken": "#3366cc",
+        "frozen": "#33aa66",
+        "baseline": "#99bbee",
+    }
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), width_ratios=(1, 2))
     left.bar(
         labels,
@@ -1043,7 +1062,9 @@ def main() -> None:
     parser.add_argument("--busy-resumes", type=int, default=100, help="... with others active")
     parser.add_argument("--others", type=int, default=100, help="other streams when busy")
     parser.add_argument("--chunks", type=int, default=10_000)
-    parser.add_argument("--skip", default="", help="comma-separated: npm, pypi, compat, chat, busy")
+    parser.add_argument(
+        "--skip", default="", help="comma-separated: npm, pypi, compat, frozen, chat, busy"
+    )
     parser.add_argument("--chat-db", choices=("postgres", "sqlite"), default="postgres")
     parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--baseline", help="another unbroken source tree (its src folder)")
@@ -1067,6 +1088,8 @@ def main() -> None:
         if args.baseline:
             baseline_env = {"PYTHONPATH": str(Path(args.baseline).resolve())}
             prepared["baseline"] = Library([*python, "baseline"], baseline_env)
+        if "compat" not in skip and "frozen" not in skip:
+            prepared["frozen"] = Library([*python, "unbroken"], {"BENCH_FREEZE_HEAP": "1"})
         libraries = {name: how for name, how in prepared.items() if isinstance(how, Library)}
         skipped = {name: how for name, how in prepared.items() if isinstance(how, str)}
         sources: dict[str, str | None] = {"unbroken": None}
