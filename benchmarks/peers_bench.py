@@ -613,9 +613,18 @@ def cpu_seconds(pid: int) -> float:
 
 @contextmanager
 def chat_service(
-    url: str, folder: Path, args: argparse.Namespace, pythonpath: str | None
+    url: str,
+    folder: Path,
+    args: argparse.Namespace,
+    pythonpath: str | None,
+    *,
+    worker: list[str] | None = None,
+    worker_env: dict[str, str] | None = None,
 ) -> Iterator[ChatService]:
-    """Workers A and B of the chat service, up and answering, until the block ends."""
+    """Workers A and B of the chat service, up and answering, until the block ends.
+
+    ``worker``: the command that runs the workers' ``unbroken chat`` (default: this Python's
+    ``-m unbroken.cli``), with ``worker_env`` added to their environment."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -656,8 +665,8 @@ def chat_service(
             log = open(folder / f"chat-{port}.log", "wb")  # noqa: SIM115 - the process's
             processes.append(
                 subprocess.Popen(
-                    [*cli, "chat", "--port", str(port), "--log-level", "warning"],
-                    env=env,
+                    [*(worker or cli), "chat", "--port", str(port), "--log-level", "warning"],
+                    env={**env, **(worker_env or {})},
                     stdout=log,
                     stderr=log,
                 )
@@ -1085,7 +1094,7 @@ def main() -> None:
             if "compat" in skip
             else Library([*python, "unbroken"], {}),
         }
-        if args.baseline:
+        if args.baseline and "compat" not in skip:
             baseline_env = {"PYTHONPATH": str(Path(args.baseline).resolve())}
             prepared["baseline"] = Library([*python, "baseline"], baseline_env)
         if "compat" not in skip and "frozen" not in skip:

@@ -25,6 +25,7 @@ from tests.chat._client import (
     v5_body,
 )
 from tests.chat.conftest import Server
+from unbroken import StreamState
 from unbroken.chat.settings import Settings
 from unbroken.chat.store import Started, StreamRecord
 
@@ -450,11 +451,19 @@ async def test_the_sweep_skips_answers_produced_here_without_a_query(tmp_path: A
         await services.engine.cancel(record.id)
 
 
-async def _first_bytes(app: Any, path: str, api_key: str, query: bytes = b"") -> tuple[int, bytes]:
-    """GET ``path`` on ``app`` in process: its status and first body bytes, then the client
-    leaves (a live answer's body never ends by itself)."""
+async def _first_bytes(
+    app: Any, path: str, api_key: str | None, query: bytes = b"", *, cookie: str | None = None
+) -> tuple[int, bytes]:
+    """GET ``path`` on ``app`` in process, with ``api_key`` (or the session ``cookie``): its
+    status and first body bytes, then the client leaves (a live answer's body never ends by
+    itself)."""
     sent: list[dict[str, Any]] = []
     got_body = anyio.Event()
+    credential = (
+        (b"authorization", f"Bearer {api_key}".encode())
+        if api_key is not None
+        else (b"cookie", f"unbroken_session={cookie}".encode())
+    )
 
     async def receive() -> dict[str, Any]:
         await got_body.wait()
@@ -474,7 +483,7 @@ async def _first_bytes(app: Any, path: str, api_key: str, query: bytes = b"") ->
         "path": path,
         "raw_path": path.encode(),
         "query_string": query,
-        "headers": [(b"host", b"test"), (b"authorization", f"Bearer {api_key}".encode())],
+        "headers": [(b"host", b"test"), credential],
         "client": ("127.0.0.1", 1),
         "server": ("test", 80),
         "state": {},
@@ -485,12 +494,15 @@ async def _first_bytes(app: Any, path: str, api_key: str, query: bytes = b"") ->
     return sent[0]["status"], body
 
 
-async def _resumes_live(app: Any, record: StreamRecord, api_key: str) -> None:
+async def _resumes_live(
+    app: Any, record: StreamRecord, api_key: str | None, *, cookie: str | None = None
+) -> None:
     """Resuming ``record``'s chat on ``app`` as ai 5+ and as ai 4.x both start its answer."""
-    status, body = await _first_bytes(app, f"/api/chat/{record.chat_id}/stream", api_key)
+    path = f"/api/chat/{record.chat_id}/stream"
+    status, body = await _first_bytes(app, path, api_key, cookie=cookie)
     assert status == 200 and f'"messageId":"{record.message_id}"' in body.decode()
     v4_query = f"chatId={record.chat_id}".encode()
-    status, body = await _first_bytes(app, "/api/chat", api_key, v4_query)  # ai 4.x
+    status, body = await _first_bytes(app, "/api/chat", api_key, v4_query, cookie=cookie)
     assert status == 200 and f'f:{{"messageId":"{record.message_id}"}}' in body.decode()
 
 
@@ -498,8 +510,10 @@ async def test_a_live_answer_is_resumed_from_the_producing_process_without_sql(
     tmp_path: Any,
 ) -> None:
     """The worker that generates an answer knows its chat's active stream and owner, so the
-    commonest resume (a refresh reaching that worker) asks the database nothing; another
-    user still gets the missing chat's 404, and once the answer ends the database answers."""
+    commonest resume (a refresh reaching that worker) asks the database nothing for a
+    session cookie, and only the key's check for an API key (no process trusts a key it
+    looked up before); another user still gets the missing chat's 404, and once the answer
+    ends the database answers."""
     async with _in_process_app(tmp_path, demo_tokens_per_second=20.0) as app:
         services = app.state.services
         store = services.store
@@ -509,15 +523,19 @@ async def test_a_live_answer_is_resumed_from_the_producing_process_without_sql(
         record = await _start_answer(services, "c_live", owner.id)
         chat_id = record.chat_id
         path = f"/api/chat/{chat_id}/stream"
-        for key in (owner_key, other_key):  # the keys' lookups, cached from now on
+        for key in (owner_key, other_key):  # last_used_at fresh: no write follows a check
             await _first_bytes(app, "/api/chats", key)
 
         statements = _record_sql(store)
-        await _resumes_live(app, record, owner_key)
+        await _resumes_live(app, record, None, cookie=services.sessions.sign(owner.id))
         assert statements == []
+        await _resumes_live(app, record, owner_key)
+        assert len(statements) == 2 and all("api_keys" in s for s in statements)
         v4_query = f"chatId={chat_id}".encode()
         assert (await _first_bytes(app, path, other_key))[0] == 404
         assert (await _first_bytes(app, "/api/chat", other_key, v4_query))[0] == 404
+        other_cookie = services.sessions.sign(other.id)
+        assert (await _first_bytes(app, path, None, cookie=other_cookie))[0] == 404
 
         await services.engine.cancel(record.id)
         await services.engine.wait(record.id)
@@ -610,3 +628,82 @@ async def test_another_worker_resumes_a_live_answer_without_asking_its_status(
                 await producer.engine.cancel(stream_id)
     finally:
         await delete_redis_keys(redis_url, key_prefix)
+
+
+async def _age_stream_record(store: Any, stream_id: str, seconds: float) -> None:
+    """Make the stream's row ``seconds`` older (an answer begun that long ago)."""
+    import datetime as dt
+
+    from sqlalchemy import select, update
+
+    from unbroken.chat.store.tables import streams
+
+    async with store.engine.begin() as connection:
+        created = (
+            await connection.execute(select(streams.c.created_at).where(streams.c.id == stream_id))
+        ).scalar_one()
+        older = created - dt.timedelta(seconds=seconds)
+        await connection.execute(
+            update(streams).where(streams.c.id == stream_id).values(created_at=older)
+        )
+
+
+async def test_a_stream_the_backend_lost_is_not_stored_while_its_producer_lives(
+    tmp_path: Any, redis_url: str, key_prefix: str
+) -> None:
+    """Right after a Redis restart without persistence, every stream is missing until its
+    producer writes it again (within a lease period). A repair on another worker meanwhile
+    (its sweep, a resume, a new message) must not store the answer as interrupted: a
+    missing stream is gone for good only once missing for two lease periods, as the
+    engine's readers decide. The answer goes on, and is stored as it really ends."""
+    from tests._services import delete_redis_keys
+
+    # 1 token/s and a 3 s lease: the producer writes to Redis about once a second, so it
+    # does not write the stream back between the loss and the repair just after it.
+    shared = {"redis_url": redis_url, "redis_key_prefix": key_prefix, "lease_ttl": 3.0}
+    try:
+        async with (
+            _in_process_app(tmp_path, demo_tokens_per_second=1.0, **shared) as one,
+            _in_process_app(tmp_path, demo_tokens_per_second=1.0, **shared) as two,
+        ):
+            producer, other = one.state.services, two.state.services
+            user = await producer.store.create_user()
+            record = await _start_answer(producer, "c_lost", user.id)
+            await _age_stream_record(producer.store, record.id, 60)  # begun a minute ago
+            chat = await other.store.get_chat(record.chat_id, user.id)
+            assert chat is not None and chat.active_stream_id == record.id
+
+            await delete_redis_keys(redis_url, key_prefix)  # the backend lost everything
+            assert (await other.answers.repair(chat)).active_stream_id == record.id
+            with anyio.fail_after(10):  # the producer writes it back
+                while await other.engine.status(record.id) is None:  # noqa: ASYNC110 - no event
+                    await anyio.sleep(0.05)
+            assert (await other.answers.repair(chat)).active_stream_id == record.id
+
+            assert await producer.answers.stop(record) is StreamState.CANCELLED
+            answer = (await producer.store.list_messages(record.chat_id))[-1]
+            assert answer.status == "stopped"
+    finally:
+        await delete_redis_keys(redis_url, key_prefix)
+
+
+async def test_a_stream_missing_for_two_lease_periods_is_stored_as_interrupted(
+    tmp_path: Any,
+) -> None:
+    """A stream nobody will write again (its producer died with the backend's copy) is
+    stored as interrupted once it has been missing for two lease periods."""
+    async with _in_process_app(tmp_path, lease_ttl=0.2) as app:
+        services = app.state.services
+        user = await services.store.create_user()
+        begun = await services.store.start_answer(
+            "c_gone", user.id, title="t", message_id="u1", parts=[{"type": "text", "text": "x"}]
+        )
+        assert isinstance(begun, Started)  # in the database; never claimed in the backend
+        await _age_stream_record(services.store, begun.record.id, 60)
+        chat = await services.store.get_chat("c_gone", user.id)
+        assert chat is not None
+        assert (await services.answers.repair(chat)).active_stream_id == begun.record.id
+        await anyio.sleep(0.45)  # two lease periods later
+        assert (await services.answers.repair(chat)).active_stream_id is None
+        answer = (await services.store.list_messages("c_gone"))[-1]
+        assert answer.status == "interrupted"

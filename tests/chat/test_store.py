@@ -262,32 +262,51 @@ async def test_api_keys_are_stored_hashed(store: Store) -> None:
     assert key not in stored and len(stored[0]) == 64
 
 
-async def test_a_key_found_is_trusted_for_a_while_without_a_query(
-    store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from sqlalchemy import event
+async def test_a_deleted_key_stops_working_at_once(store: Store) -> None:
+    """No process remembers a key it looked up: once its row is gone (and with it any way
+    a user could lose a key), the very next request with it is refused."""
+    from sqlalchemy import delete
 
-    from unbroken.chat.store import queries
+    from unbroken.chat.store.tables import api_keys
 
     user = await store.create_user(kind="user", name="cli")
-    key, _ = await store.create_api_key(user.id)
+    key, record = await store.create_api_key(user.id)
+    chat_id = uid()
+    await _start(store, chat_id, user.id, "m1")
+    assert await store.user_for_api_key(key) is not None
+    assert await store.chat_for_api_key(key, chat_id) is not None
+    async with store.engine.begin() as connection:
+        await connection.execute(delete(api_keys).where(api_keys.c.id == record.id))
+    assert await store.user_for_api_key(key) is None
+    assert await store.chat_for_api_key(key, chat_id) is None
+
+
+async def test_a_key_and_its_users_chat_are_found_in_one_query(store: Store) -> None:
+    """`chat_for_api_key`: the key's user with the chat and its active stream, one
+    statement; another user's chat is found exactly like a missing one."""
+    from sqlalchemy import event
+
+    owner, other = await store.create_user(kind="user"), await store.create_user(kind="user")
+    key, _ = await store.create_api_key(owner.id)
+    other_key, _ = await store.create_api_key(other.id)
+    chat_id = uid()
+    record = (await _start(store, chat_id, owner.id, "m1")).record
+    await store.user_for_api_key(key)  # last_used_at is fresh: no write follows
     statements: list[str] = []
     event.listen(
         store.sql_engine,
         "before_cursor_execute",
         lambda conn, cursor, statement, *rest: statements.append(statement),
     )
-    first = await store.user_for_api_key(key)
-    assert first is not None and first.id == user.id and statements
-    statements.clear()
-    assert await store.user_for_api_key(key) == first
-    assert statements == []  # remembered
-    assert await store.user_for_api_key(key + "x") is None
-    assert statements  # unknown keys are always looked up
-    statements.clear()
-    monkeypatch.setattr(queries, "_KEY_CACHE_SECONDS", 0.0)
-    assert await store.user_for_api_key(key) == first
-    assert statements  # expired: looked up again
+    found = await store.chat_for_api_key(key, chat_id)
+    assert found is not None and found.user.id == owner.id and found.active == record
+    assert found.chat is not None and found.chat.active_stream_id == record.id
+    assert len(statements) == 1 and statements[0].lstrip().upper().startswith("SELECT")
+    foreign = await store.chat_for_api_key(other_key, chat_id)
+    missing = await store.chat_for_api_key(other_key, uid())
+    assert foreign is not None and missing is not None and foreign.user.id == other.id
+    assert (foreign.chat, foreign.active) == (missing.chat, missing.active) == (None, None)
+    assert await store.chat_for_api_key(key + "x", chat_id) is None
 
 
 async def test_storing_an_answer_can_release_its_stream_at_once(store: Store) -> None:
@@ -322,3 +341,43 @@ async def test_delete_chat_removes_everything(store: Store) -> None:
     assert await store.get_chat(chat_id, user.id) is None
     assert await store.list_messages(chat_id, include_streaming=True) == []
     assert await store.list_chats(user.id) == []
+
+
+@pytest.fixture
+def own_postgres_url() -> Iterator[str]:
+    """A PostgreSQL database no other test uses (this one closes its connections)."""
+    with temporary_postgres_database() as url:
+        yield url
+
+
+async def test_reads_and_writes_go_on_after_the_server_closed_the_pools_connections(
+    own_postgres_url: str,
+) -> None:
+    """Pooled connections are used without a ping first; when the server has closed them (a
+    restart, a failover, an idle timeout), a read runs again once on a new connection and
+    a write finds out with its first statement, before it did anything, and runs again:
+    neither fails."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    postgres_url = own_postgres_url
+    async with Store.from_url(postgres_url) as store:
+        await store.upgrade()
+        user = await store.create_user()
+
+        async def close_every_connection() -> None:
+            admin = await asyncpg.connect(postgres_url.replace("postgresql+asyncpg", "postgresql"))
+            try:
+                closed = await admin.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            finally:
+                await admin.close()
+            assert closed  # the store had one open
+
+        await close_every_connection()
+        assert await store.get_user(user.id) == user
+        await close_every_connection()
+        chat_id = uid()
+        await _start(store, chat_id, user.id, "m1")
+        assert await store.get_chat(chat_id, user.id) is not None

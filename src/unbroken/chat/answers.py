@@ -69,6 +69,8 @@ _CHUNKS_COUNTED_EVERY = 32
 # A stream row is written just before the engine claims the stream: for this long a missing
 # stream may simply not be claimed yet (by this or another process).
 _CLAIM_GRACE = 5.0
+#: How many missing streams `Answers.orphaned` remembers when it first found them missing.
+_MISSING_REMEMBERED = 10_000
 #: How often `Answers.begin` asks the store again after ending the chat's running answer.
 _BEGIN_ATTEMPTS = 5
 #: How long the producing process keeps trying to store an ended answer while the database
@@ -156,6 +158,8 @@ class Answers:
         # by stream id until each is stored (for stops).
         self._producing: dict[str, _Production] = {}
         self._storing: dict[str, _Production] = {}
+        # stream id -> when `orphaned` first found the stream missing from the backend
+        self._missing_since: dict[str, float] = {}
 
     @property
     def _orphan_grace(self) -> float:
@@ -383,17 +387,36 @@ class Answers:
 
     async def orphaned(self, record: StreamRecord) -> bool:
         """Whether the chat calls ``record`` active but nobody will ever store its end: the
-        stream is gone from the backend, or it is terminal for longer than its producer's end
-        callback could take, or it is active with its producer's lease lapsed (the producing
-        process died and no reader has noticed yet)."""
+        stream is gone from the backend for good, or it is terminal for longer than its
+        producer's end callback could take, or it is active with its producer's lease lapsed
+        (the producing process died and no reader has noticed yet).
+
+        A stream missing from the backend is gone for good once it has been missing for two
+        lease periods, as the engine's readers decide: a backend that lost it (a Redis
+        restart without persistence) gets it back from its producer within a lease period,
+        if the producer lives. Until then it is not orphaned (this call does not wait).
+        """
         status = await self.status(record)
         if status is None:
-            return True
+            return self._missing_for_good(record.id)
+        self._missing_since.pop(record.id, None)
         if status.is_terminal:
             return seconds_since(status.finished_at) > self._orphan_grace
         # The producer renews its lease every lease_ttl/3; a lapsed lease means it is gone
         # (and the engine records the stream as interrupted).
         return await self.engine.check_producer(record.id) is not StreamState.ACTIVE
+
+    def _missing_for_good(self, stream_id: str) -> bool:
+        """Whether ``stream_id``, missing from the backend now, has been missing for longer
+        than two lease periods (since an earlier call first found it missing)."""
+        now = time.monotonic()
+        if len(self._missing_since) >= _MISSING_REMEMBERED:
+            self._missing_since.clear()  # (streams of chats nobody looks at again)
+        since = self._missing_since.setdefault(stream_id, now)
+        if now - since <= 2 * self.settings.lease_ttl:
+            return False
+        del self._missing_since[stream_id]
+        return True
 
     # -- ending and storing ----------------------------------------------------------------
 

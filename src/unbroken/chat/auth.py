@@ -5,7 +5,10 @@
   Nothing is stored for it: the guest's user row is written with its first chat (see
   `Store.start_answer`), so crawlers and health checks that never post leave no trace.
 - Programs: ``Authorization: Bearer <key>`` (keys from ``unbroken users create-key``). A
-  malformed or unknown key is a 401, never a silent fallback to a guest.
+  malformed or unknown key is a 401, never a silent fallback to a guest. A key is looked up
+  in the database on every request (no process remembers it), so a deleted key stops
+  working at once; a route that queries the database anyway can check the key in the same
+  query (`credentials`, then `Store.chat_for_api_key`).
 - Cookie-authenticated requests that change state (POST, PUT, PATCH, DELETE) must come from
   the service's own origin: an ``Origin`` header that does not match ``Host`` is refused
   (403). SameSite=Lax already blocks most cross-site posts; this closes the rest
@@ -26,7 +29,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from unbroken.chat.errors import ApiError
 from unbroken.chat.store import Store, User, new_id, utcnow
 
-__all__ = ["COOKIE_NAME", "Identity", "SessionCookieMiddleware", "Sessions", "identify"]
+__all__ = [
+    "COOKIE_NAME",
+    "Credentials",
+    "Identity",
+    "SessionCookieMiddleware",
+    "Sessions",
+    "credentials",
+    "identify",
+    "unknown_key",
+]
 
 COOKIE_NAME = "unbroken_session"
 COOKIE_MAX_AGE = 400 * 24 * 3600  # the longest lifetime browsers honour
@@ -96,14 +108,22 @@ def _same_origin(conn: HTTPConnection, allowed: tuple[str, ...] = ()) -> bool:
     return hmac.compare_digest(norm(parts.netloc), norm(host))
 
 
-async def identify(
-    conn: HTTPConnection,
-    store: Store,
-    sessions: Sessions,
-    *,
-    allowed_origins: tuple[str, ...] = (),
-) -> Identity:
-    """The caller; a new guest (with its cookie arranged) on a first cookie-less visit.
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """Who a request says it is, as far as that is known without the database: a guest
+    (``guest``: its signed cookie proves it), or an API key still to look up (``api_key``).
+    Exactly one of the two is set."""
+
+    guest: Identity | None = None
+    api_key: str | None = None
+
+
+def credentials(
+    conn: HTTPConnection, sessions: Sessions, *, allowed_origins: tuple[str, ...] = ()
+) -> Credentials:
+    """The request's credentials; a new guest (with its cookie arranged) on a first
+    cookie-less visit. Raises the 401 of a malformed ``Authorization`` header, the 403 of a
+    cross-origin cookie request that changes state.
 
     A guest's id comes from its signed cookie alone: no query, and no row until it writes.
 
@@ -120,22 +140,41 @@ async def identify(
                 "the Authorization header must be 'Bearer <api key>'",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        user = await store.user_for_api_key(key)
-        if user is None:
-            raise ApiError(
-                401, "unauthorized", "unknown API key", headers={"WWW-Authenticate": "Bearer"}
-            )
-        return Identity(user, "key")
+        return Credentials(api_key=key)
 
     if conn.scope.get("method") in _UNSAFE_METHODS and not _same_origin(conn, allowed_origins):
         raise ApiError(403, "forbidden", "cross-origin requests are not allowed")
 
     cookie = conn.cookies.get(COOKIE_NAME)
     if cookie and (guest := sessions.guest(cookie)) is not None:
-        return Identity(guest, "cookie")
+        return Credentials(guest=Identity(guest, "cookie"))
     user = User(id=new_id("u_"), kind="guest", name=None, created_at=utcnow())
     conn.scope.setdefault("state", {})[_SET_COOKIE] = sessions.sign(user.id)
-    return Identity(user, "cookie")
+    return Credentials(guest=Identity(user, "cookie"))
+
+
+def unknown_key() -> ApiError:
+    """The 401 for an API key the database does not know."""
+    return ApiError(401, "unauthorized", "unknown API key", headers={"WWW-Authenticate": "Bearer"})
+
+
+async def identify(
+    conn: HTTPConnection,
+    store: Store,
+    sessions: Sessions,
+    *,
+    allowed_origins: tuple[str, ...] = (),
+) -> Identity:
+    """The caller (see `credentials`): a guest, or the user of an API key the database
+    knows (else the 401 of `unknown_key`)."""
+    found = credentials(conn, sessions, allowed_origins=allowed_origins)
+    if found.guest is not None:
+        return found.guest
+    assert found.api_key is not None
+    user = await store.user_for_api_key(found.api_key)
+    if user is None:
+        raise unknown_key()
+    return Identity(user, "key")
 
 
 class SessionCookieMiddleware:

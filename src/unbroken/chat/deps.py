@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 
 from unbroken import StreamEngine
 from unbroken.chat.answers import Answers
-from unbroken.chat.auth import Identity, Sessions, identify
+from unbroken.chat.auth import Credentials, Identity, Sessions, credentials, identify
 from unbroken.chat.errors import ApiError
 from unbroken.chat.metrics import ChatMetrics
 from unbroken.chat.models import ChatModel
@@ -18,10 +18,12 @@ from unbroken.chat.store import Store
 from unbroken.protocols.ai_sdk import is_valid_id
 
 __all__ = [
+    "CurrentCredentials",
     "CurrentIdentity",
     "CurrentServices",
     "Services",
     "check_chat_id",
+    "get_credentials",
     "get_identity",
     "get_services",
 ]
@@ -76,3 +78,14 @@ async def get_identity(request: Request, services: CurrentServices) -> Identity:
 
 
 CurrentIdentity = Annotated[Identity, Depends(get_identity)]
+
+
+async def get_credentials(request: Request, services: CurrentServices) -> Credentials:
+    """For a route that checks an API key itself, in a query of its own (see
+    `unbroken.chat.auth.credentials`)."""
+    return credentials(
+        request, services.sessions, allowed_origins=services.settings.allowed_origins
+    )
+
+
+CurrentCredentials = Annotated[Credentials, Depends(get_credentials)]

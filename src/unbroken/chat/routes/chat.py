@@ -17,8 +17,15 @@ from unbroken import StreamState
 from unbroken.asgi import resume_after
 from unbroken.chat.answers import seconds_since
 from unbroken.chat.api_models import StopResult
+from unbroken.chat.auth import Credentials, unknown_key
 from unbroken.chat.bodies import json_object, load_json
-from unbroken.chat.deps import CurrentIdentity, CurrentServices, Services, check_chat_id
+from unbroken.chat.deps import (
+    CurrentCredentials,
+    CurrentIdentity,
+    CurrentServices,
+    Services,
+    check_chat_id,
+)
 from unbroken.chat.errors import ApiError, not_found
 from unbroken.chat.store import Chat, StreamRecord
 from unbroken.exceptions import (
@@ -212,7 +219,7 @@ async def resume_v5(
     chat_id: str,
     request: Request,
     services: CurrentServices,
-    identity: CurrentIdentity,
+    caller: CurrentCredentials,
     after: Annotated[
         str | None, Query(description="Resume after this event id (or send Last-Event-ID).")
     ] = None,
@@ -222,11 +229,10 @@ async def resume_v5(
     it ends. An answer that ended in the last seconds is replayed; otherwise 204."""
     check_chat_id(chat_id, status=404)
     position = resume_after(request)
-    live = services.answers.producing(chat_id, identity.user.id)
-    if live is not None:  # answered from memory: this process generates the answer
+    found = await _chat_and_active_stream(services, caller, chat_id)
+    if isinstance(found, StreamRecord):  # this process generates the answer
         services.metrics.resumes.labels("v5", "live").inc()
-        return _v5_stream(services, live.id, after=position)
-    found = await services.store.get_chat_and_active_stream(chat_id, identity.user.id)
+        return _v5_stream(services, found.id, after=position)
     if found is None:
         raise not_found()
     chat, record = found
@@ -252,6 +258,30 @@ async def resume_v5(
         return await _resume_v5_slowly(services, chat, record, position)
     services.metrics.resumes.labels("v5", _resume_kind(reader.state)).inc()
     return response
+
+
+async def _chat_and_active_stream(
+    services: Services, caller: Credentials, chat_id: str
+) -> StreamRecord | tuple[Chat, StreamRecord | None] | None:
+    """In at most one query: the answer this process generates in the caller's chat
+    ``chat_id`` (for a guest, from memory: no query at all), else the chat and its active
+    stream, or None when the caller has no such chat. An API key is checked in that same
+    query (the 401 of `unknown_key` if the database does not know it)."""
+    answers, store = services.answers, services.store
+    if caller.guest is not None:
+        user_id = caller.guest.user.id
+        live = answers.producing(chat_id, user_id)
+        if live is not None:
+            return live
+        return await store.get_chat_and_active_stream(chat_id, user_id)
+    assert caller.api_key is not None
+    keyed = await store.chat_for_api_key(caller.api_key, chat_id)
+    if keyed is None:
+        raise unknown_key()
+    live = answers.producing(chat_id, keyed.user.id)
+    if live is not None:
+        return live
+    return (keyed.chat, keyed.active) if keyed.chat is not None else None
 
 
 async def _resume_v5_slowly(

@@ -11,7 +11,8 @@ import anyio
 import anyio.to_thread
 from sqlalchemy import create_engine, make_url, select
 from sqlalchemy.engine import Connection, Engine, Row
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql import Executable
 
 from unbroken.chat.store import migrate
@@ -37,7 +38,13 @@ class Database:
     """A SQL database (SQLAlchemy 2 Core) that runs each operation whole on one connection.
     Use as ``async with``.
 
-    - PostgreSQL: on the event loop, through asyncpg (``AsyncConnection.run_sync``);
+    - PostgreSQL: on the event loop, through asyncpg (``AsyncConnection.run_sync``). A read
+      is one round trip: it runs in autocommit (a lone statement needs no BEGIN and
+      ROLLBACK around it; under READ COMMITTED each statement sees what was committed when
+      it began either way), on a pooled connection used without a ping first. A read that
+      finds its connection dead (a database restart) runs again once, on a new one. A write
+      checks its connection with its transaction's first statement, so one that finds it
+      dead runs again before it has done anything.
     - SQLite: in one of a few threads, on a plain `sqlite3` connection. Through aiosqlite,
       each statement, fetch and commit would be its own hop to a thread and back, dozens for
       one answer, each costing CPU on the event loop; run whole, an operation is one hop
@@ -51,6 +58,7 @@ class Database:
         self.engine = engine
         self._threaded = threaded
         self._limiter = anyio.CapacityLimiter(_SQLITE_THREADS)
+        self._reads = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @classmethod
     def from_url(cls, url: str) -> Self:
@@ -66,7 +74,8 @@ class Database:
             )
             _configure_sqlite(threaded)
             return cls(engine, threaded=threaded)
-        engine = create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        # No pool_pre_ping: a ping is a round trip before every operation; see _run.
+        engine = create_async_engine(url, pool_size=10, max_overflow=20)
         return cls(engine)
 
     @property
@@ -103,11 +112,30 @@ class Database:
             return await anyio.to_thread.run_sync(
                 self._run_threaded, work, write, limiter=self._limiter
             )
-        if write:
-            async with self.engine.begin() as conn:
-                return await conn.run_sync(work)
-        async with self.engine.connect() as conn:
+        try:
+            return await self._run_once(work, write)
+        except _StaleConnection:
+            pass  # nothing was done; SQLAlchemy has dropped the pool's connections meanwhile
+        except DBAPIError as exc:
+            if write or not exc.connection_invalidated:
+                raise
+        try:
+            return await self._run_once(work, write)
+        except _StaleConnection as stale:
+            raise stale.error from None  # the database is away: the app answers 503
+
+    async def _run_once(self, work: Callable[[Connection], _T], write: bool) -> _T:
+        # Closed by hand rather than by `async with`, whose exit closes the connection in a
+        # task of its own: two more turns of a busy event loop on the way to every result.
+        # The close is shielded, so a cancelled caller still returns the connection.
+        conn: AsyncConnection = await (self.engine if write else self._reads).connect().start()
+        try:
+            if write:
+                return await conn.run_sync(_in_checked_transaction, work)
             return await conn.run_sync(work)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await conn.close()
 
     def _run_threaded(self, work: Callable[[Connection], _T], write: bool) -> _T:
         assert self._threaded is not None
@@ -137,6 +165,28 @@ class Database:
             ]
 
         return await self._run(work, write=True)
+
+
+class _StaleConnection(Exception):
+    """A write's connection was dead before the write did anything (``error`` said so):
+    run it again."""
+
+    def __init__(self, error: DBAPIError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _in_checked_transaction(conn: Connection, work: Callable[[Connection], _T]) -> _T:
+    """``work`` in a transaction on ``conn``, committed when it returns; raises
+    `_StaleConnection` if the transaction's first statement finds the connection dead."""
+    with conn.begin():
+        try:
+            conn.exec_driver_sql("SELECT 1")
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise _StaleConnection(exc) from exc
+            raise
+        return work(conn)
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -33,6 +32,7 @@ from unbroken.chat.store.records import (
     ApiKey,
     Chat,
     ChatNotFoundError,
+    KeyedChat,
     Message,
     MessageStatus,
     Started,
@@ -48,10 +48,6 @@ __all__ = ["Store"]
 
 # How stale an API key's last_used_at may be (seconds) before a request refreshes it.
 _KEY_USE_RESOLUTION = 60.0
-# How long a process trusts a key it looked up, and how many it remembers. Keys cannot be
-# revoked (nor their users deleted) yet; whatever adds that must forget the key here too.
-_KEY_CACHE_SECONDS = 30.0
-_KEY_CACHE_SIZE = 10_000
 
 
 def _hash_key(key: str) -> str:
@@ -64,8 +60,6 @@ class Store(Database):
 
     def __init__(self, engine: AsyncEngine, *, threaded: Engine | None = None) -> None:
         super().__init__(engine, threaded=threaded)
-        # key hash -> (when it was looked up, its user); see user_for_api_key
-        self._key_users: dict[str, tuple[float, User]] = {}
 
     # -- configuration ------------------------------------------------------------------
 
@@ -118,36 +112,36 @@ class Store(Database):
     async def user_for_api_key(self, secret: str) -> User | None:
         """The owner of the key, or None for an unknown key.
 
-        ``last_used_at`` is refreshed at most once a minute: writing it on every request
-        would put a write transaction (and, on SQLite, the database's write lock) in front
-        of every resume. A key found is remembered by this store for a while
-        (``_KEY_CACHE_SECONDS``), so most requests (every resume is one) start without a
-        query: under load, each query waits its turn in the event loop several times, on
-        the way to a resume's first byte. Unknown keys are always looked up.
+        Looked up on every call, never remembered: a key deleted from the database stops
+        working at once, in every process. ``last_used_at`` is refreshed at most once a
+        minute: writing it on every request would put a write transaction (and, on SQLite,
+        the database's write lock) in front of every request.
         """
         key_hash = _hash_key(secret)
-        cached = self._key_users.get(key_hash)
-        if cached is not None and time.monotonic() - cached[0] < _KEY_CACHE_SECONDS:
-            return cached[1]
-        row = await self._first(
-            select(users, api_keys.c.last_used_at)
-            .join(api_keys, api_keys.c.user_id == users.c.id)
-            .where(api_keys.c.key_hash == key_hash)
-        )
+        row = await self._first(_KEY_OWNER, {"b_key": key_hash})
         if row is None:
             return None
-        m = row._mapping
+        await self._note_key_use(key_hash, row._mapping["key_last_used_at"])
+        return _owner(row)
+
+    async def chat_for_api_key(self, secret: str, chat_id: str) -> KeyedChat | None:
+        """`user_for_api_key` and that user's `get_chat_and_active_stream` in one query,
+        what a resume with an API key asks first. None for an unknown key."""
+        key_hash = _hash_key(secret)
+        row = await self._first(_KEY_CHAT_AND_ACTIVE_STREAM, {"b_key": key_hash, "b_chat": chat_id})
+        if row is None:
+            return None
+        await self._note_key_use(key_hash, row._mapping["key_last_used_at"])
+        if row._mapping["id"] is None:
+            return KeyedChat(_owner(row), None, None)
+        return KeyedChat(_owner(row), Chat.from_row(row), _active_stream(row))
+
+    async def _note_key_use(self, key_hash: str, last_used: datetime | None) -> None:
         now = utcnow()
-        last_used = m["last_used_at"]
         if last_used is None or (now - as_utc(last_used)).total_seconds() >= _KEY_USE_RESOLUTION:
             await self._write(
                 update(api_keys).where(api_keys.c.key_hash == key_hash).values(last_used_at=now)
             )
-        user = User(id=m["id"], kind=m["kind"], name=m["name"], created_at=as_utc(m["created_at"]))
-        if len(self._key_users) >= _KEY_CACHE_SIZE:
-            self._key_users.clear()
-        self._key_users[key_hash] = (time.monotonic(), user)
-        return user
 
     # -- chats --------------------------------------------------------------------------
 
@@ -164,17 +158,7 @@ class Store(Database):
         row = await self._first(_CHAT_AND_ACTIVE_STREAM, {"b_chat": chat_id, "b_user": user_id})
         if row is None:
             return None
-        m = row._mapping
-        record = None
-        if m["stream_id"] is not None:
-            record = StreamRecord(
-                id=m["stream_id"],
-                chat_id=m["stream_chat_id"],
-                message_id=m["stream_message_id"],
-                user_message_id=m["stream_user_message_id"],
-                created_at=as_utc(m["stream_created_at"]),
-            )
-        return Chat.from_row(row), record
+        return Chat.from_row(row), _active_stream(row)
 
     async def list_chats(self, user_id: str, *, limit: int = 100) -> list[Chat]:
         """The user's chats, most recently updated first."""
@@ -426,10 +410,31 @@ class Store(Database):
 _SELECT_CHAT = select(chats).where(
     and_(chats.c.id == bindparam("b_chat"), chats.c.user_id == bindparam("b_user"))
 )
+_STREAM_COLUMNS = [column.label(f"stream_{column.name}") for column in streams.c]
+_OWNER_COLUMNS = [
+    *[column.label(f"owner_{column.name}") for column in users.c],
+    api_keys.c.last_used_at.label("key_last_used_at"),
+]
+_KEY_OWNER = (
+    select(*_OWNER_COLUMNS)
+    .select_from(api_keys.join(users, users.c.id == api_keys.c.user_id))
+    .where(api_keys.c.key_hash == bindparam("b_key"))
+)
 _CHAT_AND_ACTIVE_STREAM = (
-    select(chats, *[column.label(f"stream_{column.name}") for column in streams.c])
+    select(chats, *_STREAM_COLUMNS)
     .select_from(chats.outerjoin(streams, streams.c.id == chats.c.active_stream_id))
     .where(and_(chats.c.id == bindparam("b_chat"), chats.c.user_id == bindparam("b_user")))
+)
+# The key's owner, and the owner's chat (NULLs when the owner has no such chat) with its
+# active stream: a foreign chat is found exactly like a missing one.
+_KEY_CHAT_AND_ACTIVE_STREAM = (
+    select(*_OWNER_COLUMNS, chats, *_STREAM_COLUMNS)
+    .select_from(
+        api_keys.join(users, users.c.id == api_keys.c.user_id)
+        .outerjoin(chats, and_(chats.c.id == bindparam("b_chat"), chats.c.user_id == users.c.id))
+        .outerjoin(streams, streams.c.id == chats.c.active_stream_id)
+    )
+    .where(api_keys.c.key_hash == bindparam("b_key"))
 )
 _CLAIM = (
     update(chats)
@@ -465,6 +470,30 @@ _STORE_ANSWER = update(messages).where(
     )
 )
 _INSERT_CHAT, _INSERT_MESSAGE, _INSERT_STREAM = insert(chats), insert(messages), insert(streams)
+
+
+def _owner(row: Row[Any]) -> User:
+    m = row._mapping
+    return User(
+        id=m["owner_id"],
+        kind=m["owner_kind"],
+        name=m["owner_name"],
+        created_at=as_utc(m["owner_created_at"]),
+    )
+
+
+def _active_stream(row: Row[Any]) -> StreamRecord | None:
+    """The stream of a row with `_STREAM_COLUMNS`, None if there is none (an outer join)."""
+    m = row._mapping
+    if m["stream_id"] is None:
+        return None
+    return StreamRecord(
+        id=m["stream_id"],
+        chat_id=m["stream_chat_id"],
+        message_id=m["stream_message_id"],
+        user_message_id=m["stream_user_message_id"],
+        created_at=as_utc(m["stream_created_at"]),
+    )
 
 
 def _claim(conn: Connection, chat_id: str, stream_id: str, now: datetime) -> bool:

@@ -13,6 +13,7 @@ __all__ = [
     "ApiKey",
     "Chat",
     "ChatNotFoundError",
+    "KeyedChat",
     "Message",
     "MessageStatus",
     "Role",
@@ -152,6 +153,16 @@ class StreamRecord:
             user_message_id=m["user_message_id"],
             created_at=as_utc(m["created_at"]),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class KeyedChat:
+    """What `Store.chat_for_api_key` finds: the key's user, and that user's chat with the
+    stream its ``active_stream_id`` names (``chat`` None: the user has no such chat)."""
+
+    user: User
+    chat: Chat | None
+    active: StreamRecord | None
 
 
 @dataclass(frozen=True, slots=True)
