@@ -1068,6 +1068,50 @@ async def test_cluster_streams_on_every_node(cluster_ports: list[int]) -> None:
         assert status.state is StreamState.CANCELLED
 
 
+async def test_cluster_plain_appends_go_to_each_streams_node(cluster_ports: list[int]) -> None:
+    """Between checked writes, appends in a cluster are plain commands on the node of each
+    stream's slot too; an ended stream's sealed log refuses them there."""
+    first, second = (f"redis://127.0.0.1:{port}/0" for port in cluster_ports[:2])
+    streams = [f"p{index}" for index in range(12)]
+    async with (
+        RedisBackend(first, key_prefix="cl", cluster=True) as producer,
+        RedisBackend(second, key_prefix="cl", cluster=True) as other,
+        RedisCluster.from_url(first) as raw,
+        AsyncExitStack() as stack,
+    ):
+        listeners = [await stack.enter_async_context(other.listen(s)) for s in streams]
+        for stream_id in streams:
+            await claim(producer, stream_id)
+
+        async def plain_round(seq: int, text: str) -> list[StreamState | Exception | None]:
+            batch = [
+                Append(s, "tok", chunks(text, seq=seq, offset=seq), TIMES, time.time(), False)
+                for s in streams
+            ]
+            return await producer.append_many(batch)
+
+        # The first append goes through the script; so does one on a connection not seen
+        # before (each node's first ones), then they go plain.
+        texts = "abcde"
+        for seq, text in enumerate(texts):
+            assert await plain_round(seq, text) == [StreamState.ACTIVE] * len(streams)
+        for listener in listeners:
+            for seq, text in enumerate(texts):
+                expected = Appended(tuple(chunks(text, seq=seq, offset=seq)))
+                assert await receive(listener) == expected
+        for stream_id in streams:
+            status = await other.status(stream_id)
+            assert status is not None and (status.chunk_count, status.char_count) == (5, 5)
+            # The plain appends did not write the meta.
+            counted = await raw.hget(stream_keys("cl", stream_id).meta, "chunks")
+            assert counted is not None and int(counted) < 5
+        assert await finish(other, "p3", StreamState.CANCELLED) is StreamState.CANCELLED
+        outcomes = await plain_round(5, "f")
+        assert outcomes[3] is StreamState.CANCELLED
+        assert outcomes[:3] + outcomes[4:] == [StreamState.ACTIVE] * (len(streams) - 1)
+        assert len(await other.read("p3", after=-1, limit=10)) == 5
+
+
 async def test_cluster_listeners_come_and_go(
     cluster_ports: list[int], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -270,7 +270,7 @@ class RedisBackend(Backend, GatheredAppends, PacksEndedLogs):
         return self._appended(append, reply, sent, fence)
 
     def _appended(
-        self, append: Append, reply: object, sent: float, fence: int | None
+        self, append: Append, reply: object, sent: float, fence: int
     ) -> StreamState | None:
         """The outcome of an append through the script, known streams updated with it."""
         state, next_byte = parse_appended(append.stream_id, reply)
@@ -308,9 +308,7 @@ class RedisBackend(Backend, GatheredAppends, PacksEndedLogs):
             await self._send_appends(pipeliner, appends, [], again, outcomes)
         return outcomes
 
-    def _plan(
-        self, appends: Sequence[Append], generation: int | None
-    ) -> tuple[list[_Plain], list[int]]:
+    def _plan(self, appends: Sequence[Append], generation: int) -> tuple[list[_Plain], list[int]]:
         """The appends that may go plain (with their commands), and the places of those
         that go through the script."""
         now = time.monotonic()
@@ -431,7 +429,7 @@ class RedisBackend(Backend, GatheredAppends, PacksEndedLogs):
         times: StreamTimes,
         reply: object,
         sent: float,
-        fence: int | None,
+        fence: int,
     ) -> StreamState | None:
         """The outcome of a renewal, known streams updated with it."""
         state = parse_state(stream_id, reply)

@@ -12,16 +12,21 @@ backend appends to can stop accepting its chunks in two ways only:
   sets the meta's TTL to the active TTL, so nobody can claim it again within that time
   after such a write was sent.
 
-So while the last checked write is recent (`validity` of the shorter of the lease and the
+So while the last checked write is recent (`VALIDITY` of the shorter of the lease and the
 active TTL), an append of the next chunks may be a plain ``XADD NOMKSTREAM`` with the
 entry id of its last chunk and a ``PUBLISH``: a refused XADD (sealed log, or an id at or
 below the log's last one) or a missing log (no reply id) sends the append through the
-script after all, which answers as it always did.
+script after all, which answers as it always did. Its PUBLISH went out all the same, after
+the XADD: for an ended stream after its end notification (readers stop there), for a
+missing one with the chunks its producer then writes again.
 
 A restarted server, or a replica promoted in a failover, may hold a shorter log than this
 backend knows of, and an XADD there would leave a hole. Each known stream keeps the
 pipeliner's connection generation of its last checked write, and plain appends are fenced
 with it: sent only on connections already connected then (see `Pipeliner.generation`).
+In a cluster, plain appends go to their slot's primary on connections seen before (see
+`Pipeliner.generation`), without following redirections: a slot that moved or a node that
+failed over sends the append through the script, which redis-py routes.
 """
 
 from __future__ import annotations
@@ -62,17 +67,17 @@ class KnownStreams:
         return len(self._streams)
 
     def usable(
-        self, stream_id: str, token: str, first_seq: int, now: float, generation: int | None
+        self, stream_id: str, token: str, first_seq: int, now: float, generation: int
     ) -> Known | None:
         """The stream's state if an append by ``token`` from ``first_seq`` may go without
         the script at monotonic time ``now``."""
         known = self._streams.get(stream_id)
         if (
             known is None
-            or generation is None
             or not known.has_log
             or known.token != token
             or known.next_seq != first_seq
+            or known.fence != generation
             or now >= known.valid_until
         ):
             return None
@@ -85,7 +90,7 @@ class KnownStreams:
         *,
         sent: float,
         lifetime: float,
-        fence: int | None,
+        fence: int,
         next_seq: int | None = None,
         next_byte: int | None = None,
     ) -> None:
@@ -94,8 +99,6 @@ class KnownStreams:
         its lease and active TTLs); with ``next_seq`` and ``next_byte`` after an append
         that left the log that long. A renewal of a stream not known here adds nothing
         (its log's length is not known)."""
-        if fence is None:
-            return
         valid_until = sent + lifetime * VALIDITY
         known = self._streams.get(stream_id)
         if next_seq is None or next_byte is None:
@@ -110,13 +113,12 @@ class KnownStreams:
         known.has_log = known.has_log or next_seq > 0
 
     def claimed(
-        self, stream_id: str, token: str, *, sent: float, lifetime: float, fence: int | None
+        self, stream_id: str, token: str, *, sent: float, lifetime: float, fence: int
     ) -> None:
         """A claim queued at ``sent`` created the stream: no log yet, so its first append
         goes through the script (which creates the log)."""
-        if fence is not None:
-            valid_until = sent + lifetime * VALIDITY
-            self._add(stream_id, Known(token, 0, 0, valid_until, fence, False))
+        valid_until = sent + lifetime * VALIDITY
+        self._add(stream_id, Known(token, 0, 0, valid_until, fence, False))
 
     def appended(self, known: Known, chunks: int, size: int) -> None:
         """A plain append of ``chunks`` chunks, ``size`` bytes, was added to the log."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -117,6 +118,7 @@ class Pipeliner:
         # Outside a cluster, pipelines go out on connections the pipeliner keeps (see
         # `_Connections`); a cluster's pipelines are redis-py's, which route by slot.
         self._connections = None if isinstance(client, RedisCluster) else _Connections(client)
+        self._fenced = _FencedClusterSends(client) if isinstance(client, RedisCluster) else None
         self._queue: list[_Call] = []
         # The queue holds a command that leaves with the next pipeline (one someone waits
         # on, or deferrable ones that waited long enough).
@@ -150,13 +152,15 @@ class Pipeliner:
         )
 
     @property
-    def generation(self) -> int | None:
-        """Counts the connections made so far (taken from the pool or connected again):
-        a command fenced with the generation read now is sent only on a connection that
-        was already connected now, so never to a server that was not there then (one
-        restarted, or a replica promoted since). None: fences are not supported (a
-        cluster's pipelines are redis-py's, which connect where they need to)."""
-        return None if self._connections is None else self._connections.generation
+    def generation(self) -> int:
+        """Counts the connections made so far (taken from the pool, connected again, or in
+        a cluster first seen): a command fenced with the generation read now is sent only
+        on a connection that was already connected now, so never to a server that was not
+        there then (one restarted, or a replica promoted since)."""
+        if self._connections is not None:
+            return self._connections.generation
+        assert self._fenced is not None
+        return self._fenced.generation
 
     async def call_commands(
         self, commands: Sequence[Command], *, deferrable: bool = False
@@ -286,15 +290,114 @@ class Pipeliner:
             raise redis_errors.ConnectionError(f"connection lost while sending: {exc}") from exc
 
     async def _execute_pipeline(self, batch: list[_Call]) -> list[Any]:
+        """A cluster's pipeline: redis-py's (routed by slot, following redirections and
+        failovers) for the commands without a fence, and the fenced ones alongside."""
+        assert self._fenced is not None
+        fenced = [call for call in batch if call.fence is not None]
+        if not fenced:
+            return await self._execute_routed(batch)
+        unfenced = [call for call in batch if call.fence is None]
+        routed: list[Any] = []
+        failed: list[Exception] = []
+        fenced_results: list[Any] = []
+
+        async def route() -> None:
+            try:
+                routed.extend(await self._execute_routed(unfenced))
+            except Exception as exc:  # raised below as it is, not in an exception group
+                failed.append(exc)
+
+        async with anyio.create_task_group() as both:
+            if unfenced:
+                both.start_soon(route)
+            fenced_results.extend(await self._fenced.execute(fenced))
+        if failed:
+            raise failed[0]
+        replies, fenced_replies = iter(routed), iter(fenced_results)
+        return [next(fenced_replies if call.fence is not None else replies) for call in batch]
+
+    async def _execute_routed(self, batch: list[_Call]) -> list[Any]:
         pipeline: Any = self._client.pipeline(transaction=False)
-        sent = [call for call in batch if call.fence is None]
-        for call in sent:
+        for call in batch:
             pipeline.execute_command(*call.args)
-        results: list[Any] = await pipeline.execute(raise_on_error=False) if sent else []
-        if len(sent) == len(batch):
-            return results
-        replies = iter(results)
-        return [_fenced() if call.fence is not None else next(replies) for call in batch]
+        results: list[Any] = await pipeline.execute(raise_on_error=False)
+        return results
+
+
+class _FencedClusterSends:
+    """Fenced commands in a cluster, each sent to its slot's primary on one of that node's
+    connections, as they are: no redirection followed, no retry (a command that fails is
+    the caller's to send otherwise).
+
+    redis-py connects a cluster's connections inside its pipelines, so connects are
+    counted here by a callback on every connection this has seen, and a connection not seen
+    yet counts as a new one.
+    """
+
+    def __init__(self, client: RedisCluster) -> None:
+        self._client = client
+        self.generation = 0  # see `Pipeliner.generation`
+        self._seen: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def _connected(self, _connection: Any) -> None:
+        self.generation += 1
+
+    async def execute(self, calls: list[_Call]) -> list[Any]:
+        """Each call's reply, or its error (`Fenced` if not sent)."""
+        results: list[Any] = [None] * len(calls)
+        nodes: dict[str, tuple[Any, list[int]]] = {}
+        manager: Any = self._client.nodes_manager
+        for index, call in enumerate(calls):
+            try:
+                node = manager.get_node_from_slot(self._client.keyslot(call.args[1]))
+            except Exception as exc:  # the slot has no known primary right now
+                results[index] = redis_errors.ConnectionError(f"no node for the slot: {exc}")
+                continue
+            nodes.setdefault(node.name, (node, []))[1].append(index)
+        async with anyio.create_task_group() as sends:
+            for node, indexes in nodes.values():
+                sends.start_soon(self._send_to, node, indexes, calls, results)
+        return results
+
+    async def _send_to(
+        self, node: Any, indexes: list[int], calls: list[_Call], results: list[Any]
+    ) -> None:
+        try:
+            connection = node.acquire_connection()
+        except Exception as exc:  # all the node's connections are busy
+            for index in indexes:
+                results[index] = redis_errors.ConnectionError(f"no connection: {exc}")
+            return
+        try:
+            await node.disconnect_if_needed(connection)
+            if connection not in self._seen:
+                self._seen.add(connection)
+                connection.register_connect_callback(self._connected)
+                self.generation += 1
+            elif not connection.is_connected:
+                self.generation += 1  # whoever connects it next: not for what was fenced
+            sendable = []
+            for index in indexes:
+                if calls[index].fence == self.generation and connection.is_connected:
+                    sendable.append(index)
+                else:
+                    results[index] = _fenced()
+            if sendable:
+                commands = [calls[index].args for index in sendable]
+                await connection.send_packed_command(connection.pack_commands(commands))
+                for index in sendable:
+                    try:
+                        results[index] = await node.parse_response(connection, calls[index].args[0])
+                    except redis_errors.ResponseError as exc:  # MOVED too: the slot moved
+                        results[index] = exc
+        except Exception as exc:  # the connection failed: give up what it did not answer
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await connection.disconnect()
+            for index in indexes:
+                if results[index] is None:
+                    results[index] = redis_errors.ConnectionError(str(exc))
+        finally:
+            node.release(connection)
 
 
 def _fenced() -> Fenced:
