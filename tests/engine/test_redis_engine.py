@@ -386,7 +386,7 @@ async def test_a_reader_elsewhere_has_its_first_batch_after_one_round_trip(
         with anyio.fail_after(5):
             async with other.open("s") as opened:
                 first = await anext(opened)
-                assert sent == [["HGETALL", "XRANGE"]] and not subscribed
+                assert sent == [["HGETALL", "XREVRANGE", "XRANGE"]] and not subscribed
                 assert len(first) == FIRST_READ
                 await anext(opened)
                 assert subscribed == [1]
