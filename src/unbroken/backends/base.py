@@ -45,8 +45,10 @@ class StreamTimes:
     """Time-to-live settings for one stream, in seconds.
 
     ``lease``: how long the producer's lease lives without renewal.
-    ``active``: sliding TTL of all the stream's data while active (refreshed on every write),
-    so an abandoned stream does not live forever.
+    ``active``: sliding TTL of all the stream's data while active, set again by every lease
+    renewal and every write the backend checks (a claim, an append through its checks); the
+    engine makes one at least every ``lease / 3``, so an abandoned stream's data expires
+    about ``active`` after its producer stopped.
     ``retention``: how long the stream is kept once it is terminal.
     """
 
