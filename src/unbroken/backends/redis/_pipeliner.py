@@ -70,30 +70,43 @@ class Command(NamedTuple):
 
 
 class _Call:
-    """One command waiting for its pipeline: the result, or the error, once ``done``.
+    """One command waiting for its pipeline: the result, or the error, once settled.
 
-    ``done`` is a bare future of the running loop (redis-py's asyncio client needs asyncio
-    anyway): one is made per command, and an `anyio.Event` would look the running async
-    library up on every creation.
+    Commands of one `Pipeliner.call_commands` settle together, so only the last one has a
+    ``done`` future to wake its caller: a bare future of the running loop (redis-py's
+    asyncio client needs asyncio anyway), since an `anyio.Event` would look the running
+    async library up on every creation.
     """
 
-    __slots__ = ("args", "done", "error", "fence", "result", "script")
+    __slots__ = ("args", "done", "error", "fence", "result", "script", "settled")
 
     def __init__(
-        self, args: tuple[Any, ...], script: Script | None, fence: int | None = None
+        self,
+        args: tuple[Any, ...],
+        script: Script | None,
+        fence: int | None = None,
+        *,
+        waited: bool = False,
     ) -> None:
         self.args = args
         self.script = script
         self.fence = fence
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.done: asyncio.Future[None] | None = (
+            asyncio.get_running_loop().create_future() if waited else None
+        )
+        self.settled = False
         self.result: Any = None
         self.error: BaseException | None = None
 
     def settle(self, result: Any = None, error: BaseException | None = None) -> None:
-        """Record the outcome and wake the caller (unless it is gone: it was cancelled)."""
-        if not self.done.done():
-            self.result, self.error = result, error
-            self.done.set_result(None)
+        """Record the first outcome and wake the caller (unless it is gone: cancelled)."""
+        if self.settled:
+            return
+        self.settled = True
+        self.result, self.error = result, error
+        done = self.done
+        if done is not None and not done.done():
+            done.set_result(None)
 
 
 class Pipeliner:
@@ -171,9 +184,15 @@ class Pipeliner:
             raise EngineClosedError("backend is closed")
         if not commands:
             return []
+        last = len(commands) - 1
         calls = [
-            _Call(args if script is None else ("EVALSHA", script.sha, *args), script, fence)
-            for args, script, fence in commands
+            _Call(
+                args if script is None else ("EVALSHA", script.sha, *args),
+                script,
+                fence,
+                waited=index == last,
+            )
+            for index, (args, script, fence) in enumerate(commands)
         ]
         self._queue += calls
         if deferrable:
@@ -183,7 +202,9 @@ class Pipeliner:
             self._wake_sender()
         # If the caller is cancelled the commands may still run, exactly as if they had been
         # sent directly and the replies were never read.
-        await calls[-1].done
+        done = calls[-1].done
+        assert done is not None
+        await done
         return [(call.result, call.error) for call in calls]
 
     def close(self) -> None:
@@ -528,7 +549,9 @@ class _Connections:
         (redis-py disconnects a connection whose write or read is cut short). A retry comes
         here again after a reconnect, which fences out the fenced commands."""
         try:
-            with anyio.fail_after(socket_timeout) if socket_timeout else contextlib.nullcontext():
+            # asyncio's own timeout: the pipeliner runs on asyncio only (its futures), and an
+            # anyio cancel scope per round trip costs more than the packing of its commands.
+            async with asyncio.timeout(socket_timeout or None):
                 if not connection.is_connected:
                     self.generation += 1  # before: nothing fenced earlier goes on it
                     await connection.connect()
