@@ -18,8 +18,7 @@ from tests._services import delete_redis_keys, free_port, port_answers, redis_se
 from unbroken._models import Chunk, StreamState
 from unbroken.backends.base import Append, Appended, StreamTimes
 from unbroken.backends.redis import RedisBackend
-from unbroken.backends.redis._codec import ENTRY_CHUNKS
-from unbroken.backends.redis._fastpath import MERGE_ENTRIES, KnownStreams
+from unbroken.backends.redis._fastpath import KnownStreams
 from unbroken.backends.redis._keys import stream_keys
 from unbroken.exceptions import CorruptStreamError
 
@@ -226,68 +225,7 @@ def test_known_streams_are_bounded() -> None:
     assert len(known) < 1024
     known.claimed("live", "tok", sent=time.monotonic(), lifetime=10.0, fence=0)
     known.forget("live")
-    assert known.usable("live", "tok", chunks("a"), time.monotonic(), 0, 256) is None
-
-
-# -- plain entries merged by the next checked append ------------------------------------------
-
-
-async def test_a_checked_append_merges_the_plain_entries_before_it(
-    backend: RedisBackend, other: RedisBackend, raw: aioredis.Redis
-) -> None:
-    """A reader that read part of the plain entries reads on after the merge with no gap and
-    no duplicate; the log ends as one entry holding the chunks since the first append."""
-    await started(backend)
-    texts = ["b", "é", "🌍", "d"]
-    for index, text in enumerate(texts):
-        batch = chunks(text, seq=1 + index, offset=1 + sum(map(len, texts[:index])))
-        assert await append(backend, batch) is StreamState.ACTIVE
-    assert len(await log_ids(raw, backend)) == 5  # one entry each: plain appends
-    first_page = await other.read("s", after=-1, limit=3)
-    assert [chunk.data for chunk in first_page] == ["a", "b", "é"]
-    offset = 1 + sum(map(len, texts))
-    renewed = await append(backend, chunks("e", "f", seq=5, offset=offset), renew_lease=True)
-    assert renewed is StreamState.ACTIVE
-    assert await log_ids(raw, backend) == [b"0-1", b"0-7"]  # the first (checked) and the merge
-    rest = await other.read("s", after=first_page[-1].seq, limit=100)
-    assert [(c.seq, c.data, c.offset) for c in rest] == [
-        (3, "🌍", 3),
-        (4, "d", 4),
-        (5, "e", 5),
-        (6, "f", 6),
-    ]
-    whole = await other.read("s", after=-1, limit=100)
-    assert "".join(chunk.data for chunk in whole) == "abé🌍def"
-    status = await other.status("s")
-    assert status is not None
-    size = len("abé🌍def".encode())
-    assert (status.chunk_count, status.char_count, status.byte_count) == (7, 7, size)
-    # The next plain append continues the merged entry's byte offsets.
-    assert await append(backend, chunks("g", seq=7, offset=7)) is StreamState.ACTIVE
-    status = await other.status("s")
-    assert status is not None
-    assert (status.chunk_count, status.byte_count) == (8, size + 1)
-
-
-async def test_plain_entries_are_bounded_and_a_full_merge_goes_unmerged(
-    backend: RedisBackend, raw: aioredis.Redis
-) -> None:
-    """After `MERGE_ENTRIES` plain entries the next append goes through the script (and
-    merges them); an append whose merge would exceed an entry's chunks is not merged."""
-    await started(backend)
-    for seq in range(1, MERGE_ENTRIES + 2):
-        assert await append(backend, chunks("x", seq=seq, offset=seq)) is StreamState.ACTIVE
-    # The last of those went through the script, which merged the plain ones before it.
-    assert await log_ids(raw, backend) == [b"0-1", b"0-%d" % (MERGE_ENTRIES + 2)]
-    next_seq = MERGE_ENTRIES + 2
-    assert await append(backend, chunks("y", seq=next_seq, offset=next_seq)) is StreamState.ACTIVE
-    big = chunks(*["z"] * ENTRY_CHUNKS, seq=next_seq + 1, offset=next_seq + 1)
-    assert await append(backend, big, renew_lease=True) is StreamState.ACTIVE
-    ids = await log_ids(raw, backend)
-    assert ids[-2:] == [b"0-%d" % (next_seq + 1), b"0-%d" % (next_seq + 1 + ENTRY_CHUNKS)]
-    read = await backend.read("s", after=-1, limit=1000)
-    assert [chunk.seq for chunk in read] == list(range(next_seq + 1 + ENTRY_CHUNKS))
-    assert [chunk.offset for chunk in read] == list(range(next_seq + 1 + ENTRY_CHUNKS))
+    assert known.usable("live", "tok", 0, time.monotonic(), 0) is None
 
 
 # -- a server that comes back with less than it acknowledged ----------------------------------

@@ -42,7 +42,6 @@ from unbroken.backends.redis._codec import (
     parse_status,
     renewal_calls,
     script_calls,
-    text,
 )
 from unbroken.backends.redis._errors import corrupt, translated
 from unbroken.backends.redis._fastpath import Known, KnownStreams
@@ -320,7 +319,7 @@ class RedisBackend(Backend, GatheredAppends, PacksEndedLogs):
             known = None
             if not append.renew_lease and 0 < len(chunks) <= ENTRY_CHUNKS:
                 known = self._known.usable(
-                    append.stream_id, append.token, chunks, now, generation, ENTRY_CHUNKS
+                    append.stream_id, append.token, chunks[0].seq, now, generation
                 )
             if known is None or not _consecutive(chunks):
                 checked.append(place)
@@ -345,11 +344,10 @@ class RedisBackend(Backend, GatheredAppends, PacksEndedLogs):
         sendable: list[PackedAppend] = []
         for place in checked:
             append = appends[place]
-            merge = self._known.mergeable(append.stream_id, append.token, append.chunks)
             self._known.forget(append.stream_id)
             keys = self._keys(append.stream_id)
             try:
-                args = _checked_args(append, keys, merge, sharded=self.cluster)
+                args = append_args(append, keys, sharded=self.cluster)
             except CorruptStreamError as exc:  # not sent: the chunks are not consecutive
                 outcomes[place] = exc
                 continue
@@ -371,8 +369,7 @@ class RedisBackend(Backend, GatheredAppends, PacksEndedLogs):
         for index, entry in enumerate(plain):
             added, error = replies[2 * index]
             if error is None and added is not None:
-                added_id, chunks = text(added), appends[entry.place].chunks
-                self._known.appended(entry.known, added_id, chunks, entry.size)
+                self._known.appended(entry.known, len(appends[entry.place].chunks), entry.size)
                 outcomes[entry.place] = StreamState.ACTIVE
             else:  # sealed, missing, fenced out, or an id Redis refused: let the script say
                 self._known.forget(appends[entry.place].stream_id)
@@ -561,23 +558,6 @@ class _Plain(NamedTuple):
     xadd: tuple[Any, ...]
     publish: tuple[Any, ...]
     size: int
-
-
-def _checked_args(
-    append: Append, keys: StreamKeys, merge: Known | None, *, sharded: bool
-) -> list[str | bytes | int]:
-    """The script's arguments for ``append``, replacing ``merge``'s plain entries (if any)
-    with one entry that also holds the append's chunks."""
-    if merge is None:
-        return append_args(append, keys, sharded=sharded)
-    return append_args(
-        append,
-        keys,
-        sharded=sharded,
-        merge_ids=merge.plain_ids,
-        merge_chunks=merge.plain_chunks,
-        merge_byte=merge.plain_byte,
-    )
 
 
 def _lifetime(times: StreamTimes) -> float:

@@ -130,31 +130,14 @@ def _entries(chunks: Sequence[Chunk]) -> list[bytes | int | str]:
     return args
 
 
-def append_args(
-    append: Append,
-    keys: StreamKeys,
-    *,
-    sharded: bool,
-    merge_ids: Sequence[str] = (),
-    merge_chunks: Sequence[Chunk] = (),
-    merge_byte: int = 0,
-) -> list[str | bytes | int]:
+def append_args(append: Append, keys: StreamKeys, *, sharded: bool) -> list[str | bytes | int]:
     """The arguments of ``append_to`` (``_lua/_append.lua``) for one stream's append.
-
-    With ``merge_ids``: the log's last entries, holding ``merge_chunks`` (the chunks right
-    before the append's) from byte offset ``merge_byte``; they and the append's chunks are
-    written as one entry instead (``merge_*`` are ignored if that entry would hold more
-    than ``ENTRY_CHUNKS`` chunks).
 
     Raises `CorruptStreamError` (before anything is sent) unless the chunks are consecutive.
     """
     chunks = append.chunks
     first = chunks[0].seq if chunks else 0
     require_consecutive(append.stream_id, chunks, first)
-    merging = bool(merge_ids) and bool(chunks) and len(merge_chunks) + len(chunks) <= ENTRY_CHUNKS
-    entries = [*merge_chunks, *chunks] if merging else chunks
-    if merging:
-        require_consecutive(append.stream_id, entries, entries[0].seq)
     args: list[str | bytes | int] = [
         encode(append.token),
         repr(float(append.now)),
@@ -162,16 +145,12 @@ def append_args(
         ms(append.times.active),
         first,
         len(chunks),
-        sum(len(chunk.data) for chunk in entries),
+        sum(len(chunk.data) for chunk in chunks),
         "1" if sharded else "0",
         keys.channel,
         _appended_payload(chunks) if chunks else b"",
     ]
-    if merging:
-        args += [len(merge_ids), merge_byte, *merge_ids]
-    else:
-        args += [0, 0]
-    args += _entries(entries)
+    args += _entries(chunks)
     return args
 
 

@@ -27,33 +27,19 @@ with it: sent only on connections already connected then (see `Pipeliner.generat
 In a cluster, plain appends go to their slot's primary on connections seen before (see
 `Pipeliner.generation`), without following redirections: a slot that moved or a node that
 failed over sends the append through the script, which redis-py routes.
-
-A reader's cost is per log entry, and at a model's pace each plain append is one entry of
-one chunk. So each known stream remembers its plain entries since its last checked write
-(`Known.plain_ids`, `Known.plain_chunks`), bounded by `MERGE_ENTRIES` and the entry size:
-the next checked append replaces them and its own chunks with one entry (its seq check
-confirms first that the log ends where this backend thinks). Its id is that of the new last
-chunk, above every other id, and a reader that already has some of its chunks skips them,
-as it does for a packed log.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from unbroken._models import Chunk
-
-__all__ = ["MERGE_ENTRIES", "Known", "KnownStreams"]
+__all__ = ["Known", "KnownStreams"]
 
 #: The share of the shorter of the lease and active TTLs for which a checked write lets
 #: appends go without the script. The engine renews each lease every third of it, so an
 #: active stream's writes are checked again well before.
 VALIDITY = 2 / 3
-#: At most this many plain entries between two checked appends of a stream: a stream with
-#: that many appends its next chunks through the script, which merges them.
-MERGE_ENTRIES = 64
 _FIRST_SWEEP = 1024
 
 
@@ -67,11 +53,6 @@ class Known:
     valid_until: float  # time.monotonic(): no plain appends from then on
     fence: int  # the pipeliner's connection generation when that write was queued
     has_log: bool  # the log exists (NOMKSTREAM adds nothing to a missing one)
-    # The plain entries since the last checked write: their ids, their chunks in order,
-    # and the byte offset of the first one.
-    plain_ids: list[str] = field(default_factory=list)
-    plain_chunks: list[Chunk] = field(default_factory=list)
-    plain_byte: int = 0
 
 
 class KnownStreams:
@@ -86,25 +67,16 @@ class KnownStreams:
         return len(self._streams)
 
     def usable(
-        self,
-        stream_id: str,
-        token: str,
-        chunks: Sequence[Chunk],
-        now: float,
-        generation: int,
-        entry_chunks: int,
+        self, stream_id: str, token: str, first_seq: int, now: float, generation: int
     ) -> Known | None:
-        """The stream's state if an append of ``chunks`` by ``token`` may go without the
-        script at monotonic time ``now``: not once the plain entries to merge would reach
-        `MERGE_ENTRIES` or hold more than ``entry_chunks`` chunks."""
+        """The stream's state if an append by ``token`` from ``first_seq`` may go without
+        the script at monotonic time ``now``."""
         known = self._streams.get(stream_id)
         if (
             known is None
-            or len(known.plain_ids) >= MERGE_ENTRIES
-            or len(known.plain_chunks) + len(chunks) > entry_chunks
             or not known.has_log
             or known.token != token
-            or known.next_seq != chunks[0].seq
+            or known.next_seq != first_seq
             or known.fence != generation
             or now >= known.valid_until
         ):
@@ -138,7 +110,6 @@ class KnownStreams:
             return
         known.next_seq, known.next_byte = next_seq, next_byte
         known.valid_until, known.fence = valid_until, fence
-        known.plain_ids, known.plain_chunks = [], []
         known.has_log = known.has_log or next_seq > 0
 
     def claimed(
@@ -149,29 +120,10 @@ class KnownStreams:
         valid_until = sent + lifetime * VALIDITY
         self._add(stream_id, Known(token, 0, 0, valid_until, fence, False))
 
-    def appended(self, known: Known, entry_id: str, chunks: Sequence[Chunk], size: int) -> None:
-        """A plain append of ``chunks``, ``size`` bytes, was added to the log as entry
-        ``entry_id``."""
-        if not known.plain_ids:
-            known.plain_byte = known.next_byte
-        known.plain_ids.append(entry_id)
-        known.plain_chunks += chunks
-        known.next_seq += len(chunks)
+    def appended(self, known: Known, chunks: int, size: int) -> None:
+        """A plain append of ``chunks`` chunks, ``size`` bytes, was added to the log."""
+        known.next_seq += chunks
         known.next_byte += size
-
-    def mergeable(self, stream_id: str, token: str, chunks: Sequence[Chunk]) -> Known | None:
-        """The stream's state if a checked append of ``chunks`` by ``token`` may replace the
-        plain entries remembered since its last checked write (they come right before)."""
-        known = self._streams.get(stream_id)
-        if (
-            known is None
-            or not known.plain_ids
-            or not chunks
-            or known.token != token
-            or known.next_seq != chunks[0].seq
-        ):
-            return None
-        return known
 
     def forget(self, stream_id: str) -> None:
         """The next append of the stream goes through the script (it ended, or something

@@ -2,9 +2,7 @@
 -- its log: the chunks as log entries, the notification, the TTLs set again, the lease renewed
 -- if asked. Used by append.lua (one stream) and append_many.lua (several streams in one call).
 -- args[first..last]: token, now, lease_ms (0: leave the lease), active_ms, first_seq, count,
--- chars (of the entries written), sharded, channel, payload, merged (the count of the log's
--- last entries the new ones replace), merged_bytes (the byte offset of the first of them),
--- their ids, then per log entry: entry_id, offset, lengths, data.
+-- chars, sharded, channel, payload, then per log entry: entry_id, offset, lengths, data.
 -- Returns the byte offset after the append (an integer: the chunks are in the log), the
 -- terminal state, 'interrupted' (another token owns the stream), false (no such stream), or
 -- an error reply (UNBROKEN_CORRUPT, or UNBROKEN_SEQ if first_seq does not continue the log).
@@ -42,15 +40,7 @@ local function append_to(meta_key, log_key, lease_key, args, first, last)
 
   local now, lease_ms, active_ms = args[first + 1], args[first + 2], args[first + 3]
   local count = tonumber(args[first + 5])
-  local merged = tonumber(args[first + 10])
-  local entries = first + 12 + merged
-  if merged > 0 then
-    -- The plain appends' entries since the backend's last checked write, whose chunks the
-    -- new entry holds before the append's own: the seq check above confirmed they end the
-    -- log. The new entry's id is above theirs, so it is added first.
-    bytes = tonumber(args[first + 11])
-  end
-  for i = entries, last, 4 do
+  for i = first + 10, last, 4 do
     local added = redis.pcall('XADD', log_key, args[i], 'o', args[i + 1], 'n', args[i + 2],
       'd', args[i + 3], 'b', count_text(bytes))
     if type(added) == 'table' and added['err'] then
@@ -58,14 +48,11 @@ local function append_to(meta_key, log_key, lease_key, args, first, last)
     end
     bytes = bytes + string.len(args[i + 3])
   end
-  if merged > 0 then
-    redis.call('XDEL', log_key, unpack(args, first + 12, entries - 1))
-  end
   if count > 0 then
     -- Not needed by this version's readers (they count from the log): kept roughly current
     -- for readers of the earlier version, which read the counts from the meta.
     redis.call('HSET', meta_key, 'chunks', count_text(chunks + count),
-      'chars', count_text(tonumber(args[entries + 1]) + tonumber(args[first + 6])),
+      'chars', count_text(tonumber(args[first + 11]) + tonumber(args[first + 6])),
       'bytes', count_text(bytes), 'updated', now)
   end
   -- The sliding TTL: set by every append through this script (a log is created only here)
