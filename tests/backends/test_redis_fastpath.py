@@ -64,22 +64,6 @@ async def backend(redis_url: str, key_prefix: str) -> AsyncIterator[RedisBackend
         await delete_redis_keys(redis_url, key_prefix)
 
 
-@pytest.fixture
-async def other(redis_url: str, key_prefix: str) -> AsyncIterator[RedisBackend]:
-    """A second backend on the same data: another process, as far as Redis can tell."""
-    async with RedisBackend(redis_url, key_prefix=key_prefix) as opened:
-        yield opened
-
-
-@pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.from_url(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
 async def started(backend: RedisBackend, times: StreamTimes = TIMES) -> None:
     """Stream ``s`` claimed and its log created by an append through the script, so the
     backend's next appends of it go plain."""

@@ -39,15 +39,6 @@ async def backend(redis_url: str, key_prefix: str) -> AsyncIterator[RedisBackend
         await delete_redis_keys(redis_url, key_prefix)
 
 
-@pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.from_url(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
 async def test_checked_writes_set_the_ttls_and_plain_appends_leave_them(
     backend: RedisBackend, raw: aioredis.Redis
 ) -> None:
