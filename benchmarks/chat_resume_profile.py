@@ -28,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ from peers_bench import (
     cpu_seconds,
     percentile,
     redis_server,
+    stop_followers,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -133,13 +133,7 @@ async def drive(
             await asyncio.sleep(every)
         cpu_ms = (cpu_seconds(service.pids[1]) - cpu) * 1000 / max(resumes, 1)
     finally:
-        stop.set()
-        for task in followers:
-            task.cancel()
-        for task in followers:
-            with suppress(asyncio.CancelledError, RuntimeError, OSError):
-                await task
-        await asyncio.gather(*(client.stop(chat_id) for chat_id in running))
+        await stop_followers(stop, followers, client, running)
     return {"seen": seen, "cpu_ms": cpu_ms}
 
 

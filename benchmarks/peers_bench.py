@@ -69,7 +69,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -814,6 +814,22 @@ class ChatClient:
         return chat_id, sink.first
 
 
+async def stop_followers(
+    stop: asyncio.Event,
+    followers: Sequence[asyncio.Future[Any]],
+    client: ChatClient,
+    running: set[str],
+) -> None:
+    """End a chat run: its followers stopped and awaited, its answers still going stopped."""
+    stop.set()
+    for task in followers:
+        task.cancel()
+    for task in followers:
+        with suppress(asyncio.CancelledError, RuntimeError, OSError):
+            await task
+    await asyncio.gather(*(client.stop(chat_id) for chat_id in running))
+
+
 async def _chat_run(
     service: ChatService, resumes: int, others: int, age: float = CHAT_AGE
 ) -> dict[str, Any]:
@@ -866,13 +882,7 @@ async def _chat_run(
         cpu_ms = (cpu_seconds(service.pids[1]) - cpu) * 1000 / max(resumes, 1)
         rate = (followed[0] - since) / (time.monotonic() - started)
     finally:
-        stop.set()
-        for task in followers:
-            task.cancel()
-        for task in followers:
-            with suppress(asyncio.CancelledError, RuntimeError, OSError):
-                await task
-        await asyncio.gather(*(client.stop(chat_id) for chat_id in running))
+        await stop_followers(stop, followers, client, running)
     return {
         "first_byte": heads,
         "first_event": firsts,
