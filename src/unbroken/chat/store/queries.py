@@ -484,16 +484,9 @@ def _owner(row: Row[Any]) -> User:
 
 def _active_stream(row: Row[Any]) -> StreamRecord | None:
     """The stream of a row with `_STREAM_COLUMNS`, None if there is none (an outer join)."""
-    m = row._mapping
-    if m["stream_id"] is None:
+    if row._mapping["stream_id"] is None:
         return None
-    return StreamRecord(
-        id=m["stream_id"],
-        chat_id=m["stream_chat_id"],
-        message_id=m["stream_message_id"],
-        user_message_id=m["stream_user_message_id"],
-        created_at=as_utc(m["stream_created_at"]),
-    )
+    return StreamRecord.from_row(row, prefix="stream_")
 
 
 def _claim(conn: Connection, chat_id: str, stream_id: str, now: datetime) -> bool:

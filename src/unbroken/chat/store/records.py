@@ -144,14 +144,15 @@ class StreamRecord:
     created_at: datetime
 
     @classmethod
-    def from_row(cls, row: Row[Any]) -> Self:
+    def from_row(cls, row: Row[Any], prefix: str = "") -> Self:
+        """The stream of ``row``, whose columns are named ``prefix`` + the field's name."""
         m = row._mapping
         return cls(
-            id=m["id"],
-            chat_id=m["chat_id"],
-            message_id=m["message_id"],
-            user_message_id=m["user_message_id"],
-            created_at=as_utc(m["created_at"]),
+            id=m[f"{prefix}id"],
+            chat_id=m[f"{prefix}chat_id"],
+            message_id=m[f"{prefix}message_id"],
+            user_message_id=m[f"{prefix}user_message_id"],
+            created_at=as_utc(m[f"{prefix}created_at"]),
         )
 
 
