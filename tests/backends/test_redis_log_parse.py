@@ -1,5 +1,7 @@
 """The Redis log's entries as chunks: the usual one-chunk entry is read by a shortcut, which
-must give the same chunks as the general reading and reject what it rejects."""
+must give the same chunks as the general reading and reject what it rejects, from the
+reply as Redis sent it (the backend's own connections) or as redis-py's stream callback
+turns it into dicts (a cluster's pipelines)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,13 @@ def entry(last: int, offset: int, *datas: str) -> tuple[bytes, dict[bytes, bytes
     return f"0-{last + 1}".encode(), fields
 
 
+def as_sent(entries: list[tuple[Any, dict[Any, Any]]]) -> list[list[Any]]:
+    """Entries as Redis sends them: ``[id, [name, value, ...]]``."""
+    return [
+        [entry_id, [x for pair in fields.items() for x in pair]] for entry_id, fields in entries
+    ]
+
+
 def test_one_chunk_entries_read_as_the_general_reading_does() -> None:
     texts = ["Hello", ", ", "wörld", "", "\U0001f600 ok", "\ud800"]  # a lone surrogate too
     entries, offset = [], 0
@@ -30,6 +39,8 @@ def test_one_chunk_entries_read_as_the_general_reading_does() -> None:
     general = [(i.decode(), {k.decode(): v for k, v in f.items()}) for i, f in entries]
     for after in (-1, 0, 3, 6):
         assert parse_log("s", entries, after, 100) == parse_log("s", general, after, 100)
+        assert parse_log("s", as_sent(entries), after, 100) == parse_log("s", general, after, 100)
+        assert parse_log("s", as_sent(general), after, 100) == parse_log("s", general, after, 100)
     chunks = parse_log("s", entries, -1, 100)
     assert [chunk.data for chunk in chunks] == [*texts, "ab", "c"]
     assert [chunk.seq for chunk in chunks] == list(range(8))
@@ -61,3 +72,30 @@ def test_an_entry_id_that_is_not_ours_is_corrupt(entry_id: Any) -> None:
 def test_a_gap_between_one_chunk_entries_is_corrupt() -> None:
     with pytest.raises(CorruptStreamError, match="where 1 belongs"):
         parse_log("s", [entry(0, 0, "a"), entry(2, 2, "c")], -1, 10)
+
+
+def test_the_reply_as_sent_reads_whatever_the_order_of_its_fields() -> None:
+    written = [entry(seq, seq, "xyz"[seq]) for seq in range(3)]
+    for _entry_id, fields in written:
+        fields[b"b"] = fields[b"o"]  # as every writer adds it, after the data
+    reordered = [(i, dict(reversed(list(f.items())))) for i, f in written]
+    chunks = parse_log("s", written, -1, 10)
+    assert [chunk.data for chunk in chunks] == ["x", "y", "z"]
+    assert parse_log("s", as_sent(written), -1, 10) == chunks
+    assert parse_log("s", as_sent(reordered), -1, 10) == chunks
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [b"o", b"0", b"n", b"4", b"d", b"abc", b"b", b"0"],  # the length does not match
+        [b"o", b"0", b"n", b"3", b"d", b"\xff\xfeX", b"b", b"0"],  # not UTF-8
+        [b"o", b"0", b"n", b"1", b"d"],  # a name without its value
+        [b"o", b"0", b"n", b"1", b"d", b"a", b"b"],
+        b"o0n1da",  # not a list of fields at all
+        None,
+    ],
+)
+def test_a_broken_entry_as_sent_is_corrupt(fields: Any) -> None:
+    with pytest.raises(CorruptStreamError, match="log entry"):
+        parse_log("s", [[b"0-1", fields]], -1, 10)

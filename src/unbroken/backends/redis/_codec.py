@@ -59,6 +59,8 @@ _LENGTHS = _keys.LOG_LENGTHS.encode()
 _DATA = _keys.LOG_DATA.encode()
 _PACKED = _keys.LOG_PACKED.encode()
 _BYTE_OFFSET = _keys.LOG_BYTE_OFFSET.encode()
+#: An entry's field names in the order every writer (the scripts, the plain XADD) adds them.
+_ENTRY_FIELDS = [_OFFSET, _LENGTHS, _DATA, _BYTE_OFFSET]
 _LEGACY_DATA = _keys.LEGACY_DATA.encode()
 _LEGACY_OFFSET = _keys.LEGACY_OFFSET.encode()
 
@@ -299,6 +301,7 @@ def log_counts(stream_id: str, last: object) -> tuple[int, int, int] | None:
         return None
     try:
         entry_id, fields = last[0]
+        fields = _fields(fields)
         seq = log_entry_seq(text(entry_id))
         byte_offset = _field(fields, _BYTE_OFFSET)
         if byte_offset is None or _field(fields, _LENGTHS) is None:
@@ -310,6 +313,20 @@ def log_counts(stream_id: str, last: object) -> tuple[int, int, int] | None:
         return seq + 1, chars, _count(byte_offset) + size
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         corrupt(stream_id, f"log entry: {exc!r}")
+
+
+def _fields(fields: object) -> Mapping[Any, Any]:
+    """An entry's fields as a mapping, from the reply as Redis sent it (a flat list of names
+    and values: the backend's own connections skip redis-py's stream callback, see
+    `_pipeliner`) or as that callback made it (a dict: a cluster's pipelines)."""
+    if isinstance(fields, list):
+        if len(fields) % 2:
+            raise ValueError("an entry with a field name and no value")
+        names_values = iter(fields)
+        return dict(zip(names_values, names_values, strict=True))
+    if isinstance(fields, Mapping):
+        return fields
+    raise TypeError(f"entry fields are a {type(fields).__name__}")
 
 
 def _field(fields: Mapping[Any, Any], name: bytes) -> Any:
@@ -350,10 +367,18 @@ def _entry_chunks(fields: Mapping[Any, Any], last: int) -> tuple[int, int, list[
 def _single_chunk(entry_id: object, fields: object) -> tuple[int, int, list[str]] | None:
     """`_entry_chunks` for the usual entry, faster: one chunk, in the current layout, from a
     client that does not decode responses (a catch-up decodes one such entry per chunk a
-    model streamed). None for any other entry, which `_entry_chunks` reads (or rejects)."""
-    if type(fields) is not dict or type(entry_id) is not bytes:
+    model streamed), its fields in the order every writer adds them (``o n d b``) if they are
+    the reply as sent. None for any other entry, which `_entry_chunks` reads (or rejects)."""
+    if type(entry_id) is not bytes:
         return None
-    lengths, data, offset = fields.get(_LENGTHS), fields.get(_DATA), fields.get(_OFFSET)
+    if type(fields) is list:
+        if len(fields) != len(_ENTRY_FIELDS) * 2 or fields[::2] != _ENTRY_FIELDS:
+            return None
+        offset, lengths, data = fields[1], fields[3], fields[5]
+    elif type(fields) is dict:
+        lengths, data, offset = fields.get(_LENGTHS), fields.get(_DATA), fields.get(_OFFSET)
+    else:
+        return None
     if not (type(lengths) is bytes and type(data) is bytes and type(offset) is bytes):
         return None
     # The checks of `_count` and `log_entry_seq`: digits only (so one length: no comma), at
@@ -386,7 +411,7 @@ def parse_log(stream_id: str, entries: object, after: int, limit: int) -> list[C
             entry_id, fields = entry
             first_offset_datas = _single_chunk(entry_id, fields)
             if first_offset_datas is None:
-                first_offset_datas = _entry_chunks(fields, log_entry_seq(text(entry_id)))
+                first_offset_datas = _entry_chunks(_fields(fields), log_entry_seq(text(entry_id)))
             first, offset, datas = first_offset_datas
         except (KeyError, ValueError, TypeError, AttributeError, zlib.error) as exc:
             corrupt(stream_id, f"log entry: {exc!r}")
@@ -395,7 +420,7 @@ def parse_log(stream_id: str, entries: object, after: int, limit: int) -> list[C
         for index, data in enumerate(datas):
             seq = first + index
             if seq >= expected:
-                chunks.append(Chunk(seq=seq, data=data, offset=offset))
+                chunks.append(Chunk(seq, data, offset))  # (by position: cheaper)
                 if len(chunks) == limit:
                     return chunks
                 expected = seq + 1
@@ -432,5 +457,5 @@ def parse_notification(raw: object) -> Notification:
             raise ValueError("a chunk has bad types")
         if chunks and seq != chunks[-1].seq + 1:
             raise ValueError("chunk sequence numbers are not consecutive")
-        chunks.append(Chunk(seq=seq, data=data, offset=offset))
+        chunks.append(Chunk(seq, data, offset))  # (by position: cheaper)
     return Appended(tuple(chunks))

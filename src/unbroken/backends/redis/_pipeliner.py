@@ -448,6 +448,13 @@ else:
     _pack = cast(Callable[[tuple[Any, ...]], bytes], pack_command)
 
 
+#: Commands whose replies are returned as Redis sent them, without the client's response
+#: callback: the backend's codec reads stream entries from the reply as it is, and
+#: redis-py's stream callback would build a dict per entry first (one per chunk a
+#: catch-up reads).
+_AS_SENT = frozenset({"XRANGE", "XREVRANGE"})
+
+
 class _Connections:
     """Pipelines on connections of a (non-cluster) client's pool that the pipeliner keeps
     between pipelines, each pipeline packed in one go and written at once.
@@ -460,7 +467,8 @@ class _Connections:
     pipeline in flight), kept while it works, given back when it fails (disconnected, so it
     reconnects when next used) and when the backend closes. Replies are read with the
     client's own parsing (its response callbacks, its decoding), so a command answers
-    exactly what the client would have answered; the client's retry policy applies to a
+    exactly what the client would have answered, except the stream reads (`_AS_SENT`),
+    which answer as Redis sent them; the client's retry policy applies to a
     pipeline whose connection failed, as for redis-py's pipelines.
     """
 
@@ -565,7 +573,10 @@ class _Connections:
                     if unsent[index] is not None:
                         continue
                     try:
-                        results[index] = await parse(connection, args[0])
+                        if args[0] in _AS_SENT:
+                            results[index] = await connection.read_response()
+                        else:
+                            results[index] = await parse(connection, args[0])
                     except redis_errors.ResponseError as exc:
                         results[index] = exc
                 return results
