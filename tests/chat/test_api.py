@@ -4,11 +4,14 @@ identity and access, limits, health, metrics, the OpenAPI document, the page."""
 from __future__ import annotations
 
 import inspect
+import json
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -288,3 +291,27 @@ def test_no_route_runs_in_the_thread_pool(tmp_path: Path) -> None:
     for route in routes:
         visit(route.dependant, route.path)
     assert synchronous == []
+
+
+async def test_a_client_that_hangs_up_before_its_body_arrives_costs_nothing(
+    client: httpx.AsyncClient, server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A POST cut off mid-body (a closed tab, a dropped connection) is no server error: no
+    traceback, no 500, nothing stored; the next request is served as ever."""
+    await client.get("/api/chats")  # a guest session
+    cookie = client.cookies["unbroken_session"]
+    host, port = server.url.removeprefix("http://").split(":")
+    body = json.dumps(v5_body(uuid.uuid4().hex, "m1", "never sent whole")).encode()
+    caplog.clear()
+    for _ in range(3):
+        head = (
+            f"POST /api/chat HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Cookie: unbroken_session={cookie}\r\nContent-Length: {len(body) + 100}\r\n\r\n"
+        )
+        async with await anyio.connect_tcp(host, int(port)) as connection:
+            await connection.send(head.encode() + body[: len(body) // 2])
+            await anyio.sleep(0.2)  # the route is reading the body by now
+    await anyio.sleep(0.3)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
+    assert (await client.get("/api/chats")).json() == {"chats": []}

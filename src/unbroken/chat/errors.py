@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -135,6 +136,14 @@ def install_error_handlers(app: FastAPI) -> None:
         logger.warning("stream backend unavailable: %s", exc)
         return unavailable_response()
 
+    async def client_gone(request: Request, _: Exception) -> Response:
+        # The client hung up before its request body arrived: nothing was read, so nothing
+        # was stored or started, and nobody is there to read an answer.
+        logger.info(
+            "client left during %s %s before its body arrived", request.method, request.url.path
+        )
+        return Response(status_code=400)
+
     async def internal_error(request: Request, exc: Exception) -> Response:
         logger.exception("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
         return error_response(500, "internal_error", "the server failed; the error was logged")
@@ -154,6 +163,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(ProtocolError, protocol_error)
     app.add_exception_handler(BackendUnavailableError, backend_unavailable)
+    app.add_exception_handler(ClientDisconnect, client_gone)
     handled: tuple[type[Exception], ...] = (DBAPIError, *_connect_error_types())
     for raised in handled:
         app.add_exception_handler(raised, database_error)
