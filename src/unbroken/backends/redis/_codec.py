@@ -431,13 +431,17 @@ def parse_log(stream_id: str, entries: object, after: int, limit: int) -> list[C
 # -- notifications --------------------------------------------------------------------------
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+# `json.loads` without its look for whitespace around the value, which the payloads never
+# have (one with whitespace is not ours: raw_decode refuses what starts with it).
+_decode_json = json.JSONDecoder().raw_decode
 
 
 def parse_notification(raw: object) -> Notification:
     """A notification payload as published by the scripts; ValueError if it is not one."""
-    note = json.loads(text(raw))
+    payload = text(raw)
+    note, end = _decode_json(payload)
+    if end != len(payload):
+        raise ValueError("data after the JSON value")
     if not isinstance(note, dict) or len(note) != 1:
         raise ValueError("not a one-key object")
     if _keys.NOTE_ENDED in note:
@@ -449,13 +453,18 @@ def parse_notification(raw: object) -> Notification:
     if not isinstance(rows, list) or not rows:
         raise ValueError("no chunks")
     chunks: list[Chunk] = []
+    expected = 0  # the seq the next row must have (any, for the first)
     for row in rows:
-        if not (isinstance(row, list) and len(row) == 3):
+        # What JSON decodes has exactly these types: `type(...) is int` refuses true, false.
+        if type(row) is not list or len(row) != 3:
             raise ValueError("a chunk is not [seq, offset, data]")
         seq, offset, data = row
-        if not (_is_int(seq) and _is_int(offset) and isinstance(data, str)):
+        if not (type(seq) is int and type(offset) is int and type(data) is str):
             raise ValueError("a chunk has bad types")
-        if chunks and seq != chunks[-1].seq + 1:
+        if seq < 0 or offset < 0:
+            raise ValueError("a chunk has a negative seq or offset")
+        if chunks and seq != expected:
             raise ValueError("chunk sequence numbers are not consecutive")
+        expected = seq + 1
         chunks.append(Chunk(seq, data, offset))  # (by position: cheaper)
     return Appended(tuple(chunks))

@@ -33,6 +33,7 @@ __all__ = ["HAS_SHARDED_PUBSUB", "RedisListener", "Router"]
 # of the backend works with redis-py >= 5.0.1.
 HAS_SHARDED_PUBSUB = hasattr(PubSub, "ssubscribe")
 _NODE_RETRY = 0.005  # how soon a node reader looks again at a connection being made
+_MESSAGE_KINDS = (b"message", "message")  # a notification's reply, bytes or decoded
 
 logger = logging.getLogger("unbroken.redis")
 
@@ -120,7 +121,7 @@ class _Link:
             # the slot map, which needs the client initialised (a no-op once it is).
             await client.initialize()
             return cls(client.pubsub(), sharded=True, cluster=True)
-        link = cls(client.pubsub(), sharded=sharded)
+        link = cls(client.pubsub(push_handler_func=_as_is), sharded=sharded)
         try:
             await link.pubsub.connect()
         except BaseException:
@@ -199,15 +200,26 @@ class _Link:
         else:
             await pubsub.unsubscribe(*channels)
 
-    async def get_message(self) -> dict[str, Any] | None:
-        """The next message (None: a reply that is not one), waiting as long as it takes."""
+    async def get_message(self) -> tuple[str, object, object] | None:
+        """The next message as (kind, channel, data), waiting as long as it takes; None for
+        a reply that is not one."""
         message: Any
         if self.cluster:
             message = await self._inbox.receive()
+            self.last_seen = time.monotonic()
         else:
-            message = await self.pubsub.get_message(timeout=None)
-        self.last_seen = time.monotonic()
-        return message if isinstance(message, dict) else None
+            reply = await self.pubsub.parse_response(block=True)
+            self.last_seen = time.monotonic()
+            # Notifications, the replies that come by the thousand, go straight to the
+            # router: redis-py's handle_message would build a dict, look for a handler and
+            # record metrics for each. Every other reply goes through it, which keeps the
+            # pub/sub object's own account of its subscriptions.
+            if isinstance(reply, list) and len(reply) == 3 and reply[0] in _MESSAGE_KINDS:
+                return "message", reply[1], reply[2]
+            message = await self.pubsub.handle_message(reply)
+        if not isinstance(message, dict):
+            return None
+        return text(message.get("type")), message.get("channel"), message.get("data")
 
     def _start_node_readers(self) -> None:
         assert self._tasks is not None
@@ -233,6 +245,12 @@ class _Link:
                     await self._inbox_in.send(message)
         finally:
             self._node_readers.discard(name)
+
+
+async def _as_is(reply: object) -> object:
+    """The pub/sub connection's handler of RESP3 pushes: the reply itself (redis-py's own
+    would format every notification into a debug message, logged or not)."""
+    return reply
 
 
 def _runs(ops: list[tuple[_Op, str]]) -> Iterator[tuple[_Op, list[str]]]:
@@ -388,7 +406,7 @@ class Router:
             while True:
                 message = await link.get_message()
                 if message is not None:
-                    self._route(message)
+                    self._route(*message)
 
     def _set_link(self, link: _Link | None) -> None:
         self._link, self._down = link, link is None
@@ -408,15 +426,16 @@ class Router:
             ready, entry.ready = entry.ready, anyio.Event()
             ready.set()
 
-    def _route(self, message: dict[str, Any]) -> None:
+    def _route(self, kind: str, channel: object, data: object) -> None:
         try:
-            kind = text(message.get("type"))
             if kind in ("message", "smessage"):
-                self._deliver(text(message.get("channel")), message.get("data"))
+                self._deliver(text(channel), data)
             elif kind in ("subscribe", "ssubscribe"):
-                self._confirmed(text(message.get("channel")))
+                self._confirmed(text(channel))
         except Exception:  # the router must outlive anything Redis can send
-            logger.warning("dropped an unreadable pub/sub message: %r", message, exc_info=True)
+            logger.warning(
+                "dropped an unreadable pub/sub message: %r", (kind, channel, data), exc_info=True
+            )
 
     def _confirmed(self, channel: str) -> None:
         entry = self._channels.get(channel)
