@@ -1,14 +1,16 @@
-"""`ChunkLog`: a sealed (packed) log reads exactly as it did while growing."""
+"""`ChunkLog`: a sealed (packed) log reads exactly as it did while growing; the chunks it
+reads are made by `new_chunk`, which must make what `Chunk` makes."""
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unbroken._models import Chunk, ChunkLog
+from unbroken._models import Chunk, ChunkLog, new_chunk
 
 
 class SmallSegments(ChunkLog):
@@ -82,3 +84,12 @@ def test_an_empty_log_seals() -> None:
     assert (len(log), log.chunks(0, 10), log.offset_at(0)) == (0, [], 0)
     with pytest.raises(ValueError, match="sealed"):
         log.add("late")
+
+
+def test_new_chunk_makes_what_chunk_makes() -> None:
+    made, built = new_chunk(3, "abc", 7), Chunk(3, "abc", 7)
+    assert type(made) is Chunk
+    assert (made, hash(made), repr(made)) == (built, hash(built), repr(built))
+    assert made.end_offset == 10
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.seq = 4  # type: ignore[misc]

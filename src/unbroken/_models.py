@@ -9,7 +9,7 @@ from itertools import accumulate
 
 from unbroken._packing import pack, unpack_joined
 
-__all__ = ["Chunk", "ChunkLog", "StreamEnd", "StreamState", "StreamStatus"]
+__all__ = ["Chunk", "ChunkLog", "StreamEnd", "StreamState", "StreamStatus", "new_chunk"]
 
 
 class StreamState(enum.StrEnum):
@@ -41,6 +41,24 @@ class Chunk:
     @property
     def end_offset(self) -> int:
         return self.offset + len(self.data)
+
+
+# For the reads that make one `Chunk` per chunk read (a catch-up makes thousands): the frozen
+# dataclass's __init__ sets each field through object.__setattr__, by name; the slots' own
+# setters do the same for less.
+_new_object = object.__new__
+_set_seq, _set_data, _set_offset = (
+    Chunk.__dict__[field].__set__ for field in ("seq", "data", "offset")
+)
+
+
+def new_chunk(seq: int, data: str, offset: int) -> Chunk:
+    """``Chunk(seq, data, offset)``, made faster."""
+    chunk: Chunk = _new_object(Chunk)
+    _set_seq(chunk, seq)
+    _set_data(chunk, data)
+    _set_offset(chunk, offset)
+    return chunk
 
 
 class ChunkLog:
@@ -110,7 +128,7 @@ class ChunkLog:
         growing = self._growing
         if growing is not None:
             offsets = self._offsets
-            return [Chunk(seq, growing[seq], offsets[seq]) for seq in range(start, stop)]
+            return [new_chunk(seq, growing[seq], offsets[seq]) for seq in range(start, stop)]
         found: list[Chunk] = []
         size = self.SEGMENT
         for index in range(start // size, (stop - 1) // size + 1 if stop > start else 0):
@@ -120,13 +138,13 @@ class ChunkLog:
             if not self._offsets:
                 base = self._starts[index]
                 found += [
-                    Chunk(first + i, text[bounds[i] : bounds[i + 1]], base + bounds[i])
+                    new_chunk(first + i, text[bounds[i] : bounds[i + 1]], base + bounds[i])
                     for i in range(low, high)
                 ]
             else:
                 offsets = self._offsets
                 found += [
-                    Chunk(first + i, text[bounds[i] : bounds[i + 1]], offsets[first + i])
+                    new_chunk(first + i, text[bounds[i] : bounds[i + 1]], offsets[first + i])
                     for i in range(low, high)
                 ]
         return found

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from unbroken._json import compact_json
-from unbroken._models import Chunk, ChunkLog, StreamState, StreamStatus
+from unbroken._models import Chunk, ChunkLog, StreamState, StreamStatus, new_chunk
 from unbroken._packing import pack, unpack
 from unbroken.backends.base import Append, Appended, Ended, Notification, require_consecutive
 from unbroken.backends.redis import _keys
@@ -364,12 +364,14 @@ def _entry_chunks(fields: Mapping[Any, Any], last: int) -> tuple[int, int, list[
     return last - len(datas) + 1, offset, datas
 
 
-def _single_chunk(entry_id: object, fields: object) -> tuple[int, int, list[str]] | None:
-    """`_entry_chunks` for the usual entry, faster: one chunk, in the current layout, from a
-    client that does not decode responses (a catch-up decodes one such entry per chunk a
-    model streamed), its fields in the order every writer adds them (``o n d b``) if they are
-    the reply as sent. None for any other entry, which `_entry_chunks` reads (or rejects)."""
-    if type(entry_id) is not bytes:
+def _usual_entry(entry_id: object, fields: object, wanted_id: bytes) -> tuple[str, int] | None:
+    """The data and offset of the usual entry, read faster than `_entry_chunks` reads it:
+    the one chunk that ``wanted_id`` names (the next one the read wants), in the current
+    layout, from a client that does not decode responses (a catch-up decodes one such entry
+    per chunk a model streamed), its fields in the order every writer adds them (``o n d
+    b``) if they are the reply as sent. None for any other entry, which `_entry_chunks`
+    reads (or rejects)."""
+    if entry_id != wanted_id:
         return None
     if type(fields) is list:
         if len(fields) != len(_ENTRY_FIELDS) * 2 or fields[::2] != _ENTRY_FIELDS:
@@ -381,22 +383,13 @@ def _single_chunk(entry_id: object, fields: object) -> tuple[int, int, list[str]
         return None
     if not (type(lengths) is bytes and type(data) is bytes and type(offset) is bytes):
         return None
-    # The checks of `_count` and `log_entry_seq`: digits only (so one length: no comma), at
-    # most 18 of them, and an id 0-<n> with n > 0 and no leading zero.
-    counter = entry_id[2:]
-    if not (
-        lengths.isdigit()
-        and offset.isdigit()
-        and len(offset) <= 18
-        and entry_id[:2] == b"0-"
-        and counter.isdigit()
-        and counter[:1] != b"0"
-    ):
+    # The checks of `_count`: digits only (so one length: no comma), at most 18 of them.
+    if not (lengths.isdigit() and offset.isdigit() and len(offset) <= 18):
         return None
     chunk = data.decode("utf-8", "surrogatepass")
     if len(chunk) != int(lengths):
         raise ValueError("chunk lengths do not add up to the entry's data")
-    return int(counter) - 1, int(offset), [chunk]
+    return chunk, int(offset)
 
 
 def parse_log(stream_id: str, entries: object, after: int, limit: int) -> list[Chunk]:
@@ -409,10 +402,15 @@ def parse_log(stream_id: str, entries: object, after: int, limit: int) -> list[C
     for entry in entries:
         try:
             entry_id, fields = entry
-            first_offset_datas = _single_chunk(entry_id, fields)
-            if first_offset_datas is None:
-                first_offset_datas = _entry_chunks(_fields(fields), log_entry_seq(text(entry_id)))
-            first, offset, datas = first_offset_datas
+            # The id of the entry holding exactly the expected chunk, as `log_entry_id`.
+            usual = _usual_entry(entry_id, fields, b"0-%d" % (expected + 1))
+            if usual is not None:
+                chunks.append(new_chunk(expected, *usual))
+                if len(chunks) == limit:
+                    return chunks
+                expected += 1
+                continue
+            first, offset, datas = _entry_chunks(_fields(fields), log_entry_seq(text(entry_id)))
         except (KeyError, ValueError, TypeError, AttributeError, zlib.error) as exc:
             corrupt(stream_id, f"log entry: {exc!r}")
         if first > expected or (chunks and first != expected) or first < 0:
@@ -420,7 +418,7 @@ def parse_log(stream_id: str, entries: object, after: int, limit: int) -> list[C
         for index, data in enumerate(datas):
             seq = first + index
             if seq >= expected:
-                chunks.append(Chunk(seq, data, offset))  # (by position: cheaper)
+                chunks.append(new_chunk(seq, data, offset))
                 if len(chunks) == limit:
                     return chunks
                 expected = seq + 1
@@ -466,5 +464,5 @@ def parse_notification(raw: object) -> Notification:
         if chunks and seq != expected:
             raise ValueError("chunk sequence numbers are not consecutive")
         expected = seq + 1
-        chunks.append(Chunk(seq, data, offset))  # (by position: cheaper)
+        chunks.append(new_chunk(seq, data, offset))
     return Appended(tuple(chunks))
