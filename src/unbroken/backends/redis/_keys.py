@@ -25,6 +25,7 @@ therefore never produce the same key, even if an id contains ``}`` or ``:``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 __all__ = [
@@ -94,6 +95,8 @@ class StreamKeys:
         return [self.meta, self.log, self.lease]
 
 
+# Asked for on every append and read: a busy stream's names are made once, not each time.
+@functools.lru_cache(maxsize=4096)
 def stream_keys(prefix: str, stream_id: str) -> StreamKeys:
     """The keys of ``stream_id`` under ``prefix``, all sharing one Cluster hash tag."""
     tag = "{" + prefix + ":" + stream_id + "}"

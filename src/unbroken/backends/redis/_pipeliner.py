@@ -567,13 +567,15 @@ class _Connections:
                 if not packed:
                     return unsent
                 await connection.send_packed_command(packed)
-                parse = self._client.parse_response
+                parse, callbacks = self._client.parse_response, self._client.response_callbacks
                 results = list(unsent)
                 for index, args in enumerate(commands):
                     if unsent[index] is not None:
                         continue
                     try:
-                        if args[0] in _AS_SENT:
+                        # Without a callback the client's parsing is this read (most of the
+                        # commands sent: XADD, PUBLISH, EVALSHA), minus a layer of calls.
+                        if args[0] in _AS_SENT or args[0] not in callbacks:
                             results[index] = await connection.read_response()
                         else:
                             results[index] = await parse(connection, args[0])
