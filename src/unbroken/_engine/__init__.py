@@ -9,7 +9,8 @@ Layout (docs/architecture.md tells the whole story):
     flushing.py   flush with retries, resync, reclaim, record the end; one Backoff
     reading.py    LocalReader, BackendReader, StreamReader (what engine.open gives)
     liveness.py   the one tick: leases, idle readers, registered checks
-    wakeups.py    what a task with nothing to do waits on
+
+(What a waiting task waits on, `unbroken._wakeups`, is shared with the backends' listeners.)
 """
 
 from unbroken._engine.engine import OnEnd, StreamEngine

@@ -37,9 +37,9 @@ from unbroken._engine.reading import (
     StreamReader,
     cut_at_offset,
 )
-from unbroken._engine.wakeups import wakeups_factory
 from unbroken._engine.writing import Writes
 from unbroken._models import Chunk, StreamEnd, StreamState, StreamStatus
+from unbroken._wakeups import wakeups_factory
 from unbroken.backends.base import Backend, StreamTimes
 from unbroken.exceptions import EngineClosedError
 

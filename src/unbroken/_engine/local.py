@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 import anyio
 from anyio.abc import TaskGroup
 
-from unbroken._engine.wakeups import EventWakeups, Wakeups
 from unbroken._models import Chunk, ChunkLog, StreamEnd, StreamState
+from unbroken._wakeups import EventWakeups, Wakeups
 from unbroken.backends.base import StreamTimes
 from unbroken.exceptions import InvalidStreamIdError, StreamSourceError
 

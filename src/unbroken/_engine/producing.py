@@ -23,9 +23,9 @@ from unbroken._engine.local import (
     LocalStream,
     safe_message,
 )
-from unbroken._engine.wakeups import EventWakeups, Wakeups
 from unbroken._engine.writing import Writes
 from unbroken._models import StreamEnd, StreamState
+from unbroken._wakeups import EventWakeups, Wakeups
 from unbroken.backends.base import Backend, Ended, StreamTimes
 from unbroken.exceptions import (
     BackendError,

@@ -30,8 +30,8 @@ from anyio.abc import TaskGroup
 from unbroken._asyncio import on_asyncio
 from unbroken._engine.flushing import WRITE_BATCH, apply_append, flush, record_end
 from unbroken._engine.local import PRODUCER_LOST, LocalStream, Writer
-from unbroken._engine.wakeups import EventWakeups, Wakeups
 from unbroken._models import Chunk, StreamState
+from unbroken._wakeups import EventWakeups, Wakeups
 from unbroken.backends.base import Append, Backend, GatheredAppends, InlineAppends, Renewal
 from unbroken.exceptions import BackendError, UnbrokenError
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 
-import anyio
-
+from unbroken._wakeups import wakeups_factory
 from unbroken.backends.base import Idle, Lagged, Listener, Notification
 
 
@@ -22,7 +21,9 @@ class QueueListener(Listener):
         self._capacity = capacity
         self._items: deque[Notification] = deque()
         self._lagged = False
-        self._wakeup = anyio.Event()
+        # Made for the loop it is created on, where its receiver runs (a listener is made
+        # by `listen`): under asyncio, a wait per notification makes only a future.
+        self._wakeup = wakeups_factory()()
 
     def push(self, note: Notification) -> None:
         """Queue a notification without blocking (called by the backend's dispatcher)."""
@@ -44,5 +45,4 @@ class QueueListener(Listener):
                 return Lagged()
             if self._items:
                 return self._items.popleft()
-            self._wakeup = anyio.Event()
             await self._wakeup.wait()

@@ -1,8 +1,9 @@
 """Wake-ups: what a task with nothing to do waits on until there is something.
 
 A local reader waits for its stream's next chunk, an idle writer for the next write, the
-gathered appends for a stream with chunks. Each stream keeps one wake-up per purpose and
-reuses it, so waiting makes nothing per chunk beyond what the event loop needs.
+gathered appends for a stream with chunks, a backend's listener for the next notification.
+Each keeps one wake-up per purpose and reuses it, so waiting makes nothing per chunk beyond
+what the event loop needs.
 """
 
 from __future__ import annotations
