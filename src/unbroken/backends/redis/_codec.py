@@ -402,8 +402,7 @@ def parse_log(stream_id: str, entries: object, after: int, limit: int) -> list[C
     for entry in entries:
         try:
             entry_id, fields = entry
-            # The id of the entry holding exactly the expected chunk, as `log_entry_id`.
-            usual = _usual_entry(entry_id, fields, b"0-%d" % (expected + 1))
+            usual = _usual_entry(entry_id, fields, log_entry_id(expected).encode())
             if usual is not None:
                 chunks.append(new_chunk(expected, *usual))
                 if len(chunks) == limit:
