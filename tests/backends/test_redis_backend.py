@@ -1149,6 +1149,37 @@ async def test_caller_owned_client_is_left_open(
         await delete_prefix(redis_url, key_prefix)
 
 
+@pytest.mark.parametrize("decode", [False, True], ids=["bytes", "decoded"])
+@pytest.mark.parametrize("protocol", [2, 3], ids=["resp2", "resp3"])
+async def test_notifications_over_either_protocol(
+    redis_url: str, key_prefix: str, raw: aioredis.Redis, protocol: int, decode: bool
+) -> None:
+    """The router reads notifications off the pub/sub connection itself: as RESP2 replies
+    and RESP3 pushes (redis-py's default since 8.0), bytes or decoded; confirmations and
+    unsubscriptions still go through redis-py, so listening again works."""
+    client = aioredis.from_url(redis_url, protocol=protocol, decode_responses=decode)
+    channel = stream_keys(key_prefix, "s").channel
+    try:
+        async with RedisBackend(client=client, key_prefix=key_prefix) as backend:
+            await claim(backend, "s")
+            offset = 0
+            for round_ in range(2):  # the second time on a channel unsubscribed in between
+                async with backend.listen("s") as listener:
+                    sent = chunks(f"round {round_}", "dé", seq=2 * round_, offset=offset)
+                    offset = sent[-1].end_offset
+                    await append(backend, "s", sent)
+                    assert await receive(listener) == Appended(tuple(sent))
+                    await raw.publish(channel, b"not json")
+                    assert await receive(listener) == Lagged()
+                with anyio.fail_after(WATCHDOG):
+                    # Unsubscribed once the last listener left.
+                    while channel.encode() in await raw.pubsub_channels():  # noqa: ASYNC110 - Redis cannot notify us
+                        await anyio.sleep(0.01)
+    finally:
+        await client.aclose()
+        await delete_prefix(redis_url, key_prefix)
+
+
 async def test_client_that_decodes_responses(redis_url: str, key_prefix: str) -> None:
     client = aioredis.from_url(redis_url, decode_responses=True)
     try:
