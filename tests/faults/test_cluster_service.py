@@ -128,9 +128,18 @@ async def test_master_killed_mid_answer(
         killed: list[str] = []
 
         async def kill_a_busy_master() -> None:
-            # Once answers are in flight: the master holding the most running streams.
+            # Once answers are in flight: the master holding the most running streams. Looked
+            # for until one is running, not once after a fixed wait: on a loaded machine the
+            # first answers may start late, or the first wave may sit between two answers.
             await anyio.sleep(1.5)
-            victim, running = await anyio.to_thread.run_sync(busiest_master, cluster, prefix)
+            found = (0, 0)
+            with anyio.move_on_after(20):
+                while True:
+                    found = await anyio.to_thread.run_sync(busiest_master, cluster, prefix)
+                    if found[1] > 0:
+                        break
+                    await anyio.sleep(0.05)
+            victim, running = found
             assert running > 0, "no answer was running on any master"
             started = time.monotonic()
             cluster.masters[victim].kill()
