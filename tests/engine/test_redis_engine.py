@@ -317,18 +317,24 @@ async def test_open_brings_the_state_the_reader_found(
             break  # "a" is in Redis
     backend = RedisBackend(redis_url, key_prefix=key_prefix)
     async with StreamEngine(backend, lease_ttl=30) as other:
-        statuses: list[str] = []
-        real_status = backend.status
+        looks: list[str] = []
+        real_status, real_look = backend.status, backend.look
 
         async def status(stream_id: str) -> Any:
-            statuses.append(stream_id)
+            looks.append(f"status {stream_id}")
             return await real_status(stream_id)
 
+        async def look(stream_id: str, *, after: int, limit: int) -> Any:
+            looks.append(f"look {stream_id}")
+            return await real_look(stream_id, after=after, limit=limit)
+
         backend.status = status  # type: ignore[method-assign]
+        backend.look = look  # type: ignore[method-assign]
         with pytest.raises(StreamNotFoundError):
             await other.open("nothing")
         async with other.open("s") as opened:
-            assert statuses == ["nothing", "s"]  # the peek's, nothing more before the first batch
+            # One look each (status and log in one call), nothing more before the first batch.
+            assert looks == ["look nothing", "look s"]
             assert opened.state is StreamState.ACTIVE and opened.finished_at is None
             batches = aiter(opened)
             first = await anext(batches)

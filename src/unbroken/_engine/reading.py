@@ -32,6 +32,7 @@ from unbroken.backends.base import (
     InlineAppends,
     Listener,
     Notification,
+    ReadsWithStatus,
 )
 from unbroken.exceptions import BackendUnavailableError, StreamNotFoundError
 
@@ -293,6 +294,8 @@ class BackendReader:
     async def _look(self, limit: int) -> tuple[StreamStatus | None, list[Chunk]]:
         """The stream's status and up to ``limit`` chunks after the last one delivered."""
         backend, stream_id = self.backend, self.stream_id
+        if isinstance(backend, ReadsWithStatus):
+            return await backend.look(stream_id, after=self.last, limit=limit)
         read = partial(backend.read, stream_id, after=self.last, limit=limit)
         if isinstance(backend, InlineAppends):
             return await backend.status(stream_id), await read()

@@ -34,6 +34,7 @@ __all__ = [
     "Listener",
     "Notification",
     "PacksEndedLogs",
+    "ReadsWithStatus",
     "Renewal",
     "StreamTimes",
     "require_consecutive",
@@ -286,6 +287,23 @@ class GatheredAppends(ABC):
         """`Backend.renew_lease` for several streams, in one round trip (the engine renews
         every lease due at a liveness tick with one call, however many streams it runs):
         each stream's outcome in order, as for `append_many`."""
+
+
+class ReadsWithStatus(ABC):
+    """Capability of a backend whose round trips cost more than the work in them: a
+    reader's look at a stream (its status and the log after a point) in one call.
+
+    Without it the engine makes the two calls at once from two tasks; with it, one call
+    from the reader's own task (a resume's first chunk waits for this look).
+    """
+
+    @abstractmethod
+    async def look(
+        self, stream_id: str, *, after: int, limit: int
+    ) -> tuple[StreamStatus | None, list[Chunk]]:
+        """`Backend.status` and `Backend.read` in one round trip. The read may see the log
+        as it was just before or just after the status was taken, as two calls made at the
+        same time would; the status's error is raised first if both fail."""
 
 
 class PacksEndedLogs(ABC):

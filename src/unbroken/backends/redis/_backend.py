@@ -23,6 +23,7 @@ from unbroken.backends.base import (
     GatheredAppends,
     Listener,
     PacksEndedLogs,
+    ReadsWithStatus,
     Renewal,
     StreamTimes,
 )
@@ -61,7 +62,7 @@ __all__ = ["RedisBackend"]
 _DEFAULT_URL = "redis://localhost:6379/0"
 
 
-class RedisBackend(Backend, GatheredAppends, PacksEndedLogs):
+class RedisBackend(Backend, GatheredAppends, PacksEndedLogs, ReadsWithStatus):
     """Streams in Redis, shared by every process using the same Redis and ``key_prefix``.
 
     Give either ``url`` (the backend creates, owns and closes the client) or ``client`` (yours;
@@ -499,29 +500,37 @@ class RedisBackend(Backend, GatheredAppends, PacksEndedLogs):
         last entry (appends need not write them to the meta), read in one pipeline."""
         pipeliner = self._open_pipeliner()
         keys = self._keys(stream_id)
-        last_entry = ("XREVRANGE", keys.log, "+", "-", "COUNT", 1)
         with translated(stream_id):
-            (raw, error), (last, log_error) = await pipeliner.call_many(
-                [("HGETALL", keys.meta), last_entry]
-            )
-            if error is not None:
-                raise error
-        if not raw:
-            return None
-        if not isinstance(raw, Mapping):
-            corrupt(stream_id, "metadata is not a hash")
-        return parse_status(stream_id, raw, last if log_error is None else log_error)
+            meta, last = await pipeliner.call_many(_status_commands(keys))
+            return _parsed_status(stream_id, meta, last)
 
     async def read(self, stream_id: str, *, after: int, limit: int) -> list[Chunk]:
         self._open_pipeliner()
         after = max(after, -1)
-        if limit <= 0 or after >= 2**62:
+        read = _read_command(self._keys(stream_id), after, limit)
+        if read is None:
             return []
-        log = self._keys(stream_id).log
-        start = log_entry_id(after + 1)
-        # An entry holds one chunk at least: ``limit`` entries hold ``limit`` chunks or all.
-        entries = await self._call(stream_id, "XRANGE", log, start, "+", "COUNT", limit)
+        entries = await self._call(stream_id, *read)
         return parse_log(stream_id, entries, after, limit)
+
+    async def look(
+        self, stream_id: str, *, after: int, limit: int
+    ) -> tuple[StreamStatus | None, list[Chunk]]:
+        """`ReadsWithStatus.look`: the commands of `status` and `read` in one pipeline."""
+        pipeliner = self._open_pipeliner()
+        keys = self._keys(stream_id)
+        after = max(after, -1)
+        read = _read_command(keys, after, limit)
+        commands = _status_commands(keys) if read is None else [*_status_commands(keys), read]
+        with translated(stream_id):
+            replies = await pipeliner.call_many(commands)
+            status = _parsed_status(stream_id, replies[0], replies[1])
+            if read is None:
+                return status, []
+            entries, error = replies[2]
+            if error is not None:
+                raise error
+        return status, parse_log(stream_id, entries, after, limit)
 
     # -- live --
 
@@ -547,6 +556,38 @@ class RedisBackend(Backend, GatheredAppends, PacksEndedLogs):
             yield listener
         finally:
             router.unsubscribe(channel, listener)
+
+
+def _status_commands(keys: StreamKeys) -> list[tuple[Any, ...]]:
+    """What `RedisBackend.status` reads: the meta, and the log's last entry."""
+    return [("HGETALL", keys.meta), ("XREVRANGE", keys.log, "+", "-", "COUNT", 1)]
+
+
+def _parsed_status(
+    stream_id: str,
+    meta: tuple[Any, BaseException | None],
+    last: tuple[Any, BaseException | None],
+) -> StreamStatus | None:
+    """The status from the replies (each a reply and its error) to `_status_commands`; the
+    meta's error is raised, the last entry's is read as a log that is not one."""
+    raw, error = meta
+    if error is not None:
+        raise error
+    if not raw:
+        return None
+    if not isinstance(raw, Mapping):
+        corrupt(stream_id, "metadata is not a hash")
+    entry, log_error = last
+    return parse_status(stream_id, raw, entry if log_error is None else log_error)
+
+
+def _read_command(keys: StreamKeys, after: int, limit: int) -> tuple[Any, ...] | None:
+    """The XRANGE of `RedisBackend.read` after seq ``after`` (at least -1); None: nothing
+    to read."""
+    if limit <= 0 or after >= 2**62:
+        return None
+    # An entry holds one chunk at least: ``limit`` entries hold ``limit`` chunks or all.
+    return ("XRANGE", keys.log, log_entry_id(after + 1), "+", "COUNT", limit)
 
 
 class _Plain(NamedTuple):
