@@ -279,6 +279,35 @@ async def test_read_from_any_position(backend: RedisBackend) -> None:
     assert await backend.read("missing", after=-1, limit=10) == []
 
 
+async def test_a_look_is_the_status_and_a_read_at_once(
+    backend: RedisBackend, raw: aioredis.Redis
+) -> None:
+    """`look` answers what `status` and `read` answer, for any position and limit, before
+    and after the end; a missing stream is (None, []); a stream whose keys hold something
+    else raises as `status` and `read` raise."""
+    await claim(backend, "s")
+    await append(backend, "s", chunks("a", "bb", "ccc"))
+    await append(backend, "s", chunks("dddd", "e", seq=3, offset=6))
+
+    async def both(after: int, limit: int) -> tuple[object, list[Chunk]]:
+        return await backend.status("s"), await backend.read("s", after=after, limit=limit)
+
+    for after, limit in [(-1, 100), (-7, 1), (1, 2), (4, 10), (0, 0), (2**62, 5)]:
+        assert await backend.look("s", after=after, limit=limit) == await both(after, limit)
+    await finish(backend, "s")
+    assert await backend.look("s", after=2, limit=10) == await both(2, 10)
+    assert await backend.look("missing", after=-1, limit=10) == (None, [])
+
+    bad = stream_keys(backend.key_prefix, "bad")
+    await raw.set(bad.meta, "not a hash")
+    with pytest.raises(CorruptStreamError, match="'bad'"):
+        await backend.look("bad", after=-1, limit=10)
+    await claim(backend, "badlog")
+    await raw.set(stream_keys(backend.key_prefix, "badlog").log, "not a stream")
+    with pytest.raises(CorruptStreamError, match="'badlog'"):
+        await backend.look("badlog", after=-1, limit=10)
+
+
 async def test_an_append_is_one_log_entry(backend: RedisBackend, raw: aioredis.Redis) -> None:
     log = stream_keys(backend.key_prefix, "s").log
     await claim(backend, "s")
