@@ -48,6 +48,26 @@ def test_one_chunk_entries_read_as_the_general_reading_does() -> None:
     assert parse_log("s", entries, 1, 2) == chunks[2:4]
 
 
+def test_runs_of_one_chunk_entries_around_longer_entries_read_whole() -> None:
+    """One-chunk entries before, between and after entries of several chunks, read from
+    any position with any limit, give what the general reading gives: every chunk once, in
+    order, none past the limit."""
+    entries, offset, seq = [], 0, 0
+    for size in [1, 1, 3, 1, 1, 1, 2, 2, 1]:
+        datas = [f"<{seq + i}>" for i in range(size)]
+        entries.append(entry(seq + size - 1, offset, *datas))
+        offset += sum(len(data) for data in datas)
+        seq += size
+    general = [(i.decode(), {k.decode(): v for k, v in f.items()}) for i, f in entries]
+    everything = parse_log("s", general, -1, 100)
+    assert [chunk.data for chunk in everything] == [f"<{n}>" for n in range(seq)]
+    for after in range(-1, seq):
+        for limit in (1, 2, 3, 5, 100):
+            wanted = everything[after + 1 : after + 1 + limit]
+            assert parse_log("s", entries, after, limit) == wanted
+            assert parse_log("s", as_sent(entries), after, limit) == wanted
+
+
 @pytest.mark.parametrize(
     "fields",
     [

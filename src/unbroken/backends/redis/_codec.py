@@ -364,32 +364,43 @@ def _entry_chunks(fields: Mapping[Any, Any], last: int) -> tuple[int, int, list[
     return last - len(datas) + 1, offset, datas
 
 
-def _usual_entry(entry_id: object, fields: object, wanted_id: bytes) -> tuple[str, int] | None:
-    """The data and offset of the usual entry, read faster than `_entry_chunks` reads it:
-    the one chunk that ``wanted_id`` names (the next one the read wants), in the current
-    layout, from a client that does not decode responses (a catch-up decodes one such entry
-    per chunk a model streamed), its fields in the order every writer adds them (``o n d
-    b``) if they are the reply as sent. None for any other entry, which `_entry_chunks`
-    reads (or rejects)."""
-    if entry_id != wanted_id:
-        return None
-    if type(fields) is list:
-        if len(fields) != len(_ENTRY_FIELDS) * 2 or fields[::2] != _ENTRY_FIELDS:
-            return None
-        offset, lengths, data = fields[1], fields[3], fields[5]
-    elif type(fields) is dict:
-        lengths, data, offset = fields.get(_LENGTHS), fields.get(_DATA), fields.get(_OFFSET)
-    else:
-        return None
-    if not (type(lengths) is bytes and type(data) is bytes and type(offset) is bytes):
-        return None
-    # The checks of `_count`: digits only (so one length: no comma), at most 18 of them.
-    if not (lengths.isdigit() and offset.isdigit() and len(offset) <= 18):
-        return None
-    chunk = data.decode("utf-8", "surrogatepass")
-    if len(chunk) != int(lengths):
-        raise ValueError("chunk lengths do not add up to the entry's data")
-    return chunk, int(offset)
+def _usual_run(entries: list[Any], start: int, seq: int, room: int, chunks: list[Chunk]) -> int:
+    """Read the usual entries from ``entries[start]`` on into ``chunks``, faster than
+    `_entry_chunks` reads them (a catch-up decodes one such entry per chunk a model
+    streamed); returns how many it read, at most ``room``. The usual entry holds one chunk,
+    the next one wanted (``seq``, then ``seq + 1``, ...), in the current layout, from a
+    client that does not decode responses, its fields in the order every writer adds them
+    (``o n d b``) if they are the reply as sent. The run stops at any other entry, which
+    `_entry_chunks` reads (or rejects)."""
+    taken = 0
+    for index in range(start, min(len(entries), start + room)):
+        entry = entries[index]
+        if (type(entry) is not list and type(entry) is not tuple) or len(entry) != 2:
+            break
+        entry_id, fields = entry
+        if entry_id != log_entry_id(seq + taken).encode():
+            break
+        if type(fields) is list:
+            if len(fields) != 8:
+                break
+            name_o, offset, name_n, lengths, name_d, data, name_b, _ = fields
+            if name_o != _OFFSET or name_n != _LENGTHS or name_d != _DATA or name_b != _BYTE_OFFSET:
+                break
+        elif type(fields) is dict:
+            lengths, data, offset = fields.get(_LENGTHS), fields.get(_DATA), fields.get(_OFFSET)
+        else:
+            break
+        if not (type(lengths) is bytes and type(data) is bytes and type(offset) is bytes):
+            break
+        # The checks of `_count`: digits only (so one length: no comma), at most 18 of them.
+        if not (lengths.isdigit() and offset.isdigit() and len(offset) <= 18):
+            break
+        chunk = data.decode("utf-8", "surrogatepass")
+        if len(chunk) != int(lengths):
+            raise ValueError("chunk lengths do not add up to the entry's data")
+        chunks.append(new_chunk(seq + taken, chunk, int(offset)))
+        taken += 1
+    return taken
 
 
 def parse_log(stream_id: str, entries: object, after: int, limit: int) -> list[Chunk]:
@@ -399,23 +410,23 @@ def parse_log(stream_id: str, entries: object, after: int, limit: int) -> list[C
         corrupt(stream_id, "log reply is not a list")
     chunks: list[Chunk] = []
     expected = after + 1
-    for entry in entries:
+    index = 0
+    while index < len(entries) and len(chunks) < limit:
         try:
-            entry_id, fields = entry
-            usual = _usual_entry(entry_id, fields, log_entry_id(expected).encode())
-            if usual is not None:
-                chunks.append(new_chunk(expected, *usual))
-                if len(chunks) == limit:
-                    return chunks
-                expected += 1
+            taken = _usual_run(entries, index, expected, limit - len(chunks), chunks)
+            index += taken
+            expected += taken
+            if taken or index == len(entries) or len(chunks) == limit:
                 continue
+            entry_id, fields = entries[index]
+            index += 1
             first, offset, datas = _entry_chunks(_fields(fields), log_entry_seq(text(entry_id)))
         except (KeyError, ValueError, TypeError, AttributeError, zlib.error) as exc:
             corrupt(stream_id, f"log entry: {exc!r}")
         if first > expected or (chunks and first != expected) or first < 0:
             corrupt(stream_id, f"log has seq {first} where {expected} belongs")
-        for index, data in enumerate(datas):
-            seq = first + index
+        for position, data in enumerate(datas):
+            seq = first + position
             if seq >= expected:
                 chunks.append(new_chunk(seq, data, offset))
                 if len(chunks) == limit:
