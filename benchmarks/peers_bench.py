@@ -66,6 +66,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import urllib.request
 import uuid
@@ -1029,6 +1030,11 @@ def chart(results: dict[str, Any], path: Path) -> None:
     labels = [
         LABELS[name].replace(" resumable-stream ", "\n").replace(" (", "\n(") for name in names
     ]
+
+    def wrapped(label: str) -> str:  # long labels side by side would overlap
+        lines = label.replace("unbroken.compat", "compat").split("\n")
+        return "\n".join(textwrap.fill(line, 12, break_long_words=False) for line in lines)
+
     palette = {
         "npm": "#999999",
         "pypi": "#cc9933",
@@ -1036,9 +1042,9 @@ def chart(results: dict[str, Any], path: Path) -> None:
         "frozen": "#33aa66",
         "baseline": "#99bbee",
     }
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), width_ratios=(1, 2))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5), width_ratios=(1, 2.4))
     left.bar(
-        labels,
+        [wrapped(label) for label in labels],
         [measured[name]["chunks_per_s"] for name in names],
         color=[palette[n] for n in names],
     )
@@ -1060,7 +1066,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
             boxes.append(run["busy"]["first_event"]["latencies_ms"])
             box_labels.append(f"{label}\n{results['others']} others")
     right.boxplot(boxes, whis=(1, 99))
-    right.set_xticks(range(1, len(boxes) + 1), box_labels)
+    right.set_xticks(range(1, len(boxes) + 1), [wrapped(label) for label in box_labels])
     right.set_yscale("log")  # the busy spreads would flatten the quiet ones
     right.set_ylabel("ms, log scale (lower is better)")
     right.set_title("resume → first chunk / first event, live producer elsewhere")
