@@ -59,8 +59,6 @@ _LENGTHS = _keys.LOG_LENGTHS.encode()
 _DATA = _keys.LOG_DATA.encode()
 _PACKED = _keys.LOG_PACKED.encode()
 _BYTE_OFFSET = _keys.LOG_BYTE_OFFSET.encode()
-#: An entry's field names in the order every writer (the scripts, the plain XADD) adds them.
-_ENTRY_FIELDS = [_OFFSET, _LENGTHS, _DATA, _BYTE_OFFSET]
 _LEGACY_DATA = _keys.LEGACY_DATA.encode()
 _LEGACY_OFFSET = _keys.LEGACY_OFFSET.encode()
 
