@@ -11,6 +11,7 @@ import pytest
 
 from tests._services import delete_redis_keys
 from unbroken import MemoryBackend, StreamEngine, StreamExistsError
+from unbroken.backends.base import ReadsWithStatus
 from unbroken.compat import (
     CATCH_UP_READ,
     ResumableStreamContext,
@@ -197,19 +198,29 @@ async def test_a_catch_up_asks_no_status_of_its_own(
                 await anyio.sleep(0.01)
         backend = resuming.engine.backend
         real_status = backend.status
+        real_look = backend.look if isinstance(backend, ReadsWithStatus) else None
         asked: list[str] = []
 
         async def counted(stream_id: str) -> Any:
             asked.append(stream_id)
             return await real_status(stream_id)
 
+        async def counted_look(stream_id: str, *, after: int, limit: int) -> Any:
+            asked.append(stream_id)  # a look in one call (`ReadsWithStatus`) is a status too
+            assert real_look is not None
+            return await real_look(stream_id, after=after, limit=limit)
+
         backend.status = counted  # type: ignore[method-assign]
+        if real_look is not None:
+            backend.look = counted_look  # type: ignore[attr-defined]
         try:
             resumed = await resuming.resume_existing_stream("counted")
             assert resumed is not None
             assert await anext(resumed) == "".join(texts)
         finally:
             backend.status = real_status  # type: ignore[method-assign]
+            if real_look is not None:
+                backend.look = real_look  # type: ignore[attr-defined]
         assert asked == ["counted"] * looks
         gate.set()
         assert [text async for text in resumed] == ["end"]
