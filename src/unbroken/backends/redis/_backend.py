@@ -521,7 +521,9 @@ class RedisBackend(Backend, GatheredAppends, PacksEndedLogs, ReadsWithStatus):
         keys = self._keys(stream_id)
         after = max(after, -1)
         read = _read_command(keys, after, limit)
-        commands = _status_commands(keys) if read is None else [*_status_commands(keys), read]
+        commands = _status_commands(keys)
+        if read is not None:
+            commands.append(read)
         with translated(stream_id):
             replies = await pipeliner.call_many(commands)
             status = _parsed_status(stream_id, replies[0], replies[1])
