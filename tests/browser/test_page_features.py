@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +37,7 @@ from tests.chat.conftest import serve_asgi
 from unbroken.chat.models.demo import compose
 
 if TYPE_CHECKING:
-    from playwright.sync_api import BrowserContext, Page
+    from playwright.sync_api import BrowserContext, Page, Route
 
 pytestmark = pytest.mark.browser
 
@@ -275,6 +276,44 @@ def test_retry_after_an_error(
     assert [(m["role"], m["status"]) for m in messages] == [("user", "done"), ("assistant", "done")]
 
 
+@contextmanager
+def reloads_held(page: Page) -> Iterator[None]:
+    """Hold the page's reloads of a chat (``GET /api/chats/{id}``) until the block ends: the
+    page meanwhile has only what it streamed, as when the server answers slowly."""
+    held: list[Route] = []
+
+    def hold(route: Route) -> None:
+        if route.request.method == "GET":
+            held.append(route)
+        else:
+            route.fallback()
+
+    pattern = re.compile(r"/api/chats/[^/?]+$")
+    page.route(pattern, hold)
+    try:
+        yield
+    finally:
+        for route in held:
+            route.continue_()
+        page.unroute(pattern, hold)
+
+
+def test_a_message_sent_before_the_reload_keeps_the_last_exchange(fast_page: Page) -> None:
+    page = fast_page
+    page.goto("/")
+    with reloads_held(page):
+        send(page, "one")
+        wait_answer(page, "done", count=1)
+        send(page, "two")
+        wait_answer(page, "done", count=2)
+        assert page.locator("li.message").count() == 4
+        assert "one" in page.locator("li.message.user").first.inner_text().splitlines()
+    idle_with(page, "done", 2)
+    stored = stored_chat(page, chat_id(page))["messages"]
+    assert [m["role"] for m in stored] == ["user", "assistant", "user", "assistant"]
+    assert page.locator("li.message").count() == 4
+
+
 def test_a_limit_is_a_clear_message(
     tmp_path: Path, new_context: Callable[..., BrowserContext], shot: Shot
 ) -> None:
@@ -285,18 +324,25 @@ def test_a_limit_is_a_clear_message(
         page.goto("/")
         send(page, "one")
         page.wait_for_selector("li.message.assistant")
-        page.click("#stop")
-        wait_answer(page, "stopped", count=1)
-        send(page, "two")
-        page.wait_for_selector('#status[data-state="error"]')
-        status = page.inner_text("#status")
-        assert re.fullmatch(
-            r"Error: you started 1 answer in the last minute; try again in \d+ s", status
-        ), status
-        assert page.input_value("#input") == "two"  # nothing typed is lost
-        assert page.is_visible("#retry")
-        assert page.locator("li.message").count() == 2
+        # The refusal comes before the page has reloaded the chat after the stop: the chat
+        # exists all the same, and stays on screen at its address.
+        with reloads_held(page):
+            page.click("#stop")
+            wait_answer(page, "stopped", count=1)
+            send(page, "two")
+            page.wait_for_selector('#status[data-state="error"]')
+            status = page.inner_text("#status")
+            assert re.fullmatch(
+                r"Error: you started 1 answer in the last minute; try again in \d+ s", status
+            ), status
+            assert page.input_value("#input") == "two"  # nothing typed is lost
+            assert page.is_visible("#retry")
+            assert page.locator("li.message").count() == 2
+            assert chat_id(page)
         shot(page, "24-rate-limited")
+        page.wait_for_load_state("networkidle")
+        assert chat_id(page)
+        assert page.locator("li.message").count() == 2
     finally:
         server.stop()
 

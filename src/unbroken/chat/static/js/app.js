@@ -466,7 +466,7 @@ function notSent(chatId, reason) {
     state.pendingUser = null;
     autoSize();
   }
-  if (state.detail === null && chatId === state.chatId) {
+  if (state.detail === null && state.messages.length === 0 && chatId === state.chatId) {
     // A new chat whose first message never arrived does not exist: stay a new chat.
     state.chatId = null;
     history.replaceState(null, "", "/");
@@ -488,11 +488,28 @@ function cleanMessage(m) {
   return out;
 }
 
+/**
+ * The last exchange, once its answer ended, is on screen before the store has it (the chat
+ * is reloaded after the end). A message sent meanwhile keeps it there, and in the history.
+ */
+function keepShown() {
+  if (state.follower) return;
+  const ids = new Set(state.messages.map((m) => m.id));
+  const shown = [];
+  if (state.pendingUser && !ids.has(state.pendingUser.id)) shown.push(state.pendingUser);
+  const live = state.live;
+  if (live?.id && !ids.has(live.id)) shown.push({ ...live.toUIMessage(), status: live.status, error: live.error });
+  if (shown.length) state.messages = [...state.messages, ...shown];
+  state.pendingUser = null;
+  state.live = null;
+}
+
 function submit() {
   const text = ui.input.value.replace(/\s+$/, "");
   if (!text.trim()) return;
   if (state.follower) return; // one answer at a time: Stop (or Escape) first; the text stays
   if (state.missing) return;
+  keepShown();
   state.lastAttempt = submit; // its text comes back to the input if it cannot be sent
   let chatId = state.chatId;
   if (chatId === null) {
