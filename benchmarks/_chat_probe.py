@@ -160,7 +160,7 @@ def _install() -> None:
 
     import unbroken.cli
     from unbroken import asgi
-    from unbroken.chat import answers, deps, store
+    from unbroken.chat import deps, store
 
     _timed(deps, "identify", "identify")
     if hasattr(deps, "credentials"):  # a route that checks the key in its own query
@@ -169,13 +169,6 @@ def _install() -> None:
     _timed(store.Store, "get_chat_and_active_stream", "db")
     _timed(asgi.EngineStreamResponse, "open", "open")
     _stamp_redis()
-    producing = answers.Answers.producing
-
-    def stamped_producing(self: Any, chat_id: str, user_id: str) -> Any:
-        _stamp("route")
-        return producing(self, chat_id, user_id)
-
-    answers.Answers.producing = stamped_producing  # type: ignore[method-assign]
     _stamp_sql(store.Store)
     serving_app = unbroken.cli.serving_app
     unbroken.cli.serving_app = lambda: _Probe(serving_app())  # type: ignore[assignment]

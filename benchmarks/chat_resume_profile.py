@@ -53,8 +53,7 @@ STEPS = [
     ("read → app called (event loop)", "recv", "app"),
     ("app → identify (middleware, routing)", "app", "identify_start"),
     ("identify (auth)", "identify_start", "identify_end"),
-    ("identify → route", "identify_end", "route"),
-    ("route → database", "route", "db_start"),
+    ("identify → database", "identify_end", "db_start"),
     ("database: chat + active stream", "db_start", "db_end"),
     ("  call → connection checked out", "db_start", "sql_checkout"),
     ("  checked out → statement sent", "sql_checkout", "sql_execute"),
@@ -65,7 +64,12 @@ STEPS = [
     ("reader opens (Redis)", "open_start", "open_end"),
     ("  first pipelined call", "redis_call_start", "redis_call_end"),
     ("  first pipelined calls (many)", "redis_call_many_start", "redis_call_many_end"),
-    ("  subscription confirmed", "redis_subscribe_start", "redis_subscribe_end"),
+    # The reader subscribes after its first batch, so this one is off the first byte's path.
+    (
+        "subscription confirmed (after the first batch)",
+        "redis_subscribe_start",
+        "redis_subscribe_end",
+    ),
     ("reader → head sent", "open_end", "head"),
     ("head written", "head", "head_sent"),
     ("head → client reads it", "head_sent", "client_head"),
