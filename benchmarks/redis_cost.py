@@ -28,6 +28,12 @@ hash slots of the streams' keys); from those, the tokens/s one master carries at
 what 3 masters carry before the busiest one is full. A small machine cannot saturate three
 masters, so that figure is derived from the per-master cost and the measured spread.
 
+With two levels or more run with the same write window and client processes, each node's CPU
+is also fitted as a fixed part per second plus a part per chunk it carried (least squares
+over those levels): at a model's pace most of a lightly loaded server's CPU is the fixed part,
+paid per pipeline, so the tokens/s a server carries at 100 % CPU comes from that fit, not
+from the cost per chunk at a light load. Levels marked client-bound are left out of it.
+
 Prints a table per section, writes benchmarks/results/<stem>.json and <stem>.png. A small
 machine may not reach the target rate: the achieved rate is printed next to it, and the
 per-chunk figures hold for the rate achieved. A run whose clients could not keep up (below
@@ -47,6 +53,7 @@ import math
 import queue
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -527,6 +534,99 @@ def capacity(runs: list[dict[str, Any]], single: dict[str, Any] | None) -> dict[
     return out
 
 
+def _line_fit(points: list[tuple[float, float]]) -> tuple[float, float, float]:
+    """Least squares ``y = fixed + marginal * x``: (fixed, marginal, the largest residual
+    as a share of its y)."""
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    spread = sum((x - mean_x) ** 2 for x, _ in points)
+    marginal = sum((x - mean_x) * (y - mean_y) for x, y in points) / spread
+    fixed = mean_y - marginal * mean_x
+    worst = max(abs(y - (fixed + marginal * x)) / y for x, y in points)
+    return fixed, marginal, worst
+
+
+def fits(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each node's CPU as a fixed part per second plus a part per chunk it carried, fitted
+    over the levels run with the same target, write window and processes (clients that kept
+    the pace only); from those, the tokens/s at 100 % CPU of each node and of the target."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for run in runs:
+        if not run["client_bound"]:
+            key = (run["target"], run["write_gather"], run["producers"], run["readers"])
+            groups.setdefault(key, []).append(run)
+    out = []
+    for (target, gather, producers, readers), group in groups.items():
+        if len({round(run["chunks_per_s"]) for run in group}) < 2:
+            continue
+        nodes = {}
+        for name, first in group[0]["nodes"].items():
+            if not first["chunks"]:
+                continue  # a replica: it carries no chunks of its own
+            points = [
+                (run["chunks_per_s"] * run["nodes"][name]["chunk_share"],
+                 run["nodes"][name]["cpu_share"] * 1e6)
+                for run in group
+            ]  # fmt: skip
+            fixed, marginal, worst = _line_fit(points)
+            share = statistics.mean(run["nodes"][name]["chunk_share"] for run in group)
+            nodes[name] = {
+                "fixed_core_share": fixed / 1e6,
+                "marginal_us_per_chunk": marginal,
+                "worst_residual": worst,
+                "chunk_share": share,
+                "tokens_per_s": (1e6 - fixed) / marginal if marginal > 0 else math.inf,
+            }
+        if not nodes:
+            continue
+        # The busiest node is full first: its share of the target's chunks sets the limit.
+        carried = min(node["tokens_per_s"] / node["chunk_share"] for node in nodes.values())
+        out.append({
+            "target": target, "write_gather": gather, "producers": producers,
+            "readers": readers, "streams": [run["streams"] for run in group],
+            "chunks_per_s": [run["chunks_per_s"] for run in group],
+            "nodes": nodes, "tokens_per_s": carried,
+        })  # fmt: skip
+    return out
+
+
+def _fit_lines(fitted: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "",
+        "## Fixed and per-chunk cost, fitted over the levels (same window and processes)",
+        "| target | write_gather (ms) | producer/reader processes | levels (streams) | node |"
+        " fixed (share of a core) | per chunk it carried (µs) | worst residual |"
+        " tokens/s at 100 % CPU |",
+        "|---|---:|---:|---|---|---:|---:|---:|---:|",
+    ]
+    for fit in fitted:
+        for name, node in fit["nodes"].items():
+            lines.append(
+                f"| {fit['target']} | {fit['write_gather'] * 1e3:g} |"
+                f" {fit['producers']}/{fit['readers']} |"
+                f" {', '.join(f'{s:,}' for s in fit['streams'])} | {name} |"
+                f" {node['fixed_core_share']:.1%} | {node['marginal_us_per_chunk']:.2f} |"
+                f" {node['worst_residual']:.0%} | {node['tokens_per_s']:,.0f} |"
+            )
+    singles = {f["write_gather"]: f for f in fitted if f["target"] == "single"}
+    for fit in fitted:
+        if fit["target"] == "single":
+            continue
+        one = singles.get(fit["write_gather"])
+        ratio = f" ({fit['tokens_per_s'] / one['tokens_per_s']:.2f}× one server)" if one else ""
+        lines.append(
+            f"  {fit['target']}, {fit['write_gather'] * 1e3:g} ms: carries"
+            f" {fit['tokens_per_s']:,.0f} tokens/s until its busiest master is full{ratio},"
+            " with this many client processes (each one's pipelines add to the fixed part)"
+        )
+    lines.append(
+        "  The fixed part is paid per pipeline (each producer process sends one per write"
+        " window to each master holding its streams), so it grows with the client processes."
+    )
+    return lines
+
+
 def report(results: dict[str, Any]) -> str:
     runs = results["runs"]
     single = [r for r in runs if r["target"] == "single"]
@@ -613,6 +713,10 @@ def report(results: dict[str, Any]) -> str:
                 derived += f"; one redis-server {one:,.0f} tokens/s, so {three / one:.2f}×"
             lines.append(derived)
             run["scale_out"] = scale
+    fitted = fits(runs)
+    results["fits"] = fitted
+    if fitted:
+        lines += _fit_lines(fitted)
     return "\n".join(lines)
 
 
