@@ -27,6 +27,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
 
 from tests import _services
 from tests._services import delete_redis_keys as delete_prefix
@@ -222,6 +223,31 @@ def test_keys_share_one_hash_tag_and_never_collide() -> None:
     tricky = ["a", "a}:meta", "a}:log", "a}", "a:meta", "a}:lease}:log"]
     every = [getattr(stream_keys("p", s), f) for s in tricky for f in ("meta", "log", "lease")]
     assert len(set(every)) == len(every)
+
+
+def test_a_placement_group_shares_one_slot_and_no_key() -> None:
+    placed = [stream_keys("p", s, "/") for s in ("w1/a", "w1/b", "w1/a:x", "w1/")]
+    names = [getattr(k, f) for k in placed for f in ("meta", "log", "lease", "channel")]
+    assert len(set(names)) == len(names)
+    assert {key_slot(name.encode()) for name in names} == {key_slot(b"{p:w1}")}
+    assert placed[0].meta == "{p:w1}/a:meta"
+    # Without the separator in the id, or without a separator, a stream is placed alone as
+    # before; and no key of a grouped id is the key of an id placed alone.
+    assert stream_keys("p", "w1", "/") == stream_keys("p", "w1")
+    assert stream_keys("p", "w1/a") != placed[0]
+    tricky = ["w1", "w1}", "w1}/a", "w1/a}", "w1/a}:meta", "w1:meta", "w1/a:log", "w1//a"]
+    every = [
+        getattr(stream_keys("p", s, separator), f)
+        for s in tricky
+        for separator in (None, "/")
+        for f in ("meta", "log", "lease", "channel", "ends_channel")
+    ]
+    by_id = {(s, sep): stream_keys("p", s, sep) for s in tricky for sep in (None, "/")}
+    distinct = set(by_id.values())
+    assert len(set(every)) == 5 * len(distinct)
+    for bad in ("", "//", ":", "{", "}", "\n"):
+        with pytest.raises(ValueError, match="placement_separator"):
+            RedisBackend(placement_separator=bad)
 
 
 def test_log_entry_ids_map_to_sequence_numbers() -> None:
@@ -1123,6 +1149,51 @@ async def test_cluster_plain_appends_go_to_each_streams_node(cluster_ports: list
         assert outcomes[3] is StreamState.CANCELLED
         assert outcomes[:3] + outcomes[4:] == [StreamState.ACTIVE] * (len(streams) - 1)
         assert len(await other.read("p3", after=-1, limit=10)) == 5
+
+
+async def test_cluster_placement_groups_live_on_one_node(cluster_ports: list[int]) -> None:
+    """Streams named after their group (``group/rest``) share their group's slot: a
+    producer's appends of all of them go to one node, and every other use of them (reads,
+    notifications, ends, status from a backend on another node) works as for any stream."""
+    first, second = (f"redis://127.0.0.1:{port}/0" for port in cluster_ports[:2])
+    groups = {
+        "w1": [f"w1/s{index}" for index in range(6)],
+        "w2": [f"w2/s{index}" for index in range(6)],
+    }
+    streams = [*groups["w1"], *groups["w2"]]
+    async with (
+        RedisBackend(first, key_prefix="pl", cluster=True, placement_separator="/") as producer,
+        RedisBackend(second, key_prefix="pl", cluster=True, placement_separator="/") as reader,
+        RedisCluster.from_url(first) as raw,
+        AsyncExitStack() as stack,
+    ):
+        listeners = [await stack.enter_async_context(reader.listen(s)) for s in streams]
+        for stream_id in streams:
+            await claim(producer, stream_id)
+        for seq, text in enumerate("abc"):
+            batch = [
+                Append(s, "tok", chunks(text, seq=seq, offset=seq), TIMES, time.time(), False)
+                for s in streams
+            ]
+            assert await producer.append_many(batch) == [StreamState.ACTIVE] * len(streams)
+        for listener in listeners:
+            for seq, text in enumerate("abc"):
+                assert await receive(listener) == Appended(tuple(chunks(text, seq=seq, offset=seq)))
+        for members in groups.values():
+            keys = [stream_keys("pl", s, "/") for s in members]
+            owners = {raw.get_node_from_key(k.meta).port for k in keys}  # type: ignore[union-attr]
+            assert len(owners) == 1  # one node holds the whole group
+            for k in keys:
+                assert await raw.exists(k.meta, k.log) == 2
+        for stream_id in streams:
+            assert [c.data for c in await reader.read(stream_id, after=-1, limit=5)] == list("abc")
+        assert await finish(reader, "w2/s3", StreamState.CANCELLED) is StreamState.CANCELLED
+        assert await receive(listeners[9]) == Ended(StreamState.CANCELLED)
+        status = await producer.status("w2/s3")
+        assert status is not None and status.state is StreamState.CANCELLED
+        # A backend without the separator names other keys: it does not see these streams.
+        async with RedisBackend(first, key_prefix="pl", cluster=True) as unplaced:
+            assert await unplaced.status("w1/s0") is None
 
 
 async def test_cluster_listeners_come_and_go(

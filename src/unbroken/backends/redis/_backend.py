@@ -46,7 +46,12 @@ from unbroken.backends.redis._codec import (
 )
 from unbroken.backends.redis._errors import corrupt, translated
 from unbroken.backends.redis._fastpath import Known, KnownStreams
-from unbroken.backends.redis._keys import StreamKeys, log_entry_id, stream_keys
+from unbroken.backends.redis._keys import (
+    StreamKeys,
+    check_separator,
+    log_entry_id,
+    stream_keys,
+)
 from unbroken.backends.redis._pipeliner import DEFERRABLE_SCRIPTS, SCRIPTS, Command, Pipeliner
 from unbroken.backends.redis._pubsub import HAS_SHARDED_PUBSUB, RedisListener, Router
 from unbroken.backends.redis._url import OwnedClient, describe_client, parse_redis_url
@@ -80,6 +85,10 @@ class RedisBackend(Backend, GatheredAppends, PacksEndedLogs, ReadsWithStatus):
     and an append costs Redis about the same whatever it carries, so a window longer than the
     time between a stream's chunks (a model's tokens: ~30 ms) divides Redis's cost per chunk;
     every reader sees a chunk up to that much later. 0 sends as soon as a connection is free.
+    ``placement_separator`` (one character, e.g. ``"/"``; None by default): streams whose ids
+    share the text before it (their placement group) share one Redis Cluster hash slot, so
+    one master holds them all. Every process using the same streams must use the same one.
+    See "Placement groups" in docs/backends.md for when it pays.
     """
 
     def __init__(
@@ -91,6 +100,7 @@ class RedisBackend(Backend, GatheredAppends, PacksEndedLogs, ReadsWithStatus):
         cluster: bool = False,
         reader_buffer: int = 1024,
         write_gather: float = 0.002,
+        placement_separator: str | None = None,
     ) -> None:
         if url is not None and client is not None:
             raise ValueError("pass either url or client, not both")
@@ -100,7 +110,9 @@ class RedisBackend(Backend, GatheredAppends, PacksEndedLogs, ReadsWithStatus):
             raise ValueError("write_gather must be between 0 and 1 second")
         if not key_prefix or "{" in key_prefix or "}" in key_prefix:
             raise ValueError("key_prefix must be non-empty and without braces")
+        check_separator(placement_separator)
         self.key_prefix = key_prefix
+        self.placement_separator = placement_separator
         if url is None and client is None:
             url = _DEFAULT_URL
         self._topology = parse_redis_url(url) if url is not None else None
@@ -208,7 +220,7 @@ class RedisBackend(Backend, GatheredAppends, PacksEndedLogs, ReadsWithStatus):
     # -- commands --
 
     def _keys(self, stream_id: str) -> StreamKeys:
-        return stream_keys(self.key_prefix, stream_id)
+        return stream_keys(self.key_prefix, stream_id, self.placement_separator)
 
     def _open_pipeliner(self) -> Pipeliner:
         if self._pipeliner is None:

@@ -21,6 +21,14 @@ node that owns the data)::
 
 The suffixes are chosen so that no suffix ends another one: two different stream ids can
 therefore never produce the same key, even if an id contains ``}`` or ``:``.
+
+**Placement groups** (``RedisBackend(placement_separator=...)``): an id holding the
+separator is split at its first one into a group and the rest, and the hash tag is the
+group's: ``{<prefix>:<group>}<separator><rest>:meta`` and so on. Every stream of a group
+then lives in one slot, on one Cluster master (a worker that names its streams after
+itself sends each write window's pipeline to one master, not to all of them). Stream ids
+hold no braces, so the first ``}`` ends the group, and the separator (never ``:``) after it
+keeps these keys apart from those of ids without it.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ __all__ = [
     "NOTE_APPENDED",
     "NOTE_ENDED",
     "StreamKeys",
+    "check_separator",
     "log_entry_id",
     "log_entry_seq",
     "stream_keys",
@@ -97,16 +106,27 @@ class StreamKeys:
 
 # Asked for on every append and read: a busy stream's names are made once, not each time.
 @functools.lru_cache(maxsize=4096)
-def stream_keys(prefix: str, stream_id: str) -> StreamKeys:
-    """The keys of ``stream_id`` under ``prefix``, all sharing one Cluster hash tag."""
-    tag = "{" + prefix + ":" + stream_id + "}"
+def stream_keys(prefix: str, stream_id: str, separator: str | None = None) -> StreamKeys:
+    """The keys of ``stream_id`` under ``prefix``, all sharing one Cluster hash tag: the
+    stream's own, or its placement group's if ``separator`` is in the id."""
+    group, split, rest = stream_id.partition(separator) if separator else (stream_id, "", "")
+    name = "{" + prefix + ":" + group + "}" + split + rest
     return StreamKeys(
-        meta=f"{tag}:meta",
-        log=f"{tag}:log",
-        lease=f"{tag}:lease",
-        channel=f"{tag}:events",
-        ends_channel=f"{tag}:ends",
+        meta=f"{name}:meta",
+        log=f"{name}:log",
+        lease=f"{name}:lease",
+        channel=f"{name}:events",
+        ends_channel=f"{name}:ends",
     )
+
+
+def check_separator(separator: str | None) -> None:
+    """ValueError unless ``separator`` is None or one printable character that may split an
+    id into a placement group and the rest (not a brace, not ``:``)."""
+    if separator is not None and (
+        len(separator) != 1 or separator in "{}:" or not separator.isprintable()
+    ):
+        raise ValueError("placement_separator must be one printable character, not {, } or :")
 
 
 def log_entry_id(seq: int) -> str:
