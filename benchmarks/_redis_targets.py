@@ -8,6 +8,7 @@ which master holds a stream's keys (by the Cluster hash slot of the stream's has
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from collections.abc import Iterator
@@ -81,15 +82,24 @@ class Target:
     def nodes(self) -> list[Node]:
         return [*self.masters, *self.replicas]
 
-    def master_of(self, prefix: str, stream_id: str) -> int:
-        """The index in `masters` of the master holding the stream's keys."""
+    def master_of(self, prefix: str, stream_id: str, separator: str | None = None) -> int:
+        """The index in `masters` of the master holding the stream's keys (``separator``:
+        the backends' ``placement_separator``)."""
         if not self.slots:
             return 0
-        slot = key_slot(stream_keys(prefix, stream_id).meta.encode())
+        slot = key_slot(stream_keys(prefix, stream_id, separator).meta.encode())
         for first, last, index in self.slots:
             if first <= slot <= last:
                 return index
         raise LookupError(f"no master serves slot {slot}")
+
+    def group_on(self, prefix: str, master: int, separator: str) -> str:
+        """A placement group name whose streams live on master number ``master``."""
+        for attempt in itertools.count():
+            group = f"g{master}-{attempt}"
+            if self.master_of(prefix, f"{group}{separator}x", separator) == master:
+                return group
+        raise AssertionError("unreachable")
 
     def start_window(self) -> dict[str, float]:
         """Reset every node's command counts; each node's CPU time so far."""

@@ -102,7 +102,7 @@ async def produce(args: argparse.Namespace) -> dict[str, Any]:
     from unbroken import StreamEngine
     from unbroken.backends.redis import RedisBackend
 
-    ids = [f"{args.run}-{k}" for k in range(args.first, args.first + args.streams)]
+    ids = stream_ids(args.run, args.first, args.streams, json.loads(args.placement))
     produced, in_window = [0] * len(ids), [0] * len(ids)
     window = {"start": math.inf, "end": math.inf, "until": time.time() + RUN_LIMIT}
     epoch, rate = args.epoch, args.rate
@@ -136,7 +136,10 @@ async def produce(args: argparse.Namespace) -> dict[str, Any]:
         if running == 0:
             all_ended.set()
 
-    backend = RedisBackend(args.url, key_prefix=args.prefix, write_gather=args.gather)
+    separator = SEPARATOR if json.loads(args.placement) else None
+    backend = RedisBackend(
+        args.url, key_prefix=args.prefix, write_gather=args.gather, placement_separator=separator
+    )
     async with StreamEngine(backend) as engine:
         cpu = time.process_time()
         for first in range(0, len(ids), 200):
@@ -160,7 +163,7 @@ async def read(args: argparse.Namespace) -> dict[str, Any]:
     from unbroken import StreamEnd, StreamEngine, StreamNotFoundError
     from unbroken.backends.redis import RedisBackend
 
-    ids = [f"{args.run}-{k}" for k in range(args.first, args.first + args.streams)]
+    ids = stream_ids(args.run, args.first, args.streams, json.loads(args.placement))
     received, done = [0] * len(ids), [False] * len(ids)
     faults: list[str] = []
     ends: dict[str, int] = {}
@@ -208,7 +211,10 @@ async def read(args: argparse.Namespace) -> dict[str, Any]:
                             delays.append(now - sent)
             received[k] = expected
 
-    backend = RedisBackend(args.url, key_prefix=args.prefix, reader_buffer=4096)
+    separator = SEPARATOR if json.loads(args.placement) else None
+    backend = RedisBackend(
+        args.url, key_prefix=args.prefix, reader_buffer=4096, placement_separator=separator
+    )
     async with StreamEngine(backend) as engine:
         cpu = time.process_time()
         readers: asyncio.Future[Any] = asyncio.gather(*(follow(engine, k) for k in range(len(ids))))
@@ -296,6 +302,21 @@ def split(total: int, parts: int) -> list[tuple[int, int]]:
     return [(a, b - a) for a, b in itertools.pairwise(bounds) if b > a]
 
 
+#: The backends' placement_separator when streams are placed by producer (``--placement``).
+SEPARATOR = "/"
+
+
+def stream_ids(run: str, first: int, count: int, placement: list[list[Any]]) -> list[str]:
+    """The ids of streams ``first`` to ``first + count - 1``: ``<run>-<k>``, or with
+    ``placement`` ([first, count, group] per producer) ``<group>/<run>-<k>``, so that each
+    producer's streams form one placement group."""
+    ids = []
+    for k in range(first, first + count):
+        group = next((g for start, n, g in placement if start <= k < start + n), None)
+        ids.append(f"{group}{SEPARATOR}{run}-{k}" if group else f"{run}-{k}")
+    return ids
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return math.nan
@@ -326,6 +347,7 @@ class Level:
     rate: float
     warmup: float
     window: float
+    placed: bool = False  # each producer's streams one placement group, on its own master
 
 
 def measure(target: Target, level: Level) -> dict[str, Any]:
@@ -335,12 +357,19 @@ def measure(target: Target, level: Level) -> dict[str, Any]:
         level.streams, level.gather, level.producers, level.readers
     )  # fmt: skip
     run, prefix, epoch = f"cost-{uuid.uuid4().hex[:8]}", f"cost-{uuid.uuid4().hex[:8]}", time.time()
+    # Placed: producer i's streams are one group on master i (round robin), as many workers
+    # each naming its streams after itself would spread over the masters.
+    placement = [
+        [first, count, target.group_on(prefix, part % len(target.masters), SEPARATOR)]
+        for part, (first, count) in enumerate(split(streams, producers))
+    ] if level.placed else []  # fmt: skip
 
     def argv(role: str, first: int, count: int) -> list[str]:
         return [
             *(sys.executable, __file__, "--role", role, "--url", target.url),
             *("--prefix", prefix, "--run", run, "--epoch", repr(epoch), "--gather", str(gather)),
             *("--first", str(first), "--streams", str(count), "--rate", str(level.rate)),
+            *("--placement", json.dumps(placement)),
         ]
 
     with children([argv("produce", *part) for part in split(streams, producers)]) as makers:
@@ -383,9 +412,10 @@ def measure(target: Target, level: Level) -> dict[str, Any]:
 
     # Each master's share of the window's chunks, from the slots of the streams' keys.
     carried = [0] * len(target.masters)
-    ids = [f"{run}-{k}" for k in range(streams)]
+    ids = stream_ids(run, 0, streams, placement)
+    separator = SEPARATOR if placement else None
     for stream_id, count in zip(ids, in_window, strict=True):
-        carried[target.master_of(prefix, stream_id)] += count
+        carried[target.master_of(prefix, stream_id, separator)] += count
 
     def per_chunk(node_stats: dict[str, dict[str, float]]) -> dict[str, float]:
         return {
@@ -435,7 +465,8 @@ def measure(target: Target, level: Level) -> dict[str, Any]:
         return counted
 
     return {
-        "target": target.name,
+        "target": target.name + (", placed" if level.placed else ""),
+        "placed": level.placed,
         "streams": streams,
         "write_gather": gather,
         "producers": producers,
@@ -627,6 +658,48 @@ def _fit_lines(fitted: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _placed_lines(runs: list[dict[str, Any]], placed: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "",
+        "## Placed by producer (each producer's streams one group, on one master)",
+        "| target | streams | write_gather (ms) | producer/reader processes | chunks/s |"
+        " Redis CPU per chunk (µs): unplaced → placed | busiest master: unplaced → placed |"
+        " producer CPU per chunk (µs): unplaced → placed | delivery p50 / p99 placed (ms) |"
+        " every chunk |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for run in placed:
+        base = next(
+            (
+                r
+                for r in runs
+                if not r["placed"]
+                and r["target"] == run["target"].removesuffix(", placed")
+                and (r["streams"], r["write_gather"], r["producers"], r["readers"])
+                == (run["streams"], run["write_gather"], run["producers"], run["readers"])
+            ),
+            None,
+        )
+
+        def busiest(r: dict[str, Any]) -> str:
+            shares = [n["cpu_share"] for name, n in r["nodes"].items() if n["chunks"]]
+            return f"{max(shares):.1%}"
+
+        before = f"{base['redis_cpu_us_per_chunk']:.1f} → " if base else ""
+        busy_before = f"{busiest(base)} → " if base else ""
+        cpu_before = f"{base['producer_cpu_us_per_chunk']:.0f} → " if base else ""
+        bound = " (client-bound *)" if run["client_bound"] else ""
+        lines.append(
+            f"| {run['target']}{bound} | {run['streams']:,} | {run['write_gather'] * 1e3:g} |"
+            f" {run['producers']}/{run['readers']} | {run['chunks_per_s']:,.0f} |"
+            f" {before}{run['redis_cpu_us_per_chunk']:.1f} | {busy_before}{busiest(run)} |"
+            f" {cpu_before}{run['producer_cpu_us_per_chunk']:.0f} |"
+            f" {run['delay_ms']['p50']:.1f} / {run['delay_ms']['p99']:.1f} |"
+            f" {'yes' if run['every_chunk_read'] else 'NO'} |"
+        )
+    return lines
+
+
 def report(results: dict[str, Any]) -> str:
     runs = results["runs"]
     single = [r for r in runs if r["target"] == "single"]
@@ -713,6 +786,9 @@ def report(results: dict[str, Any]) -> str:
                 derived += f"; one redis-server {one:,.0f} tokens/s, so {three / one:.2f}×"
             lines.append(derived)
             run["scale_out"] = scale
+    placed = [r for r in runs if r["placed"]]
+    if placed:
+        lines += _placed_lines(runs, placed)
     fitted = fits(runs)
     results["fits"] = fitted
     if fitted:
@@ -850,6 +926,14 @@ def main() -> None:
     parser.add_argument("--gather", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--first", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--streams", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--placement", default="[]", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--placed",
+        choices=("no", "yes", "both"),
+        default="no",
+        help="streams placed by producer (RedisBackend(placement_separator=...)): each\n"
+        "producer's streams one group, on one master; 'both' runs each level both ways",
+    )
     args = parser.parse_args()
     if args.role:
         role_main(args)
@@ -864,6 +948,7 @@ def main() -> None:
         raise SystemExit("write_gather must be between 0 and 1 s, the window up to 300 s")
     if not 0 < args.rate <= 1000:
         raise SystemExit("--rate must be above 0 and at most 1000 chunks/s")
+    placements = {"no": [False], "yes": [True], "both": [False, True]}[args.placed]
     runs: list[dict[str, Any]] = []
     with ExitStack() as stack:
         targets = [stack.enter_context(single_server())]
@@ -871,16 +956,19 @@ def main() -> None:
             targets.append(stack.enter_context(redis_cluster(3)))
         for streams, makers, followers in zip(levels, producers, readers, strict=True):
             for gather in gathers:
-                for target in targets:  # side by side, so both see the same machine load
+                # Side by side, so both targets (and both placements) see the same load.
+                for target, placed in itertools.product(targets, placements):
                     print(
-                        f"{target.name}: {streams:,} streams, write_gather {gather * 1e3:g} ms, "
-                        f"{makers} producer / {followers} reader processes ...",
+                        f"{target.name}{', placed' if placed else ''}: {streams:,} streams,"
+                        f" write_gather {gather * 1e3:g} ms,"
+                        f" {makers} producer / {followers} reader processes ...",
                         file=sys.stderr,
                         flush=True,
                     )
                     level = Level(
-                        streams, gather, makers, followers, args.rate, args.warmup, args.window
-                    )
+                        streams, gather, makers, followers, args.rate, args.warmup, args.window,
+                        placed,
+                    )  # fmt: skip
                     runs.append(measure(target, level))
     results = {
         "window_s": args.window,

@@ -336,10 +336,15 @@ async def test_a_new_message_supersedes_the_running_answer(
         assert chat["messages"][3]["id"] == second.message_id
 
 
+@pytest.mark.parametrize("placement", ["stream", "worker"])
 @pytest.mark.parametrize("chat_config", ["redis-postgres"])  # workers share through Redis
-async def test_two_workers_share_streams(start_server: Callable[..., Server]) -> None:
-    one = start_server(demo_tokens_per_second=250)  # ~1.8 s answers: stoppable, quick
-    two = start_server(demo_tokens_per_second=250)
+async def test_two_workers_share_streams(
+    start_server: Callable[..., Server], placement: str
+) -> None:
+    # ~1.8 s answers: stoppable, quick. Placed by worker, each worker's streams form a group
+    # of their own, and the other worker reads and stops them all the same.
+    one = start_server(demo_tokens_per_second=250, redis_placement=placement)
+    two = start_server(demo_tokens_per_second=250, redis_placement=placement)
     async with new_client(one.url) as on_one, new_client(two.url) as on_two:
         chat_id, prompt = uid(), "two workers"
         _, text = expected_answer(prompt)
@@ -364,6 +369,43 @@ async def test_two_workers_share_streams(start_server: Callable[..., Server]) ->
         chat = await settled_chat(on_two, chat_id)
         assert chat["messages"][-1]["status"] == "stopped"
         assert stored_text(chat["messages"][-1]) == head.text() + rest.text()
+    # The streams' keys: grouped under worker one's group, or each under its own id.
+    import redis.asyncio as aioredis
+
+    settings = one.settings
+    assert settings.redis_url is not None
+    async with aioredis.from_url(settings.redis_url) as raw:
+        metas = [k async for k in raw.scan_iter(match=f"{{{settings.redis_key_prefix}:*:meta")]
+    assert len(metas) == 2
+    grouped = [key.decode().split("}", 1)[1].startswith("/s_") for key in metas]
+    assert grouped == [placement == "worker"] * 2
+
+
+async def test_a_worker_names_its_streams_after_its_group(tmp_path: Any) -> None:
+    async with (
+        _in_process_app(tmp_path, redis_placement="worker", drain_timeout=0.1) as app,
+        _in_process_app(tmp_path, redis_placement="worker", drain_timeout=0.1) as other,
+    ):
+        services = app.state.services
+        group = services.answers.stream_group
+        assert group and group != other.state.services.answers.stream_group
+        record = await _begin_answer(services)
+        assert record.id.startswith(f"{group}/s_")
+        async with services.engine.open(record.id) as reader:
+            assert reader.state is StreamState.ACTIVE
+    async with _in_process_app(tmp_path, drain_timeout=0.1) as app:  # each stream its own
+        assert app.state.services.answers.stream_group is None
+        assert "/" not in (await _begin_answer(app.state.services)).id
+
+
+async def _begin_answer(services: Any) -> StreamRecord:
+    """Start an answer to "hi" in a new chat as the POST route does (`Answers.begin`)."""
+    message = {"id": uid("m"), "role": "user", "parts": [{"type": "text", "text": "hi"}]}
+    record, attached = await services.answers.begin(
+        uid(), uid("u"), message, trigger="submit-message", guest=True
+    )
+    assert not attached
+    return record
 
 
 async def test_shutdown_stores_the_answers_it_interrupts(

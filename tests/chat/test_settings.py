@@ -29,6 +29,7 @@ def test_values_from_the_environment() -> None:
             "UNBROKEN_DEMO_TOKENS_PER_SECOND": "50",
             "UNBROKEN_ALLOWED_ORIGINS": "https://a.example, https://b.example/",
             "UNBROKEN_REDIS_WRITE_GATHER": "0.01",
+            "UNBROKEN_REDIS_PLACEMENT": "worker",
         }
     )
     assert settings.database_url == "postgresql+asyncpg://u:p@db.example/chat"
@@ -37,6 +38,7 @@ def test_values_from_the_environment() -> None:
     assert settings.demo_tokens_per_second == 50.0
     assert settings.allowed_origins == ("https://a.example", "https://b.example")
     assert settings.redis_write_gather == 0.01
+    assert settings.redis_placement == "worker"
     assert not settings.is_sqlite
 
 
@@ -56,6 +58,7 @@ def test_values_from_the_environment() -> None:
         ({"UNBROKEN_FLUSH_INTERVAL": "nan"}, "UNBROKEN_FLUSH_INTERVAL"),
         ({"UNBROKEN_REDIS_WRITE_GATHER": "-1"}, "UNBROKEN_REDIS_WRITE_GATHER"),
         ({"UNBROKEN_REDIS_WRITE_GATHER": "2"}, "UNBROKEN_REDIS_WRITE_GATHER"),
+        ({"UNBROKEN_REDIS_PLACEMENT": "master"}, "UNBROKEN_REDIS_PLACEMENT"),
         ({"UNBROKEN_MAX_CONCURRENT_ANSWERS": "-1"}, "UNBROKEN_MAX_CONCURRENT_ANSWERS"),
         ({"UNBROKEN_ANSWERS_PER_MINUTE": "1.5"}, "UNBROKEN_ANSWERS_PER_MINUTE"),
     ],

@@ -49,7 +49,15 @@ from unbroken.chat.limits import AnswerLimits, Slot
 from unbroken.chat.metrics import ChatMetrics
 from unbroken.chat.models import ChatModel, message_text
 from unbroken.chat.settings import Settings
-from unbroken.chat.store import Chat, MessageStatus, Started, Store, StreamRecord, utcnow
+from unbroken.chat.store import (
+    Chat,
+    MessageStatus,
+    Started,
+    Store,
+    StreamRecord,
+    new_id,
+    utcnow,
+)
 from unbroken.exceptions import StreamNotFoundError
 from unbroken.protocols.ai_sdk import encode_event
 
@@ -154,6 +162,8 @@ class Answers:
         self.model = model
         self.metrics = metrics
         self.limits = limits if limits is not None else AnswerLimits()
+        #: The placement group of the streams this process starts (None: each its own).
+        self.stream_group = new_id("w", 6) if settings.redis_placement == "worker" else None
         # The answers this process produces now: by chat id until each ends (for resumes),
         # by stream id until each is stored (for stops).
         self._producing: dict[str, _Production] = {}
@@ -245,6 +255,7 @@ class Answers:
                 parts=user_message.get("parts", []),
                 metadata=user_message.get("metadata"),
                 guest=guest,
+                stream_group=self.stream_group,
             )
             if begun is None:
                 raise not_found()

@@ -33,7 +33,7 @@ from unbroken.chat.openapi import DOCS_PATHS, install_docs
 from unbroken.chat.routes import router
 from unbroken.chat.security import SecurityHeadersMiddleware
 from unbroken.chat.settings import Settings
-from unbroken.chat.store import Store
+from unbroken.chat.store import STREAM_GROUP_SEPARATOR, Store
 
 __all__ = ["app_from_env", "create_app", "describe_backend", "found_backend", "make_backend"]
 
@@ -55,6 +55,8 @@ def make_backend(settings: Settings) -> Backend:
             settings.redis_url,
             key_prefix=settings.redis_key_prefix,
             write_gather=settings.redis_write_gather,
+            # Always set, so every worker finds the streams of one placing by worker.
+            placement_separator=STREAM_GROUP_SEPARATOR,
         )
     return MemoryBackend()
 

@@ -168,6 +168,14 @@ VARIABLES: tuple[Variable, ...] = (
         "0.002",
         "with Redis: seconds a write may wait to share a round trip with other streams'",
     ),
+    Variable(
+        "UNBROKEN_REDIS_PLACEMENT",
+        "redis_placement",
+        "worker",
+        "stream",
+        "with Redis Cluster: stream (each stream on the master of its own id) or worker "
+        "(each worker's streams on one master: one pipeline per write window, not one per master)",
+    ),
 )
 
 

@@ -24,6 +24,10 @@ class SettingsError(ValueError):
     """A setting has a value the service cannot use; the message names the variable."""
 
 
+#: The values of ``UNBROKEN_REDIS_PLACEMENT``.
+REDIS_PLACEMENTS = ("stream", "worker")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything `create_app` needs. Build it with `from_env` or directly (tests do)."""
@@ -56,6 +60,10 @@ class Settings:
     #: With Redis: how long a stream's write may wait to share a pipeline with other
     #: streams' (`RedisBackend` ``write_gather``): less CPU per chunk for that much delay.
     redis_write_gather: float = 0.002
+    #: With Redis: where a new answer's stream is placed in a Redis Cluster. ``stream``:
+    #: by its own id (spread over every master); ``worker``: with every other stream this
+    #: process starts (one master gets each write window's pipeline, not every master).
+    redis_placement: str = "stream"
     #: Largest accepted request body, bytes (413 above).
     max_body_bytes: int = 1024 * 1024
     #: Answers one user may have generating at once (429 above; 0: no limit).
@@ -101,6 +109,7 @@ class Settings:
             sweep_interval=_number(env, "UNBROKEN_SWEEP_INTERVAL", 10.0),
             flush_interval=_number(env, "UNBROKEN_FLUSH_INTERVAL", 0.0),
             redis_write_gather=_number(env, "UNBROKEN_REDIS_WRITE_GATHER", 0.002),
+            redis_placement=text("UNBROKEN_REDIS_PLACEMENT") or "stream",
             max_body_bytes=int(_number(env, "UNBROKEN_MAX_BODY_BYTES", 1024 * 1024)),
             max_concurrent_answers=_count(env, "UNBROKEN_MAX_CONCURRENT_ANSWERS", 3),
             answers_per_minute=_count(env, "UNBROKEN_ANSWERS_PER_MINUTE", 20),
@@ -163,6 +172,10 @@ class Settings:
             raise SettingsError("UNBROKEN_FLUSH_INTERVAL must be between 0 and 1 (seconds)")
         if not 0 <= self.redis_write_gather <= 1:
             raise SettingsError("UNBROKEN_REDIS_WRITE_GATHER must be between 0 and 1 (seconds)")
+        if self.redis_placement not in REDIS_PLACEMENTS:
+            raise SettingsError(
+                f"UNBROKEN_REDIS_PLACEMENT must be one of {', '.join(REDIS_PLACEMENTS)}"
+            )
         if self.max_body_bytes < 1024:
             raise SettingsError("UNBROKEN_MAX_BODY_BYTES must be at least 1024")
         if self.max_concurrent_answers < 0 or self.answers_per_minute < 0:

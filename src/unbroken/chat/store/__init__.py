@@ -2,6 +2,7 @@
 
 from unbroken.chat.store.queries import Store
 from unbroken.chat.store.records import (
+    STREAM_GROUP_SEPARATOR,
     ApiKey,
     Chat,
     ChatNotFoundError,
@@ -12,10 +13,12 @@ from unbroken.chat.store.records import (
     StreamRecord,
     User,
     new_id,
+    new_stream_id,
     utcnow,
 )
 
 __all__ = [
+    "STREAM_GROUP_SEPARATOR",
     "ApiKey",
     "Chat",
     "ChatNotFoundError",
@@ -27,5 +30,6 @@ __all__ = [
     "StreamRecord",
     "User",
     "new_id",
+    "new_stream_id",
     "utcnow",
 ]

@@ -40,6 +40,7 @@ from unbroken.chat.store.records import (
     User,
     as_utc,
     new_id,
+    new_stream_id,
     utcnow,
 )
 from unbroken.chat.store.tables import api_keys, app_config, chats, messages, streams, users
@@ -278,6 +279,7 @@ class Store(Database):
         parts: Sequence[Mapping[str, Any]],
         metadata: Mapping[str, Any] | None = None,
         guest: bool = False,
+        stream_group: str | None = None,
     ) -> Started | Chat | None:
         """Begin the answer to the user's message ``message_id``, in one transaction.
 
@@ -287,7 +289,8 @@ class Store(Database):
         recorded, the user message is stored (or, if the chat already has it, every message
         after it is deleted: the client asked again from that point, a retry, ``regenerate``
         or v4 ``reload``), and the assistant message is inserted as ``streaming``, so it keeps
-        its place in the chat. Returns the stream and the history it answers.
+        its place in the chat. Returns the stream and the history it answers. The new
+        stream's id is in placement group ``stream_group`` if one is given.
 
         Returns the chat, with nothing written, if it has an active stream (the caller
         deals with that and asks again); None if the id belongs to another user.
@@ -296,7 +299,7 @@ class Store(Database):
         def work(conn: Connection, *, create: bool) -> Started | Chat | None:
             now = utcnow()
             record = StreamRecord(
-                id=new_id("s_", 24),
+                id=new_stream_id(stream_group),
                 chat_id=chat_id,
                 message_id=new_id("msg_"),
                 user_message_id=message_id,

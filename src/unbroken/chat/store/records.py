@@ -10,6 +10,7 @@ from typing import Any, Literal, Self
 from sqlalchemy.engine import Row
 
 __all__ = [
+    "STREAM_GROUP_SEPARATOR",
     "ApiKey",
     "Chat",
     "ChatNotFoundError",
@@ -22,6 +23,7 @@ __all__ = [
     "User",
     "as_utc",
     "new_id",
+    "new_stream_id",
     "utcnow",
 ]
 
@@ -37,6 +39,17 @@ def utcnow() -> datetime:
 def new_id(prefix: str = "", nbytes: int = 18) -> str:
     """An unguessable id (`secrets.token_urlsafe`), optionally prefixed."""
     return prefix + secrets.token_urlsafe(nbytes)
+
+
+#: Between a stream id's placement group and the rest (`RedisBackend` ``placement_separator``).
+STREAM_GROUP_SEPARATOR = "/"
+
+
+def new_stream_id(group: str | None = None) -> str:
+    """A new stream's id, unguessable; in placement group ``group`` if one is given (its
+    streams share a Redis Cluster slot)."""
+    unique = new_id("s_", 24)
+    return f"{group}{STREAM_GROUP_SEPARATOR}{unique}" if group else unique
 
 
 def as_utc(value: datetime) -> datetime:
