@@ -2,7 +2,8 @@
 two workers, ``REDIS_URL=redis+cluster://…``.
 
 - The randomised refresh torture passes (every answer ends ``done``, whole, with no gap or
-  duplicate, for every client and in the store).
+  duplicate, for every client and in the store), with streams placed by their own ids and
+  with each worker's streams placed on one master (``UNBROKEN_REDIS_PLACEMENT=worker``).
 - A master killed (SIGKILL) while answers stream and are resumed: its replica is promoted.
   Meanwhile requests that need that master's slots get a 503 with Retry-After, and the
   clients try again as real ones do; producers keep their streams from memory (the lease
@@ -96,21 +97,37 @@ def cluster_deployment(
     )
 
 
+@pytest.mark.parametrize("placement", ["stream", "worker"])
 async def test_torture_on_a_cluster(
-    cluster: ClusterSet, private_database_url: str, tmp_path: Path
+    cluster: ClusterSet, private_database_url: str, tmp_path: Path, placement: str
 ) -> None:
-    deployment = cluster_deployment(cluster, private_database_url, tmp_path, "cluster")
+    # Placed by worker, each worker's streams live on one master, the other's reads and
+    # stops of them included.
+    prefix = f"cluster-{placement}"
+    deployment = cluster_deployment(cluster, private_database_url, tmp_path, prefix)
     try:
-        instances = await deployment.start(2)
+        instances = await deployment.start(2, UNBROKEN_REDIS_PLACEMENT=placement)
         assert "found:   redis cluster with 3 masters" in instances[0].log()
         run_seed, outcomes = await run_torture(instances, ANSWERS, concurrency=10)
         problems = [o.problem for o in outcomes if o.problem]
         assert not problems, f"seed {run_seed}: " + "\n".join(problems[:10])
         assert all(p.alive for p in instances)
         assert not deployment.crashes(), deployment.crashes()
+        # The streams kept for their retention: grouped by worker, or each by its own id.
+        grouped = await anyio.to_thread.run_sync(grouped_streams, cluster, prefix)
+        assert (grouped > 0) is (placement == "worker")
     finally:
         deployment.close()
         print(deployment.logs())
+
+
+def grouped_streams(cluster: ClusterSet, prefix: str) -> int:
+    """How many streams of ``prefix`` live under a placement group (``{prefix:group}/id``)."""
+    count = 0
+    for master in cluster.masters:
+        with master.client() as client:
+            count += sum(1 for _ in client.scan_iter(match=f"{{{prefix}:*}}/*:meta"))
+    return count
 
 
 async def test_master_killed_mid_answer(
