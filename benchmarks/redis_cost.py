@@ -772,8 +772,8 @@ def report(results: dict[str, Any]) -> str:
                 f"{'yes' if run['every_chunk_read'] else 'NO'}; delivery p50 / p99 "
                 f"{delay['p50']:.1f} / {delay['p99']:.1f} ms; script calls per chunk"
                 f" {run['script_calls_per_chunk']:.3f} (one redis-server:"
-                f" {base['script_calls_per_chunk'] if base else math.nan:.3f}; in a cluster each"
-                " stream's append is a script call of its own)"
+                f" {base['script_calls_per_chunk'] if base else math.nan:.3f}; in a cluster"
+                " only a placement group's streams share a script call)"
             )
             three, even = scale["cluster_tokens_per_s"], scale["cluster_if_even_tokens_per_s"]
             derived = (

@@ -817,6 +817,24 @@ async def test_append_many_splits_its_streams_into_bounded_script_calls(
         assert [c.data for c in logged] == [stream_id, *more.get(stream_id, [])]
 
 
+def test_in_a_cluster_script_calls_hold_one_slot_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One script may touch one slot's keys only: in a cluster, streams share a call only
+    with streams of their slot (a placement group), in order, still bounded."""
+    monkeypatch.setattr(_codec, "_STREAMS_PER_CALL", 3)
+    ids = ["w1/a", "x", "w1/b", "w2/a", "w1/c", "w1/d", "y", "w2/b"]
+    keys = [stream_keys("p", s, "/") for s in ids]
+    packed = [
+        _codec.PackedAppend(i, s, k, [], 1) for i, (s, k) in enumerate(zip(ids, keys, strict=True))
+    ]
+    calls = [[a.stream_id for a in call] for call in _codec.script_calls(packed, by_slot=True)]
+    assert calls == [["w1/a", "w1/b", "w1/c"], ["w1/d"], ["x"], ["w2/a", "w2/b"], ["y"]]
+    assert [len(c) for c in _codec.script_calls(packed)] == [3, 3, 2]  # one server: any mix
+    renewals = [[ids[i] for i in call] for call in _codec.renewal_calls(keys, by_slot=True)]
+    assert renewals == calls
+    assert _codec.renewal_calls(keys) == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    assert _codec.script_calls([], by_slot=True) == _codec.renewal_calls([]) == []
+
+
 async def test_listener_that_falls_behind_gets_lagged(backend: RedisBackend) -> None:
     # reader_buffer is 8. A second stream's notification, published after everything
     # else, marks the moment the router has handed all of the first stream's to the queue.
@@ -1187,6 +1205,11 @@ async def test_cluster_placement_groups_live_on_one_node(cluster_ports: list[int
                 assert await raw.exists(k.meta, k.log) == 2
         for stream_id in streams:
             assert [c.data for c in await reader.read(stream_id, after=-1, limit=5)] == list("abc")
+        # A group's renewals share script calls, as its checked appends do.
+        renewed = await producer.renew_many(
+            [Renewal(s, "tok", TIMES, time.time()) for s in streams]
+        )
+        assert renewed == [StreamState.ACTIVE] * len(streams)
         assert await finish(reader, "w2/s3", StreamState.CANCELLED) is StreamState.CANCELLED
         assert await receive(listeners[9]) == Ended(StreamState.CANCELLED)
         status = await producer.status("w2/s3")

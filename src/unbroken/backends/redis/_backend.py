@@ -309,9 +309,9 @@ class RedisBackend(Backend, GatheredAppends, PacksEndedLogs, ReadsWithStatus):
         is recent (see `_fastpath`), is a plain XADD and PUBLISH; any such append that
         Redis does not take (the stream ended, or Redis restarted) is sent again through
         the script in a second round trip, and its answer is the answer. Every other append
-        goes through the script: outside a cluster, several streams share one script call
-        (up to a bound, so that one call stays short); in a cluster the streams' keys live
-        in different slots, so each stream is a call of its own.
+        goes through the script: several streams share one script call (up to a bound, so
+        that one call stays short); in a cluster, only streams of one hash slot (a
+        placement group's) can share one, so most streams are a call of their own.
         """
         pipeliner = self._open_pipeliner()
         outcomes: list[StreamState | BackendError | None] = [None] * len(appends)
@@ -365,7 +365,7 @@ class RedisBackend(Backend, GatheredAppends, PacksEndedLogs, ReadsWithStatus):
                 outcomes[place] = exc
                 continue
             sendable.append(PackedAppend(place, append.stream_id, keys, args, len(append.chunks)))
-        calls = [[append] for append in sendable] if self.cluster else script_calls(sendable)
+        calls = script_calls(sendable, by_slot=self.cluster)
         commands = [
             command
             for entry in plain
@@ -398,14 +398,12 @@ class RedisBackend(Backend, GatheredAppends, PacksEndedLogs, ReadsWithStatus):
     async def renew_many(
         self, renewals: Sequence[Renewal]
     ) -> list[StreamState | BackendError | None]:
-        """Every renewal in one pipeline, several streams to a script call outside a
-        cluster (as in `append_many`); it may wait up to ``write_gather`` to share a
-        pipeline."""
+        """Every renewal in one pipeline, several streams to a script call (of one hash
+        slot each in a cluster, as in `append_many`); it may wait up to ``write_gather`` to
+        share a pipeline."""
         pipeliner = self._open_pipeliner()
-        calls = (
-            [range(place, place + 1) for place in range(len(renewals))]
-            if self.cluster
-            else renewal_calls(len(renewals))
+        calls = renewal_calls(
+            [self._keys(renewal.stream_id) for renewal in renewals], by_slot=self.cluster
         )
         commands = []
         for call in calls:

@@ -13,7 +13,9 @@ import math
 import re
 import zlib
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
+
+from redis.crc import key_slot
 
 from unbroken._json import compact_json
 from unbroken._models import Chunk, ChunkLog, StreamState, StreamStatus, new_chunk
@@ -193,6 +195,9 @@ def pack_args(token: str, log: ChunkLog) -> list[str | bytes | int]:
     return args
 
 
+_Item = TypeVar("_Item")
+
+
 class PackedAppend(NamedTuple):
     """One stream's append, ready for ``append_many.lua``; ``place``: its index in the batch."""
 
@@ -203,26 +208,46 @@ class PackedAppend(NamedTuple):
     chunks: int
 
 
-def script_calls(appends: list[PackedAppend]) -> list[list[PackedAppend]]:
-    """``appends`` in order, cut into append_many.lua calls of bounded size."""
+def script_calls(appends: list[PackedAppend], *, by_slot: bool = False) -> list[list[PackedAppend]]:
+    """``appends`` in order, cut into append_many.lua calls of bounded size; ``by_slot``
+    (Redis Cluster): each call holds streams of one hash slot only (one script may touch
+    the keys of one slot only), such as the streams of a placement group."""
     calls: list[list[PackedAppend]] = []
-    call: list[PackedAppend] = []
-    chunks = 0
-    for append in appends:
-        if call and (len(call) == _STREAMS_PER_CALL or chunks + append.chunks > _CHUNKS_PER_CALL):
+    for group in _by_slot([append.keys for append in appends], appends, by_slot):
+        call: list[PackedAppend] = []
+        chunks = 0
+        for append in group:
+            full = len(call) == _STREAMS_PER_CALL or chunks + append.chunks > _CHUNKS_PER_CALL
+            if call and full:
+                calls.append(call)
+                call, chunks = [], 0
+            call.append(append)
+            chunks += append.chunks
+        if call:
             calls.append(call)
-            call, chunks = [], 0
-        call.append(append)
-        chunks += append.chunks
-    if call:
-        calls.append(call)
     return calls
 
 
-def renewal_calls(count: int) -> list[range]:
-    """The positions of ``count`` renewals cut into renew_many.lua calls of bounded size."""
+def renewal_calls(keys: Sequence[StreamKeys], *, by_slot: bool = False) -> list[list[int]]:
+    """The positions of the renewals of streams ``keys`` cut into renew_many.lua calls of
+    bounded size (of one hash slot each, ``by_slot``)."""
     step = _STREAMS_PER_CALL
-    return [range(at, min(at + step, count)) for at in range(0, count, step)]
+    return [
+        group[at : at + step]
+        for group in _by_slot(keys, list(range(len(keys))), by_slot)
+        for at in range(0, len(group), step)
+    ]
+
+
+def _by_slot(keys: Sequence[StreamKeys], items: list[_Item], by_slot: bool) -> list[list[_Item]]:
+    """``items`` (one per stream ``keys``), in order, in groups of one hash slot each if
+    ``by_slot``, else all in one group."""
+    if not by_slot:
+        return [items] if items else []
+    groups: dict[int, list[_Item]] = {}
+    for stream_keys, item in zip(keys, items, strict=True):
+        groups.setdefault(key_slot(stream_keys.meta.encode()), []).append(item)
+    return list(groups.values())
 
 
 def append_many_command(appends: Sequence[PackedAppend]) -> tuple[Any, ...]:

@@ -1,6 +1,6 @@
 -- append_many: append_to (see _append.lua) for several streams, in one call: one command for
--- Redis to parse, dispatch and answer instead of one per stream. Not for Redis Cluster, where
--- the streams' keys live in different slots.
+-- Redis to parse, dispatch and answer instead of one per stream. On Redis Cluster, for streams
+-- of one hash slot only (a placement group's).
 -- KEYS: meta, log, lease of each stream, in order.
 -- ARGV: for each stream in the same order, the count of its arguments, then those arguments.
 -- Returns each stream's reply, in order (an error reply stands for that stream alone).

@@ -1,6 +1,6 @@
 -- renew_many: renew (see _renew.lua) for several streams, in one call: one command for Redis
--- to parse, dispatch and answer instead of one per stream. Not for Redis Cluster, where the
--- streams' keys live in different slots.
+-- to parse, dispatch and answer instead of one per stream. On Redis Cluster, for streams of
+-- one hash slot only (a placement group's).
 -- KEYS: meta, log, lease of each stream, in order.
 -- ARGV: token, lease_ms, active_ms, now of each stream, in the same order.
 -- Returns each stream's reply, in order (an error reply stands for that stream alone).
