@@ -658,6 +658,11 @@ def _fit_lines(fitted: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _busiest(run: dict[str, Any]) -> str:
+    """The CPU share of the busiest server carrying chunks in ``run``."""
+    return f"{max(n['cpu_share'] for n in run['nodes'].values() if n['chunks']):.1%}"
+
+
 def _placed_lines(runs: list[dict[str, Any]], placed: list[dict[str, Any]]) -> list[str]:
     lines = [
         "",
@@ -668,31 +673,18 @@ def _placed_lines(runs: list[dict[str, Any]], placed: list[dict[str, Any]]) -> l
         " every chunk |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
+    bases = {id(run): base for base, run in _placed_pairs(runs)}
     for run in placed:
-        base = next(
-            (
-                r
-                for r in runs
-                if not r["placed"]
-                and r["target"] == run["target"].removesuffix(", placed")
-                and (r["streams"], r["write_gather"], r["producers"], r["readers"])
-                == (run["streams"], run["write_gather"], run["producers"], run["readers"])
-            ),
-            None,
-        )
-
-        def busiest(r: dict[str, Any]) -> str:
-            shares = [n["cpu_share"] for name, n in r["nodes"].items() if n["chunks"]]
-            return f"{max(shares):.1%}"
+        base = bases.get(id(run))
 
         before = f"{base['redis_cpu_us_per_chunk']:.1f} → " if base else ""
-        busy_before = f"{busiest(base)} → " if base else ""
+        busy_before = f"{_busiest(base)} → " if base else ""
         cpu_before = f"{base['producer_cpu_us_per_chunk']:.0f} → " if base else ""
         bound = " (client-bound *)" if run["client_bound"] else ""
         lines.append(
             f"| {run['target']}{bound} | {run['streams']:,} | {run['write_gather'] * 1e3:g} |"
             f" {run['producers']}/{run['readers']} | {run['chunks_per_s']:,.0f} |"
-            f" {before}{run['redis_cpu_us_per_chunk']:.1f} | {busy_before}{busiest(run)} |"
+            f" {before}{run['redis_cpu_us_per_chunk']:.1f} | {busy_before}{_busiest(run)} |"
             f" {cpu_before}{run['producer_cpu_us_per_chunk']:.0f} |"
             f" {run['delay_ms']['p50']:.1f} / {run['delay_ms']['p99']:.1f} |"
             f" {'yes' if run['every_chunk_read'] else 'NO'} |"
@@ -798,7 +790,7 @@ def report(results: dict[str, Any]) -> str:
 
 def chart(results: dict[str, Any], path: Path) -> None:
     """Redis CPU per chunk by level and write window; delivery delay by write window;
-    per-master CPU per chunk and share on the cluster."""
+    per-master CPU per chunk and share on the cluster; placed against not placed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -811,6 +803,9 @@ def chart(results: dict[str, Any], path: Path) -> None:
     gathers = results["gathers"]
     bars = sum(len(run["nodes"]) for run in clustered)
     widths = [5.0, 5.0, max(5.0, 0.4 * bars)][: 3 if clustered else 2]
+    pairs = _placed_pairs(runs)
+    if pairs:
+        widths.append(max(4.0, 1.2 * len(pairs)))
     fig, axes = plt.subplots(
         1, len(widths), figsize=(sum(widths), 4.5), gridspec_kw={"width_ratios": widths}
     )
@@ -877,9 +872,45 @@ def chart(results: dict[str, Any], path: Path) -> None:
             "one redis-server (grey) vs each Cluster master (share of chunks)", fontsize=9
         )
         axes[2].tick_params(axis="x", labelsize=6, labelrotation=90)
+    if pairs:
+        ax = axes[-1]
+        for offset, (label, pick) in enumerate((("not placed", 0), ("placed", 1))):
+            xs = [x + (offset - 0.5) * 0.4 for x in range(len(pairs))]
+            values = [pair[pick]["redis_cpu_us_per_chunk"] for pair in pairs]
+            ax.bar(xs, values, 0.4, label=label, color=("#999999", "#3366cc")[pick])
+        ax.set_xticks(range(len(pairs)))
+        ax.set_xticklabels(
+            [
+                f"{base['target']}\n{base['write_gather'] * 1e3:g} ms\n"
+                f"{base['producers']} producers"
+                for base, _ in pairs
+            ],
+            fontsize=7,
+        )
+        ax.set_ylabel("Redis CPU per chunk, all masters (µs)")
+        ax.set_title("streams placed by producer, or not", fontsize=9)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _placed_pairs(runs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(not placed, placed) runs of the same target, level, window and processes."""
+    pairs = []
+    for run in runs:
+        if not run["placed"]:
+            continue
+        for base in runs:
+            same = (base["streams"], base["write_gather"], base["producers"], base["readers"]) == (
+                run["streams"],
+                run["write_gather"],
+                run["producers"],
+                run["readers"],
+            )
+            if not base["placed"] and same and run["target"] == f"{base['target']}, placed":
+                pairs.append((base, run))
+    return pairs
 
 
 def per_level(text: str, levels: list[int], name: str) -> list[int]:
