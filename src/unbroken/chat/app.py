@@ -55,7 +55,8 @@ def make_backend(settings: Settings) -> Backend:
             settings.redis_url,
             key_prefix=settings.redis_key_prefix,
             write_gather=settings.redis_write_gather,
-            # Always set, so every worker finds the streams of one placing by worker.
+            # Set whatever UNBROKEN_REDIS_PLACEMENT says, so that workers of either setting
+            # find each other's streams.
             placement_separator=STREAM_GROUP_SEPARATOR,
         )
     return MemoryBackend()

@@ -402,16 +402,15 @@ class RedisBackend(Backend, GatheredAppends, PacksEndedLogs, ReadsWithStatus):
         slot each in a cluster, as in `append_many`); it may wait up to ``write_gather`` to
         share a pipeline."""
         pipeliner = self._open_pipeliner()
-        calls = renewal_calls(
-            [self._keys(renewal.stream_id) for renewal in renewals], by_slot=self.cluster
-        )
+        streams = [self._keys(renewal.stream_id) for renewal in renewals]
+        calls = renewal_calls(streams, by_slot=self.cluster)
         commands = []
         for call in calls:
             keys: list[str] = []
             args: list[str | bytes | int] = []
             for place in call:
                 renewal = renewals[place]
-                keys += self._keys(renewal.stream_id).script_keys
+                keys += streams[place].script_keys
                 args += [
                     encode(renewal.token),
                     ms(renewal.times.lease),
