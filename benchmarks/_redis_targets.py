@@ -26,7 +26,15 @@ sys.path.insert(0, str(BENCHMARKS.parent))  # for tests.faults._servers
 
 from unbroken.backends.redis._keys import stream_keys  # noqa: E402
 
-__all__ = ["Node", "Target", "cpu_seconds", "redis_cluster", "run_queue_seconds", "single_server"]
+__all__ = [
+    "Node",
+    "Target",
+    "cpu_seconds",
+    "redis_cluster",
+    "run_queue_seconds",
+    "run_seconds",
+    "single_server",
+]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -34,6 +42,12 @@ def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def run_seconds(pid: int) -> float:
+    """How long the process's main thread has run on a CPU so far (from /proc/<pid>/schedstat,
+    in nanoseconds: precise where /proc/<pid>/stat counts clock ticks)."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
 
 
 def run_queue_seconds(pid: int) -> float:

@@ -41,14 +41,13 @@ from typing import Any
 import hiredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _redis_targets import single_server
+from _redis_targets import Node, run_seconds, single_server
 from _results import save_results
 
 from unbroken import StreamEngine
 from unbroken._models import Chunk, new_chunk
 from unbroken.backends.redis import RedisBackend
 from unbroken.backends.redis._backend import _read_command, _status_commands
-from unbroken.backends.redis._codec import parse_log
 from unbroken.compat import CATCH_UP_READ, ResumableStreamContext
 
 PREFIX = "resume-read-cost"
@@ -70,11 +69,6 @@ for i, entry in ipairs(entries) do
 end
 return {table.concat(offsets, ' '), table.concat(lengths, ' '), table.concat(datas)}
 """
-
-
-def redis_cpu_ns(pid: int) -> int:
-    """Nanoseconds redis-server's main thread has run so far (precise, unlike /proc/stat)."""
-    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
 
 
 def joined_chunks(reply: list[bytes]) -> list[Chunk]:
@@ -149,20 +143,23 @@ class Layers:
             await stream.aclose()
 
     async def joined(self) -> int:
+        return len(await self.joined_chunks())
+
+    async def joined_chunks(self) -> list[Chunk]:
         pipeliner = self.backend._open_pipeliner()
         reply = await pipeliner.call("EVALSHA", self.joined_sha, 1, *self.joined_args)
-        return len(joined_chunks(reply))
+        return joined_chunks(reply)
 
     async def check(self, length: int) -> None:
-        """Every layer reads the whole log, and the joined read the same chunks as `look`."""
+        """Every layer reads the whole log (each counts what it read: entries, chunks, or
+        the catch-up's characters), and the joined read the same chunks as `look`."""
+        expected = dict.fromkeys(LAYERS, length) | {"resume": length * len(CHUNK)}
+        for name, read in self.by_name().items():
+            if await read() != expected[name]:
+                raise SystemExit(f"{name} did not read the whole log of {length} chunks")
         _, looked = await self.backend.look(self.stream_id, after=-1, limit=CATCH_UP_READ)
-        pipeliner = self.backend._open_pipeliner()
-        reply = await pipeliner.call("EVALSHA", self.joined_sha, 1, *self.joined_args)
-        if joined_chunks(reply) != looked or len(looked) != length:
-            raise SystemExit(f"the layers disagree on the log of {length} chunks")
-        entries = await pipeliner.call(*self.commands[-1])
-        if parse_log(self.stream_id, entries, -1, CATCH_UP_READ) != looked:
-            raise SystemExit("parse_log disagrees with look")
+        if await self.joined_chunks() != looked:
+            raise SystemExit(f"the joined read disagrees with look on {length} chunks")
 
 
 async def produce(engine: StreamEngine, stream_id: str, length: int) -> asyncio.Event:
@@ -187,16 +184,15 @@ async def produce(engine: StreamEngine, stream_id: str, length: int) -> asyncio.
         await asyncio.sleep(0.05)
 
 
-async def measure(url: str, pid: int, length: int, resumes: int, burst: int) -> dict[str, Any]:
+async def measure(url: str, node: Node, length: int, resumes: int, burst: int) -> dict[str, Any]:
     stream_id = f"stream-{length}"
     producer = StreamEngine(RedisBackend(url, key_prefix=f"{PREFIX}:rs"))
     context = ResumableStreamContext(
         StreamEngine(RedisBackend(url, key_prefix=f"{PREFIX}:rs")), owns_engine=True
     )
-    host, port = url.removeprefix("redis://").split("/")[0].split(":")
     async with producer, context:
         release = await produce(producer, stream_id, length)
-        socket = await asyncio.open_connection(host, int(port))
+        socket = await asyncio.open_connection("127.0.0.1", node.port)
         try:
             layers = Layers(context, socket, stream_id)
             await layers.prepare()
@@ -215,11 +211,11 @@ async def measure(url: str, pid: int, length: int, resumes: int, burst: int) -> 
                     await asyncio.sleep(PAUSE)
             redis_us: dict[str, float] = {}
             for name, read in reads.items():
-                started = redis_cpu_ns(pid)
+                started = run_seconds(node.pid)
                 for _ in range(burst):
                     await read()
                 await asyncio.sleep(SETTLE)  # what a read leaves to do (an unsubscribe)
-                redis_us[name] = (redis_cpu_ns(pid) - started) / 1000 / burst
+                redis_us[name] = (run_seconds(node.pid) - started) * 1e6 / burst
         finally:
             socket[1].close()
             release.set()
@@ -288,10 +284,10 @@ def main() -> None:
         raise SystemExit(f"--lengths: 1 to {CATCH_UP_READ} each; --resumes: 2 or more")
     runs = []
     with single_server() as target:
+        node = target.masters[0]
         for length in lengths:
             print(f"a log of {length} entries ...", file=sys.stderr, flush=True)
-            pid = target.masters[0].pid
-            runs.append(asyncio.run(measure(target.url, pid, length, args.resumes, args.burst)))
+            runs.append(asyncio.run(measure(target.url, node, length, args.resumes, args.burst)))
             target.flush()
     results = {"resumes": args.resumes, "burst": args.burst, "runs": runs}
     print(report(results))
