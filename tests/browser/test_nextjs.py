@@ -436,7 +436,7 @@ def test_the_routes_pass_cookies_statuses_and_errors_through(deployment: Deploym
     url = deployment.app.url
     with httpx.Client(base_url=url, timeout=15) as client:
         first = client.get("/api/chats")
-        assert first.status_code == 200 and first.json() == {"chats": []}
+        assert first.status_code == 200 and first.json() == {"chats": [], "nextCursor": None}
         assert first.headers["set-cookie"].startswith("unbroken_session="), first.headers
         again = client.get("/api/chats")  # the cookie is the identity now: no new guest
         assert "set-cookie" not in again.headers

@@ -34,6 +34,7 @@ from tests.browser.test_chat_page import (
     wait_answer,
 )
 from tests.chat.conftest import serve_asgi
+from unbroken.chat.api_models import PAGE_MAX
 from unbroken.chat.models.demo import compose
 
 if TYPE_CHECKING:
@@ -345,6 +346,89 @@ def test_a_limit_is_a_clear_message(
         assert page.locator("li.message").count() == 2
     finally:
         server.stop()
+
+
+def test_a_long_list_of_chats_shows_more_on_request(
+    tmp_path: Path, new_context: Callable[..., BrowserContext], shot: Shot
+) -> None:
+    """The sidebar lists a page of chats and a "Show more" button while there are more;
+    the pages shown stay when the list is refreshed, with new chats on top."""
+    env = server_env(
+        tmp_path,
+        UNBROKEN_DEMO_TOKENS_PER_SECOND="100000",
+        UNBROKEN_ANSWERS_PER_MINUTE="0",
+        UNBROKEN_MAX_CONCURRENT_ANSWERS="0",
+    )
+    server = ChatServer(tmp_path, env)
+    server.start()
+    try:
+        context = new_context(server.url)
+        page = context.new_page()
+        page.goto("/")
+        page.wait_for_selector("#chats-empty:not([hidden])")
+
+        def new_chat(text: str) -> None:
+            body = {
+                "id": f"c{time.monotonic_ns()}",
+                "trigger": "submit-message",
+                "messages": [
+                    {"id": "m1", "role": "user", "parts": [{"type": "text", "text": text}]}
+                ],
+            }
+            answer = context.request.post(
+                "/api/chat", data=json.dumps(body), headers=_json_from(server.url)
+            )
+            assert answer.ok, answer.text()
+
+        for n in range(PAGE_MAX + 2):
+            new_chat(f"chat {n}")
+        every = _all_chats(context)
+        assert len(every) == PAGE_MAX + 2
+        page.reload()
+        items = page.locator("#chat-list li")
+        listed_count(page, PAGE_MAX)
+        more = page.locator("#more-chats")
+        assert more.is_visible()
+        more.scroll_into_view_if_needed()
+        shot(page, "26-more-chats")
+        more.click()
+        listed_count(page, PAGE_MAX + 2)
+        assert more.is_hidden()
+        listed = [items.nth(i).get_attribute("data-id") for i in range(items.count())]
+        assert listed == every  # in the server's order, none twice
+        # The keyboard's place: the first chat the button added.
+        assert page.evaluate("document.activeElement.closest('li')?.dataset.id") == every[PAGE_MAX]
+        new_chat("the newest")
+        newest = _all_chats(context)[0]
+        page.evaluate("document.dispatchEvent(new Event('visibilitychange'))")  # a refresh
+        listed_count(page, PAGE_MAX + 3)
+        listed = [items.nth(i).get_attribute("data-id") for i in range(items.count())]
+        assert listed == [newest, *every]
+        assert more.is_hidden()
+    finally:
+        server.stop()
+
+
+def listed_count(page: Page, count: int) -> None:
+    page.wait_for_function(
+        "(count) => document.querySelectorAll('#chat-list li').length === count", arg=count
+    )
+
+
+def _json_from(origin: str) -> dict[str, str]:
+    return {"Content-Type": "application/json", "Origin": origin}
+
+
+def _all_chats(context: BrowserContext) -> list[str]:
+    """Every chat of the context's guest, as the API pages them."""
+    ids: list[str] = []
+    cursor = ""
+    while True:
+        page = context.request.get("/api/chats" + (f"?cursor={cursor}" if cursor else "")).json()
+        ids += [chat["id"] for chat in page["chats"]]
+        if page["nextCursor"] is None:
+            return ids
+        cursor = page["nextCursor"]
 
 
 NO_FLASH = """

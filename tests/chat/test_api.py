@@ -3,6 +3,7 @@ identity and access, limits, health, metrics, the OpenAPI document, the page."""
 
 from __future__ import annotations
 
+import base64
 import inspect
 import json
 import logging
@@ -118,7 +119,7 @@ async def test_request_bodies_are_limited(start_server: Callable[..., Server]) -
 
 async def test_a_guest_session_is_issued_once(client: httpx.AsyncClient) -> None:
     first = await client.get("/api/chats")
-    assert first.status_code == 200 and first.json() == {"chats": []}
+    assert first.status_code == 200 and first.json() == {"chats": [], "nextCursor": None}
     cookie = first.headers["set-cookie"]
     assert cookie.startswith("unbroken_session=")
     for attribute in ("HttpOnly", "SameSite=Lax", "Path=/"):
@@ -212,6 +213,51 @@ async def _list_read_and_delete(client: httpx.AsyncClient) -> None:
     assert_error(await client.get(f"/api/chats/{second}"), 404)
     assert_error(await client.delete(f"/api/chats/{second}"), 404)
     assert [c["id"] for c in (await client.get("/api/chats")).json()["chats"]] == [first]
+
+
+async def test_the_chats_list_comes_in_pages(client: httpx.AsyncClient) -> None:
+    for text in ("one", "two", "three"):
+        chat_id = uuid.uuid4().hex
+        await post_v5(client, v5_body(chat_id, "m1", text), stop_after=2)
+        assert (await client.post(f"/api/chat/{chat_id}/stop")).status_code == 200
+    with anyio.fail_after(10):  # every answer stored: the order no longer changes
+        while True:
+            whole = (await client.get("/api/chats")).json()
+            if all(chat["activeStreamId"] is None for chat in whole["chats"]):
+                break
+            await anyio.sleep(0.05)
+    assert whole["nextCursor"] is None and len(whole["chats"]) == 3
+    for size in (1, 2):
+        listed, cursor = [], None
+        for _ in range(4):
+            params = {"limit": str(size)} | ({"cursor": cursor} if cursor else {})
+            page = (await client.get("/api/chats", params=params)).json()
+            listed += page["chats"]
+            cursor = page["nextCursor"]
+            if cursor is None:
+                break
+        assert listed == whole["chats"], size
+    for limit in ("0", "101", "-1", "1.5", "abc", "1e2"):
+        response = await client.get("/api/chats", params={"limit": limit})
+        assert_error(response, 400, "invalid_request")
+
+    def b64(raw: str) -> str:
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    for cursor in (
+        "x",
+        "!!!",
+        "a" * 600,
+        b64("[1, 2]"),
+        b64('"ab"'),
+        b64('{"a": 1, "b": 2}'),
+        b64("[" * 5000),
+        b64('["2026-01-01T00:00:00", "c1"]'),  # no time zone: not one of ours
+        b64('["2026-01-01T00:00:00+00:00", 7]'),
+    ):
+        response = await client.get("/api/chats", params={"cursor": cursor})
+        assert_error(response, 400, "invalid_request")
+        assert "cursor" in response.json()["error"]["message"]
 
 
 async def test_health_metrics_openapi_and_page(client: httpx.AsyncClient) -> None:
@@ -314,4 +360,4 @@ async def test_a_client_that_hangs_up_before_its_body_arrives_costs_nothing(
     await anyio.sleep(0.3)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [r.getMessage() for r in errors]
-    assert (await client.get("/api/chats")).json() == {"chats": []}
+    assert (await client.get("/api/chats")).json() == {"chats": [], "nextCursor": None}

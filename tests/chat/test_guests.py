@@ -44,7 +44,7 @@ async def test_a_guest_is_stored_once_with_its_first_chat(server: Server) -> Non
     before = await count_users(server)
     async with new_client(server.url) as guest:
         assert (await guest.get("/")).status_code == 200
-        assert (await guest.get("/api/chats")).json() == {"chats": []}
+        assert (await guest.get("/api/chats")).json() == {"chats": [], "nextCursor": None}
         assert "set-cookie" not in (await guest.get("/api/chats")).headers
         assert await count_users(server) == before
         # Two first posts at once (two tabs): one row.

@@ -199,7 +199,7 @@ async def test_another_users_chat_is_answered_like_a_missing_one(server: Server)
         # Posting into someone else's chat id does not reach it either.
         response = await other.post("/api/chat", json=v5_body(chat_id, uid("m"), "hijack"))
         assert response.status_code == 404
-        assert (await other.get("/api/chats")).json() == {"chats": []}
+        assert (await other.get("/api/chats")).json() == {"chats": [], "nextCursor": None}
         # ... and the owner's answer is untouched.
         chat = await settled_chat(owner, chat_id)
         assert [m["role"] for m in chat["messages"]] == ["user", "assistant"]

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import closing
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +16,21 @@ import anyio
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, update
 
 from tests._util import uid
 from tests.chat.conftest import temporary_postgres_database
-from unbroken.chat.store import Chat, ChatNotFoundError, Message, Started, Store
+from unbroken.chat.store import (
+    Chat,
+    ChatNotFoundError,
+    ChatPosition,
+    Message,
+    Started,
+    Store,
+    utcnow,
+)
 from unbroken.chat.store.migrate import current_revision, head_revision
-from unbroken.chat.store.tables import metadata
+from unbroken.chat.store.tables import chats, metadata
 
 pytestmark = pytest.mark.anyio
 
@@ -341,6 +350,36 @@ async def test_delete_chat_removes_everything(store: Store) -> None:
     assert await store.get_chat(chat_id, user.id) is None
     assert await store.list_messages(chat_id, include_streaming=True) == []
     assert await store.list_chats(user.id) == []
+
+
+async def test_chats_are_listed_a_page_at_a_time(store: Store) -> None:
+    """Pages of the list never overlap nor skip a chat, chats updated at the same moment
+    included (ordered by id), and hold only the caller's chats."""
+    user, other = await store.create_user(), await store.create_user()
+    ids = [(await _start(store, uid(), user.id, "m1")).record.chat_id for _ in range(7)]
+    theirs = (await _start(store, uid(), other.id, "m1")).record.chat_id
+    # Three of them updated at one moment, which a page ends in the middle of.
+    moment = utcnow() + timedelta(hours=1)
+    tied = sorted(ids[:3])
+
+    def set_moment(connection: Any) -> None:
+        connection.execute(update(chats).where(chats.c.id.in_(tied)).values(updated_at=moment))
+
+    async with store.engine.begin() as connection:
+        await connection.run_sync(set_moment)
+    expected = tied + list(reversed(ids[3:]))  # newest first, then the others newest first
+    assert [chat.id for chat in await store.list_chats(user.id)] == expected
+    for size in (1, 2, 3, 7):
+        listed: list[str] = []
+        after: ChatPosition | None = None
+        while True:
+            page = await store.list_chats(user.id, limit=size, after=after)
+            listed += [chat.id for chat in page]
+            if len(page) < size:
+                break
+            after = page[-1].position
+        assert listed == expected, size
+    assert [chat.id for chat in await store.list_chats(other.id)] == [theirs]
 
 
 @pytest.fixture

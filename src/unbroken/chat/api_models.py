@@ -13,6 +13,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "MAX_TITLE",
+    "PAGE_MAX",
     "ActiveStream",
     "ApiErrorBody",
     "ChatDetail",
@@ -30,6 +32,7 @@ __all__ = [
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:~-]{0,127}$"
 MAX_TITLE = 200
+PAGE_MAX = 100  # chats per page of `GET /api/chats` at most, and by default
 _ID = Field(pattern=ID_PATTERN, description="1-128 letters, digits or `._:~-`.")
 
 
@@ -130,7 +133,12 @@ class ChatSummary(BaseModel):
 
 
 class ChatList(BaseModel):
-    chats: list[ChatSummary] = Field(description="Most recently updated first, at most 100.")
+    chats: list[ChatSummary] = Field(
+        description=f"Most recently updated first, at most `limit` (default {PAGE_MAX})."
+    )
+    nextCursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null on the last page."
+    )
 
 
 class StoredMessage(UIMessage):

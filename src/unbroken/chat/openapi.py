@@ -49,7 +49,7 @@ _ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("get", "/api/chat"): (400, 401, 404, 503),
     ("get", "/api/chat/{chat_id}/stream"): (400, 401, 404, 503),
     ("post", "/api/chat/{chat_id}/stop"): (400, 401, 403, 404, 413, 503),
-    ("get", "/api/chats"): (401,),
+    ("get", "/api/chats"): (400, 401),
     ("get", "/api/chats/{chat_id}"): (401, 404, 503),
     ("patch", "/api/chats/{chat_id}"): (400, 401, 403, 404, 413),
     ("delete", "/api/chats/{chat_id}"): (401, 403, 404, 503),

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any
+import base64
+import binascii
+import json
+import re
+from datetime import datetime
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from starlette.responses import JSONResponse, Response
 
-from unbroken.chat.api_models import MAX_TITLE, ChatDetail, ChatList, ChatSummary
+from unbroken.chat.api_models import MAX_TITLE, PAGE_MAX, ChatDetail, ChatList, ChatSummary
 from unbroken.chat.bodies import json_object, load_json
 from unbroken.chat.deps import CurrentIdentity, CurrentServices, check_chat_id
 from unbroken.chat.errors import ApiError, not_found
-from unbroken.chat.store import Chat, Message
+from unbroken.chat.store import Chat, ChatPosition, Message
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["chats"])
+
+_PAGE_SIZE = re.compile(r"[0-9]{1,4}")
+_CURSOR_MAX = 512  # the cursors `_cursor` makes take about 120 characters
 
 
 def _iso(moment: Any) -> str | None:
@@ -49,10 +57,61 @@ def message_json(message: Message) -> dict[str, Any]:
 
 
 @router.get("/api/chats", summary="List my chats", responses={200: {"model": ChatList}})
-async def list_chats(services: CurrentServices, identity: CurrentIdentity) -> JSONResponse:
-    """The caller's chats, most recently updated first (at most 100)."""
-    chats = await services.store.list_chats(identity.user.id)
-    return JSONResponse({"chats": [chat_json(chat) for chat in chats]})
+async def list_chats(
+    services: CurrentServices,
+    identity: CurrentIdentity,
+    limit: Annotated[
+        str | None, Query(description=f"Chats per page, 1-{PAGE_MAX} (default {PAGE_MAX}).")
+    ] = None,
+    cursor: Annotated[
+        str | None, Query(description="The `nextCursor` of the page before: the next page.")
+    ] = None,
+) -> JSONResponse:
+    """The caller's chats, most recently updated first, a page at a time: ``nextCursor``
+    (null on the last page) asks for the next one. A chat updated while you page through
+    moves to the front, so it may be left out of the pages after that."""
+    size = _page_size(limit)
+    after = None if cursor is None else _position(cursor)
+    listed = await services.store.list_chats(identity.user.id, limit=size + 1, after=after)
+    page = listed[:size]
+    more = len(listed) > size
+    return JSONResponse(
+        {
+            "chats": [chat_json(chat) for chat in page],
+            "nextCursor": _cursor(page[-1].position) if more else None,
+        }
+    )
+
+
+def _page_size(raw: str | None) -> int:
+    if raw is None or not raw.strip():
+        return PAGE_MAX
+    if not _PAGE_SIZE.fullmatch(raw.strip()) or not 1 <= int(raw) <= PAGE_MAX:
+        raise ApiError(400, "invalid_request", f"'limit' must be an integer from 1 to {PAGE_MAX}")
+    return int(raw)
+
+
+def _cursor(position: ChatPosition) -> str:
+    """The position as an opaque cursor (base64url of its JSON, unpadded)."""
+    raw = json.dumps([position.updated_at.isoformat(), position.chat_id], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _position(cursor: str) -> ChatPosition:
+    """A cursor `_cursor` made, read back; 400 for anything else."""
+    try:
+        if len(cursor) > _CURSOR_MAX:
+            raise ValueError("too long")
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        moment, chat_id = json.loads(raw)
+        updated_at = datetime.fromisoformat(moment)
+        if not isinstance(chat_id, str) or updated_at.tzinfo is None:
+            raise ValueError("not a cursor")
+    except (ValueError, TypeError, UnicodeDecodeError, binascii.Error):
+        raise ApiError(
+            400, "invalid_request", "'cursor' must be a nextCursor this service gave"
+        ) from None
+    return ChatPosition(updated_at, chat_id)
 
 
 @router.get("/api/chats/{chat_id}", summary="Read a chat", responses={200: {"model": ChatDetail}})

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, insert, select, update
+from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, Row
@@ -32,6 +32,7 @@ from unbroken.chat.store.records import (
     ApiKey,
     Chat,
     ChatNotFoundError,
+    ChatPosition,
     KeyedChat,
     Message,
     MessageStatus,
@@ -161,14 +162,21 @@ class Store(Database):
             return None
         return Chat.from_row(row), _active_stream(row)
 
-    async def list_chats(self, user_id: str, *, limit: int = 100) -> list[Chat]:
-        """The user's chats, most recently updated first."""
-        rows = await self._all(
-            select(chats)
-            .where(chats.c.user_id == user_id)
-            .order_by(chats.c.updated_at.desc(), chats.c.id)
-            .limit(limit)
-        )
+    async def list_chats(
+        self, user_id: str, *, limit: int = 100, after: ChatPosition | None = None
+    ) -> list[Chat]:
+        """The user's chats, most recently updated first (those updated at the same moment
+        by id), at most ``limit``; ``after``: only those that come after that position in
+        this order (`Chat.position` of the last one listed), so pages never overlap."""
+        query = select(chats).where(chats.c.user_id == user_id)
+        if after is not None:
+            query = query.where(
+                or_(
+                    chats.c.updated_at < after.updated_at,
+                    and_(chats.c.updated_at == after.updated_at, chats.c.id > after.chat_id),
+                )
+            )
+        rows = await self._all(query.order_by(chats.c.updated_at.desc(), chats.c.id).limit(limit))
         return [Chat.from_row(row) for row in rows]
 
     async def delete_chat(self, chat_id: str, user_id: str) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, Self
+from typing import Any, Literal, NamedTuple, Self
 
 from sqlalchemy.engine import Row
 
@@ -14,6 +14,7 @@ __all__ = [
     "ApiKey",
     "Chat",
     "ChatNotFoundError",
+    "ChatPosition",
     "KeyedChat",
     "Message",
     "MessageStatus",
@@ -82,6 +83,13 @@ class ApiKey:
     created_at: datetime
 
 
+class ChatPosition(NamedTuple):
+    """Where a chat stands in the list of its user's chats (see `Store.list_chats`)."""
+
+    updated_at: datetime
+    chat_id: str
+
+
 @dataclass(frozen=True, slots=True)
 class Chat:
     id: str
@@ -104,6 +112,11 @@ class Chat:
             created_at=as_utc(m["created_at"]),
             updated_at=as_utc(m["updated_at"]),
         )
+
+    @property
+    def position(self) -> ChatPosition:
+        """Its place in its user's list of chats: the next page starts after it."""
+        return ChatPosition(self.updated_at, self.id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,10 +42,14 @@ async function call(method, path, { body, signal, headers } = {}) {
 
 const enc = encodeURIComponent;
 
-/** The caller's chats, newest first. */
-export async function listChats(signal) {
-  const data = await (await call("GET", "/api/chats", { signal })).json();
-  return normalizeList(data);
+/**
+ * A page of the caller's chats, newest first: `{chats, nextCursor}`; pass `nextCursor` back
+ * (null on the last page) for the next page.
+ */
+export async function listChats(cursor, signal) {
+  const query = cursor ? `?cursor=${enc(cursor)}` : "";
+  const data = await (await call("GET", `/api/chats${query}`, { signal })).json();
+  return { chats: normalizeList(data), nextCursor: data?.nextCursor ?? null };
 }
 
 /** `{chat, messages, active}` for one chat; throws ApiError 404 for a missing or foreign one. */

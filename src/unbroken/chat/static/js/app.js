@@ -42,6 +42,7 @@ const ui = {
   newChat: $("new-chat"),
   chatList: $("chat-list"),
   chatsEmpty: $("chats-empty"),
+  moreChats: $("more-chats"),
   title: $("chat-title"),
   connection: $("connection"),
   conversation: $("conversation"),
@@ -65,6 +66,8 @@ const ui = {
 const state = {
   chats: null, // the list, once loaded
   chatsTried: false, // whether the list was asked for yet (the welcome waits for it)
+  chatsCursor: null, // where the next page of the list starts (null: nothing more)
+  chatsExtended: false, // pages after the first were shown ("Show more")
   chatId: null, // the chat on screen (null: a new chat not sent yet)
   detail: null, // its last `GET /api/chats/{id}`
   messages: [], // stored messages on screen
@@ -195,6 +198,7 @@ function actionsFor(item, last) {
 
 function renderChatList() {
   showChats(ui.chatList, ui.chatsEmpty, state.chats, state.chatId, confirmDelete);
+  ui.moreChats.hidden = !state.chatsCursor;
 }
 
 /** The chat's title; null for a new chat, "" while the chat's title is not known yet (no
@@ -208,8 +212,9 @@ function setTitle(title) {
 // -- chats list -------------------------------------------------------------------------------
 
 async function refreshChats() {
+  let page;
   try {
-    state.chats = await api.listChats();
+    page = await api.listChats();
   } catch (err) {
     if (!(err instanceof TypeError)) console.warn("could not list chats", err);
     state.chatsTried = true;
@@ -217,12 +222,42 @@ async function refreshChats() {
     return;
   }
   state.chatsTried = true;
+  // The first page replaces what it holds. Once older pages are shown, they stay below it
+  // (a chat that moved up is shown where the first page has it), and so does the place
+  // where the next page starts.
+  const first = new Set(page.chats.map((c) => c.id));
+  const older = state.chatsExtended ? (state.chats ?? []).filter((c) => !first.has(c.id)) : [];
+  state.chats = [...page.chats, ...older];
+  if (!state.chatsExtended) state.chatsCursor = page.nextCursor;
   if (state.chatId && !state.chats.some((c) => c.id === state.chatId) && (state.pendingUser || state.follower)) {
     // A chat being created right now: show it before the server lists it.
     state.chats.unshift({ id: state.chatId, title: ui.title.textContent, active: true });
   }
   renderChatList();
   renderMessages();
+}
+
+/** The next page of the list, below what is shown ("Show more"). */
+async function showMoreChats() {
+  if (!state.chatsCursor) return;
+  ui.moreChats.disabled = true;
+  try {
+    const page = await api.listChats(state.chatsCursor);
+    const shown = new Set((state.chats ?? []).map((c) => c.id));
+    const added = page.chats.filter((c) => !shown.has(c.id));
+    state.chats = [...(state.chats ?? []), ...added];
+    state.chatsCursor = page.nextCursor;
+    state.chatsExtended = true;
+    renderChatList();
+    // The button goes once the list is complete: keep the keyboard's place in the list.
+    if (!state.chatsCursor && added.length) {
+      ui.chatList.querySelector(`li[data-id="${CSS.escape(added[0].id)}"] a`)?.focus();
+    }
+  } catch (err) {
+    setStatus("error", `could not list more chats: ${reason(err)}`);
+  } finally {
+    ui.moreChats.disabled = false;
+  }
 }
 
 /** Delete a chat, once its button was pressed twice (see chat_list.js). */
@@ -706,6 +741,7 @@ function init() {
   });
   ui.menu.addEventListener("click", () => (ui.app.dataset.sidebar === "open" ? closeSidebar() : openSidebar()));
   ui.scrim.addEventListener("click", closeSidebar);
+  ui.moreChats.addEventListener("click", showMoreChats);
   document.addEventListener("keydown", (event) => {
     if (event.key !== "Escape") return;
     if (ui.app.dataset.sidebar === "open") {
