@@ -6,6 +6,9 @@
     unbroken db upgrade                                           migrate the chat database
     unbroken db current                                           print its schema revision
     unbroken users create-key [--name NAME] [--user-id ID]        make an API key
+    unbroken users list-keys [--user-id ID]                       list the API keys
+    unbroken users revoke-key KEY_ID                              delete one
+    unbroken users prune-guests --idle-days N [--dry-run]         delete idle guests
 
 Configuration comes from the environment (see `unbroken.chat.settings`); ``REDIS_URL`` may
 name one server (``redis://``, ``rediss://``), a Redis Cluster
@@ -26,9 +29,11 @@ import argparse
 import asyncio
 import copy
 import gc
+import math
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from unbroken import __version__
@@ -38,6 +43,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from unbroken.chat.settings import Settings
+    from unbroken.chat.store import Store
 
 __all__ = [
     "FULL_COLLECTION_EVERY",
@@ -50,6 +56,7 @@ __all__ = [
 #: A full collection at most once per this many second-generation ones (Python's default:
 #: 10). See `freeze_startup_heap`.
 FULL_COLLECTION_EVERY = 100
+_PRUNE_BATCH = 500  # guests deleted per transaction by `unbroken users prune-guests`
 _heap_frozen = False
 
 
@@ -234,24 +241,93 @@ def _cmd_users(args: argparse.Namespace) -> int:
     from unbroken.chat.store import Store
 
     settings = _settings()
+    actions = {
+        "create-key": _create_key,
+        "list-keys": _list_keys,
+        "revoke-key": _revoke_key,
+        "prune-guests": _prune_guests,
+    }
 
-    async def run() -> tuple[str, str]:
+    async def run() -> int:
         async with Store.from_url(settings.database_url) as store:
             await store.upgrade()
-            if args.user_id:
-                user = await store.get_user(args.user_id)
-                if user is None:
-                    _fail(f"no user with id {args.user_id!r}")
-            else:
-                user = await store.create_user(kind="user", name=args.name)
-            key, _ = await store.create_api_key(user.id, name=args.name)
-            return user.id, key
+            return await actions[args.users_command](store, args)
 
-    user_id, key = asyncio.run(run())
-    print(f"user:    {user_id}", file=sys.stderr)
+    return asyncio.run(run())
+
+
+async def _create_key(store: Store, args: argparse.Namespace) -> int:
+    if args.user_id:
+        user = await store.get_user(args.user_id)
+        if user is None:
+            _fail(f"no user with id {args.user_id!r}")
+    else:
+        user = await store.create_user(kind="user", name=args.name)
+    key, record = await store.create_api_key(user.id, name=args.name)
+    print(f"user:    {user.id}", file=sys.stderr)
+    print(
+        f"key id:  {record.id} (to revoke it: unbroken users revoke-key {record.id})",
+        file=sys.stderr,
+    )
     print("api key (shown once; send it as 'Authorization: Bearer <key>'):", file=sys.stderr)
     print(key)
     return 0
+
+
+async def _list_keys(store: Store, args: argparse.Namespace) -> int:
+    keys = await store.list_api_keys(args.user_id)
+    rows = [("KEY ID", "USER", "NAME", "CREATED", "LAST USED")]
+    rows += [
+        (
+            key.id,
+            key.user_id,
+            key.name or "-",
+            _moment(key.created_at),
+            _moment(key.last_used_at) if key.last_used_at else "never",
+        )
+        for key in keys
+    ]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    return 0
+
+
+async def _revoke_key(store: Store, args: argparse.Namespace) -> int:
+    key = await store.delete_api_key(args.key_id)
+    if key is None:
+        _fail(f"no API key with id {args.key_id!r} (unbroken users list-keys lists them)", 1)
+    label = f" ({key.name})" if key.name else ""
+    print(f"revoked {key.id}{label} of user {key.user_id}: the next request with it gets 401")
+    return 0
+
+
+async def _prune_guests(store: Store, args: argparse.Namespace) -> int:
+    from unbroken.chat.store import utcnow
+
+    idle_since = utcnow() - timedelta(days=args.idle_days)
+    found = deleted = 0
+    while True:
+        batch = await store.idle_guests(idle_since=idle_since, limit=_PRUNE_BATCH)
+        found += len(batch)
+        if args.dry_run or not batch:
+            break
+        deleted += await store.delete_idle_guests(batch, idle_since=idle_since)
+        if len(batch) < _PRUNE_BATCH:
+            break
+    idle = f"nothing stored for {args.idle_days:g} days"
+    if args.dry_run:
+        more = "+" if found == _PRUNE_BATCH else ""
+        print(f"{found}{more} guests with {idle} (a dry run: nothing deleted)")
+    else:
+        print(f"deleted {deleted} guests with {idle}, with their chats")
+    return 0
+
+
+def _moment(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _environment_help() -> str:
@@ -259,6 +335,16 @@ def _environment_help() -> str:
     from unbroken.chat.environment import help_text
 
     return help_text()
+
+
+def _positive_days(raw: str) -> float:
+    try:
+        days = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of days: {raw!r}") from None
+    if not (math.isfinite(days) and days > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of days: {raw!r}")
+    return days
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -311,6 +397,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     create_key.add_argument("--name", default=None, help="a label for the user and the key")
     create_key.add_argument("--user-id", default=None, help="add the key to this user")
+    list_keys = user_commands.add_parser(
+        "list-keys", help="list the API keys (their ids, users, names, last use; never the keys)"
+    )
+    list_keys.add_argument("--user-id", default=None, help="only this user's keys")
+    revoke_key = user_commands.add_parser(
+        "revoke-key", help="delete an API key: the next request with it is refused"
+    )
+    revoke_key.add_argument("key_id", metavar="KEY_ID", help="the key's id (see list-keys)")
+    prune = user_commands.add_parser(
+        "prune-guests",
+        help="delete browser guests who stored nothing for a while, with their chats",
+    )
+    prune.add_argument(
+        "--idle-days",
+        type=_positive_days,
+        required=True,
+        help="delete guests whose chats were all last updated longer ago than this",
+    )
+    prune.add_argument("--dry-run", action="store_true", help="count them, delete nothing")
     users.set_defaults(handler=_cmd_users)
     return parser
 

@@ -12,18 +12,21 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import pytest
+from sqlalchemy import select, update
 
 from tests._services import free_port, port_answers
 from tests.chat._client import expected_answer, new_client, post_v5, resume_v5, v5_body
 from tests.chat.conftest import Server
 from tests.chat.test_resume import settled_chat, stored_text
-from unbroken.chat.store import Store
+from unbroken.chat.store import Store, utcnow
+from unbroken.chat.store.tables import chats, users
 from unbroken.cli import main
 
 
@@ -179,6 +182,79 @@ def test_create_key_then_use_it(cli: CLI, start_server: Callable[..., Server]) -
     assert key.startswith("ub_") and "api key" in result.stderr
     response = httpx.get(f"{server.url}/api/chats", headers={"Authorization": f"Bearer {key}"})
     assert response.status_code == 200 and "set-cookie" not in response.headers
+
+
+def test_keys_are_listed_and_revoked(cli: CLI, start_server: Callable[..., Server]) -> None:
+    server = start_server()
+    env = {"DATABASE_URL": server.settings.database_url}
+    name = f"laptop-{uuid.uuid4().hex[:6]}"
+    created = cli("users", "create-key", "--name", name, env=env)
+    key = created.stdout.strip()
+    key_id = created.stderr.split("key id:")[1].split()[0]
+    listed = cli("users", "list-keys", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[0].split() == [
+        "KEY",
+        "ID",
+        "USER",
+        "NAME",
+        "CREATED",
+        "LAST",
+        "USED",
+    ]
+    (line,) = [line for line in listed.stdout.splitlines() if line.startswith(key_id)]
+    assert name in line and line.endswith("never") and key not in listed.stdout
+    headers = {"Authorization": f"Bearer {key}"}
+    assert httpx.get(f"{server.url}/api/chats", headers=headers).status_code == 200
+    revoked = cli("users", "revoke-key", key_id, env=env)
+    assert revoked.returncode == 0 and key_id in revoked.stdout, revoked.stderr
+    assert httpx.get(f"{server.url}/api/chats", headers=headers).status_code == 401
+    again = cli("users", "revoke-key", key_id, env=env)
+    assert again.returncode == 1 and "no API key" in again.stderr
+    assert key_id not in cli("users", "list-keys", env=env).stdout
+
+
+@pytest.mark.anyio
+async def test_idle_guests_are_pruned(cli: CLI, start_server: Callable[..., Server]) -> None:
+    server = start_server()
+    env = {"DATABASE_URL": server.settings.database_url}
+
+    async def in_thread(run: CLI, *args: str, env: dict[str, str]) -> Result:
+        return await anyio.to_thread.run_sync(lambda: run(*args, env=env))  # it runs a loop
+
+    chat_id = uuid.uuid4().hex
+    async with new_client(server.url) as guest:
+        await post_v5(guest, v5_body(chat_id, "m1", "remember me"))
+        await settled_chat(guest, chat_id)
+        async with Store.from_url(server.settings.database_url) as store:
+            long_ago = utcnow() - timedelta(days=45)
+            async with store.engine.begin() as connection:
+                owner = select(chats.c.user_id).where(chats.c.id == chat_id).scalar_subquery()
+                await connection.execute(
+                    update(users).where(users.c.id == owner).values(created_at=long_ago)
+                )
+                await connection.execute(
+                    update(chats).where(chats.c.id == chat_id).values(updated_at=long_ago)
+                )
+        # Other tests' guests share this database: count only what changes.
+        dry = await in_thread(
+            cli, "users", "prune-guests", "--idle-days", "30", "--dry-run", env=env
+        )
+        assert dry.returncode == 0 and "nothing deleted" in dry.stdout, dry.stderr
+        assert (await guest.get(f"/api/chats/{chat_id}")).status_code == 200
+        kept = await in_thread(cli, "users", "prune-guests", "--idle-days", "60", env=env)
+        assert kept.returncode == 0, kept.stderr
+        assert (await guest.get(f"/api/chats/{chat_id}")).status_code == 200
+        pruned = await in_thread(cli, "users", "prune-guests", "--idle-days", "30", env=env)
+        assert pruned.returncode == 0 and pruned.stdout.startswith("deleted "), pruned.stderr
+        assert int(pruned.stdout.split()[1]) >= 1
+        assert (await guest.get(f"/api/chats/{chat_id}")).status_code == 404
+        assert (await guest.get("/api/chats")).json()["chats"] == []
+        # The guest's cookie still works: it starts again.
+        await post_v5(guest, v5_body(uuid.uuid4().hex, "m1", "back again"))
+    for bad in ("0", "-1", "soon", "nan"):
+        refused = await in_thread(cli, "users", "prune-guests", "--idle-days", bad, env=env)
+        assert refused.returncode == 2 and "--idle-days" in refused.stderr, bad
 
 
 @pytest.mark.anyio

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import closing
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from unbroken.chat.store import (
     utcnow,
 )
 from unbroken.chat.store.migrate import current_revision, head_revision
-from unbroken.chat.store.tables import chats, metadata
+from unbroken.chat.store.tables import chats, metadata, users
 
 pytestmark = pytest.mark.anyio
 
@@ -380,6 +380,85 @@ async def test_chats_are_listed_a_page_at_a_time(store: Store) -> None:
             after = page[-1].position
         assert listed == expected, size
     assert [chat.id for chat in await store.list_chats(other.id)] == [theirs]
+
+
+async def test_api_keys_are_listed_and_revoked(store: Store) -> None:
+    alice, bob = await store.create_user(kind="user"), await store.create_user(kind="user")
+    key_a, record_a = await store.create_api_key(alice.id, name="laptop")
+    key_b, record_b = await store.create_api_key(bob.id)
+    listed = await store.list_api_keys()
+    assert [(k.id, k.user_id, k.name) for k in listed] == [
+        (record_a.id, alice.id, "laptop"),
+        (record_b.id, bob.id, None),
+    ]
+    assert listed[0].last_used_at is None
+    assert await store.user_for_api_key(key_a) is not None
+    assert (await store.list_api_keys(alice.id))[0].last_used_at is not None
+    assert [k.id for k in await store.list_api_keys(bob.id)] == [record_b.id]
+    revoked = await store.delete_api_key(record_a.id)
+    assert revoked is not None and revoked.user_id == alice.id
+    assert await store.user_for_api_key(key_a) is None  # refused at once
+    assert await store.delete_api_key(record_a.id) is None
+    assert await store.user_for_api_key(key_b) is not None
+
+
+async def test_idle_guests_are_deleted_with_their_chats(store: Store) -> None:
+    now = utcnow()
+    idle_since = now - timedelta(days=30)
+
+    async def guest_with_chat(age: timedelta, *, running: bool = False) -> tuple[str, str]:
+        user_id, chat_id = uid("u"), uid()
+        begun = await store.start_answer(
+            chat_id, user_id, title="t", message_id="m1", parts=[], guest=True
+        )
+        assert isinstance(begun, Started)
+        if not running:
+            await store.finalize_message(
+                chat_id,
+                begun.record.message_id,
+                parts=[],
+                status="done",
+                release_stream=begun.record.id,
+            )
+        await _age(store, user_id, chat_id, now - age)
+        return user_id, chat_id
+
+    idle, idle_chat = await guest_with_chat(timedelta(days=40))
+    recent, recent_chat = await guest_with_chat(timedelta(days=2))
+    running, running_chat = await guest_with_chat(timedelta(days=40), running=True)
+    keyed = await store.create_user(kind="user")
+    keyed_chat = (await _start(store, uid(), keyed.id, "m1")).record.chat_id
+    await _age(store, keyed.id, keyed_chat, now - timedelta(days=90))
+
+    found = await store.idle_guests(idle_since=idle_since)
+    assert found == [idle]
+    assert await store.delete_idle_guests([idle, recent, running], idle_since=idle_since) == 1
+    assert await store.get_user(idle) is None
+    assert await store.get_chat(idle_chat, idle) is None
+    assert await store.list_messages(idle_chat, include_streaming=True) == []
+    with pytest.raises(ChatNotFoundError):
+        await store.get_streams_by_chat_id(idle_chat, idle)
+    for user_id, chat_id in (
+        (recent, recent_chat),
+        (running, running_chat),
+        (keyed.id, keyed_chat),
+    ):
+        assert await store.get_chat(chat_id, user_id) is not None
+    assert await store.idle_guests(idle_since=idle_since) == []
+    # A guest who comes back with its cookie starts again, with no chats.
+    again = await store.start_answer(uid(), idle, title="t", message_id="m1", parts=[], guest=True)
+    assert isinstance(again, Started)
+
+
+async def _age(store: Store, user_id: str, chat_id: str, moment: datetime) -> None:
+    """Move the user's creation and the chat's last update back to ``moment``."""
+
+    def move(connection: Any) -> None:
+        connection.execute(update(users).where(users.c.id == user_id).values(created_at=moment))
+        connection.execute(update(chats).where(chats.c.id == chat_id).values(updated_at=moment))
+
+    async with store.engine.begin() as connection:
+        await connection.run_sync(move)
 
 
 @pytest.fixture

@@ -42,6 +42,9 @@ __all__ = [
 
 COOKIE_NAME = "unbroken_session"
 COOKIE_MAX_AGE = 400 * 24 * 3600  # the longest lifetime browsers honour
+#: A guest's cookie older than this is signed again on its next visit, so that a guest who
+#: keeps coming back keeps its chats: only one away for `COOKIE_MAX_AGE` loses them.
+COOKIE_RENEW_AFTER = 24 * 3600
 _SET_COOKIE = "unbroken.set_cookie"
 _UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -73,8 +76,8 @@ class Sessions:
         return guest.id if guest is not None else None
 
     def guest(self, value: str) -> User | None:
-        """The guest a valid, unexpired cookie value names (created when it was signed);
-        None otherwise."""
+        """The guest a valid, unexpired cookie value names (its ``created_at``: when the
+        cookie was signed, see `COOKIE_RENEW_AFTER`); None otherwise."""
         try:
             data, signed_at = self._serializer.loads(
                 value, max_age=COOKIE_MAX_AGE, return_timestamp=True
@@ -147,6 +150,8 @@ def credentials(
 
     cookie = conn.cookies.get(COOKIE_NAME)
     if cookie and (guest := sessions.guest(cookie)) is not None:
+        if (utcnow() - guest.created_at).total_seconds() > COOKIE_RENEW_AFTER:
+            conn.scope.setdefault("state", {})[_SET_COOKIE] = sessions.sign(guest.id)
         return Credentials(guest=Identity(guest, "cookie"))
     user = User(id=new_id("u_"), kind="guest", name=None, created_at=utcnow())
     conn.scope.setdefault("state", {})[_SET_COOKIE] = sessions.sign(user.id)

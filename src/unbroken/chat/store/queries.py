@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, delete, exists, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, Row
@@ -110,6 +110,72 @@ class Store(Database):
             )
         )
         return secret, record
+
+    async def list_api_keys(self, user_id: str | None = None) -> list[ApiKey]:
+        """Every API key (``user_id``: that user's), oldest first; never their secrets."""
+        query = select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id)
+        if user_id is not None:
+            query = query.where(api_keys.c.user_id == user_id)
+        return [ApiKey.from_row(row) for row in await self._all(query)]
+
+    async def delete_api_key(self, key_id: str) -> ApiKey | None:
+        """Delete the key ``key_id`` (the next request with it is refused); None if there is
+        no such key."""
+
+        def work(conn: Connection) -> ApiKey | None:
+            row = conn.execute(select(api_keys).where(api_keys.c.id == key_id)).first()
+            if row is None:
+                return None
+            conn.execute(delete(api_keys).where(api_keys.c.id == key_id))
+            return ApiKey.from_row(row)
+
+        return await self._run(work, write=True)
+
+    async def idle_guests(self, *, idle_since: datetime, limit: int = 500) -> list[str]:
+        """Guests who stored nothing since ``idle_since``: created before it, every chat of
+        theirs last updated before it and none with an answer running. At most ``limit``."""
+        query = (
+            select(users.c.id)
+            .where(
+                users.c.kind == "guest",
+                users.c.created_at < idle_since,
+                ~exists().where(chats.c.user_id == users.c.id, _recent_or_running(idle_since)),
+            )
+            .order_by(users.c.created_at, users.c.id)
+            .limit(limit)
+        )
+        return [row[0] for row in await self._all(query)]
+
+    async def delete_idle_guests(self, user_ids: Sequence[str], *, idle_since: datetime) -> int:
+        """Delete those of the guests ``user_ids`` still idle since ``idle_since`` (see
+        `idle_guests`), with their chats, messages and streams, in one transaction; how many
+        were deleted. A guest who comes back later starts with no chats."""
+
+        def work(conn: Connection) -> int:
+            # Looked at again in the transaction: one may have written since it was listed.
+            idle = [
+                row[0]
+                for row in conn.execute(
+                    select(users.c.id).where(
+                        users.c.id.in_(user_ids),
+                        users.c.kind == "guest",
+                        ~exists().where(
+                            chats.c.user_id == users.c.id, _recent_or_running(idle_since)
+                        ),
+                    )
+                )
+            ]
+            if not idle:
+                return 0
+            theirs = select(chats.c.id).where(chats.c.user_id.in_(idle)).scalar_subquery()
+            # Explicit deletes: SQLite only cascades with PRAGMA foreign_keys, so do not rely on it.
+            conn.execute(delete(messages).where(messages.c.chat_id.in_(theirs)))
+            conn.execute(delete(streams).where(streams.c.chat_id.in_(theirs)))
+            conn.execute(delete(chats).where(chats.c.user_id.in_(idle)))
+            conn.execute(delete(api_keys).where(api_keys.c.user_id.in_(idle)))
+            return int(conn.execute(delete(users).where(users.c.id.in_(idle))).rowcount)
+
+        return await self._run(work, write=True)
 
     async def user_for_api_key(self, secret: str) -> User | None:
         """The owner of the key, or None for an unknown key.
@@ -504,6 +570,11 @@ def _claim(conn: Connection, chat_id: str, stream_id: str, now: datetime) -> boo
     """Compare-and-set: make ``stream_id`` the chat's active stream if it has none."""
     claimed = conn.execute(_CLAIM, {"b_chat": chat_id, "b_stream": stream_id, "b_now": now})
     return bool(claimed.rowcount)
+
+
+def _recent_or_running(since: datetime) -> ColumnElement[bool]:
+    """A chat updated since ``since``, or with an answer running."""
+    return or_(chats.c.updated_at >= since, chats.c.active_stream_id.is_not(None))
 
 
 def _store_guest(conn: Connection, user_id: str, now: datetime) -> None:

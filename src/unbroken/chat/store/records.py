@@ -81,6 +81,19 @@ class ApiKey:
     user_id: str
     name: str | None
     created_at: datetime
+    last_used_at: datetime | None = None  # refreshed at most once a minute
+
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> Self:
+        m = row._mapping
+        used = m["last_used_at"]
+        return cls(
+            id=m["id"],
+            user_id=m["user_id"],
+            name=m["name"],
+            created_at=as_utc(m["created_at"]),
+            last_used_at=None if used is None else as_utc(used),
+        )
 
 
 class ChatPosition(NamedTuple):
