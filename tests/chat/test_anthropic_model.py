@@ -58,6 +58,24 @@ async def test_thinking_text_and_the_history_sent(
         ]
 
 
+async def test_the_system_prompt_is_the_system_parameter(
+    start_server: Callable[..., Server], fake: tuple[FakeProviders, str]
+) -> None:
+    server = start_server(
+        model="anthropic:claude-test",
+        anthropic_base_url=fake[1],
+        anthropic_api_key="sk-test",
+        system_prompt="Be brief.",
+    )
+    async with new_client(server.url) as client:
+        await post_v5(client, v5_body(uuid.uuid4().hex, "m1", "hi there"))
+        sent = fake[0].requests[-1]
+        assert sent["system"] == "Be brief."
+        assert sent["messages"] == [
+            {"role": "user", "content": [{"type": "text", "text": "hi there"}]}
+        ]
+
+
 async def test_tool_use_and_a_provider_error(server: Server) -> None:
     async with new_client(server.url) as client:
         chat_id = uuid.uuid4().hex

@@ -63,6 +63,27 @@ async def test_text_and_reasoning_stream_and_history_is_sent(
         ]
 
 
+async def test_the_system_prompt_comes_first_and_is_not_stored(
+    start_server: Callable[..., Server], fake: tuple[FakeOpenAI, str]
+) -> None:
+    prompt = "You answer in French.\nAlways."
+    server = start_server(
+        model="fake-model", openai_base_url=fake[1], openai_api_key="sk-test", system_prompt=prompt
+    )
+    async with new_client(server.url) as client:
+        chat_id = uuid.uuid4().hex
+        assert (await post_v5(client, v5_body(chat_id, "m1", "hi there"))).done
+        assert fake[0].requests[-1]["messages"] == [
+            {"role": "system", "content": prompt},
+            {"role": "user", "content": "hi there"},
+        ]
+        chat = await settled_chat(client, chat_id)
+        assert [message["role"] for message in chat["messages"]] == ["user", "assistant"]
+        await post_v5(client, v5_body(chat_id, "m2", "and again"))
+        sent = fake[0].requests[-1]["messages"]
+        assert [message["role"] for message in sent] == ["system", "user", "assistant", "user"]
+
+
 async def test_tool_calls_stream_in_both_protocols(server: Server) -> None:
     async with new_client(server.url) as client:
         chat_id = uuid.uuid4().hex

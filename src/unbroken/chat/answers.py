@@ -354,6 +354,14 @@ class Answers:
             await anyio.sleep(pause)
             pause = min(2 * pause, longest)
 
+    def _instructed(self, history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The conversation as the model gets it: after the service's system prompt."""
+        prompt = self.settings.system_prompt
+        if prompt is None:
+            return list(history)
+        system = {"id": "system", "role": "system", "parts": [{"type": "text", "text": prompt}]}
+        return [system, *history]
+
     async def _source(
         self,
         record: StreamRecord,
@@ -364,7 +372,7 @@ class Answers:
         started = time.monotonic()
         first = True
         uncounted = 0  # the chunks counter is a locked value: add to it in steps
-        events = self.model.stream(list(history))
+        events = self.model.stream(self._instructed(history))
         try:
             async for chunk in ui_chunks(record.message_id, events):
                 if first and chunk["type"] not in ("start", "start-step"):

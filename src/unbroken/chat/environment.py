@@ -77,6 +77,13 @@ VARIABLES: tuple[Variable, ...] = (
         "an Anthropic-compatible server",
     ),
     Variable(
+        "UNBROKEN_SYSTEM_PROMPT",
+        "system_prompt",
+        "You answer questions about our product.",
+        "unset",
+        "instructions sent to the model before every conversation",
+    ),
+    Variable(
         "UNBROKEN_DEMO_TOKENS_PER_SECOND",
         "demo_tokens_per_second",
         "50",

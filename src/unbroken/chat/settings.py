@@ -41,6 +41,9 @@ class Settings:
     openai_base_url: str | None = None
     anthropic_api_key: str | None = None
     anthropic_base_url: str | None = None
+    #: Sent to the model as a system message before every conversation (not stored, not
+    #: shown to users).
+    system_prompt: str | None = None
     demo_tokens_per_second: float = 20.0
     #: How long a producer's lease lives without renewal (crash detection), seconds.
     lease_ttl: float = 3.0
@@ -102,6 +105,7 @@ class Settings:
             openai_base_url=text("OPENAI_BASE_URL"),
             anthropic_api_key=text("ANTHROPIC_API_KEY"),
             anthropic_base_url=text("ANTHROPIC_BASE_URL"),
+            system_prompt=text("UNBROKEN_SYSTEM_PROMPT"),
             demo_tokens_per_second=_number(env, "UNBROKEN_DEMO_TOKENS_PER_SECOND", 20.0),
             lease_ttl=_number(env, "UNBROKEN_LEASE_TTL", 3.0),
             retention=_number(env, "UNBROKEN_RETENTION", 600.0),
