@@ -61,6 +61,11 @@ def test_values_from_the_environment() -> None:
         ({"UNBROKEN_REDIS_PLACEMENT": "master"}, "UNBROKEN_REDIS_PLACEMENT"),
         ({"UNBROKEN_MAX_CONCURRENT_ANSWERS": "-1"}, "UNBROKEN_MAX_CONCURRENT_ANSWERS"),
         ({"UNBROKEN_ANSWERS_PER_MINUTE": "1.5"}, "UNBROKEN_ANSWERS_PER_MINUTE"),
+        ({"UNBROKEN_LEASE_TTL": "nan"}, "UNBROKEN_LEASE_TTL"),
+        ({"UNBROKEN_RETENTION": "inf"}, "UNBROKEN_RETENTION"),
+        ({"UNBROKEN_DRAIN_TIMEOUT": "-inf"}, "UNBROKEN_DRAIN_TIMEOUT"),
+        ({"UNBROKEN_MAX_ANSWER_SECONDS": "-5"}, "UNBROKEN_MAX_ANSWER_SECONDS"),
+        ({"UNBROKEN_MAX_ANSWER_SECONDS": "nan"}, "UNBROKEN_MAX_ANSWER_SECONDS"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], names: str) -> None:

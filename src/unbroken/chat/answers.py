@@ -47,7 +47,7 @@ from unbroken.chat.events import (
 )
 from unbroken.chat.limits import AnswerLimits, Slot
 from unbroken.chat.metrics import ChatMetrics
-from unbroken.chat.models import ChatModel, message_text
+from unbroken.chat.models import ChatModel, ModelError, ModelEvent, message_text
 from unbroken.chat.settings import Settings
 from unbroken.chat.store import (
     Chat,
@@ -373,6 +373,8 @@ class Answers:
         first = True
         uncounted = 0  # the chunks counter is a locked value: add to it in steps
         events = self.model.stream(self._instructed(history))
+        if self.settings.max_answer_seconds:
+            events = _ended_after(events, self.settings.max_answer_seconds)
         try:
             async for chunk in ui_chunks(record.message_id, events):
                 if first and chunk["type"] not in ("start", "start-step"):
@@ -560,3 +562,27 @@ class Answers:
                     logger.info("stored %d orphaned answer(s)", count)
             except Exception:
                 logger.exception("sweeping orphaned answers failed; will retry")
+
+
+async def _ended_after(
+    events: AsyncIterator[ModelEvent], seconds: float
+) -> AsyncIterator[ModelEvent]:
+    """``events`` until ``seconds`` after the first is asked for; then a `ModelError` (the
+    answer ends in error with its text so far, see `ui_chunks`) and the model's stream
+    closed, which closes its request to the provider."""
+    deadline = anyio.current_time() + seconds
+    try:
+        while True:
+            with anyio.move_on_after(deadline - anyio.current_time()) as waiting:
+                try:
+                    event = await anext(events)
+                except StopAsyncIteration:
+                    return
+            if waiting.cancelled_caught:
+                raise ModelError(f"the answer took longer than {seconds:g} s and was ended there")
+            yield event
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            with anyio.CancelScope(shield=True):
+                await aclose()

@@ -84,6 +84,13 @@ VARIABLES: tuple[Variable, ...] = (
         "instructions sent to the model before every conversation",
     ),
     Variable(
+        "UNBROKEN_MAX_ANSWER_SECONDS",
+        "max_answer_seconds",
+        "300",
+        "600",
+        "an answer still running after this long is ended in error, its text kept (0: no limit)",
+    ),
+    Variable(
         "UNBROKEN_DEMO_TOKENS_PER_SECOND",
         "demo_tokens_per_second",
         "50",

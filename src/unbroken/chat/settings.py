@@ -7,6 +7,7 @@ front, so a bad value fails at start with a message that names the variable, nev
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -41,6 +42,9 @@ class Settings:
     openai_base_url: str | None = None
     anthropic_api_key: str | None = None
     anthropic_base_url: str | None = None
+    #: An answer still running this many seconds after it began is ended there, in error
+    #: (its text so far kept): a model that never stops costs no more than that. 0: no limit.
+    max_answer_seconds: float = 600.0
     #: Sent to the model as a system message before every conversation (not stored, not
     #: shown to users).
     system_prompt: str | None = None
@@ -106,6 +110,7 @@ class Settings:
             anthropic_api_key=text("ANTHROPIC_API_KEY"),
             anthropic_base_url=text("ANTHROPIC_BASE_URL"),
             system_prompt=text("UNBROKEN_SYSTEM_PROMPT"),
+            max_answer_seconds=_number(env, "UNBROKEN_MAX_ANSWER_SECONDS", 600.0),
             demo_tokens_per_second=_number(env, "UNBROKEN_DEMO_TOKENS_PER_SECOND", 20.0),
             lease_ttl=_number(env, "UNBROKEN_LEASE_TTL", 3.0),
             retention=_number(env, "UNBROKEN_RETENTION", 600.0),
@@ -162,6 +167,8 @@ class Settings:
             raise SettingsError("UNBROKEN_LEASE_TTL and UNBROKEN_RETENTION must be positive")
         if self.retention < self.resume_window:
             raise SettingsError("UNBROKEN_RETENTION must be at least the resume window")
+        if self.max_answer_seconds < 0:
+            raise SettingsError("UNBROKEN_MAX_ANSWER_SECONDS must not be negative (0: no limit)")
         if self.drain_timeout < 0 or self.sweep_interval < 0:
             raise SettingsError(
                 "UNBROKEN_DRAIN_TIMEOUT and UNBROKEN_SWEEP_INTERVAL must not be negative"
@@ -251,9 +258,12 @@ def _number(env: Mapping[str, str], name: str, default: float) -> float:
     if not raw:
         return default
     try:
-        return float(raw)
+        number = float(raw)
     except ValueError:
-        raise SettingsError(f"{name} must be a number, not {raw!r}") from None
+        number = math.nan
+    if not math.isfinite(number):
+        raise SettingsError(f"{name} must be a number, not {raw!r}")
+    return number
 
 
 def _count(env: Mapping[str, str], name: str, default: int) -> int:
