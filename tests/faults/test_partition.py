@@ -114,3 +114,26 @@ async def test_producer_cut_off_from_redis(
             assert asked.terminal is not None and asked.terminal["type"] == "error"
         assert producer.alive and other.alive
         assert not deployment.crashes(), deployment.crashes()
+
+
+async def test_the_health_check_reports_redis_without_failing(
+    deployment: Deployment, redis_url: str
+) -> None:
+    """``/healthz`` says whether Redis answers, and stays 200 while it does not: the
+    service goes on from memory, so a load balancer must not take every worker out."""
+    with fault_proxy(redis_port(redis_url)) as proxy:
+        [instance] = await deployment.start(1, REDIS_URL=proxy.url)
+        async with httpx.AsyncClient(base_url=instance.url, timeout=10) as client:
+            health = await client.get("/healthz")
+            assert (health.status_code, health.json()["redis"]) == (200, "ok")
+            with proxy.partition():
+                with anyio.fail_after(5):
+                    health = await client.get("/healthz")
+                assert health.status_code == 200, health.text
+                assert health.json()["redis"] == "unreachable"
+                assert health.json()["status"] == "ok"
+            with anyio.fail_after(10):  # connections are accepted again
+                while True:  # polling another process: there is nothing to wait on
+                    if (await client.get("/healthz")).json()["redis"] == "ok":
+                        break
+                    await anyio.sleep(0.1)

@@ -171,4 +171,9 @@ class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     database: Literal["ok", "unreachable"]
     streams: Literal["redis", "memory"]
+    redis: Literal["ok", "unreachable"] | None = Field(
+        None,
+        description="With Redis: whether it answered. The service goes on without it (answers "
+        "stream from memory), so it does not change `status`.",
+    )
     model: str
