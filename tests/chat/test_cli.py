@@ -124,10 +124,12 @@ _GC_WHEN_STARTED = """
 import asyncio, gc, sys
 from unbroken.chat.app import create_app
 from unbroken.chat.settings import Settings
-from unbroken.cli import FULL_COLLECTION_EVERY, tuned_for_serving
+from unbroken.cli import FULL_COLLECTION_EVERY, YOUNG_COLLECTION_AFTER, tuned_for_serving
 
 def tuned():
-    return gc.get_freeze_count() > 0 and gc.get_threshold()[2] == FULL_COLLECTION_EVERY
+    young, _, full = gc.get_threshold()
+    frozen = gc.get_freeze_count() > 0
+    return frozen and (young, full) == (YOUNG_COLLECTION_AFTER, FULL_COLLECTION_EVERY)
 
 async def main():
     settings = Settings(database_url=sys.argv[1], sweep_interval=0)

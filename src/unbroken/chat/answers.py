@@ -567,18 +567,17 @@ class Answers:
 async def _ended_after(
     events: AsyncIterator[ModelEvent], seconds: float
 ) -> AsyncIterator[ModelEvent]:
-    """``events`` until ``seconds`` after the first is asked for; then a `ModelError` (the
-    answer ends in error with its text so far, see `ui_chunks`) and the model's stream
-    closed, which closes its request to the provider."""
-    deadline = anyio.current_time() + seconds
+    """``events`` until the first one that comes ``seconds`` after the start, then a
+    `ModelError` (the answer ends in error with its text so far, see `ui_chunks`) and the
+    model's stream closed, which closes its request to the provider.
+
+    The clock is read per event (a cancel scope around each wait would cost more than the
+    event itself): a model that sends nothing at all is ended by its client's own read
+    timeout instead."""
+    deadline = time.monotonic() + seconds
     try:
-        while True:
-            with anyio.move_on_after(deadline - anyio.current_time()) as waiting:
-                try:
-                    event = await anext(events)
-                except StopAsyncIteration:
-                    return
-            if waiting.cancelled_caught:
+        async for event in events:
+            if time.monotonic() >= deadline:
                 raise ModelError(f"the answer took longer than {seconds:g} s and was ended there")
             yield event
     finally:
