@@ -315,21 +315,18 @@ async def _prune_guests(store: Store, args: argparse.Namespace) -> int:
     from unbroken.chat.store import utcnow
 
     idle_since = utcnow() - timedelta(days=args.idle_days)
-    found = deleted = 0
-    while True:
-        batch = await store.idle_guests(idle_since=idle_since, limit=_PRUNE_BATCH)
-        found += len(batch)
-        if args.dry_run or not batch:
-            break
-        deleted += await store.delete_idle_guests(batch, idle_since=idle_since)
-        if len(batch) < _PRUNE_BATCH:
-            break
     idle = f"nothing stored for {args.idle_days:g} days"
     if args.dry_run:
-        more = "+" if found == _PRUNE_BATCH else ""
-        print(f"{found}{more} guests with {idle} (a dry run: nothing deleted)")
-    else:
-        print(f"deleted {deleted} guests with {idle}, with their chats")
+        found = await store.count_idle_guests(idle_since=idle_since)
+        print(f"{found} guests with {idle} (a dry run: nothing deleted)")
+        return 0
+    deleted = 0
+    while batch := await store.idle_guests(idle_since=idle_since, limit=_PRUNE_BATCH):
+        removed = await store.delete_idle_guests(batch, idle_since=idle_since)
+        deleted += removed
+        if not removed:  # every one of them wrote since it was listed: no longer idle
+            break
+    print(f"deleted {deleted} guests with {idle}, with their chats")
     return 0
 
 

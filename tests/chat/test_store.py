@@ -430,9 +430,13 @@ async def test_idle_guests_are_deleted_with_their_chats(store: Store) -> None:
     keyed_chat = (await _start(store, uid(), keyed.id, "m1")).record.chat_id
     await _age(store, keyed.id, keyed_chat, now - timedelta(days=90))
 
+    given_a_key, _ = await guest_with_chat(timedelta(days=40))
+    await store.create_api_key(given_a_key)  # (`create-key --user-id`): kept as a user
     found = await store.idle_guests(idle_since=idle_since)
     assert found == [idle]
-    assert await store.delete_idle_guests([idle, recent, running], idle_since=idle_since) == 1
+    assert await store.count_idle_guests(idle_since=idle_since) == 1
+    everyone = [idle, recent, running, given_a_key]
+    assert await store.delete_idle_guests(everyone, idle_since=idle_since) == 1
     assert await store.get_user(idle) is None
     assert await store.get_chat(idle_chat, idle) is None
     assert await store.list_messages(idle_chat, include_streaming=True) == []
@@ -445,6 +449,7 @@ async def test_idle_guests_are_deleted_with_their_chats(store: Store) -> None:
     ):
         assert await store.get_chat(chat_id, user_id) is not None
     assert await store.idle_guests(idle_since=idle_since) == []
+    assert await store.get_user(given_a_key) is not None
     # A guest who comes back with its cookie starts again, with no chats.
     again = await store.start_answer(uid(), idle, title="t", message_id="m1", parts=[], guest=True)
     assert isinstance(again, Started)

@@ -6,7 +6,7 @@ import base64
 import binascii
 import json
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -23,7 +23,7 @@ __all__ = ["router"]
 router = APIRouter(tags=["chats"])
 
 _PAGE_SIZE = re.compile(r"[0-9]{1,4}")
-_CURSOR_MAX = 512  # the cursors `_cursor` makes take about 120 characters
+_CURSOR_MAX = 512  # far longer than any cursor `_cursor` makes
 
 
 def _iso(moment: Any) -> str | None:
@@ -111,7 +111,8 @@ def _position(cursor: str) -> ChatPosition:
         raise ApiError(
             400, "invalid_request", "'cursor' must be a nextCursor this service gave"
         ) from None
-    return ChatPosition(updated_at, chat_id)
+    # The database compares times as stored: in UTC.
+    return ChatPosition(updated_at.astimezone(UTC), chat_id)
 
 
 @router.get("/api/chats/{chat_id}", summary="Read a chat", responses={200: {"model": ChatDetail}})

@@ -19,7 +19,18 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, delete, exists, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, Row
@@ -132,39 +143,30 @@ class Store(Database):
         return await self._run(work, write=True)
 
     async def idle_guests(self, *, idle_since: datetime, limit: int = 500) -> list[str]:
-        """Guests who stored nothing since ``idle_since``: created before it, every chat of
-        theirs last updated before it and none with an answer running. At most ``limit``."""
+        """Guests who stored nothing since ``idle_since`` (see `_idle_guest`), oldest
+        first, at most ``limit``."""
         query = (
             select(users.c.id)
-            .where(
-                users.c.kind == "guest",
-                users.c.created_at < idle_since,
-                ~exists().where(chats.c.user_id == users.c.id, _recent_or_running(idle_since)),
-            )
+            .where(_idle_guest(idle_since))
             .order_by(users.c.created_at, users.c.id)
             .limit(limit)
         )
         return [row[0] for row in await self._all(query)]
 
+    async def count_idle_guests(self, *, idle_since: datetime) -> int:
+        """How many guests stored nothing since ``idle_since`` (see `_idle_guest`)."""
+        query = select(func.count()).select_from(users).where(_idle_guest(idle_since))
+        return int(await self._scalar(query))
+
     async def delete_idle_guests(self, user_ids: Sequence[str], *, idle_since: datetime) -> int:
         """Delete those of the guests ``user_ids`` still idle since ``idle_since`` (see
-        `idle_guests`), with their chats, messages and streams, in one transaction; how many
+        `_idle_guest`), with their chats, messages and streams, in one transaction; how many
         were deleted. A guest who comes back later starts with no chats."""
 
         def work(conn: Connection) -> int:
             # Looked at again in the transaction: one may have written since it was listed.
-            idle = [
-                row[0]
-                for row in conn.execute(
-                    select(users.c.id).where(
-                        users.c.id.in_(user_ids),
-                        users.c.kind == "guest",
-                        ~exists().where(
-                            chats.c.user_id == users.c.id, _recent_or_running(idle_since)
-                        ),
-                    )
-                )
-            ]
+            query = select(users.c.id).where(users.c.id.in_(user_ids), _idle_guest(idle_since))
+            idle = [row[0] for row in conn.execute(query)]
             if not idle:
                 return 0
             theirs = select(chats.c.id).where(chats.c.user_id.in_(idle)).scalar_subquery()
@@ -172,7 +174,6 @@ class Store(Database):
             conn.execute(delete(messages).where(messages.c.chat_id.in_(theirs)))
             conn.execute(delete(streams).where(streams.c.chat_id.in_(theirs)))
             conn.execute(delete(chats).where(chats.c.user_id.in_(idle)))
-            conn.execute(delete(api_keys).where(api_keys.c.user_id.in_(idle)))
             return int(conn.execute(delete(users).where(users.c.id.in_(idle))).rowcount)
 
         return await self._run(work, write=True)
@@ -572,9 +573,16 @@ def _claim(conn: Connection, chat_id: str, stream_id: str, now: datetime) -> boo
     return bool(claimed.rowcount)
 
 
-def _recent_or_running(since: datetime) -> ColumnElement[bool]:
-    """A chat updated since ``since``, or with an answer running."""
-    return or_(chats.c.updated_at >= since, chats.c.active_stream_id.is_not(None))
+def _idle_guest(since: datetime) -> ColumnElement[bool]:
+    """A guest who stored nothing since ``since``: created before it, without API keys, and
+    every chat of theirs last updated before it, none with an answer running."""
+    busy_chat = or_(chats.c.updated_at >= since, chats.c.active_stream_id.is_not(None))
+    return and_(
+        users.c.kind == "guest",
+        users.c.created_at < since,
+        ~exists().where(api_keys.c.user_id == users.c.id),
+        ~exists().where(chats.c.user_id == users.c.id, busy_chat),
+    )
 
 
 def _store_guest(conn: Connection, user_id: str, now: datetime) -> None:
