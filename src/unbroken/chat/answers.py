@@ -390,10 +390,7 @@ class Answers:
         finally:
             if uncounted:
                 self.metrics.chunks.inc(uncounted)
-            aclose = getattr(events, "aclose", None)
-            if aclose is not None:
-                with anyio.CancelScope(shield=True):
-                    await aclose()
+            await _close_shielded(events)
 
     # -- how a stream stands ---------------------------------------------------------------
 
@@ -581,7 +578,13 @@ async def _ended_after(
                 raise ModelError(f"the answer took longer than {seconds:g} s and was ended there")
             yield event
     finally:
-        aclose = getattr(events, "aclose", None)
-        if aclose is not None:
-            with anyio.CancelScope(shield=True):
-                await aclose()
+        await _close_shielded(events)
+
+
+async def _close_shielded(events: AsyncIterator[ModelEvent]) -> None:
+    """Close the model's stream (which closes its request to the provider), even while the
+    answer is being cancelled."""
+    aclose = getattr(events, "aclose", None)
+    if aclose is not None:
+        with anyio.CancelScope(shield=True):
+            await aclose()

@@ -84,11 +84,12 @@ async def list_chats(
 
 
 def _page_size(raw: str | None) -> int:
-    if raw is None or not raw.strip():
+    digits = (raw or "").strip()
+    if not digits:
         return PAGE_MAX
-    if not _PAGE_SIZE.fullmatch(raw.strip()) or not 1 <= int(raw) <= PAGE_MAX:
+    if not _PAGE_SIZE.fullmatch(digits) or not 1 <= int(digits) <= PAGE_MAX:
         raise ApiError(400, "invalid_request", f"'limit' must be an integer from 1 to {PAGE_MAX}")
-    return int(raw)
+    return int(digits)
 
 
 def _cursor(position: ChatPosition) -> str:

@@ -169,11 +169,7 @@ class Store(Database):
             idle = [row[0] for row in conn.execute(query)]
             if not idle:
                 return 0
-            theirs = select(chats.c.id).where(chats.c.user_id.in_(idle)).scalar_subquery()
-            # Explicit deletes: SQLite only cascades with PRAGMA foreign_keys, so do not rely on it.
-            conn.execute(delete(messages).where(messages.c.chat_id.in_(theirs)))
-            conn.execute(delete(streams).where(streams.c.chat_id.in_(theirs)))
-            conn.execute(delete(chats).where(chats.c.user_id.in_(idle)))
+            _delete_chats(conn, chats.c.user_id.in_(idle))
             return int(conn.execute(delete(users).where(users.c.id.in_(idle))).rowcount)
 
         return await self._run(work, write=True)
@@ -252,10 +248,7 @@ class Store(Database):
         def work(conn: Connection) -> bool:
             if conn.execute(_SELECT_CHAT, {"b_chat": chat_id, "b_user": user_id}).first() is None:
                 return False
-            # Explicit deletes: SQLite only cascades with PRAGMA foreign_keys, so do not rely on it.
-            conn.execute(delete(messages).where(messages.c.chat_id == chat_id))
-            conn.execute(delete(streams).where(streams.c.chat_id == chat_id))
-            conn.execute(delete(chats).where(chats.c.id == chat_id))
+            _delete_chats(conn, chats.c.id == chat_id)
             return True
 
         return await self._run(work, write=True)
@@ -571,6 +564,15 @@ def _claim(conn: Connection, chat_id: str, stream_id: str, now: datetime) -> boo
     """Compare-and-set: make ``stream_id`` the chat's active stream if it has none."""
     claimed = conn.execute(_CLAIM, {"b_chat": chat_id, "b_stream": stream_id, "b_now": now})
     return bool(claimed.rowcount)
+
+
+def _delete_chats(conn: Connection, which: ColumnElement[bool]) -> None:
+    """Delete the chats ``which`` selects, with their messages and streams."""
+    chosen = select(chats.c.id).where(which).scalar_subquery()
+    # Explicit deletes: SQLite only cascades with PRAGMA foreign_keys, so do not rely on it.
+    conn.execute(delete(messages).where(messages.c.chat_id.in_(chosen)))
+    conn.execute(delete(streams).where(streams.c.chat_id.in_(chosen)))
+    conn.execute(delete(chats).where(which))
 
 
 def _idle_guest(since: datetime) -> ColumnElement[bool]:
