@@ -259,7 +259,7 @@ class OwnedClient:
         if topology.kind == "sentinel":
             if cluster:
                 raise RedisUrlError("a redis+sentinel:// url cannot be used with cluster=True")
-            self.sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            self.sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis 8.2
                 list(topology.nodes),
                 sentinel_kwargs={
                     "socket_connect_timeout": _SENTINEL_TIMEOUT,
