@@ -37,6 +37,12 @@ Each turn has a producer (or an answer) of its own, and waits first for the time
 earlier turns' resumes took, so the turns together resume logs of the lengths one run of
 all the resumes would (a catch-up is the whole log so far: its length matters).
 
+The HTTP floor (``floor``): a third uvicorn process serves `system_apps.floor_app`, a
+route at the same path that answers one event at once (no authentication, database, engine
+or Redis), and the same route reading one key from the run's Redis first, timed the same
+way in every quiet round, alternately: what no resume route on this server stack can go
+below, and what no route that reads the stream from Redis can.
+
 ``frozen`` is `unbroken.compat` again, in resuming processes that call
 `unbroken.cli.freeze_startup_heap()` once their followers are set up (as docs/your-app.md
 advises a long-running server): what Python's full garbage collections cost the resumes.
@@ -516,10 +522,12 @@ def latencies(
     env: dict[str, str],
     args: argparse.Namespace,
     others: int,
+    floor: int | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], dict[str, str]]:
     """Resume latencies of every library and chat service, in ``--latency-rounds`` rounds
     that take turns (the machine's load drifts: each round compares moments close
-    together), with ``others`` other streams active. Also what failed, and why."""
+    together), with ``others`` other streams active; with ``floor`` (a port), the HTTP
+    floor's too, as the chat services' entry ``floor``. Also what failed, and why."""
     resumes = args.busy_resumes if others else args.resumes
     got: dict[str, dict[str, list[float]]] = {}
     failed: dict[str, str] = {}
@@ -557,9 +565,17 @@ def latencies(
                 entry[key] += chat[key]
             entry["followed"].append(chat["followed_per_s"])
             entry["cpu"].append(chat["cpu_ms"])
+        if floor is not None:
+            timed = asyncio.run(_floor_run(floor, count))
+            entry = got.setdefault("floor", {key: [] for key in timed})
+            for key, values in timed.items():
+                entry[key] += values
     libraries_out: dict[str, dict[str, Any]] = {}
     chat_out: dict[str, dict[str, Any]] = {}
     for name, mine in got.items():
+        if name == "floor":
+            chat_out[name] = {key: summary(values) for key, values in mine.items()}
+            continue
         followed = statistics.median(mine["followed"])
         cpu = statistics.mean(mine["cpu"])  # the turns are of (nearly) equal size
         if name.startswith("chat:"):
@@ -743,6 +759,20 @@ class _Response:
         return self.keep > 0 and self.events >= self.keep
 
 
+async def request(port: int, raw: bytes, sink: _Response) -> float:
+    """Send ``raw`` on a new connection to ``port``, read until ``sink`` is done; the time
+    the request was written (connecting is not timed)."""
+    loop = asyncio.get_running_loop()
+    transport, http = await loop.create_connection(lambda: Http(sink), "127.0.0.1", port)
+    sent = time.monotonic()
+    transport.write(raw)
+    try:
+        await http.lost
+    finally:
+        http.close()
+    return sent
+
+
 class ChatClient:
     """AI SDK v5 requests to the two workers, on raw connections (see `_loadgen.Http`)."""
 
@@ -751,17 +781,7 @@ class ChatClient:
         self.auth = f"Authorization: Bearer {service.api_key}\r\n"
 
     async def request(self, port: int, raw: bytes, sink: _Response) -> float:
-        """Send ``raw`` on a new connection to ``port``, read until ``sink`` is done; the
-        time the request was written (connecting is not timed)."""
-        loop = asyncio.get_running_loop()
-        transport, http = await loop.create_connection(lambda: Http(sink), "127.0.0.1", port)
-        sent = time.monotonic()
-        transport.write(raw)
-        try:
-            await http.lost
-        finally:
-            http.close()
-        return sent
+        return await request(port, raw, sink)
 
     async def post(self, chat_id: str, text: str, sink: _Response) -> float:
         body = json.dumps(
@@ -893,6 +913,65 @@ async def _chat_run(
     }
 
 
+@contextmanager
+def http_floor(folder: Path, redis_url: str) -> Iterator[int]:
+    """`system_apps.floor_app` under uvicorn (its defaults, as ``unbroken chat`` runs it), on
+    ``redis_url``, up and answering, until the block ends: its port."""
+    port = free_port()
+    log_path = folder / f"floor-{port}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "uvicorn", "--factory", "--app-dir"),
+                str(Path(__file__).resolve().parent),
+                *("system_apps:floor_app", "--port", str(port), "--log-level", "warning"),
+            ],
+            env={**os.environ, "REDIS_URL": redis_url},
+            stdout=log,
+            stderr=log,
+        )
+    try:
+        _wait_healthy(port, process, log_path)
+        yield port
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+#: The HTTP floor's two routes: as they are, and reading one key from Redis first.
+FLOOR_KINDS = {"": "first_", "?redis=1": "redis_first_"}
+
+
+async def _floor_run(port: int, resumes: int) -> dict[str, list[float]]:
+    """``resumes`` timed requests to each of the HTTP floor's routes, alternately,
+    ``CHAT_EVERY`` apart as the chat service's resumes, each on a new connection (the first
+    of each warms up, untimed): keys ``first_byte``, ``first_event``, ``redis_first_byte``
+    and ``redis_first_event``."""
+    path = f"/api/chat/{uuid.uuid4().hex}/stream"
+    timed: dict[str, list[float]] = {
+        f"{prefix}{what}": [] for prefix in FLOOR_KINDS.values() for what in ("byte", "event")
+    }
+    for i in range(resumes + 1):
+        for query, prefix in FLOOR_KINDS.items():
+            raw = (
+                f"GET {path}{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                "Accept: text/event-stream\r\n\r\n"
+            ).encode()
+            sink = _Response()
+            sent = await request(port, raw, sink)
+            if sink.status != 200 or sink.head is None or sink.first is None:
+                raise RuntimeError(f"the HTTP floor answered {sink.status}")
+            if i > 0:
+                timed[f"{prefix}byte"].append((sink.head - sent) * 1000)
+                timed[f"{prefix}event"].append((sink.first - sent) * 1000)
+            await asyncio.sleep(CHAT_EVERY / 2)
+    return timed
+
+
 # -- report --------------------------------------------------------------------------------
 
 
@@ -975,6 +1054,29 @@ def report(results: dict[str, Any]) -> str:
             if run[section]["errors"]:
                 errors = run[section]["errors"]
                 lines.append(f"| … failed requests: {len(errors)} ({errors[0]}) | | | | |")
+    floor = results.get("floor")
+    if floor is not None:
+        lines += [
+            "",
+            "The HTTP floor: a route at the same path answering one event at once (uvicorn and "
+            "FastAPI, no authentication, database, engine or Redis), and the same route "
+            "reading one key from Redis first:",
+            "",
+            "| | median (ms) | p90 (ms) | p99 (ms) | median vs npm's resume |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for what, label in (
+            ("first_byte", "first byte"),
+            ("first_event", "first event"),
+            ("redis_first_byte", "first byte, one Redis read first"),
+            ("redis_first_event", "first event, one Redis read first"),
+        ):
+            got = floor[what]
+            ratio = f"{got['median_ms'] / npm_median:.2f}×" if npm_median else "-"
+            lines.append(
+                f"| {label} | {got['median_ms']:.2f} | {got['p90_ms']:.2f} | "
+                f"{got['p99_ms']:.2f} | {ratio} |"
+            )
     lines += ["", *targets(results)]
     for name, reason in results["skipped"].items():
         lines.append(f"\n{LABELS.get(name, name)}: {reason}")
@@ -1004,6 +1106,14 @@ def targets(results: dict[str, Any]) -> list[str]:
         for what in ("first_byte", "first_event"):
             got = run["quiet"][what]["median_ms"] / npm["resume_median_ms"]
             line(f"chat v5 resume {what.replace('_', ' ')} median / npm's", got, RATIO_TARGET, "×")
+    floor = results.get("floor")
+    if floor is not None and npm is not None:
+        bare = floor["first_byte"]["median_ms"] / npm["resume_median_ms"]
+        read = floor["redis_first_byte"]["median_ms"] / npm["resume_median_ms"]
+        lines.append(
+            f"- (no target) the HTTP floor's first byte median / npm's: {bare:.2f}×, "
+            f"{read:.2f}× with one Redis read: no resume route answers sooner"
+        )
     if ours is not None and "busy" in ours:
         line("compat resume p99, others active", ours["busy"]["p99_ms"], BUSY_TARGET_P99_MS, " ms")
     frozen = measured.get("frozen")
@@ -1065,6 +1175,9 @@ def chart(results: dict[str, Any], path: Path) -> None:
         if "busy" in run:
             boxes.append(run["busy"]["first_event"]["latencies_ms"])
             box_labels.append(f"{label}\n{results['others']} others")
+    if results.get("floor") is not None:
+        boxes.append(results["floor"]["first_event"]["latencies_ms"])
+        box_labels.append("HTTP floor\nfirst event")
     right.boxplot(boxes, whis=(1, 99))
     right.set_xticks(range(1, len(boxes) + 1), [wrapped(label) for label in box_labels])
     right.set_yscale("log")  # the busy spreads would flatten the quiet ones
@@ -1088,7 +1201,9 @@ def main() -> None:
     parser.add_argument("--others", type=int, default=100, help="other streams when busy")
     parser.add_argument("--chunks", type=int, default=10_000)
     parser.add_argument(
-        "--skip", default="", help="comma-separated: npm, pypi, compat, frozen, chat, busy"
+        "--skip",
+        default="",
+        help="comma-separated: npm, pypi, compat, frozen, chat, floor, busy",
     )
     parser.add_argument("--chat-db", choices=("postgres", "sqlite"), default="postgres")
     parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
@@ -1132,7 +1247,9 @@ def main() -> None:
                     services[name] = stack.enter_context(
                         chat_service(url, folder, args, pythonpath)
                     )
-            quiet, chat_quiet, failed = latencies(libraries, services, env, args, 0)
+            floor = None if "floor" in skip else stack.enter_context(http_floor(folder, url))
+            quiet, chat_quiet, failed = latencies(libraries, services, env, args, 0, floor)
+            floor_run = chat_quiet.pop("floor", None)
             skipped.update(failed)
             if busy:
                 loaded, chat_busy, failed = latencies(libraries, services, env, args, args.others)
@@ -1162,6 +1279,7 @@ def main() -> None:
         "others": args.others,
         "libraries": measured,
         "chat": chat,
+        "floor": floor_run,
         "skipped": skipped,
     }
     print(report(results))

@@ -13,6 +13,8 @@
   straight to the response, as ``plain_app`` does. What a chat service that stores its
   conversations but cannot resume them would do; the product's cost over it is the cost of
   resumability alone.
+- ``floor_app``: the floor of a resume route, used by `peers_bench.py`: a route that
+  answers one event at once, through uvicorn and FastAPI with nothing else.
 
 `StampedDemoModel` is the demo model plus one line per answer appended to the file named by
 ``UNBROKEN_BENCH_STAMPS``: ``<prompt>\\t<loop time when the model started>``. The demo model
@@ -215,6 +217,37 @@ def plain_app() -> FastAPI:
         history = [dict(m) for m in chat_request.messages]
         frames = plain_frames(generate_id(), model.stream(history))
         return StreamingResponse(frames, headers=UIMessageStreamEncoder.headers)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def floor_app() -> FastAPI:
+    """The floor of any resume route on this server stack: ``GET /api/chat/{id}/stream``
+    answers one UI message stream event at once, with no authentication, database, engine
+    or Redis: what a request and its response cost in uvicorn and FastAPI alone. With
+    ``REDIS_URL``, ``GET /api/chat/{id}/stream?redis=1`` first reads one key there (a GET
+    through redis-py, on a connection kept open): the floor of a route that must read the
+    stream from Redis before it answers."""
+    import redis.asyncio
+
+    app = FastAPI(title="HTTP floor")
+    first_event = 'data: {"type":"start"}\n\n'
+    url = os.environ.get("REDIS_URL")
+    client = redis.asyncio.Redis.from_url(url) if url else None
+
+    @app.get("/api/chat/{chat_id}/stream")
+    async def resume(chat_id: str, redis: int = 0) -> Response:
+        if redis and client is not None:
+            await client.get(f"unbroken-floor:{chat_id}")
+
+        async def frames() -> AsyncIterator[str]:
+            yield first_event
+
+        return StreamingResponse(frames(), headers=UIMessageStreamEncoder.headers)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -126,6 +126,14 @@ MEMORY_FLUSH = Config(
     "product",
     env=(("UNBROKEN_FLUSH_INTERVAL", str(FLUSH_INTERVAL)),),
 )
+
+
+def redis_with_window(seconds: float) -> Config:
+    """``redis-postgres`` with another write window (``UNBROKEN_REDIS_WRITE_GATHER``)."""
+    gather = (("UNBROKEN_REDIS_WRITE_GATHER", repr(seconds)),)
+    return dataclasses.replace(REDIS_1, name=f"redis-postgres {seconds * 1000:g} ms", env=gather)
+
+
 CONFIGS = (PLAIN, STORED_PLAIN, STORED_PLAIN_PG, MEMORY, MEMORY_PG, MEMORY_FLUSH, REDIS_1, REDIS_2)
 
 
@@ -820,14 +828,17 @@ def summarize(results: dict[str, Any]) -> list[str]:
 
 
 def chart_paired(results: dict[str, Any], path: Path) -> None:
-    """Each round's CPU ratio to plain, per configuration and level, with the target."""
+    """Left: each round's CPU ratio to plain, per configuration and level, with the target.
+    Right: what each configuration trades, its CPU per chunk against its stored-plain
+    baseline's and its p99 delivery delay, one point per round and level."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    colors = {c.name: f"C{i}" for i, c in enumerate(CONFIGS)}
+    fig, (ax, trade) = plt.subplots(1, 2, figsize=(13, 4.8))
+    names = sorted({name for level in results["paired"].values() for name in level["rounds"][0]})
+    colors = {name: f"C{i % 10}" for i, name in enumerate(names)}
     labelled: set[str] = set()
     for streams, level in results["paired"].items():
         for (key, baseline), marker in zip(BASELINE_KEYS, "oxs", strict=True):
@@ -837,12 +848,25 @@ def chart_paired(results: dict[str, Any], path: Path) -> None:
                 labelled.add(label)
                 x = [int(streams)] * len(ratios)
                 ax.plot(x, ratios, marker, color=colors.get(name), label=shown)
+        for name in names:
+            ratios = level.get("ratios_to_stored_plain_postgres", {}).get(name) or level.get(
+                "ratios_to_stored_plain", {}
+            ).get(name)
+            delays = [d[name] for d in level.get("delay_p99", []) if name in d]
+            if ratios and len(delays) == len(ratios):
+                trade.plot(delays, ratios, "o", color=colors[name], label=f"{name} ({streams})")
     ax.axhline(CPU_RATIO_TARGET, color="red", linestyle="--", linewidth=1, label="target")
     ax.set_ylim(bottom=0)
     ax.set_xlabel("concurrent answers at 30 tokens/s")
     ax.set_ylabel("server CPU per chunk / the baseline's")
-    ax.set_title("paired steps: CPU per chunk against plain (o), stored-plain (x, s: postgres)")
-    ax.legend(fontsize=8)
+    ax.set_title("CPU per chunk against plain (o), stored-plain (x, s: postgres)")
+    ax.legend(fontsize=7)
+    trade.axhline(REDIS_CPU_RATIO_TARGET, color="red", linestyle="--", linewidth=1)
+    trade.set_xscale("log")
+    trade.set_xlabel("p99 delivery delay, ms (log scale)")
+    trade.set_ylabel("server CPU per chunk / stored-plain's (same database)")
+    trade.set_title(f"what each one trades (dashed: the Redis target, {REDIS_CPU_RATIO_TARGET}×)")
+    trade.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -937,6 +961,13 @@ def main() -> None:
         default="plain,memory-sqlite,redis-postgres,redis-postgres x2",
         help="which configurations to run (comma-separated)",
     )
+    parser.add_argument(
+        "--redis-windows",
+        metavar="SECONDS",
+        help="also run redis-postgres with each of these write windows (comma-separated "
+        "UNBROKEN_REDIS_WRITE_GATHER values), as 'redis-postgres <ms> ms': what each window "
+        "trades, delay against CPU, in the same run",
+    )
     parser.add_argument("--client-procs", type=int, default=1, help="load generator processes")
     parser.add_argument(
         "--auth",
@@ -1005,6 +1036,9 @@ def main() -> None:
         parser.error("--profile needs py-spy (pip install py-spy)")
     wanted = [name.strip() for name in args.configs.split(",")]
     configs = [c for c in CONFIGS if c.name in wanted]
+    for window in (args.redis_windows or "").split(","):
+        if window.strip():
+            configs.append(redis_with_window(float(window)))
     if args.before:
         # Each configuration of the service once more, on the other source tree: before and
         # after a change, in the same run (paired: in the same rounds).
