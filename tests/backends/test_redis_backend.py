@@ -1125,6 +1125,34 @@ async def test_cluster_streams_on_every_node(cluster_ports: list[int]) -> None:
         assert status.state is StreamState.CANCELLED
 
 
+async def test_cluster_subscriptions_asked_at_once_all_confirm(cluster_ports: list[int]) -> None:
+    """Many listeners opened at once on a cluster all go live: the node readers' waits for
+    messages never hold up the SSUBSCRIBEs that follow one another on their nodes (with
+    redis-py 8.2, a read with a timeout holds the node connection's lock that long)."""
+    url = f"redis://127.0.0.1:{cluster_ports[0]}/0"
+    streams = [f"many{index}" for index in range(60)]
+    async with (
+        RedisBackend(url, key_prefix="cl-many", cluster=True) as backend,
+        AsyncExitStack() as stack,
+    ):
+        listeners: dict[str, Any] = {}
+
+        async def open_listener(stream_id: str) -> None:
+            listeners[stream_id] = await stack.enter_async_context(backend.listen(stream_id))
+
+        # A few first, one by one: every node has channels, and a reader waiting on it.
+        for stream_id in streams[:9]:
+            await open_listener(stream_id)
+        async with anyio.create_task_group() as opening:
+            for stream_id in streams[9:]:
+                opening.start_soon(open_listener, stream_id)
+        for stream_id in streams:
+            await claim(backend, stream_id)
+            assert await append(backend, stream_id, chunks(stream_id)) is StreamState.ACTIVE
+        for stream_id in streams:
+            assert await receive(listeners[stream_id]) == Appended(tuple(chunks(stream_id)))
+
+
 async def test_cluster_plain_appends_go_to_each_streams_node(cluster_ports: list[int]) -> None:
     """Between checked writes, appends in a cluster are plain commands on the node of each
     stream's slot too; an ended stream's sealed log refuses them there."""

@@ -231,7 +231,11 @@ class _Link:
 
     async def _read_node(self, name: str, node: Any) -> None:
         """Forward one node's messages until ClusterPubSub drops that node's connection
-        (it does once its last channel there is unsubscribed)."""
+        (it does once its last channel there is unsubscribed).
+
+        Each read waits as long as it takes (``timeout=None``): from redis-py 8.2 a read
+        with a timeout holds the node connection's lock for that long, and the writer
+        task's SSUBSCRIBE on that node would wait for it, one channel after another."""
         mapping = self.pubsub.node_pubsub_mapping
         try:
             while (current := mapping.get(name)) is not None:
@@ -240,7 +244,7 @@ class _Link:
                     # one from the writer task: its new connection is on its way.
                     await anyio.sleep(_NODE_RETRY)
                     continue
-                message = await self.pubsub.get_sharded_message(timeout=_POLL, target_node=node)
+                message = await self.pubsub.get_sharded_message(timeout=None, target_node=node)
                 if message is not None:
                     await self._inbox_in.send(message)
         finally:
