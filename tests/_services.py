@@ -8,6 +8,7 @@ Order for Redis: ``REDIS_URL`` if set; else 127.0.0.1:6379 if it answers; else a
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -23,8 +24,39 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _outgoing_ports() -> tuple[int, int]:
+    """The kernel's range of local ports for outgoing connections."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A loopback port nothing listens on, for a server a test starts.
+
+    Taken below the range the kernel picks outgoing connections' ports from: a port asked
+    of the kernel (bind to port 0) comes from that range, and any client connection made
+    before the server binds it (the suite makes thousands) may take it, so the server would
+    fail to start. Never the same port twice in one run."""
+    low, _ = _outgoing_ports()
+    first = max(1024, low - 16384)
+    for _ in range(200):
+        port = random.randrange(first, low)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as sock:  # the low range is full: let the kernel choose
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 

@@ -164,13 +164,15 @@ def redis_cluster(binary: str, nodes: int = 3) -> Iterator[list[int]]:
     # The bus port defaults to port + 10000, which may not exist or be free.
     bus_ports = [free_port() for _ in range(nodes)]
     procs: list[subprocess.Popen[bytes]] = []
+    logs: list[Path] = []
     with ExitStack() as stack:
         for port, bus_port in zip(ports, bus_ports, strict=True):
             workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="unbroken-cl-"))
+            logs.append(Path(workdir) / "redis.log")
             proc = subprocess.Popen(
                 [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                  "--appendonly", "no", "--cluster-enabled", "yes", "--dir", workdir,
-                 "--cluster-port", str(bus_port)],
+                 "--cluster-port", str(bus_port), "--logfile", str(logs[-1])],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )  # fmt: skip
@@ -180,7 +182,10 @@ def redis_cluster(binary: str, nodes: int = 3) -> Iterator[list[int]]:
         clients = [stack.enter_context(redis.Redis(port=port)) for port in ports]
         deadline = time.monotonic() + 10
         while not all(port_answers("127.0.0.1", port) for port in ports):
-            assert all(proc.poll() is None for proc in procs), "a cluster node exited"
+            for proc, log in zip(procs, logs, strict=True):
+                if proc.poll() is not None:
+                    said = log.read_text(errors="replace")[-1000:] if log.exists() else ""
+                    raise AssertionError(f"a cluster node exited: {said}")
             assert time.monotonic() < deadline, "cluster nodes did not start"
             time.sleep(0.02)
         bounds = [16384 * index // nodes for index in range(nodes + 1)]
