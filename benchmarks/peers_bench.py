@@ -693,18 +693,24 @@ def chat_service(
         pids = (processes[0].pid, processes[1].pid)
         yield ChatService(ports, pids, made.stdout.strip(), database)
     finally:
-        for process in processes:
-            process.send_signal(signal.SIGINT)
-        for process in processes:
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        _stop(processes)
         _keep_failed_logs(folder, args.stem)
         if pg_name is not None:
             drop = f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)'
             asyncio.run(_pg_admin(args.pg_url, drop))
+
+
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    """Ask every server process to shut down (SIGINT, as Ctrl-C would), then wait for each
+    in turn, killing one that takes longer than 30 s."""
+    for process in processes:
+        process.send_signal(signal.SIGINT)
+    for process in processes:
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _keep_failed_logs(folder: Path, stem: str) -> None:
@@ -780,9 +786,6 @@ class ChatClient:
         self.service = service
         self.auth = f"Authorization: Bearer {service.api_key}\r\n"
 
-    async def request(self, port: int, raw: bytes, sink: _Response) -> float:
-        return await request(port, raw, sink)
-
     async def post(self, chat_id: str, text: str, sink: _Response) -> float:
         body = json.dumps(
             {
@@ -802,14 +805,14 @@ class ChatClient:
             "Content-Type: application/json\r\nAccept: text/event-stream\r\n"
             f"Content-Length: {len(body)}\r\n\r\n"
         ).encode()
-        return await self.request(self.service.ports[0], head + body, sink)
+        return await request(self.service.ports[0], head + body, sink)
 
     async def resume(self, chat_id: str, sink: _Response) -> float:
         head = (
             f"GET /api/chat/{chat_id}/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n{self.auth}"
             "Accept: text/event-stream\r\n\r\n"
         ).encode()
-        return await self.request(self.service.ports[1], head, sink)
+        return await request(self.service.ports[1], head, sink)
 
     async def stop(self, chat_id: str) -> None:
         """Stop the chat's answer (on worker A; any worker would do) and wait for the
@@ -934,12 +937,7 @@ def http_floor(folder: Path, redis_url: str) -> Iterator[int]:
         _wait_healthy(port, process, log_path)
         yield port
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop([process])
 
 
 #: The HTTP floor's two routes: as they are, and reading one key from Redis first.
@@ -952,15 +950,17 @@ async def _floor_run(port: int, resumes: int) -> dict[str, list[float]]:
     of each warms up, untimed): keys ``first_byte``, ``first_event``, ``redis_first_byte``
     and ``redis_first_event``."""
     path = f"/api/chat/{uuid.uuid4().hex}/stream"
+    requests = {
+        prefix: (
+            f"GET {path}{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
+        ).encode()
+        for query, prefix in FLOOR_KINDS.items()
+    }
     timed: dict[str, list[float]] = {
-        f"{prefix}{what}": [] for prefix in FLOOR_KINDS.values() for what in ("byte", "event")
+        f"{prefix}{what}": [] for prefix in requests for what in ("byte", "event")
     }
     for i in range(resumes + 1):
-        for query, prefix in FLOOR_KINDS.items():
-            raw = (
-                f"GET {path}{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                "Accept: text/event-stream\r\n\r\n"
-            ).encode()
+        for prefix, raw in requests.items():
             sink = _Response()
             sent = await request(port, raw, sink)
             if sink.status != 200 or sink.head is None or sink.first is None:

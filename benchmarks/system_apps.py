@@ -232,12 +232,12 @@ def floor_app() -> FastAPI:
     ``REDIS_URL``, ``GET /api/chat/{id}/stream?redis=1`` first reads one key there (a GET
     through redis-py, on a connection kept open): the floor of a route that must read the
     stream from Redis before it answers."""
-    import redis.asyncio
+    from redis.asyncio import Redis
 
     app = FastAPI(title="HTTP floor")
     first_event = 'data: {"type":"start"}\n\n'
     url = os.environ.get("REDIS_URL")
-    client = redis.asyncio.Redis.from_url(url) if url else None
+    client = Redis.from_url(url) if url else None
 
     @app.get("/api/chat/{chat_id}/stream")
     async def resume(chat_id: str, redis: int = 0) -> Response:
